@@ -1,0 +1,162 @@
+"""The math of the network, as pure functions of arrays: each forward beside its backward.
+
+Shapes, used in every docstring:
+    N   examples in a batch
+    D   inputs per example (784 = 28 x 28 pixels)
+    H   hidden units (30 by default)
+    K   classes (10 digits)
+
+The network, for a batch X (N, D) with integer labels t (N,):
+    Z1 = X @ W1 + b1          (N, H)    linear
+    A1 = relu(Z1)             (N, H)    ReLU
+    Z2 = A1 @ W2 + b2         (N, K)    linear: the logits
+    P  = softmax(Z2)          (N, K)    class probabilities
+    J  = -mean_i log P[i, t_i]          mean cross-entropy
+
+and its gradients, by the chain rule (Y = one_hot(t)):
+    dZ2 = (P - Y) / N         (N, K)
+    dW2 = A1.T @ dZ2          (H, K)     db2 = sum_i dZ2[i]   (K,)
+    dA1 = dZ2 @ W2.T          (N, H)
+    dZ1 = dA1 * relu'(Z1)     (N, H)
+    dW1 = X.T @ dZ1           (D, H)     db1 = sum_i dZ1[i]   (H,)
+
+Every function takes arrays of any Array API library and answers in the same library; it finds
+the namespace with `array_api_compat.array_namespace` and uses only the standard. These functions
+never print, never update parameters, and never move data between devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+Array = Any
+
+
+# --- linear layer ------------------------------------------------------------------------------
+
+def linear(X: Array, W: Array, b: Array) -> Array:
+    """Affine map, one row per example: Y = X @ W + b.
+
+    X (N, n_in), W (n_in, n_out), b (n_out,) -> Y (N, n_out).
+    """
+    return X @ W + b
+
+
+def linear_grad_params(dY: Array, X: Array) -> tuple[Array, Array]:
+    """Gradients of a linear layer's parameters from the gradient of its output.
+
+    dY (N, n_out), X (N, n_in) -> dW = X.T @ dY (n_in, n_out), db = sum over rows of dY (n_out,).
+    """
+    xp = array_namespace(dY, X)
+    return X.T @ dY, xp.sum(dY, axis=0)
+
+
+def linear_grad_input(dY: Array, W: Array) -> Array:
+    """Gradient of a linear layer's input: dX = dY @ W.T.
+
+    dY (N, n_out), W (n_in, n_out) -> dX (N, n_in). The network never asks this of its first
+    layer: the gradient with respect to the images is not needed to train.
+    """
+    return dY @ W.T
+
+
+# --- ReLU --------------------------------------------------------------------------------------
+
+def relu(Z: Array) -> Array:
+    """Rectified linear unit, elementwise: relu(z) = max(0, z). Any shape."""
+    xp = array_namespace(Z)
+    return xp.maximum(Z, xp.zeros_like(Z))
+
+
+def relu_grad(Z: Array) -> Array:
+    """Derivative of ReLU, elementwise: 1 where z > 0, and 0 where z <= 0 (0 at exactly z = 0,
+    as the assignment defines it). Any shape; same dtype as Z."""
+    xp = array_namespace(Z)
+    return xp.astype(Z > 0, Z.dtype)
+
+
+def relu_backward(dA: Array, Z: Array) -> Array:
+    """Chain rule through ReLU: dZ = dA * relu'(Z). dA, Z of the same shape."""
+    xp = array_namespace(dA, Z)
+    return xp.where(Z > 0, dA, xp.zeros_like(dA))
+
+
+# --- softmax and cross-entropy -----------------------------------------------------------------
+
+def softmax(Z: Array) -> Array:
+    """Softmax over the last axis: p_j = exp(z_j) / sum_k exp(z_k).
+
+    Z (..., K) -> P (..., K), each row summing to 1. Stable: the row maximum is subtracted first,
+    which changes nothing mathematically (it cancels) and keeps exp from overflowing.
+    """
+    xp = array_namespace(Z)
+    E = xp.exp(Z - xp.max(Z, axis=-1, keepdims=True))
+    return E / xp.sum(E, axis=-1, keepdims=True)
+
+
+def log_softmax(Z: Array) -> Array:
+    """Logarithm of the softmax over the last axis, through log-sum-exp:
+
+        log p_j = z_j - m - log sum_k exp(z_k - m),    m = max_k z_k.
+
+    Z (..., K) -> (..., K). Finite for any finite logits (no log of 0).
+    """
+    xp = array_namespace(Z)
+    shifted = Z - xp.max(Z, axis=-1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
+
+
+def one_hot(labels: Array, num_classes: int, dtype: Any = None) -> Array:
+    """Indicator rows: Y[i, k] = 1 if labels[i] == k else 0.
+
+    labels (N,) integer class indices in [0, num_classes) -> Y (N, num_classes) of `dtype`
+    (default float64).
+    """
+    xp = array_namespace(labels)
+    classes = xp.arange(num_classes, dtype=labels.dtype, device=device_of(labels))
+    Y = labels[:, None] == classes[None, :]
+    return xp.astype(Y, dtype if dtype is not None else xp.float64)
+
+
+def cross_entropy(P: Array, labels: Array) -> Array:
+    """Mean cross-entropy of probabilities: J = -(1/N) sum_i log P[i, t_i].
+
+    P (N, K) probabilities (rows of a softmax), labels (N,) integer classes -> J, a 0-d array.
+    This is the assignment's loss, computed from probabilities; a probability of exactly 0 gives
+    inf. Training uses `softmax_cross_entropy`, which works from the logits and never does.
+    """
+    xp = array_namespace(P, labels)
+    picked = xp.sum(P * one_hot(labels, P.shape[-1], P.dtype), axis=-1)  # P[i, t_i]
+    return -xp.mean(xp.log(picked))
+
+
+def softmax_cross_entropy(Z: Array, labels: Array) -> Array:
+    """Mean cross-entropy of softmax(Z), computed stably from the logits:
+
+        J = -(1/N) sum_i log_softmax(Z)[i, t_i].
+
+    Z (N, K) logits, labels (N,) integer classes -> J, a 0-d array. Finite for any finite Z.
+    """
+    xp = array_namespace(Z, labels)
+    return -xp.mean(xp.sum(log_softmax(Z) * one_hot(labels, Z.shape[-1], Z.dtype), axis=-1))
+
+
+def softmax_cross_entropy_grad(P: Array, labels: Array) -> Array:
+    """Gradient of the mean softmax cross-entropy with respect to the logits: dZ = (P - Y) / N.
+
+    Why so simple: with log P[i, t] = Z[i, t] - logsumexp(Z[i]), the derivative of -log P[i, t]
+    by Z[i, k] is softmax(Z[i])_k - [k == t] = P[i, k] - Y[i, k]; the mean divides by N.
+    P (N, K) = softmax(Z), labels (N,) -> dZ (N, K).
+    """
+    N, K = P.shape
+    return (P - one_hot(labels, K, P.dtype)) / N
+
+
+def accuracy(Z_or_P: Array, labels: Array) -> float:
+    """Fraction of rows whose largest entry is at the label's column. (N, K), (N,) -> float."""
+    xp = array_namespace(Z_or_P, labels)
+    hits = xp.argmax(Z_or_P, axis=-1) == xp.astype(labels, xp.int64)
+    return float(xp.mean(xp.astype(hits, xp.float64)))

@@ -1,0 +1,82 @@
+"""Checking backpropagation against central differences, for every parameter.
+
+For each parameter entry w, the numerical derivative of the loss J is
+
+    dJ/dw ~ (J(w + eps) - J(w - eps)) / (2 eps)        error O(eps^2)
+
+and it is compared with the analytic gradient from `TwoLayerNet.loss_and_grads`. The comparison
+is the relative error |a - n| / max(|a| + |n|, floor) per entry, whose largest value is reported
+for each parameter. The floor is 1e-3 of the parameter's largest analytic gradient: float64
+rounding leaves about 1e-16 |J| / eps (~1e-11) of absolute noise in every numerical derivative,
+which would make entries near zero look wrong; below the floor an entry must still agree to
+tolerance * floor in absolute terms. Run in float64: in float32 the differences drown in rounding.
+
+This module is for verifying the math (tests, `anynet gradcheck`), not for training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anynet.backend import to_numpy
+from anynet.network import PARAM_NAMES, TwoLayerNet
+
+DEFAULT_EPS = 1e-5  # balances truncation (eps^2) against rounding (1e-16 / eps) in float64
+FLOOR_FRACTION = 1e-3
+TOLERANCE = 1e-6
+
+
+def numerical_gradient(net: TwoLayerNet, X, labels, name: str, eps: float = DEFAULT_EPS,
+                       indices: np.ndarray | None = None) -> np.ndarray:
+    """Central-difference gradient of the loss for parameter `name`, as a host array.
+
+    `indices` (flat positions) limits the check to some entries; the others are left at 0.
+    The net's parameters are restored afterwards.
+    """
+    original = net.params[name]
+    host = to_numpy(original).astype(np.float64)
+    flat = host.reshape(-1)
+    grad = np.zeros_like(flat)
+    positions = range(flat.size) if indices is None else indices
+    X, labels = net.inputs(X), net.labels(labels)
+    try:
+        for i in positions:
+            saved = flat[i]
+            flat[i] = saved + eps
+            net.params[name] = net.backend.asarray(host, net.dtype)
+            plus = net.loss(X, labels)
+            flat[i] = saved - eps
+            net.params[name] = net.backend.asarray(host, net.dtype)
+            minus = net.loss(X, labels)
+            flat[i] = saved
+            grad[i] = (plus - minus) / (2 * eps)
+    finally:
+        net.params[name] = original
+    return grad.reshape(host.shape)
+
+
+def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> np.ndarray:
+    """Entrywise |a - n| / max(|a| + |n|, floor), floor = 1e-3 * max |a| (see the module doc)."""
+    floor = max(FLOOR_FRACTION * float(np.max(np.abs(analytic), initial=0.0)), 1e-300)
+    return np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), floor)
+
+
+def check_gradients(net: TwoLayerNet, X, labels, *, eps: float = DEFAULT_EPS,
+                    max_entries: int | None = None, seed: int = 0) -> dict[str, float]:
+    """The largest relative error between analytic and numerical gradients, per parameter.
+
+    `max_entries` checks a random sample of that many entries of each parameter (all when None).
+    """
+    _, grads = net.loss_and_grads(X, labels)
+    rng = np.random.default_rng(seed)
+    errors = {}
+    for name in PARAM_NAMES:
+        analytic = to_numpy(grads[name]).astype(np.float64)
+        size = analytic.size
+        indices = None
+        if max_entries is not None and max_entries < size:
+            indices = np.sort(rng.choice(size, max_entries, replace=False))
+        numeric = numerical_gradient(net, X, labels, name, eps, indices)
+        err = relative_error(analytic, numeric).reshape(-1)
+        errors[name] = float(np.max(err if indices is None else err[indices]))
+    return errors

@@ -1,0 +1,189 @@
+"""The two-layer network: parameters, forward pass, and backpropagation written out by hand.
+
+    X (N, D) -> linear(W1, b1) -> ReLU -> linear(W2, b2) -> logits (N, K) -> softmax
+
+D = 784 inputs, H hidden units (30 by default), K = 10 classes. The math is in
+`anynet.functional`; this module holds the parameters, puts the pieces together in order, and
+applies the chain rule backwards (no autograd). It computes gradients and never changes the
+parameters: updating them is the optimizer's job (`anynet.optim`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from anynet import functional as F
+from anynet.backend import Backend, get_namespace, to_numpy
+
+PARAM_NAMES = ("W1", "b1", "W2", "b2")
+PIXEL_SCALE = 255  # uint8 pixels 0..255 become inputs in [0, 1]
+
+
+def init_params(n_in: int, n_hidden: int, n_out: int, seed: int, dtype: str = "float32") -> dict:
+    """He-normal weights and zero biases, drawn on the host from NumPy's Generator(seed).
+
+    W1 ~ N(0, 2 / n_in) of shape (n_in, n_hidden), W2 ~ N(0, 2 / n_hidden) of shape
+    (n_hidden, n_out); b1, b2 zero. He scaling keeps the variance of ReLU activations steady from
+    layer to layer. Drawn in float64 and rounded once to `dtype`, so every backend starts from the
+    same numbers. Returns host NumPy arrays.
+    """
+    rng = np.random.default_rng(seed)
+    W1 = rng.standard_normal((n_in, n_hidden)) * np.sqrt(2.0 / n_in)
+    W2 = rng.standard_normal((n_hidden, n_out)) * np.sqrt(2.0 / n_hidden)
+    return {
+        "W1": W1.astype(dtype),
+        "b1": np.zeros(n_hidden, dtype=dtype),
+        "W2": W2.astype(dtype),
+        "b2": np.zeros(n_out, dtype=dtype),
+    }
+
+
+def check_param_shapes(shapes: dict[str, tuple]) -> tuple[int, int, int]:
+    """Check that parameter shapes form one hidden layer; return (n_in, n_hidden, n_out).
+
+    Raises ValueError naming the first inconsistency.
+    """
+    missing = [k for k in PARAM_NAMES if k not in shapes]
+    if missing:
+        raise ValueError(f"missing parameters: {', '.join(missing)}")
+    W1, b1, W2, b2 = (tuple(shapes[k]) for k in PARAM_NAMES)
+    if len(W1) != 2 or len(W2) != 2 or len(b1) != 1 or len(b2) != 1:
+        raise ValueError(
+            "expected W1 (D, H), b1 (H,), W2 (H, K), b2 (K,); "
+            f"got W1 {W1}, b1 {b1}, W2 {W2}, b2 {b2}"
+        )
+    n_in, n_hidden = W1
+    n_out = W2[1]
+    if b1 != (n_hidden,) or W2[0] != n_hidden or b2 != (n_out,):
+        raise ValueError(
+            f"shapes do not fit one hidden layer: W1 {W1}, b1 {b1}, W2 {W2}, b2 {b2} "
+            "(expected W1 (D, H), b1 (H,), W2 (H, K), b2 (K,))"
+        )
+    return n_in, n_hidden, n_out
+
+
+class TwoLayerNet:
+    """A 784-H-10 network with ReLU hidden units and a softmax output, on any backend.
+
+    `params` maps "W1" (D, H), "b1" (H,), "W2" (H, K), "b2" (K,) to arrays of the backend. Inputs
+    X may be host NumPy arrays or arrays of the backend, either uint8 pixels (scaled by 1/255
+    here) or floats already in [0, 1]; labels are integer class indices.
+    """
+
+    def __init__(
+        self,
+        n_in: int = 784,
+        n_hidden: int = 30,
+        n_out: int = 10,
+        *,
+        backend: str | Backend = "numpy",
+        dtype: str = "float32",
+        seed: int = 0,
+    ):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', not {dtype!r}")
+        self.backend = get_namespace(backend)
+        self.dtype = dtype
+        host = init_params(n_in, n_hidden, n_out, seed, dtype)
+        self.params = {k: self.backend.asarray(v) for k, v in host.items()}
+
+    @classmethod
+    def from_params(cls, params: dict, *, backend: str | Backend = "numpy") -> TwoLayerNet:
+        """A network holding the given parameters (host NumPy or any backend's arrays).
+
+        The shapes must form one hidden layer (see `check_param_shapes`); the dtype, float32 or
+        float64, is kept (all four must share it).
+        """
+        host = {k: to_numpy(params[k]) for k in PARAM_NAMES if k in params}
+        check_param_shapes({k: v.shape for k, v in host.items()})
+        dtypes = {str(v.dtype) for v in host.values()}
+        if len(dtypes) != 1 or not dtypes <= {"float32", "float64"}:
+            raise ValueError(f"parameters must all be float32 or all float64, got {sorted(dtypes)}")
+        net = cls.__new__(cls)
+        net.backend = get_namespace(backend)
+        net.dtype = dtypes.pop()
+        net.params = {k: net.backend.asarray(v) for k, v in host.items()}
+        return net
+
+    # --- shape and data ------------------------------------------------------------------------
+
+    @property
+    def xp(self):
+        return self.backend.xp
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """(D, H, K): inputs, hidden units, classes."""
+        D, H = self.params["W1"].shape
+        return D, H, self.params["W2"].shape[1]
+
+    def inputs(self, X: Any) -> Any:
+        """X as a float array of this net's backend and dtype, (N, D) or (D,) -> (N, D).
+
+        uint8 pixels are divided by 255; float inputs are taken as they are.
+        """
+        xp = self.xp
+        if isinstance(X, np.ndarray) or not hasattr(X, "__array_namespace__"):
+            X = self.backend.asarray(X)
+        if X.ndim == 1:
+            X = xp.reshape(X, (1, -1))
+        if xp.isdtype(X.dtype, "integral"):
+            return xp.astype(X, self.backend.dtype(self.dtype)) / PIXEL_SCALE
+        return xp.astype(X, self.backend.dtype(self.dtype), copy=False)
+
+    def labels(self, t: Any) -> Any:
+        """Integer class labels (N,) as an int64 array of this net's backend."""
+        if isinstance(t, np.ndarray) or not hasattr(t, "__array_namespace__"):
+            return self.backend.asarray(t, "int64")
+        return self.xp.astype(t, self.xp.int64)
+
+    # --- forward and backward ------------------------------------------------------------------
+
+    def forward(self, X: Any) -> Any:
+        """Logits Z2 = relu(X @ W1 + b1) @ W2 + b2: X (N, D) -> (N, K)."""
+        p = self.params
+        A1 = F.relu(F.linear(self.inputs(X), p["W1"], p["b1"]))
+        return F.linear(A1, p["W2"], p["b2"])
+
+    def predict_proba(self, X: Any) -> Any:
+        """Class probabilities softmax(forward(X)): X (N, D) -> (N, K), rows summing to 1."""
+        return F.softmax(self.forward(X))
+
+    def predict(self, X: Any) -> Any:
+        """Most probable class per example: X (N, D) -> (N,) int."""
+        return self.xp.argmax(self.forward(X), axis=-1)
+
+    def loss_and_grads(self, X: Any, labels: Any) -> tuple[float, dict]:
+        """Mean cross-entropy on a batch, and its gradient for every parameter.
+
+        X (N, D), labels (N,) -> (J as a Python float, {"W1": (D, H), "b1": (H,), "W2": (H, K),
+        "b2": (K,)}). The backward pass is the chain rule of `anynet.functional`'s docstring.
+        """
+        loss, grads = self.loss_and_grads_array(X, labels)
+        return float(loss), grads
+
+    def loss_and_grads_array(self, X: Any, labels: Any) -> tuple[Any, dict]:
+        """As `loss_and_grads`, but the loss stays a 0-d backend array (no device sync)."""
+        p = self.params
+        X, t = self.inputs(X), self.labels(labels)
+        # forward, keeping what backward needs
+        Z1 = F.linear(X, p["W1"], p["b1"])
+        A1 = F.relu(Z1)
+        Z2 = F.linear(A1, p["W2"], p["b2"])
+        loss = F.softmax_cross_entropy(Z2, t)
+        # backward: output layer, then hidden layer (no gradient for the input images)
+        dZ2 = F.softmax_cross_entropy_grad(F.softmax(Z2), t)
+        dW2, db2 = F.linear_grad_params(dZ2, A1)
+        dZ1 = F.relu_backward(F.linear_grad_input(dZ2, p["W2"]), Z1)
+        dW1, db1 = F.linear_grad_params(dZ1, X)
+        return loss, {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
+
+    def loss(self, X: Any, labels: Any) -> float:
+        """Mean cross-entropy on a batch, as a Python float. X (N, D), labels (N,)."""
+        return float(F.softmax_cross_entropy(self.forward(X), self.labels(labels)))
+
+    def host_params(self) -> dict[str, np.ndarray]:
+        """The parameters as host NumPy arrays (for saving, printing, plotting)."""
+        return {k: to_numpy(v) for k, v in self.params.items()}
