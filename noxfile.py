@@ -1,0 +1,110 @@
+"""Test sessions: the same suite, against the same documented examples, on every backend.
+
+    nox                      every session below (cupy skips, saying why, without a CUDA device)
+    nox -s numpy             one session; `nox -l` lists them
+    nox -s torch -- -k grad  arguments after -- go to pytest
+
+The backend under test reaches the tests through the environment variable ANYNET_TEST_BACKEND
+(equivalently `pytest --backend NAME`). Genuine MNIST for the real-data tests: ANYNET_DATA_DIR,
+else ../shared/data/mnist beside the checkout when it exists.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.error_on_missing_interpreters = False
+nox.options.sessions = ["lint", "minimal", "numpy", "array-api-strict", "torch", "jax", "cupy"]
+
+ROOT = Path(__file__).parent
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+TORCH = "torch==2.13.0"  # the CPU build; other versions pull gigabytes of CUDA packages
+
+
+def _env(backend: str) -> dict[str, str]:
+    env = {"ANYNET_TEST_BACKEND": backend}
+    if "ANYNET_DATA_DIR" not in os.environ and SHARED_MNIST.is_dir():
+        env["ANYNET_DATA_DIR"] = str(SHARED_MNIST)
+    return env
+
+
+def _pytest(session: nox.Session, backend: str) -> None:
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs, env=_env(backend))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the package, tests, benchmarks and this file."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "anynet", "tests", "bench", "noxfile.py")
+
+
+@nox.session
+def minimal(session: nox.Session) -> None:
+    """Runtime dependencies only: `import anynet` and the numpy path work; nothing else loads."""
+    session.install(".")
+    session.run("python", "-c", (
+        "import sys, anynet\n"
+        "heavy = {'torch', 'jax', 'cupy', 'array_api_strict', 'matplotlib', 'PIL', 'tqdm'}\n"
+        "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
+        "from anynet.cli import main\n"
+        "assert main(['examples', '--backend', 'numpy']) == 0\n"
+        "assert main(['gradcheck', '--entries', '20']) == 0\n"
+        "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
+        "print('import anynet with numpy and array-api-compat alone: ok')\n"
+    ))
+
+
+@nox.session
+def numpy(session: nox.Session) -> None:
+    """The suite on NumPy."""
+    session.install(".[test]")
+    _pytest(session, "numpy")
+
+
+@nox.session(name="array-api-strict")
+def array_api_strict(session: nox.Session) -> None:
+    """The suite on array-api-strict: the code uses the standard and nothing else."""
+    session.install(".[test]")
+    _pytest(session, "array-api-strict")
+
+
+@nox.session
+def torch(session: nox.Session) -> None:
+    """The suite on PyTorch (CPU), with torch.autograd as a further oracle."""
+    session.install(TORCH, ".[test]")
+    _pytest(session, "torch")
+
+
+@nox.session
+def jax(session: nox.Session) -> None:
+    """The suite on JAX (CPU)."""
+    session.install(".[test,jax]")
+    _pytest(session, "jax")
+
+
+@nox.session(venv_backend="none")
+def cupy(session: nox.Session) -> None:
+    """The suite on CuPy, against the packages already installed (GPU machines are often offline).
+
+    Runs in the interpreter that runs nox, with the checkout on PYTHONPATH; skips where CuPy
+    does not import or no CUDA device answers.
+    """
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import cupy; n = cupy.cuda.runtime.getDeviceCount(); assert n > 0, 'no CUDA device';"
+         "int(cupy.arange(3).sum())"],
+        capture_output=True, text=True,
+    )
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or ["unknown"])[-1]
+        session.skip(f"no usable CuPy/CUDA device here ({reason})")
+    env = _env("cupy") | {"PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    session.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *session.posargs,
+                env=env, external=True)
