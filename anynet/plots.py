@@ -1,0 +1,339 @@
+"""Figures for teachers and users: hidden-unit weights, training curves, a confusion matrix.
+
+`anynet plot weights`, `anynet plot curves` and `anynet evaluate --plot` draw with these. Each
+function takes plain NumPy data (no network, no backend) and writes one image file, whose format
+follows the suffix: .png, .svg or .pdf. The figure is rendered to bytes in memory and then
+written with `anynet.fileio.atomic_write_bytes`, so a plot file is either complete or absent.
+
+matplotlib is the optional `plot` extra. It is imported inside the functions, never at import
+time, and used without pyplot: a bare `matplotlib.figure.Figure` drawn by the Agg canvas, so no
+window opens, no global backend is switched and nothing leaks between calls (safe in a notebook
+or a test). Without matplotlib, a MissingExtraError says which extra to install.
+
+Shapes: W1 is (D, H) with D = 784 = 28 * 28 inputs and H hidden units; a confusion matrix is
+(K, K) with K = 10, rows the true class and columns the predicted one.
+
+Not for: interactive display (open the file), or plotting anything while training runs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from anynet.errors import MissingExtraError, UserError
+from anynet.fileio import atomic_write_bytes
+
+FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+METRICS_FORMAT = "anynet-metrics"
+METRICS_VERSION = 1
+_DPI = 120
+
+
+def figure_format(path: str | os.PathLike) -> str:
+    """The matplotlib format for `path` from its suffix; UserError unless .png, .svg or .pdf.
+
+    Commands call this before any slow work, so a wrong --out fails at once.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(
+            f"{path}: a plot file must end in .png, .svg or .pdf, not {suffix or 'no suffix'!r}"
+        )
+    return FORMATS[suffix]
+
+
+def _new_figure(**kwargs):
+    """A fresh matplotlib Figure on the Agg canvas (no pyplot, no window, no global state)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingExtraError("matplotlib", "plot", "Plotting") from None
+    figure = Figure(layout="constrained", **kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: str | os.PathLike) -> None:
+    """Render `figure` to bytes in the format its suffix names, then write them atomically."""
+    fmt = figure_format(path)
+    buffer = io.BytesIO()
+    # The same figure gives the same bytes: fixed metadata (no creation date in PDF or SVG) and a
+    # fixed salt for SVG's element ids, which are random otherwise.
+    metadata = {"png": {"Software": "anynet"}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "anynet"}):
+        figure.savefig(buffer, format=fmt, dpi=_DPI, metadata=metadata[fmt])
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the plot ({e.strerror or e})") from None
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def plot_weights(W1: np.ndarray, path: str | os.PathLike, *, max_units: int | None = None) -> None:
+    """Draw each hidden unit's input weights W1[:, j] (784,) as a 28x28 image, in a grid.
+
+    W1: (D, H) with D a square number of pixels (784 for MNIST). One shared, symmetric colour
+    scale: red where ink excites the unit, blue where it inhibits, white for zero, so the units
+    can be compared with each other. `max_units` shows only the first that many units.
+    """
+    W1 = np.asarray(W1, dtype=np.float64)
+    if W1.ndim != 2:
+        raise UserError(f"first-layer weights must be a (784, H) matrix, got shape {W1.shape}")
+    n_in, n_hidden = W1.shape
+    side = math.isqrt(n_in)
+    if side * side != n_in or n_hidden == 0:
+        raise UserError(
+            f"cannot draw first-layer weights of shape {W1.shape} as images: "
+            "expected (784, H), one 28x28 image per hidden unit"
+        )
+    if max_units is not None and max_units < 1:
+        raise UserError(f"max_units must be at least 1, got {max_units}")
+    shown = n_hidden if max_units is None else min(max_units, n_hidden)
+    weights = W1[:, :shown]
+    finite = np.abs(weights[np.isfinite(weights)])
+    limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+
+    cols = math.ceil(math.sqrt(shown))
+    rows = math.ceil(shown / cols)
+    # Inches per unit: large grids shrink to stay printable, small ones grow so the titles fit.
+    cell = min(2.0, max(6.0 / cols, min(1.1, 16.0 / cols)))
+    figure = _new_figure(figsize=(max(4.8, cols * cell + 1.6), rows * cell + 1.0))
+    axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False)).ravel()
+    for unit, ax in enumerate(axes):
+        ax.set_axis_off()
+        if unit >= shown:
+            continue
+        picture = ax.imshow(
+            weights[:, unit].reshape(side, side), cmap="RdBu_r", vmin=-limit, vmax=limit,
+            interpolation="nearest",
+        )
+        if shown <= 100:
+            ax.set_title(f"unit {unit}", fontsize=7, pad=2)
+    figure.colorbar(
+        picture, ax=axes.tolist(), shrink=0.9 if rows < 4 else 0.6,
+        label="weight from pixel\nred: ink excites, blue: inhibits",
+    )
+    if shown == n_hidden:
+        which = f"all {n_hidden} hidden units" if n_hidden > 1 else "the hidden unit"
+    else:
+        which = f"the first {shown} of {n_hidden} hidden units"
+    figure.suptitle(f"Input weights of {which},\neach as a {side}x{side} image", fontsize=11)
+    _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def check_metrics(metrics: object, *, source: str = "metrics") -> dict:
+    """Return `metrics` if it is an anynet metrics document; else UserError naming `source`.
+
+    The document `anynet train --metrics` writes: {"format": "anynet-metrics", "version": 1,
+    "config": {...}, "epochs": [{"epoch": 1, "train_loss": ..., "val_loss": ...,
+    "val_accuracy": ..., ...}, ...], "test_loss": ..., "test_accuracy": ...}, with accuracies as
+    fractions in [0, 1] and null where a figure was not measured.
+    """
+    if not isinstance(metrics, Mapping) or metrics.get("format") != METRICS_FORMAT:
+        raise UserError(
+            f"{source}: not an anynet metrics file (expected \"format\": \"{METRICS_FORMAT}\"; "
+            "write one with anynet train --metrics FILE.json)"
+        )
+    if metrics.get("version") != METRICS_VERSION:
+        raise UserError(
+            f"{source}: metrics format version {metrics.get('version')!r} is not supported "
+            f"(this anynet reads version {METRICS_VERSION})"
+        )
+    epochs = metrics.get("epochs")
+    if not isinstance(epochs, list) or not epochs:
+        raise UserError(f"{source}: the metrics file has no epochs to plot")
+    for i, row in enumerate(epochs):
+        if not isinstance(row, Mapping) or not _is_number(row.get("epoch")):
+            raise UserError(f"{source}: epoch entry {i} has no \"epoch\" number")
+        for key, value in row.items():
+            if key != "epoch" and value is not None and not _is_number(value):
+                if key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+                    raise UserError(
+                        f"{source}: epoch entry {i}: {key} must be a number or null, "
+                        f"not {value!r}"
+                    )
+    for key in ("test_loss", "test_accuracy"):
+        value = metrics.get(key)
+        if value is not None and not _is_number(value):
+            raise UserError(f"{source}: {key} must be a number or null, not {value!r}")
+    return dict(metrics)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _series(epochs: list, key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch numbers, values) where `key` holds a finite number; nulls and NaN are skipped."""
+    points = [
+        (row["epoch"], row[key] * scale)
+        for row in epochs
+        if _is_number(row.get(key)) and math.isfinite(row[key])
+    ]
+    if not points:
+        return np.zeros(0), np.zeros(0)
+    x, y = zip(*points, strict=True)
+    return np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+
+
+def plot_curves(metrics: dict, path: str | os.PathLike) -> None:
+    """Draw training curves: train/val loss on the left, accuracy (%) on the right.
+
+    `metrics` is the document `anynet train --metrics` writes (see `check_metrics`). The test
+    accuracy, when recorded, is a dashed line across the accuracy plot.
+    """
+    metrics = check_metrics(metrics)
+    epochs = metrics["epochs"]
+    figure = _new_figure(figsize=(10, 4.2))
+    ax_loss, ax_acc = figure.subplots(1, 2)
+
+    for key, label, style in (("train_loss", "train", "o-"), ("val_loss", "validation", "s-")):
+        x, y = _series(epochs, key)
+        if x.size:
+            ax_loss.plot(x, y, style, markersize=3, label=label)
+    test_loss = metrics.get("test_loss")
+    if _is_number(test_loss) and math.isfinite(test_loss):
+        ax_loss.axhline(test_loss, color="grey", linestyle="--", label=f"test ({test_loss:.3f})")
+    ax_loss.set(title="Loss", xlabel="epoch", ylabel="mean cross-entropy")
+
+    accuracies = (("train_accuracy", "train", "o-"), ("val_accuracy", "validation", "s-"))
+    for key, label, style in accuracies:
+        x, y = _series(epochs, key, scale=100.0)
+        if x.size:
+            ax_acc.plot(x, y, style, markersize=3, label=f"{label} (last {y[-1]:.2f}%)")
+    test_accuracy = metrics.get("test_accuracy")
+    if _is_number(test_accuracy) and math.isfinite(test_accuracy):
+        ax_acc.axhline(
+            100 * test_accuracy, color="grey", linestyle="--",
+            label=f"test ({100 * test_accuracy:.2f}%)",
+        )
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "nothing recorded", ha="center", va="center",
+                    transform=ax.transAxes, color="grey")
+    figure.suptitle(_curves_title(metrics))
+    _save(figure, path)
+
+
+def _curves_title(metrics: Mapping) -> str:
+    """'Training curves' and the run's scalar settings, as much as fits on one line."""
+    config = metrics.get("config")
+    settings = []
+    if isinstance(config, Mapping):
+        settings = [
+            f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in config.items()
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        ]
+    line = "Training curves"
+    for item in settings:
+        if len(line) + len(item) + 2 > 110:
+            break
+        line += (": " if line == "Training curves" else ", ") + item
+    return line
+
+
+# ----------------------------------------------------------------------------- confusion
+
+
+def plot_confusion(
+    confusion: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    wrong: Sequence[Mapping] | None = None,
+) -> None:
+    """Draw a confusion matrix, and below it the most confidently wrong test images.
+
+    confusion: (K, K) non-negative integer counts, confusion[true, predicted]. Cells are coloured
+    on a log scale (the diagonal holds hundreds, the mistakes a handful) and labelled with
+    their counts. `wrong`: dicts {"image": uint8 (784,), "label": int, "predicted": int,
+    "probability": float}, shown in the given order, each titled "true 4 -> 9 (0.99)".
+    """
+    confusion = np.asarray(confusion)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1] or confusion.size == 0:
+        raise ValueError(f"a confusion matrix must be square (K, K), got {confusion.shape}")
+    if not np.issubdtype(confusion.dtype, np.integer) or (confusion < 0).any():
+        raise ValueError("a confusion matrix must hold non-negative integer counts")
+    wrong = list(wrong or [])
+    for i, item in enumerate(wrong):
+        missing = {"image", "label", "predicted", "probability"} - set(item)
+        if missing:
+            raise ValueError(f"wrong[{i}] lacks {sorted(missing)}")
+    try:
+        from matplotlib.colors import LogNorm
+    except ImportError:
+        raise MissingExtraError("matplotlib", "plot", "Plotting") from None
+
+    n_classes = confusion.shape[0]
+    per_row = 10
+    strip_rows = math.ceil(len(wrong) / per_row)
+    figure = _new_figure(figsize=(7.5, 6.5 + 1.6 * strip_rows))
+    if strip_rows:
+        top, bottom = figure.subfigures(2, 1, height_ratios=[6.5, 1.6 * strip_rows])
+    else:
+        top, bottom = figure, None
+
+    ax = top.subplots()
+    total = int(confusion.sum())
+    correct = int(np.trace(confusion))
+    counts = np.ma.masked_equal(confusion, 0)  # zeros stay white: log(0) has no colour
+    picture = ax.imshow(
+        counts, cmap="Blues", norm=LogNorm(vmin=1, vmax=max(1, int(confusion.max()))),
+        interpolation="nearest",
+    )
+    high = max(1, int(confusion.max()))
+    for t in range(n_classes):
+        for p in range(n_classes):
+            count = int(confusion[t, p])
+            if count == 0:
+                continue
+            dark = math.log(count) > 0.6 * math.log(high) if high > 1 else False
+            ax.text(p, t, str(count), ha="center", va="center", fontsize=7 if count < 1000 else 6,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(n_classes))
+    ax.set_yticks(range(n_classes))
+    ax.set(xlabel="predicted class", ylabel="true class")
+    accuracy = f" ({100 * correct / total:.2f}%)" if total else ""
+    ax.set_title(f"Confusion matrix: {correct:,} of {total:,} right{accuracy}")
+    top.colorbar(picture, ax=ax, label="images (log scale)", shrink=0.85)
+
+    if bottom is not None:
+        cells = np.atleast_1d(bottom.subplots(strip_rows, per_row, squeeze=False)).ravel()
+        for cell, item in zip(cells, wrong + [None] * (len(cells) - len(wrong)), strict=True):
+            cell.set_axis_off()
+            if item is None:
+                continue
+            image = np.asarray(item["image"])
+            side = math.isqrt(image.size)
+            cell.imshow(image.reshape(side, side), cmap="gray_r", vmin=0, vmax=255,
+                        interpolation="nearest")
+            # Two lines, so ten titles fit side by side.
+            cell.set_title(
+                f"true {int(item['label'])} -> {int(item['predicted'])}\n"
+                f"({float(item['probability']):.2f})",
+                fontsize=7, pad=2,
+            )
+        bottom.suptitle(
+            "Most confidently wrong: true class -> predicted (probability)", fontsize=9
+        )
+    _save(figure, path)
