@@ -1,0 +1,229 @@
+"""One benchmark measurement in a fresh process: `python bench/_worker.py '<json config>'`.
+
+`bench/epoch.py` starts this script once per (implementation, H, batch), and once per array
+library for the matrix-product rate, so each process loads exactly one numerical library and no
+two BLAS thread pools fight over the cores. It prints one JSON object on its last stdout line.
+
+The implementation interface (every `bench/impl_*.py` module):
+
+    make(hidden, batch, lr, seed, train_images, train_labels, *, device="cpu", threads=2,
+         **options) -> trainer
+    trainer.epoch() -> None           # one pass over all training images, shuffle included;
+                                      # returns when the device has finished the work
+    trainer.accuracy(test_images, test_labels) -> float    # fraction correct, in [0, 1]
+
+`train_images`/`test_images` are uint8 (N, 784), labels uint8 (N,): each implementation turns
+them into what its users would hand their library (once, untimed, in `make`). A trainer may set
+`epoch_time_scale` (and `timed_images`) when an epoch covers only part of the data (Nielsen).
+
+Config keys, kind "train": impl (module name), options, hidden, batch, lr, seed, epochs, warmup,
+device, threads, data_dir (folder of .npy files written by epoch.py). Kind "matmul": library,
+device, threads, size, repeats.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+
+def _pin_threads(threads: int) -> None:
+    """Keep this process on `threads` CPUs, so 'two threads' holds on a bigger machine too."""
+    if hasattr(os, "sched_getaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) > threads:
+            os.sched_setaffinity(0, cpus[:threads])
+
+
+def _rss_now_mb() -> float | None:
+    """Resident memory of this process now (Linux /proc), in MB; None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except OSError:
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss: KB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak / 1e3
+
+
+def _versions() -> dict:
+    """Versions of the numerical libraries this process has imported."""
+    out = {"python": sys.version.split()[0]}
+    for name in ("numpy", "torch", "jax", "jaxlib", "sklearn", "cupy", "anynet"):
+        module = sys.modules.get(name)
+        if module is not None:
+            out[name] = getattr(module, "__version__", "?")
+    return out
+
+
+def _device_problem(library: str, device: str) -> str | None:
+    """Why `library` cannot compute on `device` here, or None when it can."""
+    if device == "cpu":
+        return "cupy computes on a GPU only" if library == "cupy" else None
+    if library == "torch":
+        import torch
+
+        return None if torch.cuda.is_available() else "PyTorch sees no CUDA device"
+    if library == "jax":
+        import jax
+
+        try:
+            jax.devices("gpu")
+        except RuntimeError as e:
+            return f"JAX has no GPU device ({e})"
+        return None
+    if library == "cupy":
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                return "CuPy found no CUDA device"
+        except Exception as e:  # ImportError, CUDA driver errors of many types
+            return f"CuPy cannot use a CUDA device ({type(e).__name__}: {e})"
+        return None
+    return f"{library} runs on the CPU only"
+
+
+def train(cfg: dict) -> dict:
+    import numpy as np
+
+    problem = _device_problem(cfg["library"], cfg["device"])
+    if problem:
+        return {"status": "skipped", "reason": problem}
+    data = {name: np.load(os.path.join(cfg["data_dir"], f"{name}.npy"), allow_pickle=False)
+            for name in ("train_images", "train_labels", "test_images", "test_labels")}
+    try:
+        impl = importlib.import_module(cfg["impl"])
+    except ImportError as e:
+        return {"status": "skipped", "reason": f"{type(e).__name__}: {e}"}
+
+    trainer = impl.make(cfg["hidden"], cfg["batch"], cfg["lr"], cfg["seed"],
+                        data["train_images"], data["train_labels"], device=cfg["device"],
+                        threads=cfg["threads"], **cfg["options"])
+    rss_before = _rss_now_mb()
+    scale = float(getattr(trainer, "epoch_time_scale", 1.0))
+
+    warmup_s = []
+    for _ in range(cfg["warmup"]):
+        t0 = time.perf_counter()
+        trainer.epoch()
+        warmup_s.append((time.perf_counter() - t0) * scale)
+    epoch_s = []
+    for _ in range(cfg["epochs"]):
+        t0 = time.perf_counter()
+        trainer.epoch()
+        epoch_s.append((time.perf_counter() - t0) * scale)
+
+    accuracy = trainer.accuracy(data["test_images"], data["test_labels"])
+    out = {
+        "status": "ok",
+        "epoch_s": epoch_s,
+        "warmup_s": warmup_s,
+        "median_s": statistics.median(epoch_s),
+        "min_s": min(epoch_s),
+        "max_s": max(epoch_s),
+        "test_accuracy": accuracy,
+        "epochs_trained": cfg["warmup"] + cfg["epochs"],
+        "train_images": len(data["train_images"]),
+        "test_images": len(data["test_images"]),
+        "rss_before_training_mb": rss_before,
+        "peak_rss_mb": _peak_rss_mb(),
+        "versions": _versions(),
+    }
+    if scale != 1.0:
+        out["epoch_time_scale"] = scale
+        out["timed_images"] = int(getattr(trainer, "timed_images", 0))
+    return out
+
+
+def matmul(cfg: dict) -> dict:
+    """The best rate of a float32 size x size matrix product, in GFLOP/s (2 n^3 FLOPs each)."""
+    library, device, n = cfg["library"], cfg["device"], cfg["size"]
+    problem = _device_problem(library, device)
+    if problem:
+        return {"status": "skipped", "reason": problem}
+    if library == "numpy":
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+
+        def product():
+            return a @ b
+    elif library == "torch":
+        import torch
+
+        torch.set_num_threads(cfg["threads"])
+        dev = torch.device("cuda" if device == "cuda" else "cpu")
+        a = torch.randn(n, n, device=dev)
+        b = torch.randn(n, n, device=dev)
+
+        def product():
+            c = a @ b
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return c
+    elif library == "jax":
+        import jax
+
+        dev = jax.devices("gpu" if device == "cuda" else "cpu")[0]
+        key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+        a = jax.device_put(jax.random.normal(key_a, (n, n), dtype="float32"), dev)
+        b = jax.device_put(jax.random.normal(key_b, (n, n), dtype="float32"), dev)
+        mm = jax.jit(lambda x, y: x @ y)
+
+        def product():
+            return mm(a, b).block_until_ready()
+    elif library == "cupy":
+        import cupy
+
+        a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+        b = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+
+        def product():
+            c = a @ b
+            cupy.cuda.Device().synchronize()
+            return c
+    else:
+        raise ValueError(f"no matrix-product measurement for library {library!r}")
+
+    for _ in range(2):  # warm-up: thread pools, kernels, compilation
+        product()
+    times = []
+    for _ in range(cfg["repeats"]):
+        t0 = time.perf_counter()
+        product()
+        times.append(time.perf_counter() - t0)
+    flops = 2 * n**3
+    return {
+        "status": "ok",
+        "size": n,
+        "dtype": "float32",
+        "best_s": min(times),
+        "gflops": flops / min(times) / 1e9,
+        "median_gflops": flops / statistics.median(times) / 1e9,
+        "versions": _versions(),
+    }
+
+
+def main() -> int:
+    cfg = json.loads(sys.argv[1])
+    _pin_threads(cfg["threads"])
+    result = train(cfg) if cfg["kind"] == "train" else matmul(cfg)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

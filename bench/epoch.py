@@ -1,0 +1,489 @@
+"""Time one training epoch of anynet against what users would otherwise pick, side by side.
+
+    python bench/epoch.py                      # the full CPU grid: H 30 100 800 x batch 10 64 128
+    python bench/epoch.py --hidden 800 --batch 64 --impl anynet-numpy torch-module
+    python bench/epoch.py --quick              # smoke run: 2,000 images, H 30, batch 64
+    python bench/epoch.py --device cuda        # GPU peers (cupy, torch-CUDA, JAX GPU)
+
+For every (implementation, H, batch) a fresh subprocess (`bench/_worker.py`) loads the same
+MNIST bytes, imports one array library, trains 784 -> H ReLU -> 10 softmax with plain SGD at one
+learning rate for all, runs `--warmup` untimed epochs and `--epochs` timed ones (each includes
+its shuffle; `time.perf_counter`, device synchronised), then measures test accuracy and peak RSS.
+Another subprocess per library measures its float32 large-matrix-product rate, which gives each
+row's FLOP floor: the FLOPs of one epoch (forward + backward, no gradient for the input)
+divided by the best rate measured. The table shows the median epoch and each peer's ratio to
+anynet's best backend; the JSON (written atomically) keeps every epoch's time.
+
+This is a measuring tool, not a test: it asserts nothing about speed. See bench/README.md for the
+method and a real run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(BENCH_DIR))
+
+D, K = 784, 10  # input pixels, classes
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One column of the table: which module trains, with which library, on which devices."""
+
+    module: str
+    library: str                       # whose matrix-product rate applies: numpy, torch, jax, cupy
+    requires: tuple[str, ...]          # importable modules it needs (checked without importing)
+    devices: tuple[str, ...] = ("cpu",)
+    options: dict = field(default_factory=dict)
+    hidden_only: tuple[int, ...] = ()  # if set, run only for these H
+    note: str = ""
+
+
+IMPLS = {
+    "anynet-numpy": Impl("impl_anynet", "numpy", ("anynet.network",), ("cpu",),
+                         {"backend": "numpy"}),
+    "anynet-torch": Impl("impl_anynet", "torch", ("anynet.network", "torch"), ("cpu", "cuda"),
+                         {"backend": "torch"}),
+    "anynet-jax": Impl("impl_anynet", "jax", ("anynet.network", "jax"), ("cpu", "cuda"),
+                       {"backend": "jax"}),
+    "anynet-cupy": Impl("impl_anynet", "cupy", ("anynet.network", "cupy"), ("cuda",),
+                        {"backend": "cupy"}),
+    "numpy-naive": Impl("impl_numpy_naive", "numpy", ("numpy",)),
+    "torch-module": Impl("impl_torch_module", "torch", ("torch",), ("cpu", "cuda")),
+    "torch-noautograd": Impl("impl_torch_noautograd", "torch", ("torch",), ("cpu", "cuda")),
+    "jax-jit": Impl("impl_jax_jit", "jax", ("jax",), ("cpu", "cuda")),
+    "sklearn": Impl("impl_sklearn", "numpy", ("sklearn",)),
+    "nielsen": Impl("impl_nielsen", "numpy", ("numpy",), hidden_only=(30,),
+                    note="per-example loop; timed on <= 10,000 images, scaled to a full epoch"),
+}
+
+DEFAULT_HIDDEN = [30, 100, 800]
+NOISY_CORES = 0.25  # other processes using this many cores during a run mark it noisy ("!")
+DEFAULT_BATCH = [10, 64, 128]
+
+
+def epoch_flops(hidden: int, n_images: int) -> int:
+    """FLOPs of one training epoch's matrix products, counting a multiply-add as 2.
+
+    Per image: forward X @ W1 (2 D H) and A1 @ W2 (2 H K); backward dW2 = A1^T dZ2 (2 H K),
+    dA1 = dZ2 W2^T (2 H K), dW1 = X^T dZ1 (2 D H); no dX, since nothing upstream needs it.
+    Element-wise work (bias, ReLU, softmax, update) is left out: it is O(D H / batch) per image.
+    """
+    return n_images * (4 * D * hidden + 6 * hidden * K)
+
+
+def available(impl: Impl) -> str | None:
+    """Why `impl` cannot run here (a missing module), or None. Imports nothing heavy."""
+    for name in impl.requires:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return f"{name} is not installed"
+        except ImportError as e:  # the parent package of a submodule is missing
+            return f"{name} is not installed ({e})"
+    return None
+
+
+def child_env(threads: int, device: str) -> dict:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        env[var] = str(threads)
+    if device == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"  # a CPU run on a GPU machine must not land on the GPU
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(BENCH_DIR), str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def _cpu_busy_s() -> tuple[float, float] | None:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat; None
+    where there is no /proc (then contention is not measured)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class ContentionMeter:
+    """How many CPU cores other processes took while a run went on.
+
+    The machine's busy time (/proc/stat) minus our child's own CPU time, over the wall time; a
+    shared machine's neighbours show up here. Steal time (the hypervisor giving our cores to
+    other guests) is reported beside it.
+    """
+
+    def __enter__(self):
+        self.start = (time.perf_counter(), _cpu_busy_s(), _children_cpu_s())
+        return self
+
+    def __exit__(self, *exc):
+        t0, busy0, child0 = self.start
+        wall = time.perf_counter() - t0
+        busy1 = _cpu_busy_s()
+        if busy0 is None or busy1 is None or wall <= 0:
+            self.others_cores = self.steal_cores = None
+            return
+        child = _children_cpu_s() - child0
+        self.others_cores = max(0.0, (busy1[0] - busy0[0]) - child) / wall
+        self.steal_cores = (busy1[1] - busy0[1]) / wall
+
+
+def wait_until_quiet(limit_s: float, threshold: float) -> float:
+    """Sleep until other processes use under `threshold` cores (1 s samples), at most `limit_s`
+    seconds; return the seconds waited."""
+    waited = 0.0
+    while waited < limit_s:
+        with ContentionMeter() as meter:
+            time.sleep(1.0)
+        waited += 1.0
+        if meter.others_cores is None or meter.others_cores < threshold:
+            break
+    return waited
+
+
+def run_worker(cfg: dict, env: dict, timeout: float) -> dict:
+    """Run one measurement in a fresh interpreter; return its JSON, or a failure record."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(BENCH_DIR / "_worker.py"), json.dumps(cfg)],
+            env=env, capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "reason": f"ran past the {timeout:.0f} s timeout"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pass
+    err = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    return {"status": "failed",
+            "reason": f"exit {proc.returncode}: {err[-1] if err else 'no output'}",
+            "stderr_tail": "\n".join(err[-20:])}
+
+
+def prepare_data(args, folder: Path) -> tuple[int, int]:
+    """Write the (possibly subset) uint8 MNIST arrays as .npy files for the workers."""
+    import numpy as np
+    from _data import BenchDataError, load_mnist_u8
+
+    try:
+        train_x, train_y, test_x, test_y = load_mnist_u8(args.data_dir)
+    except BenchDataError as e:
+        raise SystemExit(f"epoch.py: error: {e}") from None
+    train_x, train_y = train_x[:args.train_images], train_y[:args.train_images]
+    test_x, test_y = test_x[:args.test_images], test_y[:args.test_images]
+    for name, array in (("train_images", train_x), ("train_labels", train_y),
+                        ("test_images", test_x), ("test_labels", test_y)):
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+    return len(train_x), len(test_x)
+
+
+def machine_info(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"host": socket.gethostname(), "cpu": cpu, "cpus": os.cpu_count(), "threads": threads,
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+def ratio_reference(row: dict[str, dict]) -> tuple[str | None, float | None]:
+    """The implementation every ratio in a row divides by: anynet's fastest backend, else
+    numpy-naive (when no anynet result exists)."""
+    ok = {name: r for name, r in row.items() if r.get("status") == "ok"}
+    anynet = {name: r for name, r in ok.items() if name.startswith("anynet-")}
+    pool = anynet or ({"numpy-naive": ok["numpy-naive"]} if "numpy-naive" in ok else {})
+    if not pool:
+        return None, None
+    name = min(pool, key=lambda n: pool[n]["median_s"])
+    return name, pool[name]["median_s"]
+
+
+def format_tables(results: list[dict], impls: list[str], grid: list[tuple[int, int]],
+                  floor_rate: float | None, rate_library: str | None, meta: dict) -> str:
+    by_cell = {(r["hidden"], r["batch"], r["impl"]): r for r in results}
+    width = max(14, *(len(n) + 2 for n in impls))
+    head = f"{'H':>4} {'batch':>5} |" + "".join(f"{n:>{width}}" for n in impls)
+    lines = []
+
+    refs = {}
+    for h, b in grid:
+        refs[(h, b)] = ratio_reference({n: by_cell.get((h, b, n), {}) for n in impls})
+    ref_names = {name for name, _ in refs.values() if name}
+    ref_text = ("anynet's fastest backend in the row" if all(n.startswith("anynet-")
+                for n in ref_names) and ref_names else
+                "numpy-naive (no anynet result)" if ref_names else "nothing (no result)")
+
+    lines.append(
+        f"Seconds per epoch ({meta['train_images']:,} images, shuffle included): median of "
+        f"{meta['epochs']} after {meta['warmup']} warm-up; lr {meta['lr']}, "
+        f"{meta['threads']} threads, {meta['device']}")
+    lines.append(f"x = median / {ref_text}. Floor = epoch FLOPs / best large-matmul rate"
+                 + (f" ({floor_rate:.0f} GFLOP/s, {rate_library})." if floor_rate else "."))
+    lines.append(head + f" |{'floor':>8}")
+    for h, b in grid:
+        _, ref_s = refs[(h, b)]
+        cells = []
+        for n in impls:
+            r = by_cell.get((h, b, n))
+            if r is None or r.get("status") != "ok":
+                mark = "-" if r is None or r.get("status") == "n/a" else r["status"]
+                cells.append(f"{mark:>{width}}")
+                continue
+            s = r["median_s"]
+            ratio = f" x{s / ref_s:.2f}" if ref_s else ""
+            noisy = "!" if (r.get("others_cores") or 0) >= NOISY_CORES else ""
+            cells.append(f"{_secs(s) + ratio + noisy:>{width}}")
+        floor = (f"{_secs(epoch_flops(h, meta['train_images']) / (floor_rate * 1e9)):>8}"
+                 if floor_rate else f"{'-':>8}")
+        lines.append(f"{h:>4} {b:>5} |" + "".join(cells) + f" |{floor}")
+
+    lines.append("")
+    lines.append(f"Test accuracy after {meta['warmup'] + meta['epochs']} epochs "
+                 f"({meta['test_images']:,} test images)")
+    lines.append(head)
+    for h, b in grid:
+        cells = []
+        for n in impls:
+            r = by_cell.get((h, b, n))
+            text = f"{r['test_accuracy']:.4f}" if r and r.get("status") == "ok" else "-"
+            cells.append(f"{text:>{width}}")
+        lines.append(f"{h:>4} {b:>5} |" + "".join(cells))
+
+    lines.append("")
+    lines.append("Peak RSS of the training process, MB (libraries and data included)")
+    lines.append(head)
+    for h, b in grid:
+        cells = []
+        for n in impls:
+            r = by_cell.get((h, b, n))
+            text = f"{r['peak_rss_mb']:.0f}" if r and r.get("status") == "ok" else "-"
+            cells.append(f"{text:>{width}}")
+        lines.append(f"{h:>4} {b:>5} |" + "".join(cells))
+
+    notes = sorted({f"{n}: {IMPLS[n].note}" for n in impls if IMPLS[n].note})
+    if any((r.get("others_cores") or 0) >= NOISY_CORES for r in results):
+        notes.append(f"! = other processes took >= {NOISY_CORES} cores during that run: noisy")
+    problems = sorted({f"{r['impl']}: {r['status']}: {r.get('reason', '')}" for r in results
+                       if r.get("status") in ("skipped", "failed")})
+    if notes or problems:
+        lines.append("")
+        lines.extend(notes + problems)
+    return "\n".join(lines)
+
+
+def _secs(s: float) -> str:
+    """Seconds with three significant-ish digits: 0.0042, 0.171, 2.65, 12.3."""
+    return f"{s:.4f}" if s < 0.01 else f"{s:.3f}" if s < 1 else f"{s:.2f}" if s < 10 else f"{s:.1f}"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    from anynet.commands._common import positive_float, positive_int
+
+    p = argparse.ArgumentParser(
+        prog="python bench/epoch.py",
+        description="Time one MNIST training epoch of anynet and its peers, one library per "
+                    "process, and print a table (JSON saved too).",
+    )
+    p.add_argument("--hidden", type=positive_int, nargs="+", metavar="H",
+                   help=f"hidden-layer sizes (default: {' '.join(map(str, DEFAULT_HIDDEN))}; "
+                        "--quick: 30)")
+    p.add_argument("--batch", type=positive_int, nargs="+", metavar="B",
+                   help=f"mini-batch sizes (default: {' '.join(map(str, DEFAULT_BATCH))}; "
+                        "--quick: 64)")
+    p.add_argument("--impl", nargs="+", choices=list(IMPLS), metavar="NAME",
+                   help=f"implementations to run (default: all that suit the device); "
+                        f"choose from: {', '.join(IMPLS)}")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="timed epochs per run; the median is reported (default: 5; --quick: 2)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed epochs first (default: 1)")
+    p.add_argument("--lr", type=positive_float, default=0.1,
+                   help="SGD learning rate, the same for every implementation (default: 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed for init and shuffles (default: 0)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cpu: the CPU peers; cuda: cupy, torch-CUDA and JAX-GPU (default: cpu)")
+    p.add_argument("--threads", type=positive_int, default=2,
+                   help="CPU threads (and CPUs) per process (default: 2)")
+    p.add_argument("--train-images", type=positive_int, default=None, metavar="N",
+                   help="train on the first N images (default: all 60,000; --quick: 2,000)")
+    p.add_argument("--test-images", type=positive_int, default=None, metavar="N",
+                   help="test on the first N images (default: all 10,000; --quick: 1,000)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 2,000 training and 1,000 test images, 2 timed epochs, and "
+                        "(unless given) H 30, batch 64")
+    p.add_argument("--matmul-size", type=positive_int, default=2048,
+                   help="n of the n x n float32 product that measures the FLOP rate "
+                        "(default: 2048)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder with the four MNIST IDX files, gzip'd or raw "
+                        "(default: $ANYNET_DATA_DIR, else /work/shared/data/mnist)")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                   help=f"before each run, wait up to S seconds for other processes to use under "
+                        f"{NOISY_CORES} cores (default: 0, do not wait)")
+    p.add_argument("--timeout", type=positive_float, default=900,
+                   help="seconds before one run is abandoned (default: 900)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="JSON results (default: bench/results/epoch-<host>-<date>.json)")
+    args = p.parse_args(argv)
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    args.hidden = args.hidden or ([30] if args.quick else DEFAULT_HIDDEN)
+    args.batch = args.batch or ([64] if args.quick else DEFAULT_BATCH)
+    args.epochs = args.epochs or (2 if args.quick else 5)
+    args.train_images = args.train_images or (2000 if args.quick else 60000)
+    args.test_images = args.test_images or (1000 if args.quick else 10000)
+    if args.impl is None:
+        args.impl = [n for n, impl in IMPLS.items() if args.device in impl.devices]
+    else:
+        wrong = [n for n in args.impl if args.device not in IMPLS[n].devices]
+        if wrong:
+            p.error(f"{', '.join(wrong)} cannot run on --device {args.device}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from anynet.fileio import atomic_write_text
+
+    started = time.perf_counter()
+    host = socket.gethostname()
+    out = Path(args.out) if args.out else (
+        BENCH_DIR / "results" / f"epoch-{host}-{dt.date.today().isoformat()}.json")
+    env = child_env(args.threads, args.device)
+    grid = [(h, b) for h in args.hidden for b in args.batch]
+
+    missing = {n: available(IMPLS[n]) for n in args.impl}
+    impls = [n for n in args.impl if missing[n] is None]
+    for n in args.impl:
+        if missing[n]:
+            print(f"skipping {n}: {missing[n]}", file=sys.stderr)
+
+    results: list[dict] = [
+        {"impl": n, "hidden": h, "batch": b, "status": "skipped", "reason": missing[n]}
+        for n in args.impl if missing[n] for h, b in grid]
+    matmul: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="anynet-bench-") as tmp:
+        n_train, n_test = prepare_data(args, Path(tmp))
+        meta = {"train_images": n_train, "test_images": n_test, "epochs": args.epochs,
+                "warmup": args.warmup, "lr": args.lr, "threads": args.threads,
+                "device": args.device}
+        print(f"config: H {args.hidden}, batch {args.batch}, {n_train:,} training / "
+              f"{n_test:,} test images, {args.warmup} warm-up + {args.epochs} timed epochs, "
+              f"lr {args.lr}, seed {args.seed}, {args.threads} threads, {args.device}; "
+              f"implementations: {' '.join(impls)}", file=sys.stderr)
+
+        for library in sorted({IMPLS[n].library for n in impls}):
+            cfg = {"kind": "matmul", "library": library, "device": args.device,
+                   "threads": args.threads, "size": args.matmul_size,
+                   "repeats": 3 if args.quick else 10}
+            if args.wait_quiet:
+                wait_until_quiet(args.wait_quiet, NOISY_CORES)
+            with ContentionMeter() as meter:
+                m = matmul[library] = run_worker(cfg, env, args.timeout)
+            m["others_cores"] = meter.others_cores
+            text = (f"{m['gflops']:.0f} GFLOP/s" if m["status"] == "ok"
+                    else f"{m['status']}: {m.get('reason')}")
+            if (meter.others_cores or 0) >= NOISY_CORES:
+                text += f" (noisy: others used {meter.others_cores:.2f} cores)"
+            print(f"matmul {library} {args.matmul_size}^2 float32: {text}", file=sys.stderr)
+
+        runs = [(h, b, n) for h, b in grid for n in impls]
+        for i, (h, b, n) in enumerate(runs, 1):
+            impl = IMPLS[n]
+            if impl.hidden_only and h not in impl.hidden_only:
+                results.append({"impl": n, "hidden": h, "batch": b, "status": "n/a",
+                                "reason": f"runs only for H in {list(impl.hidden_only)}"})
+                continue
+            cfg = {"kind": "train", "impl": impl.module, "library": impl.library,
+                   "options": impl.options, "hidden": h, "batch": b, "lr": args.lr,
+                   "seed": args.seed, "epochs": args.epochs, "warmup": args.warmup,
+                   "device": args.device, "threads": args.threads, "data_dir": tmp}
+            waited = wait_until_quiet(args.wait_quiet, NOISY_CORES) if args.wait_quiet else 0.0
+            t0 = time.perf_counter()
+            with ContentionMeter() as meter:
+                r = {"impl": n, "hidden": h, "batch": b, **run_worker(cfg, env, args.timeout)}
+            r["wall_s"] = time.perf_counter() - t0
+            r["others_cores"], r["steal_cores"] = meter.others_cores, meter.steal_cores
+            r["waited_for_quiet_s"] = waited
+            results.append(r)
+            summary = (f"{r['median_s']:.3f} s/epoch [{r['min_s']:.3f}-{r['max_s']:.3f}], "
+                       f"accuracy {r['test_accuracy']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB"
+                       if r["status"] == "ok" else f"{r['status']}: {r.get('reason')}")
+            noise = (f", others used {r['others_cores']:.2f} cores"
+                     if r["others_cores"] is not None and r["others_cores"] >= NOISY_CORES else "")
+            print(f"[{i}/{len(runs)}] {n} H={h} batch={b}: {summary} ({r['wall_s']:.0f} s{noise})",
+                  file=sys.stderr, flush=True)
+
+    rates = {lib: m["gflops"] for lib, m in matmul.items() if m.get("status") == "ok"}
+    rate_library = max(rates, key=rates.get) if rates else None
+    floor_rate = rates.get(rate_library)
+    for r in results:
+        if floor_rate:
+            r["flop_floor_s"] = epoch_flops(r["hidden"], n_train) / (floor_rate * 1e9)
+        if r.get("status") == "ok":
+            row = {x["impl"]: x for x in results
+                   if x["hidden"] == r["hidden"] and x["batch"] == r["batch"]}
+            ref_name, ref_s = ratio_reference(row)
+            r["ratio_reference"] = ref_name
+            r["ratio"] = r["median_s"] / ref_s if ref_s else None
+
+    table = format_tables(results, args.impl, grid, floor_rate, rate_library, meta)
+    print(table)
+    wall = time.perf_counter() - started
+    report = {
+        "schema": "anynet-bench-epoch/1",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(args.threads),
+        "config": {**meta, "hidden": args.hidden, "batch": args.batch, "impls": args.impl,
+                   "seed": args.seed, "matmul_size": args.matmul_size, "quick": args.quick},
+        "matmul": matmul,
+        "floor_gflops": floor_rate,
+        "floor_library": rate_library,
+        "results": results,
+        "table": table,
+        "wall_s": wall,
+    }
+    atomic_write_text(out, json.dumps(report, indent=1) + "\n")
+    print(f"\nwrote {out} ({wall / 60:.1f} min)")
+    return 0 if any(r.get("status") == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

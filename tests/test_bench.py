@@ -1,0 +1,202 @@
+"""Tests for the benchmark harness in bench/: its arithmetic, its data reader, every peer's
+training interface, and one real end-to-end run of `bench/epoch.py --quick`."""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import _data  # noqa: E402
+import epoch  # noqa: E402
+
+MNIST_DIR = Path(os.environ.get("ANYNET_DATA_DIR", _data.DEFAULT_DIR))
+have_mnist = pytest.mark.skipif(
+    not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists()
+    and not (MNIST_DIR / "train-images-idx3-ubyte").exists(),
+    reason=f"genuine MNIST not found in {MNIST_DIR}",
+)
+
+
+# --- arithmetic --------------------------------------------------------------------------------
+
+
+def test_epoch_flops_counts_forward_and_backward_products():
+    # H = 800 over 60,000 images: forward 2*784*800 + 2*800*10, backward twice the W1 product
+    # (dW1 only) and three H x K products: 60000 * (4*784*800 + 6*800*10) = 153,408,000,000.
+    assert epoch.epoch_flops(800, 60000) == 153_408_000_000
+    assert epoch.epoch_flops(30, 1) == 4 * 784 * 30 + 6 * 30 * 10
+
+
+def test_ratio_reference_prefers_fastest_anynet_backend():
+    row = {
+        "anynet-numpy": {"status": "ok", "median_s": 0.30},
+        "anynet-torch": {"status": "ok", "median_s": 0.20},
+        "anynet-jax": {"status": "failed"},
+        "numpy-naive": {"status": "ok", "median_s": 0.10},
+    }
+    assert epoch.ratio_reference(row) == ("anynet-torch", 0.20)
+
+
+def test_ratio_reference_falls_back_to_numpy_naive_without_anynet():
+    row = {"numpy-naive": {"status": "ok", "median_s": 0.17},
+           "torch-module": {"status": "ok", "median_s": 0.27}}
+    assert epoch.ratio_reference(row) == ("numpy-naive", 0.17)
+    assert epoch.ratio_reference({"torch-module": {"status": "failed"}}) == (None, None)
+
+
+def test_table_shows_ratio_floor_and_noise_mark():
+    results = [
+        {"impl": "anynet-numpy", "hidden": 30, "batch": 64, "status": "ok", "median_s": 0.09,
+         "test_accuracy": 0.96, "peak_rss_mb": 150.0, "others_cores": 0.0},
+        {"impl": "numpy-naive", "hidden": 30, "batch": 64, "status": "ok", "median_s": 0.18,
+         "test_accuracy": 0.955, "peak_rss_mb": 460.0, "others_cores": 1.2},
+    ]
+    meta = {"train_images": 60000, "test_images": 10000, "epochs": 5, "warmup": 1, "lr": 0.1,
+            "threads": 2, "device": "cpu"}
+    table = epoch.format_tables(results, ["anynet-numpy", "numpy-naive"], [(30, 64)],
+                                400.0, "numpy", meta)
+    row = next(line for line in table.splitlines() if line.strip().startswith("30"))
+    assert "0.090 x1.00" in row
+    assert "0.180 x2.00!" in row                       # twice as slow, and flagged noisy
+    assert row.rstrip().endswith("   0.014")            # 5.7528e9 FLOPs / 400 GFLOP/s
+    assert "0.9550" in table and "460" in table
+    assert "! = other processes" in table
+
+
+# --- data reader -------------------------------------------------------------------------------
+
+
+def _write_idx(path: Path, magic: int, dims: tuple, payload: bytes) -> None:
+    header = np.array([magic, *dims], dtype=">u4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(header + payload)
+
+
+def test_data_reader_rejects_wrong_magic_in_one_line(tmp_path):
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", 2049, (60000, 28, 28), b"")
+    with pytest.raises(_data.BenchDataError) as info:
+        _data.load_mnist_u8(tmp_path)
+    message = str(info.value)
+    assert "magic 2049, expected 2051" in message and "\n" not in message
+
+
+def test_data_reader_rejects_truncated_file(tmp_path):
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", 2051, (60000, 28, 28), b"\0" * 100)
+    with pytest.raises(_data.BenchDataError, match="bytes, expected 47040016"):
+        _data.load_mnist_u8(tmp_path)
+
+
+def test_data_reader_names_missing_file(tmp_path):
+    with pytest.raises(_data.BenchDataError, match=r"train-images-idx3-ubyte\.gz"):
+        _data.load_mnist_u8(tmp_path)
+
+
+@pytest.mark.realdata
+@have_mnist
+def test_data_reader_on_genuine_mnist():
+    train_x, train_y, test_x, test_y = _data.load_mnist_u8(MNIST_DIR)
+    assert train_x.shape == (60000, 784) and train_x.dtype == np.uint8
+    assert test_x.shape == (10000, 784) and test_y.shape == (10000,)
+    assert train_x.max() == 255 and train_x.min() == 0
+    assert train_y[:5].tolist() == [5, 0, 4, 1, 9]     # the well-known first training labels
+    assert np.bincount(test_y).tolist()[:2] == [980, 1135]
+
+
+# --- every implementation trains through the common interface ---------------------------------
+
+
+def _toy_problem(n: int, seed: int = 0):
+    """uint8 'images' whose class k lights up pixel block k: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    images = rng.integers(0, 60, size=(n, 784)).astype(np.uint8)
+    for k in range(10):
+        images[labels == k, 78 * k:78 * k + 78] = 255
+    return images, labels
+
+
+PEERS = {
+    "impl_numpy_naive": None,
+    "impl_sklearn": "sklearn",
+    "impl_nielsen": None,
+    "impl_torch_module": "torch",
+    "impl_torch_noautograd": "torch",
+    "impl_jax_jit": "jax",
+}
+
+
+@pytest.mark.parametrize("module", list(PEERS))
+def test_peer_learns_a_toy_problem(module):
+    if PEERS[module]:
+        pytest.importorskip(PEERS[module])
+    if PEERS[module] == "jax":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    impl = importlib.import_module(module)
+    train_x, train_y = _toy_problem(640)
+    test_x, test_y = _toy_problem(200, seed=1)
+    trainer = impl.make(16, 32, 0.1, 0, train_x, train_y, device="cpu", threads=1)
+    trainer.epoch()
+    first = trainer.accuracy(test_x, test_y)
+    for _ in range(2):
+        trainer.epoch()
+    after = trainer.accuracy(test_x, test_y)
+    assert 0 <= first <= 1
+    assert after > 0.9, f"{module}: accuracy {first:.2f} after 1 epoch, {after:.2f} after 3"
+
+
+def test_nielsen_scales_time_by_its_subset():
+    import impl_nielsen
+
+    train_x, train_y = _toy_problem(300)
+    trainer = impl_nielsen.NielsenNet(8, 10, 0.1, 0, train_x, train_y, subset=100)
+    assert trainer.timed_images == 100 and trainer.epoch_time_scale == 3.0
+    assert len(trainer.training_data) == 100
+
+
+# --- the harness end to end --------------------------------------------------------------------
+
+
+@pytest.mark.realdata
+@have_mnist
+def test_quick_run_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "epoch.py"), "--quick", "--impl", "anynet-numpy",
+         "numpy-naive", "--matmul-size", "512", "--data-dir", str(MNIST_DIR), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Seconds per epoch (2,000 images" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["schema"] == "anynet-bench-epoch/1"
+    assert report["config"]["train_images"] == 2000 and report["config"]["epochs"] == 2
+    rate = report["matmul"]["numpy"]["gflops"]
+    assert rate > 1 and report["floor_gflops"] == rate
+    results = {r["impl"]: r for r in report["results"]}
+    naive = results["numpy-naive"]
+    assert naive["status"] == "ok", naive
+    assert (naive["hidden"], naive["batch"]) == (30, 64)
+    assert len(naive["epoch_s"]) == 2 and len(naive["warmup_s"]) == 1
+    assert naive["min_s"] <= naive["median_s"] <= naive["max_s"] and naive["min_s"] > 0
+    assert naive["median_s"] == pytest.approx(sum(naive["epoch_s"]) / 2)
+    assert 0.6 < naive["test_accuracy"] <= 1     # 3 epochs on 2,000 images: about 0.8
+    assert naive["test_images"] == 1000 and naive["epochs_trained"] == 3
+    assert 30 < naive["peak_rss_mb"] < 2000
+    assert naive["flop_floor_s"] == pytest.approx(epoch.epoch_flops(30, 2000) / (rate * 1e9))
+    anynet = results["anynet-numpy"]
+    if anynet["status"] == "ok":                 # the adapter may lag behind anynet's API
+        assert naive["ratio_reference"] == "anynet-numpy"
+        assert naive["ratio"] == pytest.approx(naive["median_s"] / anynet["median_s"])
+    else:
+        assert naive["ratio_reference"] == "numpy-naive" and naive["ratio"] == 1.0
