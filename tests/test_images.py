@@ -8,7 +8,6 @@ genuine MNIST digits redrawn off-centre, at another scale, dark on light, in a 2
 from __future__ import annotations
 
 import gzip
-import os
 import sys
 from pathlib import Path
 
@@ -83,15 +82,10 @@ def aligned_correlation(a: np.ndarray, b: np.ndarray) -> float:
     )
 
 
-def mnist_dir() -> Path | None:
-    for folder in (os.environ.get("ANYNET_DATA_DIR"), "/work/shared/data/mnist"):
-        if folder and (Path(folder) / "t10k-images-idx3-ubyte.gz").exists():
-            return Path(folder)
-    return None
-
-
 def read_idx_gz(path: Path, count: int) -> np.ndarray:
-    """The first `count` records of a gzip'd IDX file of uint8 (images or labels)."""
+    """The first `count` records of a gzip'd IDX file of uint8 (images or labels).
+
+    Read here with gzip and NumPy, not with anynet.data, so these tests stand on their own."""
     with gzip.open(path) as f:
         magic = int.from_bytes(f.read(4), "big")
         assert magic >> 8 == 0x08, f"{path}: not a uint8 IDX file (magic {magic:#x})"
@@ -251,11 +245,8 @@ def test_any_blob_becomes_a_valid_mnist_row(height, width, seed, light):
 
 
 @pytest.mark.realdata
-def test_preprocessing_keeps_mnist_digits_nearly_as_they_are():
-    folder = mnist_dir()
-    if folder is None:
-        pytest.skip("genuine MNIST not found (set ANYNET_DATA_DIR)")
-    images = read_idx_gz(folder / "t10k-images-idx3-ubyte.gz", 300)
+def test_preprocessing_keeps_mnist_digits_nearly_as_they_are(mnist_dir):
+    images = read_idx_gz(mnist_dir / "t10k-images-idx3-ubyte.gz", 300)
     again = np.stack([preprocess_digit(image) for image in images])
     correlations = [
         aligned_correlation(a, b) for a, b in zip(images.reshape(-1, 784), again, strict=True)
@@ -451,11 +442,9 @@ def test_load_digits(tmp_path):
 
 
 @pytest.mark.realdata
-def test_mnist_digits_redrawn_in_a_big_png_are_centred_and_predicted_alike(tmp_path):
+def test_mnist_digits_redrawn_in_a_big_png_are_centred_and_predicted_alike(tmp_path, mnist_dir):
     """Genuine test digits, enlarged, dark on light, off-centre in a 200x200 PNG."""
-    folder = mnist_dir()
-    if folder is None:
-        pytest.skip("genuine MNIST not found (set ANYNET_DATA_DIR)")
+    folder = mnist_dir
     from anynet.backend import to_numpy
     from anynet.network import TwoLayerNet
     from anynet.optim import SGD

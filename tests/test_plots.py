@@ -6,7 +6,9 @@ the labels), so a plot that shows the wrong thing fails here, not only one that 
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import sys
 
 import numpy as np
@@ -307,3 +309,151 @@ def test_confusion_rejects_what_is_not_a_confusion_matrix(tmp_path):
 def test_confusion_all_zero_draws(tmp_path):
     plots.plot_confusion(np.zeros((10, 10), dtype=np.int64), tmp_path / "m.svg")
     assert (tmp_path / "m.svg").read_bytes().startswith(b"<?xml")
+
+
+# ----------------------------------------------------------------------------- anynet plot
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `anynet argv...` through anynet.cli.main."""
+    from anynet.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(result, pattern: str) -> None:
+    code, out, err = result
+    assert code == 2, err
+    assert out == "" and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("anynet: error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def write_model(path, n_in=784, n_hidden=5):
+    from anynet.modelio import save_model
+    from anynet.network import TwoLayerNet
+
+    save_model(path, TwoLayerNet(n_in=n_in, n_hidden=n_hidden, seed=3), {})
+    return path
+
+
+def test_cli_plot_weights(capsys, tmp_path, figures):
+    from anynet.modelio import load_model
+
+    model = write_model(tmp_path / "m.npz")
+    code, out, err = cli(capsys, "plot", "weights", model, "--out", tmp_path / "hidden.png")
+    assert (code, err) == (0, "")
+    assert out == f"wrote {tmp_path / 'hidden.png'}: input weights of 5 of 5 hidden units\n"
+    assert (tmp_path / "hidden.png").read_bytes().startswith(b"\x89PNG")
+    W1 = load_model(model)[0].host_params()["W1"]
+    units = [ax for ax in image_axes(figures[0]) if ax.get_title().startswith("unit")]
+    np.testing.assert_array_equal(units[4].get_images()[0].get_array(), W1[:, 4].reshape(28, 28))
+
+
+def test_cli_plot_weights_max_units(capsys, tmp_path, figures):
+    model = write_model(tmp_path / "m.npz", n_hidden=30)
+    code, out, _ = cli(capsys, "plot", "weights", model, "--out", tmp_path / "w.svg",
+                       "--max-units", "4")
+    assert code == 0 and "4 of 30 hidden units" in out
+    assert len([ax for ax in image_axes(figures[0]) if ax.get_title().startswith("unit")]) == 4
+    assert (tmp_path / "w.svg").read_bytes().startswith(b"<?xml")
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_cli_plot_weights_bad_max_units(capsys, tmp_path, value):
+    model = write_model(tmp_path / "m.npz")
+    code, out, err = cli(capsys, "plot", "weights", model, "--out", tmp_path / "w.png",
+                         "--max-units", value)
+    assert code == 2 and out == "" and "--max-units" in err and "positive integer" in err
+    assert not (tmp_path / "w.png").exists()
+
+
+def test_cli_plot_weights_mistakes(capsys, tmp_path):
+    model = write_model(tmp_path / "m.npz")
+    assert_one_line_error(cli(capsys, "plot", "weights", tmp_path / "none.npz", "--out",
+                              tmp_path / "w.png"), r"none\.npz does not exist")
+    # The suffix is checked first, before the model is even read.
+    assert_one_line_error(cli(capsys, "plot", "weights", tmp_path / "none.npz", "--out",
+                              tmp_path / "w.jpg"), r"w\.jpg: a plot file must end in \.png")
+    odd = write_model(tmp_path / "odd.npz", n_in=101)
+    assert_one_line_error(cli(capsys, "plot", "weights", odd, "--out", tmp_path / "w.png"),
+                          r"odd\.npz: the model takes 101 inputs")
+    (tmp_path / "text.npz").write_text("hello")
+    assert_one_line_error(cli(capsys, "plot", "weights", tmp_path / "text.npz", "--out",
+                              tmp_path / "w.png"), r"text\.npz is not a readable anynet model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "odd.npz", "text.npz"]
+    assert model.exists()
+
+
+def test_cli_plot_needs_out_and_a_kind(capsys, tmp_path):
+    model = write_model(tmp_path / "m.npz")
+    code, out, err = cli(capsys, "plot", "weights", model)
+    assert code == 2 and out == "" and "--out" in err
+    code, out, err = cli(capsys, "plot")
+    assert code == 2 and "WHAT" in err
+    code, out, err = cli(capsys, "plot", "histogram", model)
+    assert code == 2 and "invalid choice: 'histogram'" in err
+
+
+def test_cli_plot_help(capsys):
+    code, out, _ = cli(capsys, "plot", "--help")
+    assert code == 0 and "weights" in out and "curves" in out
+    code, out, _ = cli(capsys, "plot", "weights", "--help")
+    assert code == 0 and "--max-units" in out and "--out" in out
+
+
+def test_cli_plot_curves(capsys, tmp_path, figures):
+    (tmp_path / "run.json").write_text(json.dumps(metrics(n_epochs=5)))
+    code, out, err = cli(capsys, "plot", "curves", tmp_path / "run.json", "--out",
+                         tmp_path / "curves.pdf")
+    assert (code, err) == (0, "")
+    assert out == f"wrote {tmp_path / 'curves.pdf'}: curves of 5 epochs\n"
+    assert (tmp_path / "curves.pdf").read_bytes().startswith(b"%PDF")
+    train = figures[0].get_axes()[0].get_lines()[0]
+    np.testing.assert_allclose(train.get_ydata(), [1 / e for e in range(1, 6)])
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (None, r"nothing\.json: no such file"),
+        ("{not json", r"bad\.json: not valid JSON \(Expecting property name"),
+        (b"\xff\xfe\x00binary", r"bad\.json: not a metrics file \(not UTF-8"),
+        ('{"format": "anynet-model"}', r"bad\.json: not an anynet metrics file"),
+        (json.dumps(metrics(version=7)), r"bad\.json: metrics format version 7"),
+        (json.dumps(metrics(n_epochs=0)), r"bad\.json: the metrics file has no epochs"),
+    ],
+)
+def test_cli_plot_curves_mistakes(capsys, tmp_path, content, pattern):
+    name = "nothing.json" if content is None else "bad.json"
+    if isinstance(content, bytes):
+        (tmp_path / name).write_bytes(content)
+    elif content is not None:
+        (tmp_path / name).write_text(content)
+    assert_one_line_error(
+        cli(capsys, "plot", "curves", tmp_path / name, "--out", tmp_path / "c.png"), pattern
+    )
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_cli_plot_curves_folder(capsys, tmp_path):
+    assert_one_line_error(cli(capsys, "plot", "curves", tmp_path, "--out", tmp_path / "c.png"),
+                          "is a folder")
+
+
+def test_cli_without_matplotlib(capsys, tmp_path, monkeypatch):
+    (tmp_path / "run.json").write_text(json.dumps(metrics()))
+    model = write_model(tmp_path / "m.npz")
+    for name in list(sys.modules):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    for argv in (("weights", model), ("curves", tmp_path / "run.json")):
+        assert_one_line_error(
+            cli(capsys, "plot", *argv, "--out", tmp_path / "p.png"),
+            r"Plotting needs matplotlib, which is not installed: pip install 'anynet\[plot\]'",
+        )
+    assert not (tmp_path / "p.png").exists()

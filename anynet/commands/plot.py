@@ -1,0 +1,111 @@
+"""Draw a trained model's hidden units, or the curves of a training run, to an image file.
+
+  anynet plot weights MODEL --out hidden.png [--max-units N]
+      each hidden unit's 784 input weights as a 28x28 image (red: ink there excites the unit,
+      blue: inhibits it), one shared colour scale
+  anynet plot curves METRICS.json --out curves.png
+      train and validation loss, and accuracy, per epoch, from anynet train --metrics
+
+The format follows the suffix of --out: .png, .svg or .pdf. Needs matplotlib (the 'plot'
+extra: pip install 'anynet[plot]').
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from anynet.commands._common import positive_int
+
+HELP = "plot a model's hidden-unit weights or a training run's curves (needs the 'plot' extra)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the docstring's lines
+    kinds = parser.add_subparsers(dest="what", metavar="WHAT")
+    kinds.required = True
+
+    weights = kinds.add_parser(
+        "weights", help="each hidden unit's input weights as a 28x28 image",
+        description="Draw each hidden unit's 784 input weights as a 28x28 image, in a grid.",
+    )
+    weights.add_argument("model", metavar="MODEL", help="model file written by anynet train")
+    _add_out_option(weights, "hidden.png")
+    weights.add_argument(
+        "--max-units", metavar="N", type=positive_int, default=None,
+        help="draw only the first N hidden units (default: all)",
+    )
+    weights.set_defaults(_plot=_plot_weights)
+
+    curves = kinds.add_parser(
+        "curves", help="loss and accuracy per epoch of a training run",
+        description="Draw train/validation loss and accuracy per epoch from a metrics file.",
+    )
+    curves.add_argument(
+        "metrics", metavar="METRICS.json", help="metrics file written by anynet train --metrics",
+    )
+    _add_out_option(curves, "curves.png")
+    curves.set_defaults(_plot=_plot_curves)
+
+
+def _add_out_option(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument(
+        "--out", metavar="FILE", required=True,
+        help=f"image file to write, .png, .svg or .pdf (e.g. {example})",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from anynet.plots import figure_format
+
+    figure_format(args.out)  # a wrong suffix fails before any slow work
+    return args._plot(args)
+
+
+def _plot_weights(args: argparse.Namespace) -> int:
+    from anynet.errors import UserError
+    from anynet.modelio import load_model
+    from anynet.plots import plot_weights
+
+    net, _metadata = load_model(args.model, backend="numpy")
+    W1 = net.host_params()["W1"]  # (784, H)
+    side = math.isqrt(W1.shape[0])
+    if side * side != W1.shape[0]:
+        raise UserError(
+            f"{args.model}: the model takes {W1.shape[0]} inputs, which do not form a square "
+            "image; plot weights needs 784 (28x28)"
+        )
+    plot_weights(W1, args.out, max_units=args.max_units)
+    shown = W1.shape[1] if args.max_units is None else min(args.max_units, W1.shape[1])
+    print(f"wrote {args.out}: input weights of {shown} of {W1.shape[1]} hidden units")
+    return 0
+
+
+def _plot_curves(args: argparse.Namespace) -> int:
+    from anynet.plots import check_metrics, plot_curves
+
+    metrics = check_metrics(_read_json(args.metrics), source=args.metrics)
+    plot_curves(metrics, args.out)
+    print(f"wrote {args.out}: curves of {len(metrics['epochs'])} epochs")
+    return 0
+
+
+def _read_json(path: str) -> object:
+    """The JSON document in `path`; UserError (one line) if it is missing or not JSON."""
+    import json
+
+    from anynet.errors import UserError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a metrics file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a metrics file (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
