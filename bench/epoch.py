@@ -6,9 +6,10 @@
     python bench/epoch.py --device cuda        # GPU peers (cupy, torch-CUDA, JAX GPU)
 
 For every (implementation, H, batch) a fresh subprocess (`bench/_worker.py`) loads the same
-MNIST bytes, imports one array library, trains 784 -> H ReLU -> 10 softmax with plain SGD at one
-learning rate for all, runs `--warmup` untimed epochs and `--epochs` timed ones (each includes
-its shuffle; `time.perf_counter`, device synchronised), then measures test accuracy and peak RSS.
+MNIST bytes (uint8, from `anynet.data.load_mnist`), imports one array library, trains
+784 -> H ReLU -> 10 softmax with plain SGD at one learning rate for all, runs `--warmup` untimed
+epochs and `--epochs` timed ones (each includes its shuffle; `time.perf_counter`, device
+synchronised), then measures test accuracy and peak RSS.
 Another subprocess per library measures its float32 large-matrix-product rate, which gives each
 row's FLOP floor: the FLOPs of one epoch (forward + backward, no gradient for the input)
 divided by the best rate measured. The table shows the median epoch and each peer's ratio to
@@ -192,14 +193,13 @@ def run_worker(cfg: dict, env: dict, timeout: float) -> dict:
 def prepare_data(args, folder: Path) -> tuple[int, int]:
     """Write the (possibly subset) uint8 MNIST arrays as .npy files for the workers."""
     import numpy as np
-    from _data import BenchDataError, load_mnist_u8
 
-    try:
-        train_x, train_y, test_x, test_y = load_mnist_u8(args.data_dir)
-    except BenchDataError as e:
-        raise SystemExit(f"epoch.py: error: {e}") from None
-    train_x, train_y = train_x[:args.train_images], train_y[:args.train_images]
-    test_x, test_y = test_x[:args.test_images], test_y[:args.test_images]
+    from anynet.data import load_mnist
+
+    mnist = load_mnist(args.data_dir)  # checked; a DataError is one line for the user
+    n, m = args.train_images, args.test_images
+    train_x, train_y = mnist.train_images[:n], mnist.train_labels[:n]
+    test_x, test_y = mnist.test_images[:m], mnist.test_labels[:m]
     for name, array in (("train_images", train_x), ("train_labels", train_y),
                         ("test_images", test_x), ("test_labels", test_y)):
         np.save(folder / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
@@ -352,8 +352,8 @@ def parse_args(argv):
                    help="n of the n x n float32 product that measures the FLOP rate "
                         "(default: 2048)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="folder with the four MNIST IDX files, gzip'd or raw "
-                        "(default: $ANYNET_DATA_DIR, else /work/shared/data/mnist)")
+                   help="folder with the four MNIST files, gzip'd or raw (default: "
+                        "$ANYNET_DATA_DIR, else anynet's cache, else download)")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                    help=f"before each run, wait up to S seconds for other processes to use under "
                         f"{NOISY_CORES} cores (default: 0, do not wait)")
@@ -379,7 +379,17 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from anynet.errors import UserError
+
     args = parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"epoch.py: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def run(args: argparse.Namespace) -> int:
     from anynet.fileio import atomic_write_text
 
     started = time.perf_counter()

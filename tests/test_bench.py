@@ -3,7 +3,6 @@ training interface, and one real end-to-end run of `bench/epoch.py --quick`."""
 
 from __future__ import annotations
 
-import gzip
 import importlib
 import json
 import os
@@ -17,10 +16,9 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
-import _data  # noqa: E402
 import epoch  # noqa: E402
 
-MNIST_DIR = Path(os.environ.get("ANYNET_DATA_DIR", _data.DEFAULT_DIR))
+MNIST_DIR = Path(os.environ.get("ANYNET_DATA_DIR", "/work/shared/data/mnist"))
 have_mnist = pytest.mark.skipif(
     not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists()
     and not (MNIST_DIR / "train-images-idx3-ubyte").exists(),
@@ -74,43 +72,17 @@ def test_table_shows_ratio_floor_and_noise_mark():
     assert "! = other processes" in table
 
 
-# --- data reader -------------------------------------------------------------------------------
+# --- data -------------------------------------------------------------------------------------
 
 
-def _write_idx(path: Path, magic: int, dims: tuple, payload: bytes) -> None:
-    header = np.array([magic, *dims], dtype=">u4").tobytes()
-    with gzip.open(path, "wb") as f:
-        f.write(header + payload)
-
-
-def test_data_reader_rejects_wrong_magic_in_one_line(tmp_path):
-    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", 2049, (60000, 28, 28), b"")
-    with pytest.raises(_data.BenchDataError) as info:
-        _data.load_mnist_u8(tmp_path)
-    message = str(info.value)
-    assert "magic 2049, expected 2051" in message and "\n" not in message
-
-
-def test_data_reader_rejects_truncated_file(tmp_path):
-    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", 2051, (60000, 28, 28), b"\0" * 100)
-    with pytest.raises(_data.BenchDataError, match="bytes, expected 47040016"):
-        _data.load_mnist_u8(tmp_path)
-
-
-def test_data_reader_names_missing_file(tmp_path):
-    with pytest.raises(_data.BenchDataError, match=r"train-images-idx3-ubyte\.gz"):
-        _data.load_mnist_u8(tmp_path)
-
-
-@pytest.mark.realdata
-@have_mnist
-def test_data_reader_on_genuine_mnist():
-    train_x, train_y, test_x, test_y = _data.load_mnist_u8(MNIST_DIR)
-    assert train_x.shape == (60000, 784) and train_x.dtype == np.uint8
-    assert test_x.shape == (10000, 784) and test_y.shape == (10000,)
-    assert train_x.max() == 255 and train_x.min() == 0
-    assert train_y[:5].tolist() == [5, 0, 4, 1, 9]     # the well-known first training labels
-    assert np.bincount(test_y).tolist()[:2] == [980, 1135]
+def test_bad_data_dir_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\0\0\x08\x01not mnist")
+    code = epoch.main(["--quick", "--impl", "numpy-naive", "--data-dir", str(tmp_path),
+                       "--out", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("epoch.py: error: ") and "\n" not in err
+    assert not (tmp_path / "out.json").exists()
 
 
 # --- every implementation trains through the common interface ---------------------------------
