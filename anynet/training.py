@@ -1,0 +1,228 @@
+"""The training loop: mini-batch SGD over MNIST, with checkpoints, resume and divergence checks.
+
+Each epoch shuffles the training set with a seeded NumPy Generator on the host, then for each
+batch: gather the uint8 pixels on the backend, compute the loss and gradients
+(`TwoLayerNet.loss_and_grads_array`), and let the optimizer step (`SGD.step`). Pixels stay uint8
+on the device; each batch becomes floats only when it is used.
+
+The loop reports through callbacks (`Callback`) and never prints. It writes a checkpoint at the
+end of every epoch and when asked to stop (`Trainer.request_stop`, which the command line calls on
+Ctrl-C or SIGTERM), at the exact batch it reached; `fit(resume=...)` continues from one, and the
+finished model equals that of an uninterrupted run. A non-finite loss stops training at once with
+a `DivergenceError`, leaving the last checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anynet.backend import Backend, get_namespace, to_numpy
+from anynet.config import TrainConfig
+from anynet.errors import DivergenceError
+from anynet.modelio import save_checkpoint
+from anynet.network import TwoLayerNet
+from anynet.optim import SGD, make_schedule
+
+EVAL_CHUNK = 10_000        # examples per forward pass when evaluating: bounds the memory used
+TRAIN_ACCURACY_SAMPLE = 10_000  # training examples scored at each epoch's end
+
+
+class Callback:
+    """Hooks the loop calls; override the ones you need. None of them may change the training."""
+
+    def on_train_begin(self, trainer: Trainer, state: TrainState) -> None: ...
+    def on_epoch_begin(self, epoch: int, n_batches: int, first_batch: int) -> None: ...
+    def on_batch_end(self, epoch: int, batch: int, loss: float) -> None: ...
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None: ...
+    def on_checkpoint(self, path: Path, state: TrainState) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """Everything that determines the rest of a run: what a checkpoint holds.
+
+    `epoch` is the current epoch (0-based) and `batch` the next batch in it; `rng_state` is the
+    shuffling Generator's state at the start of the current epoch, so its permutation can be
+    drawn again; `loss_sum` sums the current epoch's batch losses so far.
+    """
+
+    params: dict
+    velocity: dict
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    rng_state: dict | None = None
+    loss_sum: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    def record(self, config: TrainConfig, data_sha256: dict) -> dict:
+        return {"config": config.to_dict(), "epoch": self.epoch, "batch": self.batch,
+                "step": self.step, "rng_state": self.rng_state, "loss_sum": self.loss_sum,
+                "history": self.history, "data_sha256": data_sha256}
+
+
+@dataclass
+class FitResult:
+    """How `fit` ended ("finished" or "stopped"), the network, and the final state."""
+
+    status: str
+    net: TwoLayerNet
+    state: TrainState
+    stop_reason: str = ""
+
+
+def evaluate(net: TwoLayerNet, images: Any, labels: Any) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `net` on a dataset, in chunks of EVAL_CHUNK.
+
+    images uint8 (N, D), labels (N,), host or backend arrays -> (loss, accuracy in [0, 1]).
+    """
+    from anynet import functional as F
+
+    xp = net.xp
+    n = images.shape[0]
+    if n == 0:
+        return math.nan, math.nan
+    loss_total, hits = 0.0, 0
+    for start in range(0, n, EVAL_CHUNK):
+        Z = net.forward(images[start:start + EVAL_CHUNK])
+        t = net.labels(labels[start:start + EVAL_CHUNK])
+        loss_total += float(F.softmax_cross_entropy(Z, t)) * Z.shape[0]
+        hits += int(xp.sum(xp.astype(xp.argmax(Z, axis=-1) == t, xp.int64)))
+    return loss_total / n, hits / n
+
+
+class Trainer:
+    """Trains a `TwoLayerNet` as `config` says on the given training (and validation) data.
+
+    images uint8 (N, D) and labels (N,) are host NumPy arrays; they are moved to the backend once.
+    `checkpoint_path`: where checkpoints go (None: none are written).
+    """
+
+    def __init__(self, config: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,
+                 val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None, *,
+                 backend: str | Backend | None = None, checkpoint_path: str | Path | None = None,
+                 callbacks: list[Callback] | tuple = (), data_sha256: dict | None = None):
+        self.config = config
+        self.backend = get_namespace(backend if backend is not None else config.backend)
+        self.optimizer = SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                             weight_decay=config.weight_decay)
+        self.n_train = int(train_images.shape[0])
+        if self.n_train == 0:
+            raise ValueError("no training examples")
+        self.n_batches = math.ceil(self.n_train / config.batch_size)
+        self.schedule = make_schedule(config.schedule, config.lr, config.epochs * self.n_batches)
+        b = self.backend
+        self.train_images = b.asarray(train_images)            # uint8 on the device
+        self.train_labels = b.asarray(train_labels, "int64")
+        self.val_images = b.asarray(val_images) if val_images is not None else None
+        self.val_labels = b.asarray(val_labels, "int64") if val_labels is not None else None
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.callbacks = list(callbacks)
+        self.data_sha256 = data_sha256 or {}
+        self._stop_reason = ""
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to stop after the current batch, writing a checkpoint (signal-safe)."""
+        self._stop_reason = reason
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def initial_state(self) -> TrainState:
+        net = TwoLayerNet(n_hidden=self.config.hidden, backend=self.backend,
+                          dtype=self.config.dtype, seed=self.config.seed)
+        return TrainState(params=net.params, velocity=self.optimizer.init(net.params))
+
+    def state_from_checkpoint(self, params: dict, velocity: dict, record: dict) -> TrainState:
+        b = self.backend
+        return TrainState(
+            params={k: b.asarray(v) for k, v in params.items()},
+            velocity={k: b.asarray(v) for k, v in velocity.items()},
+            epoch=int(record["epoch"]), batch=int(record["batch"]), step=int(record["step"]),
+            rng_state=record["rng_state"], loss_sum=float(record.get("loss_sum", 0.0)),
+            history=list(record["history"]),
+        )
+
+    def write_checkpoint(self, state: TrainState) -> None:
+        if self.checkpoint_path is None:
+            return
+        save_checkpoint(self.checkpoint_path, {k: to_numpy(v) for k, v in state.params.items()},
+                        {k: to_numpy(v) for k, v in state.velocity.items()},
+                        state.record(self.config, self.data_sha256))
+        for cb in self.callbacks:
+            cb.on_checkpoint(self.checkpoint_path, state)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def fit(self, resume: TrainState | None = None) -> FitResult:
+        """Train from the start, or from `resume`, to the configured number of epochs."""
+        cfg, xp, b = self.config, self.backend.xp, self.backend
+        state = resume if resume is not None else self.initial_state()
+        net = TwoLayerNet.from_params(state.params, backend=b)
+        rng = np.random.default_rng([cfg.seed, 1])  # the shuffling stream, apart from the init's
+        for cb in self.callbacks:
+            cb.on_train_begin(self, state)
+
+        while state.epoch < cfg.epochs:
+            if state.batch == 0:
+                state.rng_state, state.loss_sum = rng.bit_generator.state, 0.0
+            rng.bit_generator.state = state.rng_state
+            perm = b.asarray(rng.permutation(self.n_train), "int64")
+            for cb in self.callbacks:
+                cb.on_epoch_begin(state.epoch, self.n_batches, state.batch)
+            started = time.perf_counter()
+            B = cfg.batch_size
+            while state.batch < self.n_batches:
+                idx = perm[state.batch * B:(state.batch + 1) * B]
+                X = xp.take(self.train_images, idx, axis=0)
+                t = xp.take(self.train_labels, idx, axis=0)
+                loss, grads = net.loss_and_grads_array(X, t)
+                net.params, state.velocity = self.optimizer.step(
+                    net.params, grads, state.velocity, lr=self.schedule(state.step))
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    raise DivergenceError(self._divergence_message(state, loss))
+                state.params = net.params
+                state.loss_sum += loss
+                state.batch += 1
+                state.step += 1
+                for cb in self.callbacks:
+                    cb.on_batch_end(state.epoch, state.batch, loss)
+                if self._stop_reason:
+                    self.write_checkpoint(state)
+                    return FitResult("stopped", net, state, self._stop_reason)
+            seconds = time.perf_counter() - started
+            metrics = self._epoch_metrics(net, state, seconds)
+            state.history.append(metrics)
+            state.epoch, state.batch = state.epoch + 1, 0
+            self.write_checkpoint(state)
+            for cb in self.callbacks:
+                cb.on_epoch_end(state.epoch - 1, metrics)
+            if self._stop_reason:
+                return FitResult("stopped", net, state, self._stop_reason)
+        return FitResult("finished", net, state)
+
+    def _epoch_metrics(self, net: TwoLayerNet, state: TrainState, seconds: float) -> dict:
+        sample = min(self.n_train, TRAIN_ACCURACY_SAMPLE)
+        _, train_acc = evaluate(net, self.train_images[:sample], self.train_labels[:sample])
+        val_loss = val_acc = None
+        if self.val_images is not None and self.val_images.shape[0] > 0:
+            val_loss, val_acc = evaluate(net, self.val_images, self.val_labels)
+        return {"epoch": state.epoch + 1, "train_loss": state.loss_sum / self.n_batches,
+                "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc,
+                "lr": self.schedule(max(state.step - 1, 0)), "seconds": seconds}
+
+    def _divergence_message(self, state: TrainState, loss: float) -> str:
+        where = f"epoch {state.epoch + 1}, batch {state.batch + 1}"
+        if self.checkpoint_path and self.checkpoint_path.exists():
+            kept = f"the last good checkpoint, {self.checkpoint_path}, is kept"
+        else:
+            kept = "no checkpoint had been written yet"
+        return (f"training diverged at {where}: the loss became {loss} with learning rate "
+                f"{self.config.lr:g}. Lower the learning rate (try --lr {self.config.lr / 10:g}); "
+                f"{kept}")
