@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from anynet import __version__
@@ -60,3 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("anynet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (anynet ... | head): not an error of ours; silence the final flush
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

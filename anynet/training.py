@@ -8,8 +8,12 @@ on the device; each batch becomes floats only when it is used.
 The loop reports through callbacks (`Callback`) and never prints. It writes a checkpoint at the
 end of every epoch and when asked to stop (`Trainer.request_stop`, which the command line calls on
 Ctrl-C or SIGTERM), at the exact batch it reached; `fit(resume=...)` continues from one, and the
-finished model equals that of an uninterrupted run. A non-finite loss stops training at once with
-a `DivergenceError`, leaving the last checkpoint as it was.
+finished model equals that of an uninterrupted run.
+
+Divergence: a batch loss that is not finite, or above DIVERGENCE_LOSS, stops training at once with
+a `DivergenceError`, leaving the last checkpoint as it was. The bound is needed because the loss
+is computed stably (log-sum-exp): a far too large learning rate rarely overflows it; it blows up
+to 1e7 or more, the ReLUs die, and the run would crawl on at chance level.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from anynet.optim import SGD, make_schedule
 
 EVAL_CHUNK = 10_000        # examples per forward pass when evaluating: bounds the memory used
 TRAIN_ACCURACY_SAMPLE = 10_000  # training examples scored at each epoch's end
+# A mean cross-entropy of 100 gives the true class probability e^-100 on average; a uniform guess
+# scores log(10) = 2.3, and no healthy run comes near. Above it, the run has blown up.
+DIVERGENCE_LOSS = 100.0
 
 
 class Callback:
@@ -185,7 +192,7 @@ class Trainer:
                 net.params, state.velocity = self.optimizer.step(
                     net.params, grads, state.velocity, lr=self.schedule(state.step))
                 loss = float(loss)
-                if not math.isfinite(loss):
+                if not loss <= DIVERGENCE_LOSS:  # catches nan and inf too
                     raise DivergenceError(self._divergence_message(state, loss))
                 state.params = net.params
                 state.loss_sum += loss
@@ -223,6 +230,7 @@ class Trainer:
             kept = f"the last good checkpoint, {self.checkpoint_path}, is kept"
         else:
             kept = "no checkpoint had been written yet"
-        return (f"training diverged at {where}: the loss became {loss} with learning rate "
-                f"{self.config.lr:g}. Lower the learning rate (try --lr {self.config.lr / 10:g}); "
-                f"{kept}")
+        what = "not finite" if not math.isfinite(loss) else f"above {DIVERGENCE_LOSS:g}"
+        return (f"training diverged at {where}: the loss became {loss:.3g} ({what}) with "
+                f"learning rate {self.config.lr:g}. Lower the learning rate "
+                f"(try --lr {self.config.lr / 10:g}); {kept}")

@@ -138,8 +138,6 @@ def run(args) -> int:
     if record is not None and record.get("data_sha256") and record["data_sha256"] != mnist.sha256:
         raise UserError(f"{args.resume} was trained on other data than {mnist.source}; resume "
                         "it with the same --data-dir")
-    if mnist.train_images.shape[0] == 0:
-        raise UserError("--val-size leaves no training examples")
 
     checkpoint = args.resume if args.resume is not None else checkpoint_path_for(args.out)
     say(_describe(config, backend, mnist, args, checkpoint))

@@ -1,0 +1,261 @@
+"""The training tool through `anynet.cli.main`: train, evaluate, resume, divergence, errors.
+
+Runs on small synthetic MNIST-format data (tests/data_helpers.py) on the backend under test;
+one test trains on genuine MNIST where it is available.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import numpy as np
+import pytest
+from data_helpers import make_mnist_dir
+
+from anynet import training
+from anynet.cli import main
+from anynet.modelio import load_checkpoint, load_model, save_model
+from anynet.network import TwoLayerNet
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_mnist_dir(tmp_path_factory.mktemp("synth"), n_train=1100, n_test=200, seed=0)
+
+
+@pytest.fixture
+def train_args(synth, backend):
+    def args(out, *extra):
+        return ["train", "--data-dir", str(synth), "--no-verify", "--backend", backend.name,
+                "--hidden", "16", "--epochs", "5", "--batch-size", "32", "--lr", "0.2",
+                "--val-size", "100", "--out", str(out), *extra]
+    return args
+
+
+def params_of(path):
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in ("W1", "b1", "W2", "b2")}
+
+
+def test_train_then_evaluate(tmp_path, train_args, synth, backend, capsys):
+    out = tmp_path / "model.npz"
+    assert main(train_args(out, "--metrics", str(tmp_path / "m.json"))) == 0
+    text = capsys.readouterr().out
+    assert "784-16-10 network" in text and "learning rate 0.2" in text
+    assert len(re.findall(r"^epoch +\d/5 +train loss [\d.]+ +val acc [\d.]+%", text, re.M)) == 5
+    acc = float(re.search(r"test accuracy ([\d.]+)%", text).group(1))
+    assert acc >= 90.0
+    assert out.exists() and not (tmp_path / "model.checkpoint.npz").exists()
+
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["format"] == "anynet-metrics" and len(metrics["epochs"]) == 5
+    assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
+    assert metrics["test_accuracy"] == pytest.approx(acc / 100, abs=5e-5)
+
+    net, record = load_model(out)
+    assert net.sizes == (784, 16, 10) and record["format"] == "anynet-model"
+    assert record["config"]["lr"] == 0.2 and record["backend"] == backend.name
+    assert record["data"]["genuine"] is False and len(record["data"]["sha256"]) == 4
+    assert record["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+
+    assert main(["evaluate", str(out), "--data-dir", str(synth), "--no-verify", "--json",
+                 "--backend", backend.name]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-12)
+    assert np.array(report["confusion"]).sum() == 200
+    assert np.trace(np.array(report["confusion"])) == round(report["accuracy"] * 200)
+
+    assert main(["evaluate", str(out), "--data-dir", str(synth), "--no-verify"]) == 0
+    text = capsys.readouterr().out
+    assert "confusion matrix" in text and "per-class accuracy" in text
+
+
+def test_every_option_is_recorded(tmp_path, train_args, capsys):
+    out = tmp_path / "model.npz"
+    assert main(train_args(out, "--momentum", "0.9", "--nesterov", "--weight-decay", "1e-4",
+                           "--schedule", "step", "--dtype", "float64", "--seed", "7")) == 0
+    text = capsys.readouterr().out
+    assert "Nesterov momentum 0.9, weight decay 0.0001" in text and "step schedule" in text
+    net, record = load_model(out)
+    assert net.dtype == "float64"
+    cfg = record["config"]
+    assert (cfg["momentum"], cfg["nesterov"], cfg["weight_decay"], cfg["schedule"], cfg["seed"],
+            cfg["dtype"], cfg["val_size"]) == (0.9, True, 1e-4, "step", 7, "float64", 100)
+    # the step schedule divides by 10 at half and three quarters of the steps
+    lrs = [e["lr"] for e in record["history"]]
+    assert lrs[0] == pytest.approx(0.2) and lrs[-1] == pytest.approx(0.002)
+
+
+def test_same_seed_same_model(tmp_path, train_args):
+    a, b, c = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
+    assert main(train_args(a, "--quiet")) == 0
+    assert main(train_args(b, "--quiet")) == 0
+    assert main(train_args(c, "--quiet", "--seed", "1")) == 0
+    pa, pb, pc = params_of(a), params_of(b), params_of(c)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])  # bit for bit
+    assert not np.array_equal(pa["W1"], pc["W1"])
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, train_args, monkeypatch, capsys,
+                                                     signum, code):
+    whole = tmp_path / "whole.npz"
+    assert main(train_args(whole, "--quiet", "--momentum", "0.5")) == 0
+
+    from anynet.commands import train as train_cmd
+
+    original = train_cmd.ConsoleReporter.on_batch_end
+
+    def send_signal_mid_epoch_two(self, epoch, batch, loss):
+        original(self, epoch, batch, loss)
+        if epoch == 1 and batch == 7:
+            os.kill(os.getpid(), signum)  # a real signal, through the real handler
+
+    monkeypatch.setattr(train_cmd.ConsoleReporter, "on_batch_end", send_signal_mid_epoch_two)
+    out = tmp_path / "model.npz"
+    assert main(train_args(out, "--momentum", "0.5")) == code
+    text = capsys.readouterr().out
+    ckpt = tmp_path / "model.checkpoint.npz"
+    assert f"interrupted ({signal.Signals(signum).name}) at epoch 2, batch 7/32" in text
+    assert f"anynet train --resume {ckpt}" in text
+    assert not out.exists()
+    params, velocity, record = load_checkpoint(ckpt)
+    assert (record["epoch"], record["batch"], record["step"]) == (1, 7, 39)
+    assert set(velocity) == {"W1", "b1", "W2", "b2"} and len(record["history"]) == 1
+
+    monkeypatch.setattr(train_cmd.ConsoleReporter, "on_batch_end", original)
+    assert main(["train", "--resume", str(ckpt), "--out", str(out), "--data-dir",
+                 *train_args(out)[2:3], "--no-verify"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    resumed, uninterrupted = params_of(out), params_of(whole)
+    for k in resumed:
+        np.testing.assert_array_equal(resumed[k], uninterrupted[k])
+    a, b = load_model(out)[1]["history"], load_model(whole)[1]["history"]
+    assert [h["train_loss"] for h in a] == [h["train_loss"] for h in b]
+    assert not ckpt.exists()
+
+
+def test_resume_refuses_a_different_configuration(tmp_path, train_args, monkeypatch, capsys):
+    from anynet.commands import train as train_cmd
+
+    monkeypatch.setattr(train_cmd.ConsoleReporter, "on_batch_end",
+                        lambda self, e, b, loss: b == 3 and os.kill(os.getpid(), signal.SIGTERM))
+    out = tmp_path / "model.npz"
+    assert main(train_args(out, "--quiet")) == 143
+    capsys.readouterr()
+    ckpt = tmp_path / "model.checkpoint.npz"
+    assert main(["train", "--resume", str(ckpt), "--lr", "0.5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.5 (checkpoint: 0.2)" in err and err.count("\n") == 1
+
+
+def test_divergence_stops_keeps_checkpoint_and_model(tmp_path, train_args, monkeypatch, capsys):
+    out = tmp_path / "model.npz"
+    out.write_bytes(b"an earlier model, which must survive")
+    real = training.make_schedule
+    # a sane rate through epoch 1 (32 batches), then an absurd one
+    monkeypatch.setattr(training, "make_schedule",
+                        lambda name, lr, total: lambda step: real(name, lr, total)(step)
+                        if step < 32 else 1e6)
+    assert main(train_args(out)) == 3
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "training diverged at epoch 2" in err and "Lower the learning rate (try --lr 0.02)" in err
+    assert "model.checkpoint.npz, is kept" in err
+    assert out.read_bytes() == b"an earlier model, which must survive"
+    _, _, record = load_checkpoint(tmp_path / "model.checkpoint.npz")
+    assert (record["epoch"], record["batch"]) == (1, 0)
+
+
+def test_huge_learning_rate_diverges(tmp_path, train_args, capsys):
+    assert main(train_args(tmp_path / "m.npz", "--lr", "1e4")) == 3
+    err = capsys.readouterr().err
+    assert "diverged at epoch 1" in err and "no checkpoint had been written yet" in err
+
+
+def test_model_round_trip_across_backends(tmp_path, train_args, synth, backend):
+    from anynet.backend import to_numpy
+    from anynet.data import load_mnist
+
+    out = tmp_path / "model.npz"
+    assert main(train_args(out, "--quiet")) == 0
+    images = load_mnist(synth, verify=False).test_images
+    expected = None
+    for name in ("numpy", "array-api-strict", backend.name):
+        pytest.importorskip(name.replace("-", "_"))
+        net, _ = load_model(out, backend=name)
+        probs = to_numpy(net.predict_proba(images))
+        if expected is None:
+            expected = probs
+        np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "-1"], "expected a positive finite number"),
+    (["--lr", "fast"], "expected a positive number"),
+    (["--momentum", "1.5"], "momentum must be in [0, 1)"),
+    (["--nesterov"], "Nesterov momentum needs momentum > 0"),
+    (["--hidden", "0"], "expected a positive integer"),
+    (["--schedule", "linear"], "invalid choice"),
+    (["--plot", "curves.txt"], "must end in .png, .svg or .pdf"),
+    (["--resume", "nowhere.npz"], "checkpoint nowhere.npz does not exist"),
+    (["--val-size", "5000"], "less than the 1100 training examples"),
+])
+def test_bad_train_options_exit_2(tmp_path, train_args, capsys, argv, message):
+    assert main(train_args(tmp_path / "m.npz", *argv)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_data_dir_exits_2(tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tmp_path / "none"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("anynet: error:") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.write_bytes(b"not a zip at all"), "not a readable anynet model file"),
+    (lambda p: np.savez(p, W1=np.zeros((2, 2))), "has no 'metadata' entry"),
+    (lambda p: save_model(p, TwoLayerNet(100, 5, 10)), "100-5-10 network"),
+    (lambda p: save_model(p, _nan_net()), "non-finite values"),
+    (lambda p: np.savez(p, metadata=np.array('{"format": "anynet-model", "format_version": 9}')),
+     "newer than this anynet"),
+    (lambda p: np.savez(p, metadata=np.array([{"a": 1}], dtype=object)),
+     "not a readable anynet model file"),
+])
+def test_bad_model_files_exit_2(tmp_path, synth, capsys, make, message):
+    path = tmp_path / "bad.npz"
+    make(path)
+    assert main(["evaluate", str(path), "--data-dir", str(synth), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def _nan_net():
+    net = TwoLayerNet(n_hidden=4)
+    net.params["b1"] = net.params["b1"] + np.nan
+    return net
+
+
+def test_gradcheck_fails_with_exit_1_when_gradients_disagree(monkeypatch, capsys):
+    import anynet.gradcheck
+
+    monkeypatch.setattr(anynet.gradcheck, "TOLERANCE", 1e-15)
+    assert main(["gradcheck", "--entries", "10"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.realdata
+def test_one_epoch_on_genuine_mnist_reaches_93_percent(mnist_dir, tmp_path, backend, capsys):
+    out = tmp_path / "model.npz"
+    assert main(["train", "--data-dir", str(mnist_dir), "--epochs", "1", "--backend",
+                 backend.name, "--out", str(out), "--quiet"]) == 0
+    acc = float(re.search(r"test accuracy ([\d.]+)%", capsys.readouterr().out).group(1))
+    assert acc >= 93.0
+    assert load_model(out)[1]["data"]["genuine"] is True
