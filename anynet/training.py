@@ -2,8 +2,9 @@
 
 Each epoch shuffles the training set with a seeded NumPy Generator on the host, then for each
 batch: gather the uint8 pixels on the backend, compute the loss and gradients
-(`TwoLayerNet.loss_and_grads_array`), and let the optimizer step (`SGD.step`). Pixels stay uint8
-on the device; each batch becomes floats only when it is used.
+(`TwoLayerNet.loss_and_grads_array`), and let the optimizer step (`SGD.step`); `anynet.steps`
+holds that step, and NumPy's faster arrangement of the same math. Pixels stay uint8 on the
+device; each batch becomes floats only when it is used.
 
 The loop reports through callbacks (`Callback`) and never prints. It writes a checkpoint at the
 end of every epoch and when asked to stop (`Trainer.request_stop`, which the command line calls on
@@ -32,6 +33,7 @@ from anynet.errors import DivergenceError
 from anynet.modelio import save_checkpoint
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD, make_schedule
+from anynet.steps import make_train_step
 
 EVAL_CHUNK = 10_000        # examples per forward pass when evaluating: bounds the memory used
 TRAIN_ACCURACY_SAMPLE = 10_000  # training examples scored at each epoch's end
@@ -114,8 +116,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,
                  val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None, *,
                  backend: str | Backend | None = None, checkpoint_path: str | Path | None = None,
-                 callbacks: list[Callback] | tuple = (), data_sha256: dict | None = None):
-        self.config = config
+                 callbacks: list[Callback] | tuple = (), data_sha256: dict | None = None,
+                 fast: bool = True):
+        self.config, self.fast = config, fast
         self.backend = get_namespace(backend if backend is not None else config.backend)
         self.optimizer = SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                              weight_decay=config.weight_decay)
@@ -168,9 +171,11 @@ class Trainer:
 
     def fit(self, resume: TrainState | None = None) -> FitResult:
         """Train from the start, or from `resume`, to the configured number of epochs."""
-        cfg, xp, b = self.config, self.backend.xp, self.backend
+        cfg, b = self.config, self.backend
         state = resume if resume is not None else self.initial_state()
         net = TwoLayerNet.from_params(state.params, backend=b)
+        step = make_train_step(net, self.optimizer, self.train_images, self.train_labels,
+                               cfg.batch_size, state.velocity, fast=self.fast)
         rng = np.random.default_rng([cfg.seed, 1])  # the shuffling stream, apart from the init's
         for cb in self.callbacks:
             cb.on_train_begin(self, state)
@@ -179,22 +184,15 @@ class Trainer:
             if state.batch == 0:
                 state.rng_state, state.loss_sum = rng.bit_generator.state, 0.0
             rng.bit_generator.state = state.rng_state
-            perm = b.asarray(rng.permutation(self.n_train), "int64")
+            step.begin_epoch(rng.permutation(self.n_train), state.batch)
             for cb in self.callbacks:
                 cb.on_epoch_begin(state.epoch, self.n_batches, state.batch)
             started = time.perf_counter()
-            B = cfg.batch_size
             while state.batch < self.n_batches:
-                idx = perm[state.batch * B:(state.batch + 1) * B]
-                X = xp.take(self.train_images, idx, axis=0)
-                t = xp.take(self.train_labels, idx, axis=0)
-                loss, grads = net.loss_and_grads_array(X, t)
-                net.params, state.velocity = self.optimizer.step(
-                    net.params, grads, state.velocity, lr=self.schedule(state.step))
-                loss = float(loss)
+                loss = step(state.batch, self.schedule(state.step))
                 if not loss <= DIVERGENCE_LOSS:  # catches nan and inf too
                     raise DivergenceError(self._divergence_message(state, loss))
-                state.params = net.params
+                state.params, state.velocity = step.params, step.velocity
                 state.loss_sum += loss
                 state.batch += 1
                 state.step += 1
