@@ -7,9 +7,10 @@ gradients, and updates the parameters. `make_train_step` picks the implementatio
   of `anynet.functional`) followed by `SGD.step`. This is the code to read.
 - `NumpyFastStep`, on the NumPy backend with plain SGD (momentum 0; weight decay allowed): the
   same math, rearranged so that a step is a few large operations instead of ~25 small ones:
-    * biases folded into the weights: W1a = [W1; b1] (D+1, H) and W2a = [W2; b2] (H+1, K)
-      against inputs and hidden activations that carry a column of ones, so each linear layer,
-      and its weight-and-bias gradient, is one matrix product;
+    * the output layer's bias folded into its weights: W2a = [W2; b2] (H+1, K) against hidden
+      activations that carry a column of ones, so the layer, and its weight-and-bias gradient,
+      is one matrix product (the inputs carry no such column: converting pixels into a
+      784-wide contiguous buffer is faster than into a 785-wide one, by more than b1 costs);
     * the hidden layer in (N, H) layout, which suits BLAS best for narrow H; the output layer
       in (K, N) layout, where the softmax's reductions over K classes are fast;
     * the learning rate folded into the small (K, N) output gradient before the weight-gradient
@@ -84,16 +85,14 @@ class NumpyFastStep:
         self.batches_per_chunk = max(1, CHUNK_ROWS // batch_size)
 
         p = net.params
-        self.W1a = np.empty((D + 1, H), dtype)  # [W1; b1]
-        self.W1a[:D], self.W1a[D] = p["W1"], p["b1"]
+        self.W1 = np.array(p["W1"], dtype, order="C")
+        self.b1 = np.array(p["b1"], dtype)
         self.W2a = np.empty((H + 1, K), dtype)  # [W2; b2]
         self.W2a[:H], self.W2a[H] = p["W2"], p["b2"]
-        net.params = {"W1": self.W1a[:D], "b1": self.W1a[D], "W2": self.W2a[:H],
-                      "b2": self.W2a[H]}
+        net.params = {"W1": self.W1, "b1": self.b1, "W2": self.W2a[:H], "b2": self.W2a[H]}
 
         B, R = batch_size, self.batches_per_chunk * batch_size
-        self.X = np.empty((R, D + 1), dtype)       # a chunk of inputs, last column 1
-        self.X[:, D] = 1
+        self.X = np.empty((R, D), dtype)           # a chunk of inputs
         self.Y = np.empty((self.batches_per_chunk, K, B), dtype)  # one-hot labels, (K, N) each
         self.A1 = np.empty((B, H + 1), dtype)      # hidden activations (N, H), last column 1
         self.A1[:, H] = 1
@@ -103,7 +102,8 @@ class NumpyFastStep:
         self.Yscaled = np.empty((K, B), dtype)
         self.m = np.empty(B, dtype)
         self.s = np.empty(B, dtype)
-        self.dW1a = np.empty_like(self.W1a)
+        self.dW1 = np.empty_like(self.W1)
+        self.db1 = np.empty_like(self.b1)
         self.dW2a = np.empty_like(self.W2a)
         self.eye = np.eye(K, dtype=dtype)
         self._views = {}
@@ -115,11 +115,10 @@ class NumpyFastStep:
 
     def _load_chunk(self, chunk: int) -> None:
         """Gather and convert the rows of batches chunk*bpc .. (chunk+1)*bpc - 1."""
-        B, bpc, D = self.B, self.batches_per_chunk, self.X.shape[1] - 1
+        B, bpc = self.B, self.batches_per_chunk
         idx = self.perm[chunk * bpc * B:(chunk + 1) * bpc * B]
         n = idx.shape[0]
-        np.multiply(np.take(self.images, idx, axis=0), self.dtype.type(1 / 255),
-                    out=self.X[:n, :D])
+        np.multiply(np.take(self.images, idx, axis=0), self.dtype.type(1 / 255), out=self.X[:n])
         onehot = self.eye[np.take(self.labels, idx)]                     # (n, K)
         self.rows_in_chunk = n
         full = n // B
@@ -144,11 +143,12 @@ class NumpyFastStep:
         return self._views[b]
 
     def _step(self, X, Y, lr: float, b: int) -> float:
-        H, W1a, W2a = self.H, self.W1a, self.W2a
+        H, W1, b1, W2a = self.H, self.W1, self.b1, self.W2a
         A1, P, mask, dZ1, m, s, Ys = self._buffers(b)
         Z1 = A1[:, :H]
         # forward: Z1 = X W1 + b1, A1 = relu(Z1), logits Z2^T = (A1 W2 + b2)^T in (K, N)
-        np.matmul(X, W1a, out=Z1)
+        np.matmul(X, W1, out=Z1)
+        np.add(Z1, b1, out=Z1)
         np.maximum(Z1, 0, out=Z1)                      # A1[:, :H] is Z1: relu in place
         np.matmul(W2a.T, A1.T, out=P)
         # softmax over classes (axis 0), stably; loss = mean(log sum exp - z_target)
@@ -169,13 +169,15 @@ class NumpyFastStep:
         np.matmul(P.T, W2a[:H].T, out=dZ1)
         np.greater(Z1, 0, out=mask)
         np.multiply(dZ1, mask, out=dZ1)
-        np.matmul(X.T, dZ1, out=self.dW1a)
+        np.matmul(X.T, dZ1, out=self.dW1)
+        np.add.reduce(dZ1, axis=0, out=self.db1)
         # update, weight decay as in SGD.step: p <- p - lr * (g + wd * p)
         if self.wd:
             decay = 1 - lr * self.wd
-            np.multiply(W1a, decay, out=W1a)
-            np.multiply(W2a, decay, out=W2a)
-        np.subtract(W1a, self.dW1a, out=W1a)
+            for p in (W1, b1, W2a):
+                np.multiply(p, decay, out=p)
+        np.subtract(W1, self.dW1, out=W1)
+        np.subtract(b1, self.db1, out=b1)
         np.subtract(W2a, self.dW2a, out=W2a)
         return loss
 

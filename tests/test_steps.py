@@ -50,7 +50,7 @@ def test_fast_step_keeps_params_in_the_net():
     step = NumpyFastStep(net, SGD(lr=0.1), images, np.zeros(8, np.uint8), 4)
     for k in before:  # taken over unchanged, as views into the step's buffers
         np.testing.assert_array_equal(net.params[k], before[k])
-    assert np.shares_memory(net.params["W1"], step.W1a)
+    assert np.shares_memory(net.params["W2"], step.W2a)
     step.begin_epoch(np.arange(8))
     step(0, 0.5)
     assert not np.array_equal(net.params["b2"], before["b2"])  # updated in place, seen by net
