@@ -1,12 +1,12 @@
-"""Training steps: the plain Array API step, and NumPy's fast step behind one seam.
+"""Training steps: the plain Array API step, and a fused step behind one seam.
 
 A training step takes batch `i` of the current epoch's permutation, computes the loss and
 gradients, and updates the parameters. `make_train_step` picks the implementation:
 
 - `ArrayAPIStep`, the reference, on every backend: `TwoLayerNet.loss_and_grads_array` (the math
   of `anynet.functional`) followed by `SGD.step`. This is the code to read.
-- `NumpyFastStep`, on the NumPy backend with plain SGD (momentum 0; weight decay allowed): the
-  same math, rearranged so that a step is a few large operations instead of ~25 small ones:
+- `FusedStep`, on NumPy and on PyTorch's CPU, with plain SGD (momentum 0; weight decay allowed):
+  the same math, rearranged so that a step is a few large operations instead of ~25 small ones:
     * the output layer's bias folded into its weights: W2a = [W2; b2] (H+1, K) against hidden
       activations that carry a column of ones, so the layer, and its weight-and-bias gradient,
       is one matrix product (the inputs carry no such column: converting pixels into a
@@ -14,12 +14,14 @@ gradients, and updates the parameters. `make_train_step` picks the implementatio
     * the hidden layer in (N, H) layout, which suits BLAS best for narrow H; the output layer
       in (K, N) layout, where the softmax's reductions over K classes are fast;
     * the learning rate folded into the small (K, N) output gradient before the weight-gradient
-      products, so the (D+1, H) update is one subtraction;
+      products, so each weight update is one subtraction, and on PyTorch none at all: the
+      update W1 -= X^T dZ1 is a single GEMM that accumulates into W1 (addmm_);
     * no gradient with respect to the input images (the first layer needs none);
     * pixels gathered and converted to floats a chunk of ~1024 rows at a time, into buffers
-      allocated once; every operation writes into preallocated memory (NumPy's `out=`).
+      allocated once; every operation writes into preallocated memory.
+  It is written once, over a dozen in-place primitives that `_NumpyOps` and `_TorchOps` supply.
   It computes the same numbers as the reference up to float rounding (tests hold them together)
-  and is 2-3x faster for small networks, where the cost of each call dominates.
+  and is 1.5-3x faster, most for small networks, where the cost of each call dominates.
 
 Both keep the parameters where the rest of anynet expects them (`params`: W1, b1, W2, b2), so
 evaluation, checkpoints and model files see no difference.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from anynet.backend import to_numpy
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
 
@@ -53,7 +56,8 @@ class ArrayAPIStep:
 
     def __call__(self, batch: int, lr: float) -> float:
         xp, B = self.net.xp, self.batch_size
-        idx = self.perm[batch * B:(batch + 1) * B]
+        # the standard leaves out-of-bounds slice ends unspecified: clip the last batch's
+        idx = self.perm[batch * B:min((batch + 1) * B, self.perm.shape[0])]
         X = xp.take(self.images, idx, axis=0)
         t = xp.take(self.labels, idx, axis=0)
         loss, grads = self.net.loss_and_grads_array(X, t)
@@ -66,65 +70,161 @@ class ArrayAPIStep:
         return self.net.params
 
 
-class NumpyFastStep:
-    """Plain SGD on NumPy with preallocated buffers; see the module docstring for the math.
+class _NumpyOps:
+    """The in-place primitives of `FusedStep`, on NumPy (every result into `out=` memory)."""
 
-    Takes over `net.params`: they become views into the augmented weight buffers, updated in
+    name = "numpy"
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+    def host(self, array, dtype=None):
+        return np.array(array, dtype=dtype)
+
+    def load_rows(self, images, idx, out, scale):   # out = images[idx] * scale
+        np.multiply(np.take(images, idx, axis=0), out.dtype.type(scale), out=out)
+
+    def take(self, array, idx):
+        return np.take(array, idx, axis=0)
+
+    mm = staticmethod(lambda a, b, out: np.matmul(a, b, out=out))
+    add_ = staticmethod(lambda a, b: np.add(a, b, out=a))
+    sub_ = staticmethod(lambda a, b: np.subtract(a, b, out=a))
+    mul_ = staticmethod(lambda a, b: np.multiply(a, b, out=a))
+    relu_ = staticmethod(lambda a: np.maximum(a, 0, out=a))
+    exp_ = staticmethod(lambda a: np.exp(a, out=a))
+    colmax = staticmethod(lambda a, out: np.maximum.reduce(a, axis=0, out=out))
+    colsum = staticmethod(lambda a, out: np.add.reduce(a, axis=0, out=out))
+    rdiv_ = staticmethod(lambda c, a: np.divide(c, a, out=a))            # a = c / a
+    scaled = staticmethod(lambda a, c, out: np.multiply(a, c, out=out))
+    dot = staticmethod(lambda a, b: float(np.vdot(a, b)))
+    sum_log = staticmethod(lambda a: float(np.add.reduce(np.log(a))))
+
+    @staticmethod
+    def relu_backward_(dZ, Z, mask):                   # dZ *= (Z > 0)
+        np.greater(Z, 0, out=mask)
+        np.multiply(dZ, mask, out=dZ)
+
+    @staticmethod
+    def sub_mm_(W, A, B, tmp):                         # W -= A @ B
+        np.matmul(A, B, out=tmp)
+        np.subtract(W, tmp, out=W)
+
+
+class _TorchOps:
+    """The same primitives on PyTorch; W -= A @ B is one fused GEMM (addmm_, beta = 1)."""
+
+    name = "torch"
+
+    def __init__(self, backend):
+        import torch
+
+        self.torch, self.backend, self.device = torch, backend, backend.device
+
+    def empty(self, shape, dtype):
+        return self.torch.empty(shape, dtype=getattr(self.torch, str(np.dtype(dtype))),
+                                device=self.device)
+
+    def host(self, array, dtype=None):
+        return self.backend.asarray(np.asarray(array) if dtype is None
+                                    else np.asarray(array, dtype))
+
+    def load_rows(self, images, idx, out, scale):
+        out.copy_(self.torch.index_select(images, 0, idx)).mul_(scale)
+
+    def take(self, array, idx):
+        return self.torch.index_select(array, 0, idx)
+
+    def mm(self, a, b, out):
+        self.torch.matmul(a, b, out=out)
+
+    add_ = staticmethod(lambda a, b: a.add_(b))
+    sub_ = staticmethod(lambda a, b: a.sub_(b))
+    mul_ = staticmethod(lambda a, b: a.mul_(b))
+    relu_ = staticmethod(lambda a: a.clamp_(min=0))
+    exp_ = staticmethod(lambda a: a.exp_())
+
+    def colmax(self, a, out):
+        self.torch.amax(a, dim=0, out=out)
+
+    def colsum(self, a, out):
+        self.torch.sum(a, dim=0, out=out)
+
+    rdiv_ = staticmethod(lambda c, a: a.reciprocal_().mul_(c))
+    scaled = staticmethod(lambda a, c, out: out.copy_(a).mul_(c))
+
+    def dot(self, a, b):
+        return float(self.torch.dot(a.reshape(-1), b.reshape(-1)))
+
+    def sum_log(self, a):
+        return float(self.torch.sum(self.torch.log(a)))
+
+    @staticmethod
+    def relu_backward_(dZ, Z, mask):
+        dZ.mul_(Z > 0)
+
+    @staticmethod
+    def sub_mm_(W, A, B, tmp):
+        W.addmm_(A, B, alpha=-1.0)
+
+
+_OPS = {"numpy": _NumpyOps, "torch": _TorchOps}
+
+
+class FusedStep:
+    """Plain SGD as a few large in-place operations; see the module docstring for the math.
+
+    Written once over a small set of in-place primitives (`_NumpyOps`, `_TorchOps`). Takes over
+    `net.params`: they become the step's own arrays (W2, b2 views into [W2; b2]), updated in
     place, so `net` always holds the current parameters.
     """
 
-    def __init__(self, net: TwoLayerNet, optimizer: SGD, images: np.ndarray, labels: np.ndarray,
-                 batch_size: int):
+    def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int):
         if optimizer.momentum:
-            raise ValueError("the fast step implements plain SGD only (momentum 0)")
+            raise ValueError("the fused step implements plain SGD only (momentum 0)")
+        self.ops = ops = _OPS[net.backend.name](net.backend)
         D, H, K = net.sizes
         dtype = np.dtype(net.dtype)
         self.net, self.wd = net, optimizer.weight_decay
-        self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
+        self.images, self.labels = images, labels
         self.B, self.H, self.K, self.dtype = batch_size, H, K, dtype
         self.batches_per_chunk = max(1, CHUNK_ROWS // batch_size)
 
-        p = net.params
-        self.W1 = np.array(p["W1"], dtype, order="C")
-        self.b1 = np.array(p["b1"], dtype)
-        self.W2a = np.empty((H + 1, K), dtype)  # [W2; b2]
-        self.W2a[:H], self.W2a[H] = p["W2"], p["b2"]
+        p = {k: to_numpy(v) for k, v in net.params.items()}
+        W2a = np.concatenate([p["W2"], p["b2"][None, :]])  # [W2; b2] (H+1, K)
+        self.W1, self.b1, self.W2a = ops.host(p["W1"], dtype), ops.host(p["b1"], dtype), \
+            ops.host(W2a, dtype)
         net.params = {"W1": self.W1, "b1": self.b1, "W2": self.W2a[:H], "b2": self.W2a[H]}
 
         B, R = batch_size, self.batches_per_chunk * batch_size
-        self.X = np.empty((R, D), dtype)           # a chunk of inputs
-        self.Y = np.empty((self.batches_per_chunk, K, B), dtype)  # one-hot labels, (K, N) each
-        self.A1 = np.empty((B, H + 1), dtype)      # hidden activations (N, H), last column 1
-        self.A1[:, H] = 1
-        self.mask = np.empty((B, H), bool)
-        self.dZ1 = np.empty((B, H), dtype)
-        self.P = np.empty((K, B), dtype)            # logits, then probabilities, then dZ2
-        self.Yscaled = np.empty((K, B), dtype)
-        self.m = np.empty(B, dtype)
-        self.s = np.empty(B, dtype)
-        self.dW1 = np.empty_like(self.W1)
-        self.db1 = np.empty_like(self.b1)
-        self.dW2a = np.empty_like(self.W2a)
-        self.eye = np.eye(K, dtype=dtype)
-        self._views = {}
+        self.X = ops.empty((R, D), dtype)                  # a chunk of inputs
+        self.Y = ops.empty((self.batches_per_chunk, K, B), dtype)  # one-hot labels, (K, N)
+        self.dW1 = ops.empty((D, H), dtype)
+        self.db1 = ops.empty((H,), dtype)
+        self.dW2a = ops.empty((H + 1, K), dtype)
+        self.eye = ops.host(np.eye(K), dtype)
+        self._buffer_sets = {}  # b -> (A1, P, mask, dZ1, m, s, Ys); P: logits, probs, then dZ2
         self.perm = None
         self.chunk = self.rows_in_chunk = -1
 
     def begin_epoch(self, perm: np.ndarray, first_batch: int = 0) -> None:
-        self.perm, self.chunk = perm, -1
+        self.perm, self.chunk = self.ops.host(perm, np.int64), -1
 
     def _load_chunk(self, chunk: int) -> None:
         """Gather and convert the rows of batches chunk*bpc .. (chunk+1)*bpc - 1."""
-        B, bpc = self.B, self.batches_per_chunk
+        ops, B, bpc, K = self.ops, self.B, self.batches_per_chunk, self.K
         idx = self.perm[chunk * bpc * B:(chunk + 1) * bpc * B]
         n = idx.shape[0]
-        np.multiply(np.take(self.images, idx, axis=0), self.dtype.type(1 / 255), out=self.X[:n])
-        onehot = self.eye[np.take(self.labels, idx)]                     # (n, K)
-        self.rows_in_chunk = n
+        ops.load_rows(self.images, idx, self.X[:n], 1 / 255)
+        onehot = ops.take(self.eye, ops.take(self.labels, idx))        # (n, K)
         full = n // B
-        self.Y[:full] = onehot[:full * B].reshape(full, B, self.K).transpose(0, 2, 1)
+        self.Y[:full] = onehot[:full * B].reshape(full, B, K).swapaxes(1, 2)
         if n % B:
             self.Y[full, :, :n % B] = onehot[full * B:].T
+        self.rows_in_chunk = n
         self.chunk = chunk
 
     def __call__(self, batch: int, lr: float) -> float:
@@ -136,49 +236,52 @@ class NumpyFastStep:
         return self._step(self.X[start:start + b], self.Y[j][:, :b], lr, b)
 
     def _buffers(self, b: int) -> tuple:
-        """Views of the step's buffers for a batch of b examples (b < B only for the last)."""
-        if b not in self._views:
-            self._views[b] = (self.A1[:b], self.P[:, :b], self.mask[:b], self.dZ1[:b],
-                              self.m[:b], self.s[:b], self.Yscaled[:, :b])
-        return self._views[b]
+        """The step's buffers for a batch of b examples: made once for b = B, and once more
+        for a shorter last batch (contiguous, as every backend's out= wants)."""
+        if b not in self._buffer_sets:
+            o, H, K, dt = self.ops, self.H, self.K, self.dtype
+            A1 = o.empty((b, H + 1), dt)                     # hidden activations, last column 1
+            A1[:, H] = 1
+            self._buffer_sets[b] = (A1, o.empty((K, b), dt), o.empty((b, H), bool),
+                                    o.empty((b, H), dt), o.empty((b,), dt), o.empty((b,), dt),
+                                    o.empty((K, b), dt))
+        return self._buffer_sets[b]
 
     def _step(self, X, Y, lr: float, b: int) -> float:
-        H, W1, b1, W2a = self.H, self.W1, self.b1, self.W2a
+        o, H, W1, b1, W2a = self.ops, self.H, self.W1, self.b1, self.W2a
         A1, P, mask, dZ1, m, s, Ys = self._buffers(b)
         Z1 = A1[:, :H]
         # forward: Z1 = X W1 + b1, A1 = relu(Z1), logits Z2^T = (A1 W2 + b2)^T in (K, N)
-        np.matmul(X, W1, out=Z1)
-        np.add(Z1, b1, out=Z1)
-        np.maximum(Z1, 0, out=Z1)                      # A1[:, :H] is Z1: relu in place
-        np.matmul(W2a.T, A1.T, out=P)
+        o.mm(X, W1, out=Z1)
+        o.add_(Z1, b1)
+        o.relu_(Z1)                                    # A1[:, :H] is Z1: relu in place
+        o.mm(W2a.T, A1.T, out=P)
         # softmax over classes (axis 0), stably; loss = mean(log sum exp - z_target)
-        np.maximum.reduce(P, axis=0, out=m)
-        np.subtract(P, m, out=P)
-        picked = float(np.vdot(P, Y))                  # sum of the targets' shifted logits
-        np.exp(P, out=P)
-        np.add.reduce(P, axis=0, out=s)
-        loss = (float(np.add.reduce(np.log(s))) - picked) / b
+        o.colmax(P, out=m)
+        o.sub_(P, m)
+        picked = o.dot(P, Y)                           # sum of the targets' shifted logits
+        o.exp_(P)
+        o.colsum(P, out=s)
+        loss = (o.sum_log(s) - picked) / b
         # dZ2 = lr * (P - Y) / N, with P = exp / s: the learning rate rides on this small array
         c = lr / b
-        np.divide(c, s, out=s)
-        np.multiply(P, s, out=P)
-        np.multiply(Y, c, out=Ys)
-        np.subtract(P, Ys, out=P)
+        o.rdiv_(c, s)
+        o.mul_(P, s)
+        o.scaled(Y, c, out=Ys)
+        o.sub_(P, Ys)
         # backward: dW2a = A1^T dZ2; dA1 = dZ2 W2^T (before W2 changes); dZ1 = dA1 * relu'(Z1)
-        np.matmul(A1.T, P.T, out=self.dW2a)
-        np.matmul(P.T, W2a[:H].T, out=dZ1)
-        np.greater(Z1, 0, out=mask)
-        np.multiply(dZ1, mask, out=dZ1)
-        np.matmul(X.T, dZ1, out=self.dW1)
-        np.add.reduce(dZ1, axis=0, out=self.db1)
+        o.mm(A1.T, P.T, out=self.dW2a)
+        o.mm(P.T, W2a[:H].T, out=dZ1)
+        o.relu_backward_(dZ1, Z1, mask)
+        o.colsum(dZ1, out=self.db1)
         # update, weight decay as in SGD.step: p <- p - lr * (g + wd * p)
         if self.wd:
             decay = 1 - lr * self.wd
             for p in (W1, b1, W2a):
-                np.multiply(p, decay, out=p)
-        np.subtract(W1, self.dW1, out=W1)
-        np.subtract(b1, self.db1, out=b1)
-        np.subtract(W2a, self.dW2a, out=W2a)
+                o.mul_(p, decay)
+        o.sub_mm_(W1, X.T, dZ1, self.dW1)              # W1 -= X^T dZ1 (lr already inside)
+        o.sub_(b1, self.db1)
+        o.sub_(W2a, self.dW2a)
         return loss
 
     @property
@@ -191,14 +294,16 @@ class NumpyFastStep:
 
 
 def fast_step_applies(net: TwoLayerNet, optimizer: SGD) -> bool:
-    """Whether `NumpyFastStep` can run this training: NumPy backend, plain SGD (momentum 0)."""
-    return net.backend.name == "numpy" and optimizer.momentum == 0
+    """Whether `FusedStep` can run this training: NumPy or PyTorch (CPU), plain SGD."""
+    on_cpu = net.backend.name == "numpy" or (
+        net.backend.name == "torch" and net.backend.device.type == "cpu")
+    return on_cpu and optimizer.momentum == 0
 
 
 def make_train_step(net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
                     velocity: dict, *, fast: bool = True):
-    """The training step for this run: the NumPy fast step where it applies and `fast` is
-    True, else the reference Array API step."""
+    """The training step for this run: the fused step where it applies and `fast` is True,
+    else the reference Array API step."""
     if fast and fast_step_applies(net, optimizer):
-        return NumpyFastStep(net, optimizer, images, labels, batch_size)
+        return FusedStep(net, optimizer, images, labels, batch_size)
     return ArrayAPIStep(net, optimizer, images, labels, batch_size, velocity)

@@ -99,8 +99,9 @@ def evaluate(net: TwoLayerNet, images: Any, labels: Any) -> tuple[float, float]:
         return math.nan, math.nan
     loss_total, hits = 0.0, 0
     for start in range(0, n, EVAL_CHUNK):
-        Z = net.forward(images[start:start + EVAL_CHUNK])
-        t = net.labels(labels[start:start + EVAL_CHUNK])
+        stop = min(start + EVAL_CHUNK, n)  # out-of-bounds slice ends are not standard
+        Z = net.forward(images[start:stop, ...])  # the standard wants every axis indexed
+        t = net.labels(labels[start:stop])
         loss_total += float(F.softmax_cross_entropy(Z, t)) * Z.shape[0]
         hits += int(xp.sum(xp.astype(xp.argmax(Z, axis=-1) == t, xp.int64)))
     return loss_total / n, hits / n
@@ -214,7 +215,7 @@ class Trainer:
 
     def _epoch_metrics(self, net: TwoLayerNet, state: TrainState, seconds: float) -> dict:
         sample = min(self.n_train, TRAIN_ACCURACY_SAMPLE)
-        _, train_acc = evaluate(net, self.train_images[:sample], self.train_labels[:sample])
+        _, train_acc = evaluate(net, self.train_images[:sample, ...], self.train_labels[:sample])
         val_loss = val_acc = None
         if self.val_images is not None and self.val_images.shape[0] > 0:
             val_loss, val_acc = evaluate(net, self.val_images, self.val_labels)

@@ -1,27 +1,31 @@
-"""The NumPy fast step computes what the reference Array API step computes."""
+"""The fused step (NumPy, PyTorch) computes what the reference Array API step computes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from anynet.backend import get_namespace
 from anynet.config import TrainConfig
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
-from anynet.steps import ArrayAPIStep, NumpyFastStep, fast_step_applies, make_train_step
+from anynet.steps import ArrayAPIStep, FusedStep, fast_step_applies, make_train_step
 from anynet.training import Trainer
 
+FUSED_BACKENDS = ["numpy", "torch"]
 
-def run_steps(step_cls, dtype, batch, wd, n_examples=1000, epochs=2):
+
+def run_steps(step_cls, dtype, batch, wd, backend="numpy", n_examples=1000, epochs=2):
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n_examples, 784), dtype=np.uint8)
-    labels = rng.integers(0, 10, n_examples).astype(np.uint8)
-    net = TwoLayerNet(n_hidden=20, dtype=dtype, seed=1)
+    b = get_namespace(backend)
+    images = b.asarray(rng.integers(0, 256, (n_examples, 784), dtype=np.uint8))
+    labels = b.asarray(rng.integers(0, 10, n_examples), "int64")
+    net = TwoLayerNet(n_hidden=20, dtype=dtype, seed=1, backend=b)
     opt = SGD(lr=0.1, weight_decay=wd)
-    if step_cls is NumpyFastStep:
-        step = NumpyFastStep(net, opt, images, labels, batch)
+    if step_cls is FusedStep:
+        step = FusedStep(net, opt, images, labels, batch)
     else:
-        step = ArrayAPIStep(net, opt, images, labels.astype(np.int64), batch, {})
+        step = ArrayAPIStep(net, opt, images, labels, batch, {})
     losses = []
     n_batches = -(-n_examples // batch)
     for epoch in range(epochs):
@@ -33,8 +37,10 @@ def run_steps(step_cls, dtype, batch, wd, n_examples=1000, epochs=2):
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 2e-4)])
 @pytest.mark.parametrize("batch", [64, 10, 1000, 333])  # 333: a short last batch
 @pytest.mark.parametrize("wd", [0.0, 1e-3])
-def test_fast_step_equals_reference(dtype, rtol, batch, wd):
-    fast_losses, fast = run_steps(NumpyFastStep, dtype, batch, wd)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_fused_step_equals_reference(dtype, rtol, batch, wd, backend):
+    pytest.importorskip(backend, reason=f"{backend} is not installed in this session")
+    fast_losses, fast = run_steps(FusedStep, dtype, batch, wd, backend)
     ref_losses, ref = run_steps(ArrayAPIStep, dtype, batch, wd)
     np.testing.assert_allclose(fast_losses, ref_losses, rtol=rtol)
     for k in ref:
@@ -43,12 +49,12 @@ def test_fast_step_equals_reference(dtype, rtol, batch, wd):
                                    err_msg=k)
 
 
-def test_fast_step_keeps_params_in_the_net():
+def test_fused_step_keeps_params_in_the_net():
     net = TwoLayerNet(n_hidden=5, seed=0)
     before = net.host_params()
     images = np.zeros((8, 784), np.uint8)
-    step = NumpyFastStep(net, SGD(lr=0.1), images, np.zeros(8, np.uint8), 4)
-    for k in before:  # taken over unchanged, as views into the step's buffers
+    step = FusedStep(net, SGD(lr=0.1), images, np.zeros(8, np.int64), 4)
+    for k in before:  # taken over unchanged, as the step's own arrays
         np.testing.assert_array_equal(net.params[k], before[k])
     assert np.shares_memory(net.params["W2"], step.W2a)
     step.begin_epoch(np.arange(8))
@@ -61,11 +67,12 @@ def test_which_step_runs():
     assert fast_step_applies(net, SGD(lr=0.1, weight_decay=1e-4))
     assert not fast_step_applies(net, SGD(lr=0.1, momentum=0.9))
     args = (np.zeros((4, 784), np.uint8), np.zeros(4, np.int64), 2, {})
-    assert isinstance(make_train_step(net, SGD(lr=0.1), *args), NumpyFastStep)
+    assert isinstance(make_train_step(net, SGD(lr=0.1), *args), FusedStep)
     assert isinstance(make_train_step(net, SGD(lr=0.1), *args, fast=False), ArrayAPIStep)
     assert isinstance(make_train_step(net, SGD(lr=0.1, momentum=0.5), *args), ArrayAPIStep)
     with pytest.raises(ValueError):
-        NumpyFastStep(net, SGD(lr=0.1, momentum=0.5), *args[:3])
+        FusedStep(net, SGD(lr=0.1, momentum=0.5), *args[:3])
+    assert not fast_step_applies(TwoLayerNet(n_hidden=3, backend="array-api-strict"), SGD())
 
 
 def test_trainer_fast_and_reference_give_the_same_curve():
