@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,7 +267,7 @@ def format_tables(results: list[dict], impls: list[str], grid: list[tuple[int, i
                 continue
             s = r["median_s"]
             ratio = f" x{s / ref_s:.2f}" if ref_s else ""
-            noisy = "!" if (r.get("others_cores") or 0) >= NOISY_CORES else ""
+            noisy = "!" if noisy_run(r) else ""
             cells.append(f"{_secs(s) + ratio + noisy:>{width}}")
         floor = (f"{_secs(epoch_flops(h, meta['train_images']) / (floor_rate * 1e9)):>8}"
                  if floor_rate else f"{'-':>8}")
@@ -296,14 +297,23 @@ def format_tables(results: list[dict], impls: list[str], grid: list[tuple[int, i
         lines.append(f"{h:>4} {b:>5} |" + "".join(cells))
 
     notes = sorted({f"{n}: {IMPLS[n].note}" for n in impls if IMPLS[n].note})
-    if any((r.get("others_cores") or 0) >= NOISY_CORES for r in results):
-        notes.append(f"! = other processes took >= {NOISY_CORES} cores during that run: noisy")
+    if any(noisy_run(r) for r in results if r.get("status") == "ok"):
+        notes.append(f"! = too few epochs of that run were undisturbed (other processes took "
+                     f">= {NOISY_CORES} cores): noisy")
     problems = sorted({f"{r['impl']}: {r['status']}: {r.get('reason', '')}" for r in results
                        if r.get("status") in ("skipped", "failed")})
     if notes or problems:
         lines.append("")
         lines.extend(notes + problems)
     return "\n".join(lines)
+
+
+def noisy_run(r: dict) -> bool:
+    """Whether a run's median had to include disturbed epochs (or, for a record without
+    per-epoch figures, whether other processes were busy during the run)."""
+    if "median_of" in r:
+        return r["median_of"] != "quiet epochs"
+    return (r.get("others_cores") or 0) >= NOISY_CORES
 
 
 def _secs(s: float) -> str:
@@ -354,6 +364,9 @@ def parse_args(argv):
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder with the four MNIST files, gzip'd or raw (default: "
                         "$ANYNET_DATA_DIR, else anynet's cache, else download)")
+    p.add_argument("--retime", type=int, default=None, metavar="N",
+                   help=f"time up to N extra epochs to replace those during which other "
+                        f"processes took >= {NOISY_CORES} cores (default: --epochs)")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                    help=f"before each run, wait up to S seconds for other processes to use under "
                         f"{NOISY_CORES} cores (default: 0, do not wait)")
@@ -367,6 +380,7 @@ def parse_args(argv):
     args.hidden = args.hidden or ([30] if args.quick else DEFAULT_HIDDEN)
     args.batch = args.batch or ([64] if args.quick else DEFAULT_BATCH)
     args.epochs = args.epochs or (2 if args.quick else 5)
+    args.retime = args.epochs if args.retime is None else max(0, args.retime)
     args.train_images = args.train_images or (2000 if args.quick else 60000)
     args.test_images = args.test_images or (1000 if args.quick else 10000)
     if args.impl is None:
@@ -378,10 +392,18 @@ def parse_args(argv):
     return args
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds subprocess.run, which kills the running worker
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     from anynet.errors import UserError
 
     args = parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return run(args)
     except UserError as e:
@@ -444,6 +466,7 @@ def run(args: argparse.Namespace) -> int:
             cfg = {"kind": "train", "impl": impl.module, "library": impl.library,
                    "options": impl.options, "hidden": h, "batch": b, "lr": args.lr,
                    "seed": args.seed, "epochs": args.epochs, "warmup": args.warmup,
+                   "retime": args.retime, "noisy_cores": NOISY_CORES,
                    "device": args.device, "threads": args.threads, "data_dir": tmp}
             waited = wait_until_quiet(args.wait_quiet, NOISY_CORES) if args.wait_quiet else 0.0
             t0 = time.perf_counter()
@@ -458,6 +481,8 @@ def run(args: argparse.Namespace) -> int:
                        if r["status"] == "ok" else f"{r['status']}: {r.get('reason')}")
             noise = (f", others used {r['others_cores']:.2f} cores"
                      if r["others_cores"] is not None and r["others_cores"] >= NOISY_CORES else "")
+            if r.get("retimed_epochs"):
+                noise += f", {r['retimed_epochs']} epochs re-timed, {r['quiet_epochs']} quiet"
             print(f"[{i}/{len(runs)}] {n} H={h} batch={b}: {summary} ({r['wall_s']:.0f} s{noise})",
                   file=sys.stderr, flush=True)
 
