@@ -58,7 +58,8 @@ def test_table_shows_ratio_floor_and_noise_mark():
         {"impl": "anynet-numpy", "hidden": 30, "batch": 64, "status": "ok", "median_s": 0.09,
          "test_accuracy": 0.96, "peak_rss_mb": 150.0, "others_cores": 0.0},
         {"impl": "numpy-naive", "hidden": 30, "batch": 64, "status": "ok", "median_s": 0.18,
-         "test_accuracy": 0.955, "peak_rss_mb": 460.0, "others_cores": 1.2},
+         "test_accuracy": 0.955, "peak_rss_mb": 460.0, "others_cores": 1.2,
+         "median_of": "all epochs (too few quiet)"},
     ]
     meta = {"train_images": 60000, "test_images": 10000, "epochs": 5, "warmup": 1, "lr": 0.1,
             "threads": 2, "device": "cpu"}
@@ -69,7 +70,7 @@ def test_table_shows_ratio_floor_and_noise_mark():
     assert "0.180 x2.00!" in row                       # twice as slow, and flagged noisy
     assert row.rstrip().endswith("   0.014")            # 5.7528e9 FLOPs / 400 GFLOP/s
     assert "0.9550" in table and "460" in table
-    assert "! = other processes" in table
+    assert "! = too few epochs of that run were undisturbed" in table
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -136,6 +137,52 @@ def test_nielsen_scales_time_by_its_subset():
     assert len(trainer.training_data) == 100
 
 
+# --- the worker: timing, re-timing disturbed epochs, accuracy after a fixed count -------------
+
+FAKE_IMPL = """
+import time
+
+class Sleeper:
+    def __init__(self):
+        self.epochs = 0
+
+    def epoch(self):
+        self.epochs += 1
+        time.sleep(0.4 if self.epochs == 3 else 0.2)   # the 2nd timed epoch is the disturbed one
+
+    def accuracy(self, images, labels):
+        return self.epochs / 10                         # tells how many epochs came before it
+
+def make(hidden, batch, lr, seed, train_images, train_labels, *, device="cpu", threads=2):
+    return Sleeper()
+"""
+
+
+def test_worker_retimes_a_disturbed_epoch(tmp_path, monkeypatch):
+    import _worker
+
+    (tmp_path / "impl_fake_sleeper.py").write_text(FAKE_IMPL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, shape in (("train_images", (4, 784)), ("train_labels", (4,)),
+                        ("test_images", (2, 784)), ("test_labels", (2,))):
+        np.save(tmp_path / f"{name}.npy", np.zeros(shape, np.uint8))
+    # The machine's busy CPU seconds, read at the start and end of each epoch: others burn
+    # 2 CPU seconds during the second timed epoch only (warm-up, 3 timed, 1 re-timed).
+    busy = iter([0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2])
+    monkeypatch.setattr(_worker, "_machine_busy_s", lambda: next(busy))
+    cfg = {"kind": "train", "impl": "impl_fake_sleeper", "library": "numpy", "options": {},
+           "hidden": 8, "batch": 2, "lr": 0.1, "seed": 0, "epochs": 3, "warmup": 1,
+           "retime": 3, "noisy_cores": 0.25, "device": "cpu", "threads": 1,
+           "data_dir": str(tmp_path)}
+    r = _worker.train(cfg)
+    assert r["status"] == "ok"
+    assert r["test_accuracy"] == 0.4                     # after warm-up + 3, before re-timing
+    assert r["retimed_epochs"] == 1 and r["quiet_epochs"] == 3 and len(r["epoch_s"]) == 4
+    assert r["epoch_others_cores"][0] == 0 and r["epoch_others_cores"][1] > 4
+    assert r["median_of"] == "quiet epochs"
+    assert 0.19 < r["median_s"] < 0.3 and r["max_s"] < 0.3   # the 0.4 s epoch is left out
+
+
 # --- the harness end to end --------------------------------------------------------------------
 
 
@@ -162,6 +209,7 @@ def test_quick_run_writes_json(tmp_path):
     assert len(naive["epoch_s"]) == 2 and len(naive["warmup_s"]) == 1
     assert naive["min_s"] <= naive["median_s"] <= naive["max_s"] and naive["min_s"] > 0
     assert naive["median_s"] == pytest.approx(sum(naive["epoch_s"]) / 2)
+    assert naive["median_of"] == "quiet epochs" and naive["retimed_epochs"] == 0
     assert 0.6 < naive["test_accuracy"] <= 1     # 3 epochs on 2,000 images: about 0.8
     assert naive["test_images"] == 1000 and naive["epochs_trained"] == 3
     assert 30 < naive["peak_rss_mb"] < 2000
