@@ -61,7 +61,10 @@ class Backend:
 
     def describe(self) -> str:
         """A short human description: 'torch (device cuda:0)'."""
-        return f"{self.name} (device {self.device})" + (f"; {self.note}" if self.note else "")
+        device = str(self.device)
+        if device.startswith("array_api_strict.Device("):  # its repr, as str: show the name
+            device = device.split("'")[1]
+        return f"{self.name} (device {device})" + (f"; {self.note}" if self.note else "")
 
 
 def _import(module: str, backend: str, install: str) -> ModuleType:

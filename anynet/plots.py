@@ -236,7 +236,7 @@ def plot_curves(metrics: dict, path: str | os.PathLike) -> None:
 
 
 def _curves_title(metrics: Mapping) -> str:
-    """'Training curves' and the run's scalar settings, as much as fits on one line."""
+    """'Training curves' and the run's scalar settings, wrapped to two lines at most."""
     config = metrics.get("config")
     settings = []
     if isinstance(config, Mapping):
@@ -245,12 +245,12 @@ def _curves_title(metrics: Mapping) -> str:
             for key, value in config.items()
             if isinstance(value, (str, int, float)) and not isinstance(value, bool)
         ]
-    line = "Training curves"
-    for item in settings:
-        if len(line) + len(item) + 2 > 110:
-            break
-        line += (": " if line == "Training curves" else ", ") + item
-    return line
+    if not settings:
+        return "Training curves"
+    import textwrap
+
+    # about 90 characters fit across the figure at the title's size
+    return "\n".join(textwrap.wrap("Training curves: " + ", ".join(settings), 90)[:2])
 
 
 # ----------------------------------------------------------------------------- confusion

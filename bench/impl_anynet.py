@@ -1,13 +1,11 @@
-"""anynet in the benchmark: TwoLayerNet + SGD on one backend (numpy, torch, jax, cupy).
+"""anynet in the benchmark: exactly the training step `anynet train` runs, on one backend.
 
-PLACEHOLDER, first version: the lead rewrites this adapter around anynet's tuned training step.
-It drives the public API the way a user's own loop would: `TwoLayerNet(n_hidden=H,
-backend=..., seed=...)`, `SGD(lr=...)`, `opt.init(net.params)`, and per mini-batch
-`loss, grads = net.loss_and_grads_array(Xb, yb)` (the variant that leaves the loss on the device
-instead of syncing for a Python float every step), `params, state = opt.step(net.params, grads,
-state)`, `net.params = params`. The training set crosses to the backend once, as the uint8 pixels
-anynet takes (it scales each batch by 1/255 itself; labels int64); each epoch takes a NumPy
-permutation and gathers batches with `xp.take`.
+Builds `TwoLayerNet(n_hidden=H, backend=..., seed=...)` and `SGD(lr=...)`, then takes its step
+from `anynet.steps.make_train_step`: the fused step on NumPy and PyTorch's CPU (plain SGD), the
+reference Array API step elsewhere (JAX, CuPy, torch:cuda). An epoch is what `Trainer.fit` does
+for one: a seeded NumPy permutation, then every batch through the step, which returns the
+batch loss as a Python float (the loop checks it for divergence). The training set crosses to
+the backend once, as uint8 pixels; each chunk of batches becomes floats on the backend.
 
 Options: backend = an anynet backend name ("numpy", "torch", "jax", "cupy"); with
 device="cuda" torch and jax run on the GPU ("torch:cuda", "jax:gpu").
@@ -20,6 +18,7 @@ import numpy as np
 from anynet.backend import get_namespace
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
+from anynet.steps import make_train_step
 
 
 def _backend_name(backend, device):
@@ -37,23 +36,19 @@ class AnynetTrainer:
             import torch
 
             torch.set_num_threads(threads)
-        self.xp = self.backend.xp
         self.net = TwoLayerNet(n_hidden=hidden, backend=self.backend, seed=seed)
-        self.opt = SGD(lr=lr)
-        self.state = self.opt.init(self.net.params)
-        self.X = self.backend.asarray(train_images)                  # uint8 (N, 784)
-        self.y = self.backend.asarray(train_labels, dtype="int64")
-        self.batch = batch
-        self.rng = np.random.default_rng(seed)
+        self.lr = lr
+        self.n = len(train_labels)
+        self.n_batches = -(-self.n // batch)
+        self.step = make_train_step(self.net, SGD(lr=lr), self.backend.asarray(train_images),
+                                    self.backend.asarray(train_labels, "int64"), batch, {})
+        self.rng = np.random.default_rng([seed, 1])
 
     def epoch(self):
-        xp, n = self.xp, self.X.shape[0]
-        perm = self.backend.asarray(self.rng.permutation(n), dtype="int64")
-        for i in range(0, n, self.batch):
-            idx = perm[i:i + self.batch]
-            Xb, yb = xp.take(self.X, idx, axis=0), xp.take(self.y, idx, axis=0)
-            _loss, grads = self.net.loss_and_grads_array(Xb, yb)
-            self.net.params, self.state = self.opt.step(self.net.params, grads, self.state)
+        step, lr = self.step, self.lr
+        step.begin_epoch(self.rng.permutation(self.n))
+        for i in range(self.n_batches):
+            step(i, lr)
         self._sync()
 
     def _sync(self):
@@ -62,7 +57,7 @@ class AnynetTrainer:
         if name == "jax":
             import jax
 
-            jax.block_until_ready(self.net.params)
+            jax.block_until_ready(self.step.params)
         elif name == "cupy":
             import cupy
 
