@@ -48,6 +48,11 @@ def _read_npz(path: str | Path, expected_format: str) -> tuple[dict[str, np.ndar
         raise ModelFileError(f"{kind} {path} does not exist")
     if path.is_dir():
         raise ModelFileError(f"{kind} {path} is a folder, not a file")
+    with open(path, "rb") as f:
+        # checked here: for a non-zip file, np.load's own error talks of pickles
+        if f.read(4) != b"PK\x03\x04":
+            raise ModelFileError(f"{path} is not an anynet {kind}: not an .npz archive "
+                                 "(a zip file); anynet train writes them")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}

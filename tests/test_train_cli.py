@@ -225,7 +225,8 @@ def test_missing_data_dir_exits_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: None, "does not exist"),
-    (lambda p: p.write_bytes(b"not a zip at all"), "not a readable anynet model file"),
+    (lambda p: p.write_bytes(b"not a zip at all"), "not an .npz archive (a zip file)"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 but cut short"), "not a readable anynet model file"),
     (lambda p: np.savez(p, W1=np.zeros((2, 2))), "has no 'metadata' entry"),
     (lambda p: save_model(p, TwoLayerNet(100, 5, 10)), "100-5-10 network"),
     (lambda p: save_model(p, _nan_net()), "non-finite values"),

@@ -188,8 +188,11 @@ def run(args) -> int:
                  "val_examples": int(mnist.val_images.shape[0])},
         "metrics": final, "history": history,
     })
+    spent = (f"{final['train_seconds']:.1f} s of training ({elapsed:.1f} s in all)"
+             if record is None else f"{final['train_seconds']:.1f} s of training over both "
+             f"runs (this one took {elapsed:.1f} s)")
     print(f"test accuracy {100 * test_acc:.2f}% (loss {test_loss:.4f}) after {len(history)} "
-          f"epochs, {final['train_seconds']:.1f} s of training ({elapsed:.1f} s in all)")
+          f"epochs, {spent}")
     print(f"model written to {args.out}")
     if checkpoint.exists() and checkpoint != args.out:
         checkpoint.unlink()  # the model now holds everything the checkpoint did
