@@ -204,3 +204,16 @@ class Mirror:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def isolate_cache(tmp_path: Path, monkeypatch) -> Path:
+    """Point the cache at an empty folder under `tmp_path`, unset ANYNET_DATA_DIR, and switch off
+    every download source (tests that download put their own back). Returns the cache folder."""
+    from anynet.data import catalog
+
+    cache_home = tmp_path / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    monkeypatch.delenv("ANYNET_DATA_DIR", raising=False)
+    monkeypatch.setattr(catalog, "MIRRORS", [])
+    monkeypatch.setattr(catalog, "NPM_PACKAGE", None)
+    return cache_home / "anynet" / "mnist"

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import Mirror, catalog_override_code, make_mnist_dir, pins_for, synthetic_mnist
+from data_helpers import (
+    Mirror,
+    catalog_override_code,
+    isolate_cache,
+    make_mnist_dir,
+    pins_for,
+    synthetic_mnist,
+)
 
 from anynet import cli
 from anynet.data import MNIST_FILES, catalog, download, load_mnist
@@ -22,14 +29,10 @@ STEMS = [spec.stem for spec in MNIST_FILES]
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
-    cache_home = tmp_path / "xdg-cache"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
-    monkeypatch.delenv("ANYNET_DATA_DIR", raising=False)
-    monkeypatch.setattr(catalog, "MIRRORS", [])
-    monkeypatch.setattr(catalog, "NPM_PACKAGE", None)
+    cache = isolate_cache(tmp_path, monkeypatch)
     # Only this command: its tests should not depend on the other commands importing.
     monkeypatch.setattr(cli, "COMMANDS", ["data"])
-    return cache_home / "anynet" / "mnist"
+    return cache
 
 
 @pytest.fixture

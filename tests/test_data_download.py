@@ -19,7 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import Mirror, catalog_override_code, gzip_bytes, make_mnist_dir, pins_for
+from data_helpers import (
+    Mirror,
+    catalog_override_code,
+    gzip_bytes,
+    isolate_cache,
+    make_mnist_dir,
+    pins_for,
+)
 
 from anynet.data import MNIST_FILES, catalog, download, load_mnist
 from anynet.errors import DataError
@@ -42,12 +49,7 @@ def synthetic(tmp_path):
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
-    cache_home = tmp_path / "xdg-cache"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
-    monkeypatch.delenv("ANYNET_DATA_DIR", raising=False)
-    monkeypatch.setattr(catalog, "MIRRORS", [])
-    monkeypatch.setattr(catalog, "NPM_PACKAGE", None)
-    return cache_home / "anynet" / "mnist"
+    return isolate_cache(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from data_helpers import make_mnist_dir, pins_for, synthetic_mnist
+from data_helpers import isolate_cache, make_mnist_dir, pins_for, synthetic_mnist
 
 from anynet.data import MNIST_FILES, catalog, default_cache_dir, load_mnist, split_validation
 from anynet.data.idx import encode_idx, write_idx
@@ -19,12 +19,7 @@ from anynet.errors import DataError, UserError
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """A fresh, empty cache and no ANYNET_DATA_DIR; downloads impossible unless a test allows."""
-    cache_home = tmp_path / "xdg-cache"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
-    monkeypatch.delenv("ANYNET_DATA_DIR", raising=False)
-    monkeypatch.setattr(catalog, "MIRRORS", [])
-    monkeypatch.setattr(catalog, "NPM_PACKAGE", None)
-    return cache_home / "anynet" / "mnist"
+    return isolate_cache(tmp_path, monkeypatch)
 
 
 def cache_files(cache):
