@@ -234,7 +234,7 @@ def test_missing_model(capsys, tmp_path, pictures):
 def test_model_that_is_not_a_model(capsys, tmp_path, pictures):
     (tmp_path / "notes.npz").write_text("not a model")
     assert_one_line_error(*run(capsys, "predict", tmp_path / "notes.npz", pictures["vertical"]),
-                          r"notes\.npz is not a readable anynet model file")
+                          r"notes\.npz is not an anynet model file: not an \.npz")
 
 
 def test_model_of_the_wrong_input_size(capsys, tmp_path, pictures):
