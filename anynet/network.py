@@ -64,6 +64,34 @@ def check_param_shapes(shapes: dict[str, tuple]) -> tuple[int, int, int]:
     return n_in, n_hidden, n_out
 
 
+def loss_and_grads(params: dict, X: Any, t: Any) -> tuple[Any, dict]:
+    """Mean cross-entropy of the network with `params` on a batch, and its gradients.
+
+    A pure function: params {"W1": (D, H), "b1": (H,), "W2": (H, K), "b2": (K,)}, X float (N, D),
+    t integer labels (N,), all arrays of one backend -> (J as a 0-d array, grads with the keys
+    and shapes of params). The backward pass is the chain rule of `anynet.functional`'s
+    docstring, written out; nothing is updated.
+    """
+    # forward, keeping what backward needs
+    Z1 = F.linear(X, params["W1"], params["b1"])
+    A1 = F.relu(Z1)
+    Z2 = F.linear(A1, params["W2"], params["b2"])
+    loss = F.softmax_cross_entropy(Z2, t)
+    # backward: output layer, then hidden layer (no gradient for the input images)
+    dZ2 = F.softmax_cross_entropy_grad(F.softmax(Z2), t)
+    dW2, db2 = F.linear_grad_params(dZ2, A1)
+    dZ1 = F.relu_backward(F.linear_grad_input(dZ2, params["W2"]), Z1)
+    dW1, db1 = F.linear_grad_params(dZ1, X)
+    return loss, {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
+
+
+def pixels_to_inputs(pixels: Any, dtype: Any) -> Any:
+    """uint8 pixels 0..255 -> floats in [0, 1] of `dtype`: pixels / 255. Any shape."""
+    from array_api_compat import array_namespace
+
+    return array_namespace(pixels).astype(pixels, dtype) / PIXEL_SCALE
+
+
 class TwoLayerNet:
     """A 784-H-10 network with ReLU hidden units and a softmax output, on any backend.
 
@@ -130,7 +158,7 @@ class TwoLayerNet:
         if X.ndim == 1:
             X = xp.reshape(X, (1, -1))
         if xp.isdtype(X.dtype, "integral"):
-            return xp.astype(X, self.backend.dtype(self.dtype)) / PIXEL_SCALE
+            return pixels_to_inputs(X, self.backend.dtype(self.dtype))
         return xp.astype(X, self.backend.dtype(self.dtype), copy=False)
 
     def labels(self, t: Any) -> Any:
@@ -166,19 +194,7 @@ class TwoLayerNet:
 
     def loss_and_grads_array(self, X: Any, labels: Any) -> tuple[Any, dict]:
         """As `loss_and_grads`, but the loss stays a 0-d backend array (no device sync)."""
-        p = self.params
-        X, t = self.inputs(X), self.labels(labels)
-        # forward, keeping what backward needs
-        Z1 = F.linear(X, p["W1"], p["b1"])
-        A1 = F.relu(Z1)
-        Z2 = F.linear(A1, p["W2"], p["b2"])
-        loss = F.softmax_cross_entropy(Z2, t)
-        # backward: output layer, then hidden layer (no gradient for the input images)
-        dZ2 = F.softmax_cross_entropy_grad(F.softmax(Z2), t)
-        dW2, db2 = F.linear_grad_params(dZ2, A1)
-        dZ1 = F.relu_backward(F.linear_grad_input(dZ2, p["W2"]), Z1)
-        dW1, db1 = F.linear_grad_params(dZ1, X)
-        return loss, {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
+        return loss_and_grads(self.params, self.inputs(X), self.labels(labels))
 
     def loss(self, X: Any, labels: Any) -> float:
         """Mean cross-entropy on a batch, as a Python float. X (N, D), labels (N,)."""

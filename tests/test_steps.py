@@ -9,7 +9,13 @@ from anynet.backend import get_namespace
 from anynet.config import TrainConfig
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
-from anynet.steps import ArrayAPIStep, FusedStep, fast_step_applies, make_train_step
+from anynet.steps import (
+    ArrayAPIStep,
+    FusedStep,
+    JaxJitStep,
+    fast_step_applies,
+    make_train_step,
+)
 from anynet.training import Trainer
 
 FUSED_BACKENDS = ["numpy", "torch"]
@@ -25,7 +31,7 @@ def run_steps(step_cls, dtype, batch, wd, backend="numpy", n_examples=1000, epoc
     if step_cls is FusedStep:
         step = FusedStep(net, opt, images, labels, batch)
     else:
-        step = ArrayAPIStep(net, opt, images, labels, batch, {})
+        step = step_cls(net, opt, images, labels, batch, {})
     losses = []
     n_batches = -(-n_examples // batch)
     for epoch in range(epochs):
@@ -46,6 +52,18 @@ def test_fused_step_equals_reference(dtype, rtol, batch, wd, backend):
     for k in ref:
         assert fast[k].dtype == np.dtype(dtype)
         np.testing.assert_allclose(fast[k], ref[k], rtol=rtol, atol=rtol * np.abs(ref[k]).max(),
+                                   err_msg=k)
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 2e-4)])
+@pytest.mark.parametrize("batch", [64, 333])
+def test_jax_jit_step_equals_reference(dtype, rtol, batch):
+    pytest.importorskip("jax", reason="jax is not installed in this session")
+    jit_losses, jit = run_steps(JaxJitStep, dtype, batch, 1e-3, "jax")
+    ref_losses, ref = run_steps(ArrayAPIStep, dtype, batch, 1e-3)
+    np.testing.assert_allclose(jit_losses, ref_losses, rtol=rtol)
+    for k in ref:
+        np.testing.assert_allclose(jit[k], ref[k], rtol=rtol, atol=rtol * np.abs(ref[k]).max(),
                                    err_msg=k)
 
 
