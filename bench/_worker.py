@@ -17,13 +17,16 @@ them into what its users would hand their library (once, untimed, in `make`). A 
 `epoch_time_scale` (and `timed_images`) when an epoch covers only part of the data (Nielsen).
 
 Config keys, kind "train": impl (module name), library, options, hidden, batch, lr, seed, epochs,
-warmup, retime, noisy_cores, device, threads, data_dir (folder of .npy files from epoch.py).
+warmup, retime, retime_budget_s, noisy_cores, device, threads, data_dir (the folder of .npy
+files from epoch.py).
 
 Each timed epoch also records how many cores other processes took meanwhile (the machine's busy
 time from /proc/stat minus this process's CPU time). After the accuracy is measured (so it is
-always after exactly warmup + epochs epochs), up to `retime` extra epochs replace disturbed ones,
-and the median is taken over the undisturbed epochs. Kind "matmul": library,
-device, threads, size, repeats.
+always after exactly warmup + epochs epochs), up to `retime` extra epochs (and about
+`retime_budget_s` seconds of them) replace disturbed ones, and the median is taken over the
+undisturbed epochs.
+
+Config keys, kind "matmul": library, device, threads, size, repeats.
 """
 
 from __future__ import annotations
@@ -143,7 +146,9 @@ def train(cfg: dict) -> dict:
         return wall * scale, max(0.0, busy1 - busy0 - own) / wall
 
     warmup_s = [timed_epoch()[0] for _ in range(cfg["warmup"])]
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     epochs = [timed_epoch() for _ in range(cfg["epochs"])]
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
     # Accuracy after exactly warmup + epochs epochs, whatever re-timing follows.
     accuracy = trainer.accuracy(data["test_images"], data["test_labels"])
 
@@ -152,10 +157,11 @@ def train(cfg: dict) -> dict:
     def quiet(e):
         return e[1] is None or e[1] < cfg["noisy_cores"]
 
-    extra = 0
-    while sum(map(quiet, epochs)) < cfg["epochs"] and extra < cfg["retime"]:
+    extra, extra_s = 0, 0.0
+    while (sum(map(quiet, epochs)) < cfg["epochs"] and extra < cfg["retime"]
+           and extra_s < cfg["retime_budget_s"]):
         epochs.append(timed_epoch())
-        extra += 1
+        extra, extra_s = extra + 1, extra_s + epochs[-1][0]
     quiet_s = [s for s, o in epochs if quiet((s, o))]
     # The median of the undisturbed epochs when there are enough of them, else of all.
     basis = quiet_s if len(quiet_s) >= min(3, cfg["epochs"]) else [s for s, _ in epochs]
@@ -171,6 +177,11 @@ def train(cfg: dict) -> dict:
         "quiet_epochs": len(quiet_s),
         "retimed_epochs": extra,
         "test_accuracy": accuracy,
+        # Per timed epoch: CPU time in user and kernel mode, and minor page faults. Lots of
+        # kernel time and faults mean memory freed to the OS and faulted back in every step.
+        "user_s_per_epoch": (usage1.ru_utime - usage0.ru_utime) / cfg["epochs"],
+        "sys_s_per_epoch": (usage1.ru_stime - usage0.ru_stime) / cfg["epochs"],
+        "page_faults_per_epoch": (usage1.ru_minflt - usage0.ru_minflt) / cfg["epochs"],
         "epochs_trained": cfg["warmup"] + cfg["epochs"],
         "train_images": len(data["train_images"]),
         "test_images": len(data["test_images"]),

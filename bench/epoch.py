@@ -76,7 +76,8 @@ IMPLS = {
 }
 
 DEFAULT_HIDDEN = [30, 100, 800]
-NOISY_CORES = 0.25  # other processes using this many cores during a run mark it noisy ("!")
+NOISY_CORES = 0.25  # other processes using this many cores during an epoch: it is disturbed
+RETIME_BUDGET_S = 30  # at most about this many seconds of extra epochs per run to replace them
 DEFAULT_BATCH = [10, 64, 128]
 
 
@@ -365,8 +366,9 @@ def parse_args(argv):
                    help="folder with the four MNIST files, gzip'd or raw (default: "
                         "$ANYNET_DATA_DIR, else anynet's cache, else download)")
     p.add_argument("--retime", type=int, default=None, metavar="N",
-                   help=f"time up to N extra epochs to replace those during which other "
-                        f"processes took >= {NOISY_CORES} cores (default: --epochs)")
+                   help=f"time up to N extra epochs (~{RETIME_BUDGET_S} s of them at most) to "
+                        f"replace those during which other processes took >= {NOISY_CORES} cores "
+                        "(default: as many as --epochs)")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                    help=f"before each run, wait up to S seconds for other processes to use under "
                         f"{NOISY_CORES} cores (default: 0, do not wait)")
@@ -466,7 +468,8 @@ def run(args: argparse.Namespace) -> int:
             cfg = {"kind": "train", "impl": impl.module, "library": impl.library,
                    "options": impl.options, "hidden": h, "batch": b, "lr": args.lr,
                    "seed": args.seed, "epochs": args.epochs, "warmup": args.warmup,
-                   "retime": args.retime, "noisy_cores": NOISY_CORES,
+                   "retime": args.retime, "retime_budget_s": RETIME_BUDGET_S,
+                   "noisy_cores": NOISY_CORES,
                    "device": args.device, "threads": args.threads, "data_dir": tmp}
             waited = wait_until_quiet(args.wait_quiet, NOISY_CORES) if args.wait_quiet else 0.0
             t0 = time.perf_counter()

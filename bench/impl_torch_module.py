@@ -49,7 +49,7 @@ class TorchModuleNet:
     def accuracy(self, images, labels):
         X = torch.from_numpy(images).to(self.device).float().div_(255)
         pred = self.model(X).argmax(dim=1).cpu()
-        return float((pred == torch.from_numpy(labels).long()).float().mean())
+        return (pred == torch.from_numpy(labels).long()).sum().item() / len(labels)
 
 
 def make(hidden, batch, lr, seed, train_images, train_labels, *, device="cpu", threads=2):

@@ -54,17 +54,18 @@ class TorchManualNet:
         dZ1 = (dZ2 @ self.W2.T) * (Z1 > 0)
         dW1 = X.T @ dZ1
         db1 = dZ1.sum(0)
-        self.W1 -= self.lr * dW1
-        self.b1 -= self.lr * db1
-        self.W2 -= self.lr * dW2
-        self.b2 -= self.lr * db2
+        # The update in place, as optim.SGD does it (p.add_(g, alpha=-lr)): no lr * dW temporary.
+        self.W1.sub_(dW1, alpha=self.lr)
+        self.b1.sub_(db1, alpha=self.lr)
+        self.W2.sub_(dW2, alpha=self.lr)
+        self.b2.sub_(db2, alpha=self.lr)
 
     @torch.no_grad()
     def accuracy(self, images, labels):
         X = torch.from_numpy(images).to(self.device).float().div_(255)
         Z2 = torch.addmm(self.b2, torch.addmm(self.b1, X, self.W1).clamp_min(0), self.W2)
         pred = Z2.argmax(dim=1).cpu()
-        return float((pred == torch.from_numpy(labels).long()).float().mean())
+        return (pred == torch.from_numpy(labels).long()).sum().item() / len(labels)
 
 
 def make(hidden, batch, lr, seed, train_images, train_labels, *, device="cpu", threads=2):

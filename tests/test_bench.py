@@ -172,7 +172,7 @@ def test_worker_retimes_a_disturbed_epoch(tmp_path, monkeypatch):
     monkeypatch.setattr(_worker, "_machine_busy_s", lambda: next(busy))
     cfg = {"kind": "train", "impl": "impl_fake_sleeper", "library": "numpy", "options": {},
            "hidden": 8, "batch": 2, "lr": 0.1, "seed": 0, "epochs": 3, "warmup": 1,
-           "retime": 3, "noisy_cores": 0.25, "device": "cpu", "threads": 1,
+           "retime": 3, "retime_budget_s": 30, "noisy_cores": 0.25, "device": "cpu", "threads": 1,
            "data_dir": str(tmp_path)}
     r = _worker.train(cfg)
     assert r["status"] == "ok"
