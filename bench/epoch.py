@@ -235,68 +235,66 @@ def ratio_reference(row: dict[str, dict]) -> tuple[str | None, float | None]:
     return name, pool[name]["median_s"]
 
 
+def _grid_table(grid: list[tuple[int, int]], impls: list[str], cell, extra=None) -> list[str]:
+    """Rows 'H batch | one cell per implementation [| extra]', each column as wide as it needs.
+
+    `cell(h, b, name) -> str`; `extra` = (title, function (h, b) -> str) for a last column.
+    """
+    rows = [[cell(h, b, n) for n in impls] for h, b in grid]
+    widths = [max(len(n), *(len(row[i]) for row in rows)) + 2 for i, n in enumerate(impls)]
+    head = f"{'H':>4} {'batch':>5} |" + "".join(f"{n:>{w}}" for n, w in zip(impls, widths,
+                                                                               strict=True))
+    lines = [head + (f" | {extra[0]}" if extra else "")]
+    for (h, b), row in zip(grid, rows, strict=True):
+        line = f"{h:>4} {b:>5} |" + "".join(f"{c:>{w}}" for c, w in zip(row, widths, strict=True))
+        lines.append(line + (f" | {extra[1](h, b):>{len(extra[0])}}" if extra else ""))
+    return lines
+
+
 def format_tables(results: list[dict], impls: list[str], grid: list[tuple[int, int]],
                   floor_rate: float | None, rate_library: str | None, meta: dict) -> str:
+    """The three tables (seconds per epoch with ratios and floor, accuracy, peak RSS) as text."""
     by_cell = {(r["hidden"], r["batch"], r["impl"]): r for r in results}
-    width = max(14, *(len(n) + 2 for n in impls))
-    head = f"{'H':>4} {'batch':>5} |" + "".join(f"{n:>{width}}" for n in impls)
-    lines = []
-
-    refs = {}
-    for h, b in grid:
-        refs[(h, b)] = ratio_reference({n: by_cell.get((h, b, n), {}) for n in impls})
+    refs = {(h, b): ratio_reference({n: by_cell.get((h, b, n), {}) for n in impls})
+            for h, b in grid}
     ref_names = {name for name, _ in refs.values() if name}
     ref_text = ("anynet's fastest backend in the row" if all(n.startswith("anynet-")
                 for n in ref_names) and ref_names else
                 "numpy-naive (no anynet result)" if ref_names else "nothing (no result)")
 
-    lines.append(
+    def ok(h, b, n):
+        r = by_cell.get((h, b, n))
+        return r if r and r.get("status") == "ok" else None
+
+    def seconds(h, b, n):
+        r = by_cell.get((h, b, n))
+        if not ok(h, b, n):
+            return "-" if r is None or r.get("status") == "n/a" else r["status"]
+        ref_s = refs[(h, b)][1]
+        ratio = f" x{r['median_s'] / ref_s:.2f}" if ref_s else ""
+        return _secs(r["median_s"]) + ratio + ("!" if noisy_run(r) else "")
+
+    def floor(h, b):
+        return _secs(epoch_flops(h, meta["train_images"]) / (floor_rate * 1e9)) if floor_rate \
+            else "-"
+
+    lines = [
         f"Seconds per epoch ({meta['train_images']:,} images, shuffle included): median of "
         f"{meta['epochs']} after {meta['warmup']} warm-up; lr {meta['lr']}, "
-        f"{meta['threads']} threads, {meta['device']}")
-    lines.append(f"x = median / {ref_text}. Floor = epoch FLOPs / best large-matmul rate"
-                 + (f" ({floor_rate:.0f} GFLOP/s, {rate_library})." if floor_rate else "."))
-    lines.append(head + f" |{'floor':>8}")
-    for h, b in grid:
-        _, ref_s = refs[(h, b)]
-        cells = []
-        for n in impls:
-            r = by_cell.get((h, b, n))
-            if r is None or r.get("status") != "ok":
-                mark = "-" if r is None or r.get("status") == "n/a" else r["status"]
-                cells.append(f"{mark:>{width}}")
-                continue
-            s = r["median_s"]
-            ratio = f" x{s / ref_s:.2f}" if ref_s else ""
-            noisy = "!" if noisy_run(r) else ""
-            cells.append(f"{_secs(s) + ratio + noisy:>{width}}")
-        floor = (f"{_secs(epoch_flops(h, meta['train_images']) / (floor_rate * 1e9)):>8}"
-                 if floor_rate else f"{'-':>8}")
-        lines.append(f"{h:>4} {b:>5} |" + "".join(cells) + f" |{floor}")
-
-    lines.append("")
-    lines.append(f"Test accuracy after {meta['warmup'] + meta['epochs']} epochs "
-                 f"({meta['test_images']:,} test images)")
-    lines.append(head)
-    for h, b in grid:
-        cells = []
-        for n in impls:
-            r = by_cell.get((h, b, n))
-            text = f"{r['test_accuracy']:.4f}" if r and r.get("status") == "ok" else "-"
-            cells.append(f"{text:>{width}}")
-        lines.append(f"{h:>4} {b:>5} |" + "".join(cells))
-
-    lines.append("")
-    lines.append("Peak RSS of the training process, MB (libraries and data included)")
-    lines.append(head)
-    for h, b in grid:
-        cells = []
-        for n in impls:
-            r = by_cell.get((h, b, n))
-            text = f"{r['peak_rss_mb']:.0f}" if r and r.get("status") == "ok" else "-"
-            cells.append(f"{text:>{width}}")
-        lines.append(f"{h:>4} {b:>5} |" + "".join(cells))
-
+        f"{meta['threads']} threads, {meta['device']}",
+        f"x = median / {ref_text}. floor = epoch FLOPs / best large-matmul rate"
+        + (f" ({floor_rate:.0f} GFLOP/s, {rate_library})." if floor_rate else "."),
+        *_grid_table(grid, impls, seconds, ("floor", floor)),
+        "",
+        f"Test accuracy after {meta['warmup'] + meta['epochs']} epochs "
+        f"({meta['test_images']:,} test images)",
+        *_grid_table(grid, impls, lambda h, b, n: f"{ok(h, b, n)['test_accuracy']:.4f}"
+                     if ok(h, b, n) else "-"),
+        "",
+        "Peak RSS of the training process, MB (interpreter, library and data included)",
+        *_grid_table(grid, impls, lambda h, b, n: f"{ok(h, b, n)['peak_rss_mb']:.0f}"
+                     if ok(h, b, n) else "-"),
+    ]
     notes = sorted({f"{n}: {IMPLS[n].note}" for n in impls if IMPLS[n].note})
     if any(noisy_run(r) for r in results if r.get("status") == "ok"):
         notes.append(f"! = too few epochs of that run were undisturbed (other processes took "
@@ -304,8 +302,7 @@ def format_tables(results: list[dict], impls: list[str], grid: list[tuple[int, i
     problems = sorted({f"{r['impl']}: {r['status']}: {r.get('reason', '')}" for r in results
                        if r.get("status") in ("skipped", "failed")})
     if notes or problems:
-        lines.append("")
-        lines.extend(notes + problems)
+        lines += ["", *notes, *problems]
     return "\n".join(lines)
 
 
@@ -372,6 +369,9 @@ def parse_args(argv):
     p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                    help=f"before each run, wait up to S seconds for other processes to use under "
                         f"{NOISY_CORES} cores (default: 0, do not wait)")
+    p.add_argument("--redo-noisy", metavar="FILE", default=None,
+                   help="re-run only the runs of an earlier results FILE that were noisy ('!') "
+                        "or failed, with that file's settings, and update it (or write --out)")
     p.add_argument("--timeout", type=positive_float, default=900,
                    help="seconds before one run is abandoned (default: 900)")
     p.add_argument("--out", default=None, metavar="FILE",
@@ -413,13 +413,81 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
 
 
+def measure_matmul(library: str, args, env: dict) -> dict:
+    """One library's float32 matmul rate, measured in its own process."""
+    cfg = {"kind": "matmul", "library": library, "device": args.device, "threads": args.threads,
+           "size": args.matmul_size, "repeats": 3 if args.quick else 10}
+    if args.wait_quiet:
+        wait_until_quiet(args.wait_quiet, NOISY_CORES)
+    with ContentionMeter() as meter:
+        m = run_worker(cfg, env, args.timeout)
+    m["others_cores"] = meter.others_cores
+    text = (f"{m['gflops']:.0f} GFLOP/s" if m["status"] == "ok"
+            else f"{m['status']}: {m.get('reason')}")
+    if (meter.others_cores or 0) >= NOISY_CORES:
+        text += f" (noisy: others used {meter.others_cores:.2f} cores)"
+    print(f"matmul {library} {args.matmul_size}^2 float32: {text}", file=sys.stderr)
+    return m
+
+
+def measure_cell(h: int, b: int, n: str, args, env: dict, data_dir: str) -> dict:
+    """Train implementation `n` at (H, batch) in a fresh worker; its result record."""
+    impl = IMPLS[n]
+    if impl.hidden_only and h not in impl.hidden_only:
+        return {"impl": n, "hidden": h, "batch": b, "status": "n/a",
+                "reason": f"runs only for H in {list(impl.hidden_only)}"}
+    cfg = {"kind": "train", "impl": impl.module, "library": impl.library,
+           "options": impl.options, "hidden": h, "batch": b, "lr": args.lr, "seed": args.seed,
+           "epochs": args.epochs, "warmup": args.warmup, "retime": args.retime,
+           "retime_budget_s": RETIME_BUDGET_S, "noisy_cores": NOISY_CORES,
+           "device": args.device, "threads": args.threads, "data_dir": data_dir}
+    waited = wait_until_quiet(args.wait_quiet, NOISY_CORES) if args.wait_quiet else 0.0
+    t0 = time.perf_counter()
+    with ContentionMeter() as meter:
+        r = {"impl": n, "hidden": h, "batch": b, **run_worker(cfg, env, args.timeout)}
+    r["wall_s"] = time.perf_counter() - t0
+    r["others_cores"], r["steal_cores"] = meter.others_cores, meter.steal_cores
+    r["waited_for_quiet_s"] = waited
+    return r
+
+
+def _summary(r: dict) -> str:
+    if r["status"] != "ok":
+        return f"{r['status']}: {r.get('reason')}"
+    text = (f"{r['median_s']:.3f} s/epoch [{r['min_s']:.3f}-{r['max_s']:.3f}], accuracy "
+            f"{r['test_accuracy']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB ({r['wall_s']:.0f} s")
+    if r["others_cores"] is not None and r["others_cores"] >= NOISY_CORES:
+        text += f", others used {r['others_cores']:.2f} cores"
+    if r.get("retimed_epochs"):
+        text += f", {r['retimed_epochs']} epochs re-timed, {r['quiet_epochs']} quiet"
+    return text + ")"
+
+
+def _take_config(args, previous: dict) -> None:
+    """Set the grid and training settings of `args` from an earlier results file's config."""
+    c = previous["config"]
+    args.hidden, args.batch, args.impl = c["hidden"], c["batch"], c["impls"]
+    args.epochs, args.warmup, args.lr, args.seed = c["epochs"], c["warmup"], c["lr"], c["seed"]
+    args.threads, args.device, args.quick = c["threads"], c["device"], c["quick"]
+    args.train_images, args.test_images = c["train_images"], c["test_images"]
+    args.matmul_size = c["matmul_size"]
+
+
 def run(args: argparse.Namespace) -> int:
+    from anynet.errors import UserError
     from anynet.fileio import atomic_write_text
 
     started = time.perf_counter()
-    host = socket.gethostname()
-    out = Path(args.out) if args.out else (
-        BENCH_DIR / "results" / f"epoch-{host}-{dt.date.today().isoformat()}.json")
+    previous = None
+    if args.redo_noisy:
+        try:
+            previous = json.loads(Path(args.redo_noisy).read_text())
+            _take_config(args, previous)
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{args.redo_noisy} is not a results file of this benchmark "
+                            f"({type(e).__name__}: {e})") from None
+    out = Path(args.out or args.redo_noisy or BENCH_DIR / "results" /
+               f"epoch-{socket.gethostname()}-{dt.date.today().isoformat()}.json")
     env = child_env(args.threads, args.device)
     grid = [(h, b) for h in args.hidden for b in args.batch]
 
@@ -428,11 +496,22 @@ def run(args: argparse.Namespace) -> int:
     for n in args.impl:
         if missing[n]:
             print(f"skipping {n}: {missing[n]}", file=sys.stderr)
-
-    results: list[dict] = [
-        {"impl": n, "hidden": h, "batch": b, "status": "skipped", "reason": missing[n]}
-        for n in args.impl if missing[n] for h, b in grid]
+    cells = [(h, b, n) for h, b in grid for n in impls]
+    libraries = sorted({IMPLS[n].library for n in impls})
+    results = {(h, b, n): {"impl": n, "hidden": h, "batch": b, "status": "skipped",
+                           "reason": missing[n]}
+               for n in args.impl if missing[n] for h, b in grid}
     matmul: dict[str, dict] = {}
+    if previous:  # keep what was measured cleanly; redo the noisy and the failed
+        results.update({(r["hidden"], r["batch"], r["impl"]): r for r in previous["results"]})
+        cells = [c for c in cells if c not in results or results[c]["status"] == "failed"
+                 or (results[c]["status"] == "ok" and noisy_run(results[c]))]
+        matmul = {lib: m for lib, m in previous["matmul"].items()
+                  if m.get("status") == "ok" and (m.get("others_cores") or 0) < NOISY_CORES}
+        libraries = [lib for lib in libraries if lib not in matmul]
+        print(f"re-running {len(cells)} noisy or failed runs of {args.redo_noisy}",
+              file=sys.stderr)
+
     with tempfile.TemporaryDirectory(prefix="anynet-bench-") as tmp:
         n_train, n_test = prepare_data(args, Path(tmp))
         meta = {"train_images": n_train, "test_images": n_test, "epochs": args.epochs,
@@ -442,67 +521,31 @@ def run(args: argparse.Namespace) -> int:
               f"{n_test:,} test images, {args.warmup} warm-up + {args.epochs} timed epochs, "
               f"lr {args.lr}, seed {args.seed}, {args.threads} threads, {args.device}; "
               f"implementations: {' '.join(impls)}", file=sys.stderr)
+        for library in libraries:
+            matmul[library] = measure_matmul(library, args, env)
+        for i, (h, b, n) in enumerate(cells, 1):
+            r = results[(h, b, n)] = measure_cell(h, b, n, args, env, tmp)
+            if r["status"] != "n/a":
+                print(f"[{i}/{len(cells)}] {n} H={h} batch={b}: {_summary(r)}", file=sys.stderr,
+                      flush=True)
 
-        for library in sorted({IMPLS[n].library for n in impls}):
-            cfg = {"kind": "matmul", "library": library, "device": args.device,
-                   "threads": args.threads, "size": args.matmul_size,
-                   "repeats": 3 if args.quick else 10}
-            if args.wait_quiet:
-                wait_until_quiet(args.wait_quiet, NOISY_CORES)
-            with ContentionMeter() as meter:
-                m = matmul[library] = run_worker(cfg, env, args.timeout)
-            m["others_cores"] = meter.others_cores
-            text = (f"{m['gflops']:.0f} GFLOP/s" if m["status"] == "ok"
-                    else f"{m['status']}: {m.get('reason')}")
-            if (meter.others_cores or 0) >= NOISY_CORES:
-                text += f" (noisy: others used {meter.others_cores:.2f} cores)"
-            print(f"matmul {library} {args.matmul_size}^2 float32: {text}", file=sys.stderr)
-
-        runs = [(h, b, n) for h, b in grid for n in impls]
-        for i, (h, b, n) in enumerate(runs, 1):
-            impl = IMPLS[n]
-            if impl.hidden_only and h not in impl.hidden_only:
-                results.append({"impl": n, "hidden": h, "batch": b, "status": "n/a",
-                                "reason": f"runs only for H in {list(impl.hidden_only)}"})
-                continue
-            cfg = {"kind": "train", "impl": impl.module, "library": impl.library,
-                   "options": impl.options, "hidden": h, "batch": b, "lr": args.lr,
-                   "seed": args.seed, "epochs": args.epochs, "warmup": args.warmup,
-                   "retime": args.retime, "retime_budget_s": RETIME_BUDGET_S,
-                   "noisy_cores": NOISY_CORES,
-                   "device": args.device, "threads": args.threads, "data_dir": tmp}
-            waited = wait_until_quiet(args.wait_quiet, NOISY_CORES) if args.wait_quiet else 0.0
-            t0 = time.perf_counter()
-            with ContentionMeter() as meter:
-                r = {"impl": n, "hidden": h, "batch": b, **run_worker(cfg, env, args.timeout)}
-            r["wall_s"] = time.perf_counter() - t0
-            r["others_cores"], r["steal_cores"] = meter.others_cores, meter.steal_cores
-            r["waited_for_quiet_s"] = waited
-            results.append(r)
-            summary = (f"{r['median_s']:.3f} s/epoch [{r['min_s']:.3f}-{r['max_s']:.3f}], "
-                       f"accuracy {r['test_accuracy']:.4f}, peak RSS {r['peak_rss_mb']:.0f} MB"
-                       if r["status"] == "ok" else f"{r['status']}: {r.get('reason')}")
-            noise = (f", others used {r['others_cores']:.2f} cores"
-                     if r["others_cores"] is not None and r["others_cores"] >= NOISY_CORES else "")
-            if r.get("retimed_epochs"):
-                noise += f", {r['retimed_epochs']} epochs re-timed, {r['quiet_epochs']} quiet"
-            print(f"[{i}/{len(runs)}] {n} H={h} batch={b}: {summary} ({r['wall_s']:.0f} s{noise})",
-                  file=sys.stderr, flush=True)
-
+    order = {n: i for i, n in enumerate(args.impl)}
+    results_list = sorted(results.values(), key=lambda r: (
+        args.hidden.index(r["hidden"]), args.batch.index(r["batch"]), order[r["impl"]]))
     rates = {lib: m["gflops"] for lib, m in matmul.items() if m.get("status") == "ok"}
     rate_library = max(rates, key=rates.get) if rates else None
     floor_rate = rates.get(rate_library)
-    for r in results:
+    for r in results_list:
         if floor_rate:
             r["flop_floor_s"] = epoch_flops(r["hidden"], n_train) / (floor_rate * 1e9)
         if r.get("status") == "ok":
-            row = {x["impl"]: x for x in results
-                   if x["hidden"] == r["hidden"] and x["batch"] == r["batch"]}
-            ref_name, ref_s = ratio_reference(row)
+            ref_name, ref_s = ratio_reference(
+                {x["impl"]: x for x in results_list
+                 if x["hidden"] == r["hidden"] and x["batch"] == r["batch"]})
             r["ratio_reference"] = ref_name
             r["ratio"] = r["median_s"] / ref_s if ref_s else None
 
-    table = format_tables(results, args.impl, grid, floor_rate, rate_library, meta)
+    table = format_tables(results_list, args.impl, grid, floor_rate, rate_library, meta)
     print(table)
     wall = time.perf_counter() - started
     report = {
@@ -514,13 +557,18 @@ def run(args: argparse.Namespace) -> int:
         "matmul": matmul,
         "floor_gflops": floor_rate,
         "floor_library": rate_library,
-        "results": results,
+        "results": results_list,
         "table": table,
         "wall_s": wall,
     }
+    if previous:
+        report["created"], report["wall_s"] = previous["created"], previous["wall_s"]
+        redo = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "runs": [f"{n} H={h} batch={b}" for h, b, n in cells], "wall_s": wall}
+        report["redone"] = [*previous.get("redone", []), redo]
     atomic_write_text(out, json.dumps(report, indent=1) + "\n")
     print(f"\nwrote {out} ({wall / 60:.1f} min)")
-    return 0 if any(r.get("status") == "ok" for r in results) else 1
+    return 0 if any(r.get("status") == "ok" for r in results_list) else 1
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def test_table_shows_ratio_floor_and_noise_mark():
     row = next(line for line in table.splitlines() if line.strip().startswith("30"))
     assert "0.090 x1.00" in row
     assert "0.180 x2.00!" in row                       # twice as slow, and flagged noisy
-    assert row.rstrip().endswith("   0.014")            # 5.7528e9 FLOPs / 400 GFLOP/s
+    assert row.rstrip().endswith("| 0.014")            # 5.7528e9 FLOPs / 400 GFLOP/s
     assert "0.9550" in table and "460" in table
     assert "! = too few epochs of that run were undisturbed" in table
 
@@ -220,3 +220,21 @@ def test_quick_run_writes_json(tmp_path):
         assert naive["ratio"] == pytest.approx(naive["median_s"] / anynet["median_s"])
     else:
         assert naive["ratio_reference"] == "numpy-naive" and naive["ratio"] == 1.0
+
+    # Mark the naive run as disturbed; --redo-noisy measures it again, and only it, in place.
+    naive.update(median_s=99.0, median_of="all epochs (too few quiet)")
+    out.write_text(json.dumps(report))
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "epoch.py"), "--redo-noisy", str(out),
+         "--data-dir", str(MNIST_DIR)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "re-running 1 noisy or failed runs" in proc.stderr
+    redone = json.loads(out.read_text())
+    assert redone["config"] == report["config"] and redone["created"] == report["created"]
+    assert redone["redone"][0]["runs"] == ["numpy-naive H=30 batch=64"]
+    again = {r["impl"]: r for r in redone["results"]}
+    assert again["numpy-naive"]["median_s"] < 99 and again["numpy-naive"]["median_of"] == (
+        "quiet epochs")
+    assert again["anynet-numpy"] == anynet       # the clean run is kept as it was
