@@ -563,9 +563,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if previous:
         report["created"], report["wall_s"] = previous["created"], previous["wall_s"]
+        report["redone"] = previous.get("redone", [])
+    if previous and cells:
         redo = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "runs": [f"{n} H={h} batch={b}" for h, b, n in cells], "wall_s": wall}
-        report["redone"] = [*previous.get("redone", []), redo]
+        report["redone"].append(redo)
     atomic_write_text(out, json.dumps(report, indent=1) + "\n")
     print(f"\nwrote {out} ({wall / 60:.1f} min)")
     return 0 if any(r.get("status") == "ok" for r in results_list) else 1
