@@ -86,8 +86,9 @@ class _NumpyOps:
     def host(self, array, dtype=None):
         return np.array(array, dtype=dtype)
 
-    def load_rows(self, images, idx, out, scale):   # out = images[idx] * scale
-        np.multiply(np.take(images, idx, axis=0), out.dtype.type(scale), out=out)
+    def load_rows(self, images, idx, out, scale, pixels):  # out = images[idx] * scale
+        np.take(images, idx, axis=0, out=pixels)
+        np.multiply(pixels, out.dtype.type(scale), out=out)
 
     def take(self, array, idx):
         return np.take(array, idx, axis=0)
@@ -134,8 +135,9 @@ class _TorchOps:
         return self.backend.asarray(np.asarray(array) if dtype is None
                                     else np.asarray(array, dtype))
 
-    def load_rows(self, images, idx, out, scale):
-        out.copy_(self.torch.index_select(images, 0, idx)).mul_(scale)
+    def load_rows(self, images, idx, out, scale, pixels):
+        self.torch.index_select(images, 0, idx, out=pixels)
+        out.copy_(pixels).mul_(scale)
 
     def take(self, array, idx):
         return self.torch.index_select(array, 0, idx)
@@ -164,9 +166,9 @@ class _TorchOps:
     def sum_log(self, a):
         return float(self.torch.sum(self.torch.log(a)))
 
-    @staticmethod
-    def relu_backward_(dZ, Z, mask):
-        dZ.mul_(Z > 0)
+    def relu_backward_(self, dZ, Z, mask):
+        self.torch.gt(Z, 0, out=mask)
+        dZ.mul_(mask)
 
     @staticmethod
     def sub_mm_(W, A, B, tmp):
@@ -232,6 +234,9 @@ class FusedStep:
 
         B, R = batch_size, self.batches_per_chunk * batch_size
         self.X = ops.empty((R, D), dtype)                  # a chunk of inputs
+        # its pixels, gathered into memory that stays: a fresh 800 kB block per chunk would be
+        # returned to the OS and faulted back in every time
+        self.pixels = ops.empty((R, D), np.uint8)
         self.Y = ops.empty((self.batches_per_chunk, K, B), dtype)  # one-hot labels, (K, N)
         self.dW1 = ops.empty((D, H), dtype)
         self.db1 = ops.empty((H,), dtype)
@@ -249,7 +254,7 @@ class FusedStep:
         ops, B, bpc, K = self.ops, self.B, self.batches_per_chunk, self.K
         idx = self.perm[chunk * bpc * B:(chunk + 1) * bpc * B]
         n = idx.shape[0]
-        ops.load_rows(self.images, idx, self.X[:n], 1 / 255)
+        ops.load_rows(self.images, idx, self.X[:n], 1 / 255, self.pixels[:n])
         onehot = ops.take(self.eye, ops.take(self.labels, idx))        # (n, K)
         full = n // B
         self.Y[:full] = onehot[:full * B].reshape(full, B, K).swapaxes(1, 2)
