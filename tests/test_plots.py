@@ -383,7 +383,8 @@ def test_cli_plot_weights_mistakes(capsys, tmp_path):
                           r"odd\.npz: the model takes 101 inputs")
     (tmp_path / "text.npz").write_text("hello")
     assert_one_line_error(cli(capsys, "plot", "weights", tmp_path / "text.npz", "--out",
-                              tmp_path / "w.png"), r"text\.npz is not an anynet model file: not an \.npz")
+                              tmp_path / "w.png"),
+                          r"text\.npz is not an anynet model file: not an \.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "odd.npz", "text.npz"]
     assert model.exists()
 
