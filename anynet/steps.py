@@ -53,13 +53,17 @@ class ArrayAPIStep:
         self.velocity = velocity
         self.perm = None
 
-    def begin_epoch(self, perm: np.ndarray, first_batch: int = 0) -> None:
+    def begin_epoch(self, perm: np.ndarray) -> None:
         self.perm = self.net.backend.asarray(perm, "int64")
 
-    def __call__(self, batch: int, lr: float) -> float:
-        xp, B = self.net.xp, self.batch_size
+    def batch_indices(self, batch: int):
+        """Positions in the training set of batch `batch` of this epoch."""
+        B = self.batch_size
         # the standard leaves out-of-bounds slice ends unspecified: clip the last batch's
-        idx = self.perm[batch * B:min((batch + 1) * B, self.perm.shape[0])]
+        return self.perm[batch * B:min((batch + 1) * B, self.perm.shape[0])]
+
+    def __call__(self, batch: int, lr: float) -> float:
+        xp, idx = self.net.xp, self.batch_indices(batch)
         X = xp.take(self.images, idx, axis=0)
         t = xp.take(self.labels, idx, axis=0)
         loss, grads = self.net.loss_and_grads_array(X, t)
@@ -197,10 +201,9 @@ class JaxJitStep(ArrayAPIStep):
         self._step = jax.jit(step)
 
     def __call__(self, batch: int, lr: float) -> float:
-        B = self.batch_size
-        idx = self.perm[batch * B:min((batch + 1) * B, self.perm.shape[0])]
         loss, self.net.params, self.velocity = self._step(
-            self.net.params, self.velocity, self.images, self.labels, idx, lr)
+            self.net.params, self.velocity, self.images, self.labels, self.batch_indices(batch),
+            lr)
         return float(loss)
 
 
@@ -246,7 +249,7 @@ class FusedStep:
         self.perm = None
         self.chunk = self.rows_in_chunk = -1
 
-    def begin_epoch(self, perm: np.ndarray, first_batch: int = 0) -> None:
+    def begin_epoch(self, perm: np.ndarray) -> None:
         self.perm, self.chunk = self.ops.host(perm, np.int64), -1
 
     def _load_chunk(self, chunk: int) -> None:

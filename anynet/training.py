@@ -185,7 +185,7 @@ class Trainer:
             if state.batch == 0:
                 state.rng_state, state.loss_sum = rng.bit_generator.state, 0.0
             rng.bit_generator.state = state.rng_state
-            step.begin_epoch(rng.permutation(self.n_train), state.batch)
+            step.begin_epoch(rng.permutation(self.n_train))
             for cb in self.callbacks:
                 cb.on_epoch_begin(state.epoch, self.n_batches, state.batch)
             started = time.perf_counter()
