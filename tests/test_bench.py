@@ -237,4 +237,8 @@ def test_quick_run_writes_json(tmp_path):
     again = {r["impl"]: r for r in redone["results"]}
     assert again["numpy-naive"]["median_s"] < 99 and again["numpy-naive"]["median_of"] == (
         "quiet epochs")
-    assert again["anynet-numpy"] == anynet       # the clean run is kept as it was
+    # the clean run's measurements are kept as they were; what derives from the machine's
+    # matmul rate (re-measured when the first was disturbed) and from the peers is recomputed
+    derived = {"flop_floor_s", "ratio", "ratio_reference"}
+    assert ({k: v for k, v in again["anynet-numpy"].items() if k not in derived}
+            == {k: v for k, v in anynet.items() if k not in derived})
