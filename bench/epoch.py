@@ -370,8 +370,9 @@ def parse_args(argv):
                    help=f"before each run, wait up to S seconds for other processes to use under "
                         f"{NOISY_CORES} cores (default: 0, do not wait)")
     p.add_argument("--redo-noisy", metavar="FILE", default=None,
-                   help="re-run only the runs of an earlier results FILE that were noisy ('!') "
-                        "or failed, with that file's settings, and update it (or write --out)")
+                   help="re-run only the runs of an earlier results FILE that were noisy ('!'), "
+                        "failed or never ran (interrupted), with that file's settings, and "
+                        "update it (or write --out)")
     p.add_argument("--timeout", type=positive_float, default=900,
                    help="seconds before one run is abandoned (default: 900)")
     p.add_argument("--out", default=None, metavar="FILE",
@@ -509,7 +510,7 @@ def run(args: argparse.Namespace) -> int:
         matmul = {lib: m for lib, m in previous["matmul"].items()
                   if m.get("status") == "ok" and (m.get("others_cores") or 0) < NOISY_CORES}
         libraries = [lib for lib in libraries if lib not in matmul]
-        print(f"re-running {len(cells)} noisy or failed runs of {args.redo_noisy}",
+        print(f"re-running {len(cells)} noisy, failed or missing runs of {args.redo_noisy}",
               file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="anynet-bench-") as tmp:
@@ -521,13 +522,18 @@ def run(args: argparse.Namespace) -> int:
               f"{n_test:,} test images, {args.warmup} warm-up + {args.epochs} timed epochs, "
               f"lr {args.lr}, seed {args.seed}, {args.threads} threads, {args.device}; "
               f"implementations: {' '.join(impls)}", file=sys.stderr)
-        for library in libraries:
-            matmul[library] = measure_matmul(library, args, env)
-        for i, (h, b, n) in enumerate(cells, 1):
-            r = results[(h, b, n)] = measure_cell(h, b, n, args, env, tmp)
-            if r["status"] != "n/a":
-                print(f"[{i}/{len(cells)}] {n} H={h} batch={b}: {_summary(r)}", file=sys.stderr,
-                      flush=True)
+        interrupted = None
+        try:
+            for library in libraries:
+                matmul[library] = measure_matmul(library, args, env)
+            for i, (h, b, n) in enumerate(cells, 1):
+                r = results[(h, b, n)] = measure_cell(h, b, n, args, env, tmp)
+                if r["status"] != "n/a":
+                    print(f"[{i}/{len(cells)}] {n} H={h} batch={b}: {_summary(r)}",
+                          file=sys.stderr, flush=True)
+        except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM via _terminate
+            # Keep what was measured: --redo-noisy on the file runs the rest.
+            interrupted = 130 if isinstance(e, KeyboardInterrupt) else e.code
 
     order = {n: i for i, n in enumerate(args.impl)}
     results_list = sorted(results.values(), key=lambda r: (
@@ -568,7 +574,13 @@ def run(args: argparse.Namespace) -> int:
         redo = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "runs": [f"{n} H={h} batch={b}" for h, b, n in cells], "wall_s": wall}
         report["redone"].append(redo)
+    if interrupted is not None:
+        report["interrupted"] = True
     atomic_write_text(out, json.dumps(report, indent=1) + "\n")
+    if interrupted is not None:
+        print(f"\nepoch.py: interrupted after {wall / 60:.1f} min; the runs finished so far are in "
+              f"{out}: finish them with --redo-noisy {out}", file=sys.stderr)
+        return interrupted
     print(f"\nwrote {out} ({wall / 60:.1f} min)")
     return 0 if any(r.get("status") == "ok" for r in results_list) else 1
 

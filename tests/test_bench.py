@@ -230,7 +230,7 @@ def test_quick_run_writes_json(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "re-running 1 noisy or failed runs" in proc.stderr
+    assert "re-running 1 noisy, failed or missing runs" in proc.stderr
     redone = json.loads(out.read_text())
     assert redone["config"] == report["config"] and redone["created"] == report["created"]
     assert redone["redone"][0]["runs"] == ["numpy-naive H=30 batch=64"]
@@ -242,3 +242,33 @@ def test_quick_run_writes_json(tmp_path):
     derived = {"flop_floor_s", "ratio", "ratio_reference"}
     assert ({k: v for k, v in again["anynet-numpy"].items() if k not in derived}
             == {k: v for k, v in anynet.items() if k not in derived})
+
+
+@pytest.mark.realdata
+@have_mnist
+def test_interrupted_run_keeps_finished_runs_and_resumes(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench.json"
+    real_measure = epoch.measure_cell
+
+    def interrupted_at_second(h, b, n, *rest):
+        if n == "numpy-naive":
+            raise KeyboardInterrupt
+        return real_measure(h, b, n, *rest)
+
+    monkeypatch.setattr(epoch, "measure_cell", interrupted_at_second)
+    argv = ["--quick", "--impl", "nielsen", "numpy-naive", "--matmul-size", "256",
+            "--data-dir", str(MNIST_DIR), "--out", str(out)]
+    assert epoch.main(argv) == 130
+    assert "finish them with --redo-noisy" in capsys.readouterr().err
+    partial = json.loads(out.read_text())
+    assert partial["interrupted"] is True
+    assert [r["impl"] for r in partial["results"]] == ["nielsen"]
+
+    monkeypatch.setattr(epoch, "measure_cell", real_measure)
+    assert epoch.main(["--redo-noisy", str(out), "--data-dir", str(MNIST_DIR)]) == 0
+    assert "re-running 1 noisy, failed or missing runs" in capsys.readouterr().err
+    done = json.loads(out.read_text())
+    assert "interrupted" not in done
+    assert [r["impl"] for r in done["results"]] == ["nielsen", "numpy-naive"]
+    assert done["results"][0]["epoch_s"] == partial["results"][0]["epoch_s"]   # kept, not re-run
+    assert done["results"][1]["status"] == "ok"
