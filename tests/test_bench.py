@@ -206,10 +206,12 @@ def test_quick_run_writes_json(tmp_path):
     naive = results["numpy-naive"]
     assert naive["status"] == "ok", naive
     assert (naive["hidden"], naive["batch"]) == (30, 64)
-    assert len(naive["epoch_s"]) == 2 and len(naive["warmup_s"]) == 1
+    # a busy machine may have re-timed disturbed epochs: each extra epoch is one of those
+    assert len(naive["epoch_s"]) == 2 + naive["retimed_epochs"] and len(naive["warmup_s"]) == 1
     assert naive["min_s"] <= naive["median_s"] <= naive["max_s"] and naive["min_s"] > 0
-    assert naive["median_s"] == pytest.approx(sum(naive["epoch_s"]) / 2)
-    assert naive["median_of"] == "quiet epochs" and naive["retimed_epochs"] == 0
+    if naive["retimed_epochs"] == 0:
+        assert naive["median_s"] == pytest.approx(sum(naive["epoch_s"]) / 2)
+        assert naive["median_of"] == "quiet epochs"
     assert 0.6 < naive["test_accuracy"] <= 1     # 3 epochs on 2,000 images: about 0.8
     assert naive["test_images"] == 1000 and naive["epochs_trained"] == 3
     assert 30 < naive["peak_rss_mb"] < 2000
