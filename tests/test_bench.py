@@ -191,8 +191,10 @@ def test_worker_retimes_a_disturbed_epoch(tmp_path, monkeypatch):
 def test_quick_run_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
+        # --retime 0: the shared machine's load must not change how many epochs are timed
         [sys.executable, str(BENCH / "epoch.py"), "--quick", "--impl", "anynet-numpy",
-         "numpy-naive", "--matmul-size", "512", "--data-dir", str(MNIST_DIR), "--out", str(out)],
+         "numpy-naive", "--matmul-size", "512", "--data-dir", str(MNIST_DIR), "--out", str(out),
+         "--retime", "0"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -206,12 +208,10 @@ def test_quick_run_writes_json(tmp_path):
     naive = results["numpy-naive"]
     assert naive["status"] == "ok", naive
     assert (naive["hidden"], naive["batch"]) == (30, 64)
-    # a busy machine may have re-timed disturbed epochs: each extra epoch is one of those
-    assert len(naive["epoch_s"]) == 2 + naive["retimed_epochs"] and len(naive["warmup_s"]) == 1
+    assert len(naive["epoch_s"]) == 2 and len(naive["warmup_s"]) == 1
+    assert naive["retimed_epochs"] == 0
     assert naive["min_s"] <= naive["median_s"] <= naive["max_s"] and naive["min_s"] > 0
-    if naive["retimed_epochs"] == 0:
-        assert naive["median_s"] == pytest.approx(sum(naive["epoch_s"]) / 2)
-        assert naive["median_of"] == "quiet epochs"
+    assert naive["median_s"] == pytest.approx(sum(naive["epoch_s"]) / 2)
     assert 0.6 < naive["test_accuracy"] <= 1     # 3 epochs on 2,000 images: about 0.8
     assert naive["test_images"] == 1000 and naive["epochs_trained"] == 3
     assert 30 < naive["peak_rss_mb"] < 2000
@@ -223,27 +223,31 @@ def test_quick_run_writes_json(tmp_path):
     else:
         assert naive["ratio_reference"] == "numpy-naive" and naive["ratio"] == 1.0
 
-    # Mark the naive run as disturbed; --redo-noisy measures it again, and only it, in place.
+    # Mark the naive run as disturbed; --redo-noisy measures it again in place, with any run the
+    # shared machine really disturbed, and keeps the others as they were.
     naive.update(median_s=99.0, median_of="all epochs (too few quiet)")
     out.write_text(json.dumps(report))
+    expected = ["numpy-naive H=30 batch=64"]
+    if anynet["status"] == "ok" and epoch.noisy_run(anynet):
+        expected.append("anynet-numpy H=30 batch=64")
     proc = subprocess.run(
         [sys.executable, str(BENCH / "epoch.py"), "--redo-noisy", str(out),
          "--data-dir", str(MNIST_DIR)],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "re-running 1 noisy, failed or missing runs" in proc.stderr
+    assert f"re-running {len(expected)} noisy, failed or missing runs" in proc.stderr
     redone = json.loads(out.read_text())
     assert redone["config"] == report["config"] and redone["created"] == report["created"]
-    assert redone["redone"][0]["runs"] == ["numpy-naive H=30 batch=64"]
+    assert sorted(redone["redone"][0]["runs"]) == sorted(expected)
     again = {r["impl"]: r for r in redone["results"]}
-    assert again["numpy-naive"]["median_s"] < 99 and again["numpy-naive"]["median_of"] == (
-        "quiet epochs")
-    # the clean run's measurements are kept as they were; what derives from the machine's
-    # matmul rate (re-measured when the first was disturbed) and from the peers is recomputed
-    derived = {"flop_floor_s", "ratio", "ratio_reference"}
-    assert ({k: v for k, v in again["anynet-numpy"].items() if k not in derived}
-            == {k: v for k, v in anynet.items() if k not in derived})
+    assert again["numpy-naive"]["median_s"] < 99
+    if len(expected) == 1:
+        # the clean run's measurements are kept as they were; what derives from the machine's
+        # matmul rate (re-measured when the first was disturbed) and from the peers is redone
+        derived = {"flop_floor_s", "ratio", "ratio_reference"}
+        assert ({k: v for k, v in again["anynet-numpy"].items() if k not in derived}
+                == {k: v for k, v in anynet.items() if k not in derived})
 
 
 @pytest.mark.realdata
