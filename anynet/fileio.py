@@ -1,4 +1,5 @@
-"""Atomic file writing: a file is either absent, or complete and final.
+"""Atomic file writing (a file is either absent, or complete and final), and the one-line
+error for a file a user named that cannot be read.
 
 Everything anynet saves (data in the cache, model files, checkpoints, metrics, plots) goes through
 `atomic_write`: the bytes go to a temporary file in the same folder, are flushed to disk, and only
@@ -14,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from anynet.errors import UserError
 
 
 @contextlib.contextmanager
@@ -40,6 +43,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def input_error(path: str | os.PathLike, error: OSError, what: str,
+                kind: type[UserError] = UserError) -> UserError:
+    """The one-line error for a file a user named that could not be opened or read:
+    no such file, a folder instead of `what` ("an image file"), or the system's reason."""
+    if isinstance(error, FileNotFoundError):
+        return kind(f"{path}: no such file")
+    if isinstance(error, IsADirectoryError):
+        return kind(f"{path}: is a folder, not {what}")
+    return kind(f"{path}: cannot read ({error.strerror or error})")
 
 
 def _umask() -> int:

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from anynet.errors import MissingExtraError, UserError
+from anynet.fileio import input_error
 
 FIELD = 28  # side of the MNIST image
 BOX = 20  # side of the box the digit is scaled to fit, as in MNIST
@@ -73,12 +74,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             head = f.read(len(_NPY_MAGIC))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not an image file") from None
     except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise input_error(path, e, "an image file") from None
     if head == _NPY_MAGIC:
         return _read_npy(path)
     if path.suffix.lower() == ".npy":

@@ -95,17 +95,14 @@ def _read_json(path: str) -> object:
     import json
 
     from anynet.errors import UserError
+    from anynet.fileio import input_error
 
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not a metrics file") from None
+    except OSError as e:
+        raise input_error(path, e, "a metrics file") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a metrics file (not UTF-8 text)") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None

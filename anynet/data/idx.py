@@ -36,7 +36,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 
 from anynet.errors import DataError
-from anynet.fileio import atomic_write_bytes
+from anynet.fileio import atomic_write_bytes, input_error
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (N, rows, cols)
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (N,)
@@ -98,12 +98,8 @@ def read_idx_with_sha256(
     path = Path(path)
     try:
         f = open(path, "rb")  # closed by the `with f` below, after any gzip wrapper
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not an IDX file") from None
     except OSError as e:
-        raise DataError(f"{path}: cannot open ({e.strerror or e})") from None
+        raise input_error(path, e, "an IDX file", DataError) from None
     with f:
         compressed = f.read(2) == GZIP_MAGIC
         f.seek(0)
