@@ -57,8 +57,10 @@ class TrainState:
     """Everything that determines the rest of a run: what a checkpoint holds.
 
     `epoch` is the current epoch (0-based) and `batch` the next batch in it; `rng_state` is the
-    shuffling Generator's state at the start of the current epoch, so its permutation can be
-    drawn again; `loss_sum` sums the current epoch's batch losses so far.
+    shuffling Generator's state before it drew the current epoch's permutation (at an epoch's
+    end: before the next epoch's), so that permutation can be drawn again; `loss_sum` sums the
+    current epoch's batch losses so far. `extra` holds entries the caller adds to every
+    checkpoint's record (the command line records the run's output path there).
     """
 
     params: dict
@@ -70,8 +72,8 @@ class TrainState:
     loss_sum: float = 0.0
     history: list[dict] = field(default_factory=list)
 
-    def record(self, config: TrainConfig, data_sha256: dict) -> dict:
-        return {"config": config.to_dict(), "epoch": self.epoch, "batch": self.batch,
+    def record(self, config: TrainConfig, data_sha256: dict, extra: dict | None = None) -> dict:
+        return {**(extra or {}), "config": config.to_dict(), "epoch": self.epoch, "batch": self.batch,
                 "step": self.step, "rng_state": self.rng_state, "loss_sum": self.loss_sum,
                 "history": self.history, "data_sha256": data_sha256}
 
@@ -118,7 +120,7 @@ class Trainer:
                  val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None, *,
                  backend: str | Backend | None = None, checkpoint_path: str | Path | None = None,
                  callbacks: list[Callback] | tuple = (), data_sha256: dict | None = None,
-                 fast: bool = True):
+                 record_extra: dict | None = None, fast: bool = True):
         self.config, self.fast = config, fast
         self.backend = get_namespace(backend if backend is not None else config.backend)
         self.optimizer = SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
@@ -136,6 +138,7 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.callbacks = list(callbacks)
         self.data_sha256 = data_sha256 or {}
+        self.record_extra = dict(record_extra or {})
         self._stop_reason = ""
 
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -164,7 +167,7 @@ class Trainer:
             return
         save_checkpoint(self.checkpoint_path, {k: to_numpy(v) for k, v in state.params.items()},
                         {k: to_numpy(v) for k, v in state.velocity.items()},
-                        state.record(self.config, self.data_sha256))
+                        state.record(self.config, self.data_sha256, self.record_extra))
         for cb in self.callbacks:
             cb.on_checkpoint(self.checkpoint_path, state)
 
@@ -181,9 +184,9 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_begin(self, state)
 
+        if state.rng_state is None:
+            state.rng_state = rng.bit_generator.state
         while state.epoch < cfg.epochs:
-            if state.batch == 0:
-                state.rng_state, state.loss_sum = rng.bit_generator.state, 0.0
             rng.bit_generator.state = state.rng_state
             step.begin_epoch(rng.permutation(self.n_train))
             for cb in self.callbacks:
@@ -205,7 +208,8 @@ class Trainer:
             seconds = time.perf_counter() - started
             metrics = self._epoch_metrics(net, state, seconds)
             state.history.append(metrics)
-            state.epoch, state.batch = state.epoch + 1, 0
+            state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
+            state.rng_state = rng.bit_generator.state  # the next epoch draws from here
             self.write_checkpoint(state)
             for cb in self.callbacks:
                 cb.on_epoch_end(state.epoch - 1, metrics)
