@@ -1,0 +1,77 @@
+"""Shared checks for the hostile-input (fuzz) tests: a case must end cleanly, quickly and small.
+
+A clean ending is exit 0, or exit 2 (3 for divergence) with exactly one line on stderr that
+starts with "anynet: error:", and never a traceback. `run_cli_bounded` runs the command line in
+a child process under a wall-clock limit and an address-space limit (RLIMIT_AS), so a case that
+hangs or tries to allocate gigabytes fails the test instead of the machine.
+
+The fuzz tests' depth is set by hypothesis profiles, chosen with ANYNET_FUZZ (default "ci"):
+    ci    a few dozen examples per property, seeded (derandomized): CI stays fast and repeatable
+    deep  thousands of examples, random seeds: run by hand, `ANYNET_FUZZ=deep pytest -k fuzz`
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+
+REPO = Path(__file__).resolve().parents[1]
+TIME_LIMIT_S = 60.0          # generous: a busy 2-core machine is slow; a hang takes forever
+MEMORY_LIMIT_MB = 1536       # address space for one child (numpy alone maps ~400 MB of it)
+
+settings.register_profile(
+    "ci", max_examples=25, derandomize=True, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "deep", max_examples=2000, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("ANYNET_FUZZ", "ci"))
+
+
+def _limit_memory(megabytes: int):
+    def apply():
+        limit = megabytes << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return apply
+
+
+def run_cli_bounded(argv: list[str], *, cwd: str | os.PathLike | None = None,
+                    env: dict | None = None, timeout: float = TIME_LIMIT_S,
+                    memory_mb: int = MEMORY_LIMIT_MB) -> subprocess.CompletedProcess:
+    """Run `python -m anynet ARGV` in a child limited in time and memory; return its result.
+
+    A child that outlives `timeout` is killed and the test fails, naming the command.
+    """
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    try:
+        return subprocess.run([sys.executable, "-m", "anynet", *argv], cwd=cwd, env=full_env,
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, preexec_fn=_limit_memory(memory_mb))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"anynet {' '.join(argv)} ran past {timeout:.0f} s (a hang?)") \
+            from None
+
+
+def assert_clean_ending(result, *, allowed=(0, 2)) -> None:
+    """Exit code in `allowed`; on an error code, one line on stderr, ours, no traceback.
+
+    `result` is a CompletedProcess, or (returncode, stderr) from an in-process `cli.main` run.
+    """
+    rc, stderr = ((result.returncode, result.stderr) if hasattr(result, "returncode")
+                  else result)
+    assert "Traceback" not in stderr, stderr
+    assert "MemoryError" not in stderr, stderr
+    assert rc in allowed, f"exit {rc}; stderr: {stderr}"
+    if rc != 0:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {stderr}"
+        assert lines[0].startswith("anynet"), lines[0]
