@@ -1,0 +1,94 @@
+"""JAX: CPU and GPU through XLA. Devices: `cpu` (default), `gpu`, `gpu:N`.
+
+JAX dispatches each operation separately unless it is compiled, so `compile` is `jax.jit`: the
+training step runs as one XLA computation per batch. Arrays are immutable: no fused step.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from anynet.errors import BackendError
+
+NAME = "jax"
+DEVICES = "cpu|gpu[:N]"
+INSTALL = "pip install 'anynet[jax]'"
+_DEVICE = re.compile(r"(cpu|gpu|cuda|rocm|tpu)(:\d+)?")
+
+COMPILES = True
+
+
+def device_name(device: Any) -> str:
+    return f"{device.platform}:{device.id}"
+
+
+def check_device(device: str | None) -> str | None:
+    if device is not None and not _DEVICE.fullmatch(device):
+        raise BackendError(f"backend 'jax': unknown device '{device}'; use jax:cpu, jax:gpu "
+                           "or jax:gpu:N")
+    return device
+
+
+def probe() -> str:
+    try:
+        import jax  # noqa: F401
+    except ImportError as e:
+        return f"JAX is not installed ({e})"
+    return ""
+
+
+def open(device: str | None) -> tuple[Any, Any]:
+    from anynet.backend import import_or_explain
+
+    jax = import_or_explain("jax", NAME, INSTALL)
+    # float64 on request needs JAX's 64-bit mode; anynet always names its dtypes, so turning it
+    # on changes nothing for float32 work.
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as xp
+
+    platform, _, index = (check_device(device) or "cpu").partition(":")
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as e:
+        raise BackendError(f"backend 'jax:{device}': JAX has no '{platform}' device "
+                           f"({' '.join(str(e).split())})") from None
+    i = int(index or 0)
+    if i >= len(devices):
+        raise BackendError(f"backend 'jax:{device}': there are only {len(devices)} "
+                           f"'{platform}' device(s)")
+    return xp, devices[i]
+
+
+def owns(array: Any) -> bool:
+    module = type(array).__module__
+    return module.startswith(("jax", "jaxlib"))
+
+
+def from_host(xp: Any, device: Any, array: np.ndarray) -> Any:
+    import jax
+
+    return jax.device_put(array, device)
+
+
+def to_host(array: Any) -> np.ndarray:
+    import jax
+
+    return np.asarray(jax.device_get(array))
+
+
+def sync(array: Any = None) -> None:
+    if array is not None:
+        array.block_until_ready()
+
+
+def compile(fn):
+    import jax
+
+    return jax.jit(fn)
+
+
+def fused_ops(backend):
+    return None

@@ -1,0 +1,133 @@
+"""NumPy: the CPU backend every installation has, and the fused step's ufunc primitives.
+
+The primitives (`UfuncOps`) write every result into preallocated memory through the ufunc
+`out=` API. CuPy shares that API, so `_cupy` reuses this class over the `cupy` module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from anynet.errors import BackendError
+
+NAME = "numpy"
+DEVICES = "cpu"
+
+COMPILES = False
+
+
+def device_name(device: Any) -> str:
+    return str(device)
+
+
+def check_device(device: str | None) -> str | None:
+    if device not in (None, "cpu"):
+        raise BackendError(f"backend 'numpy' runs on the CPU only, not on device '{device}'; "
+                           "use 'numpy' or 'numpy:cpu'")
+    return device
+
+
+def probe() -> str:
+    return ""
+
+
+def open(device: str | None) -> tuple[Any, Any]:
+    import array_api_compat.numpy as xp
+
+    check_device(device)
+    return xp, "cpu"
+
+
+def owns(array: Any) -> bool:
+    return isinstance(array, (np.ndarray, np.generic))
+
+
+def from_host(xp: Any, device: Any, array: np.ndarray) -> Any:
+    return array
+
+
+def to_host(array: Any) -> np.ndarray:
+    return np.asarray(array)
+
+
+def sync(array: Any = None) -> None:
+    """NumPy computes eagerly on the calling thread: nothing to wait for."""
+
+
+def compile(fn):
+    return fn
+
+
+def fused_ops(backend) -> UfuncOps:
+    return UfuncOps(np)
+
+
+class UfuncOps:
+    """The in-place primitives of `anynet.steps.FusedStep` for a NumPy-like module `lib`.
+
+    Every result goes into `out=` memory; `dot` and `sum_log` return 0-d arrays (no sync).
+    """
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    def empty(self, shape, dtype):
+        return self.lib.empty(shape, dtype)
+
+    def host(self, array, dtype=None):
+        """A host (NumPy) array as a new array of this library, optionally converted."""
+        return self.lib.array(np.asarray(array) if dtype is None else np.asarray(array, dtype))
+
+    def load_rows(self, images, idx, out, scale, pixels):  # out = images[idx] * scale
+        self.lib.take(images, idx, axis=0, out=pixels)
+        self.lib.multiply(pixels, out.dtype.type(scale), out=out)
+
+    def take(self, array, idx):
+        return self.lib.take(array, idx, axis=0)
+
+    def mm(self, a, b, out):
+        self.lib.matmul(a, b, out=out)
+
+    def add_(self, a, b):
+        self.lib.add(a, b, out=a)
+
+    def sub_(self, a, b):
+        self.lib.subtract(a, b, out=a)
+
+    def mul_(self, a, b):
+        self.lib.multiply(a, b, out=a)
+
+    def relu_(self, a):
+        self.lib.maximum(a, 0, out=a)
+
+    def exp_(self, a):
+        self.lib.exp(a, out=a)
+
+    def colmax(self, a, out):
+        # the ufunc's own reduce: a few microseconds less per call than np.max's wrapper
+        self.lib.maximum.reduce(a, axis=0, out=out)
+
+    def colsum(self, a, out):
+        self.lib.add.reduce(a, axis=0, out=out)
+
+    def rdiv_(self, c, a):                              # a = c / a
+        self.lib.divide(c, a, out=a)
+
+    def scaled(self, a, c, out):
+        self.lib.multiply(a, c, out=out)
+
+    def dot(self, a, b):
+        return self.lib.vdot(a, b)
+
+    def sum_log(self, a):
+        return self.lib.sum(self.lib.log(a))
+
+    def relu_backward_(self, dZ, Z, mask):              # dZ *= (Z > 0)
+        self.lib.greater(Z, 0, out=mask)
+        self.lib.multiply(dZ, mask, out=dZ)
+
+    def sub_mm_(self, W, A, B, tmp):                    # W -= A @ B
+        self.lib.matmul(A, B, out=tmp)
+        self.lib.subtract(W, tmp, out=W)

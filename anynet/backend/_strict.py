@@ -1,0 +1,73 @@
+"""array-api-strict: the standard and nothing more, for testing portability.
+
+Devices: `CPU_DEVICE` (the default), `device1` and `device2`. The latter two refuse implicit
+conversion to NumPy, as a GPU's arrays do, so device mistakes show up on a CPU-only machine
+(scikit-learn's CI runs its Array API tests on `device1` for this reason).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from anynet.errors import BackendError
+
+NAME = "array-api-strict"
+DEVICES = "CPU_DEVICE|device1|device2"
+INSTALL = "pip install array-api-strict"
+_KNOWN = ("CPU_DEVICE", "device1", "device2")
+
+COMPILES = False
+
+
+def device_name(device: Any) -> str:
+    return str(device).split("'")[1]  # repr: Device('device1')
+
+
+def check_device(device: str | None) -> str | None:
+    if device is not None and device not in _KNOWN:
+        raise BackendError(f"backend 'array-api-strict': unknown device '{device}'; "
+                           f"choose one of: {', '.join(_KNOWN)}")
+    return device
+
+
+def probe() -> str:
+    try:
+        import array_api_strict  # noqa: F401
+    except ImportError as e:
+        return f"array-api-strict is not installed ({e})"
+    return ""
+
+
+def open(device: str | None) -> tuple[Any, Any]:
+    from anynet.backend import import_or_explain
+
+    xp = import_or_explain("array_api_strict", NAME, INSTALL)
+    return xp, xp.Device(check_device(device) or "CPU_DEVICE")
+
+
+def owns(array: Any) -> bool:
+    return type(array).__module__.startswith("array_api_strict")
+
+
+def from_host(xp: Any, device: Any, array: np.ndarray) -> Any:
+    return xp.asarray(array, device=device)
+
+
+def to_host(array: Any) -> np.ndarray:
+    import array_api_strict
+
+    return np.from_dlpack(array.to_device(array_api_strict.Device("CPU_DEVICE")))
+
+
+def sync(array: Any = None) -> None:
+    """Computes eagerly, as NumPy."""
+
+
+def compile(fn):
+    return fn
+
+
+def fused_ops(backend):
+    return None  # the reference step only: this backend exists to test the standard

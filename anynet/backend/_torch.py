@@ -1,0 +1,152 @@
+"""PyTorch: CPU, CUDA GPUs and Apple's MPS. Devices: `cpu` (default), `cuda`, `cuda:N`, `mps`.
+
+Also the fused step's primitives for PyTorch (`TorchOps`); W -= A @ B there is one fused GEMM
+(`addmm_`), on every device.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from anynet.errors import BackendError
+
+NAME = "torch"
+DEVICES = "cpu|cuda[:N]|mps"
+INSTALL = "pip install torch (see https://pytorch.org for the build that fits your machine)"
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+COMPILES = False
+
+
+def device_name(device: Any) -> str:
+    return str(device)
+
+
+def check_device(device: str | None) -> str | None:
+    if device is not None and not _DEVICE.fullmatch(device):
+        raise BackendError(f"backend 'torch': unknown device '{device}'; use torch:cpu, "
+                           "torch:cuda, torch:cuda:N or torch:mps")
+    return device
+
+
+def probe() -> str:
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        return f"PyTorch is not installed ({e})"
+    return ""
+
+
+def open(device: str | None) -> tuple[Any, Any]:
+    from anynet.backend import import_or_explain
+
+    torch = import_or_explain("torch", NAME, INSTALL)
+    import array_api_compat.torch as xp
+
+    dev = torch.device(check_device(device) or "cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendError(f"backend 'torch:{device}' asked for, but PyTorch sees no CUDA "
+                               "device; use 'torch' for the CPU")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise BackendError(f"backend 'torch:{device}': there are only {count} CUDA "
+                               f"device(s) (0..{count - 1})")
+        dev = torch.device("cuda", dev.index if dev.index is not None else
+                           torch.cuda.current_device())
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise BackendError("backend 'torch:mps' asked for, but PyTorch sees no MPS device "
+                           "(Apple silicon); use 'torch' for the CPU")
+    return xp, dev
+
+
+def owns(array: Any) -> bool:
+    return type(array).__module__.startswith("torch")
+
+
+def from_host(xp: Any, device: Any, array: np.ndarray) -> Any:
+    import torch
+
+    # torch.from_numpy shares memory with the NumPy array: copy, so the backend owns its data
+    # (a host array that is not writeable or not native-endian is copied by np.array first)
+    tensor = torch.from_numpy(np.array(array, copy=True, order="C"))
+    return tensor.to(device) if device.type != "cpu" else tensor
+
+
+def to_host(array: Any) -> np.ndarray:
+    return array.detach().cpu().resolve_conj().numpy()
+
+
+def sync(array: Any = None) -> None:
+    import torch
+
+    if array is not None and array.device.type == "cuda":
+        torch.cuda.synchronize(array.device)
+    elif array is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def compile(fn):
+    return fn
+
+
+def fused_ops(backend) -> TorchOps:
+    return TorchOps(backend.device)
+
+
+class TorchOps:
+    """The fused step's in-place primitives on PyTorch, for any device."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.device = torch, device
+
+    def empty(self, shape, dtype):
+        return self.torch.empty(shape, dtype=getattr(self.torch, str(np.dtype(dtype))),
+                                device=self.device)
+
+    def host(self, array, dtype=None):
+        array = np.asarray(array) if dtype is None else np.asarray(array, dtype)
+        return from_host(None, self.device, array)
+
+    def load_rows(self, images, idx, out, scale, pixels):
+        self.torch.index_select(images, 0, idx, out=pixels)
+        out.copy_(pixels).mul_(scale)
+
+    def take(self, array, idx):
+        return self.torch.index_select(array, 0, idx)
+
+    def mm(self, a, b, out):
+        self.torch.matmul(a, b, out=out)
+
+    add_ = staticmethod(lambda a, b: a.add_(b))
+    sub_ = staticmethod(lambda a, b: a.sub_(b))
+    mul_ = staticmethod(lambda a, b: a.mul_(b))
+    relu_ = staticmethod(lambda a: a.clamp_(min=0))
+    exp_ = staticmethod(lambda a: a.exp_())
+    rdiv_ = staticmethod(lambda c, a: a.reciprocal_().mul_(c))
+    scaled = staticmethod(lambda a, c, out: out.copy_(a).mul_(c))
+
+    def colmax(self, a, out):
+        self.torch.amax(a, dim=0, out=out)
+
+    def colsum(self, a, out):
+        self.torch.sum(a, dim=0, out=out)
+
+    def dot(self, a, b):
+        return self.torch.dot(a.reshape(-1), b.reshape(-1))
+
+    def sum_log(self, a):
+        return self.torch.sum(self.torch.log(a))
+
+    def relu_backward_(self, dZ, Z, mask):
+        self.torch.gt(Z, 0, out=mask)
+        dZ.mul_(mask)
+
+    @staticmethod
+    def sub_mm_(W, A, B, tmp):
+        W.addmm_(A, B, alpha=-1.0)
