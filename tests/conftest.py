@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-BACKENDS = ("numpy", "array-api-strict", "torch", "jax", "cupy")
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--backend", default=os.environ.get("ANYNET_TEST_BACKEND", "numpy"), choices=BACKENDS,
-        help="array backend under test (default: $ANYNET_TEST_BACKEND or numpy)",
+        "--backend", default=os.environ.get("ANYNET_TEST_BACKEND", "numpy"),
+        help="array backend under test, a spec such as numpy, torch, array-api-strict:device1 "
+        "(default: $ANYNET_TEST_BACKEND or numpy)",
     )
 
 
@@ -35,11 +35,12 @@ def backend_name(request) -> str:
 @pytest.fixture(scope="session")
 def backend(backend_name):
     """The `anynet.backend.Backend` under test. The cupy session skips where no GPU answers."""
-    from anynet.backend import _cupy_ready, get_namespace
+    from anynet.backend import get_namespace, parse_spec, probe
 
-    if backend_name == "cupy":
-        cupy, reason = _cupy_ready()
-        if cupy is None:
+    name, _ = parse_spec(backend_name)
+    if name == "cupy":
+        reason = probe("cupy")
+        if reason:
             pytest.skip(f"cupy backend not testable here: {reason}")
     return get_namespace(backend_name)
 
