@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
+import io
+import os
+import signal
 import struct
+import tracemalloc
+import zlib
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
+from anynet.data import idx
 from anynet.data.idx import (
     IMAGES_MAGIC,
     LABELS_MAGIC,
@@ -16,6 +24,7 @@ from anynet.data.idx import (
     encode_idx,
     idx_header,
     read_idx,
+    read_idx_header,
     read_idx_with_sha256,
     write_idx,
 )
@@ -147,6 +156,8 @@ def test_damage_is_rejected_with_its_own_message(tmp_path, images, kind, compres
     pattern = DAMAGE[kind]
     if compressed and kind == "empty":
         pattern = "only 0 bytes, too short to be a gzip'd IDX file"
+    if compressed and kind == "extra-bytes":  # refused after one more read, not counted
+        pattern = r"has trailing data after the 3,920 bytes of data its header promises"
     with pytest.raises(DataError, match=pattern) as info:
         read_idx(path, **MNIST_IMAGES)
     message = str(info.value)
@@ -157,7 +168,7 @@ def test_damage_is_rejected_with_its_own_message(tmp_path, images, kind, compres
 def test_header_promising_gigabytes_is_refused_before_allocating(tmp_path):
     path = tmp_path / "huge.gz"
     path.write_bytes(gzip.compress(idx_header(np.uint8, (1 << 20, 1 << 12))))  # 4 GiB promised
-    with pytest.raises(DataError, match="more than any MNIST-style file holds; the header is"):
+    with pytest.raises(DataError, match=r"more than any MNIST-style file holds \(at most "):
         read_idx(path)
 
 
@@ -212,3 +223,130 @@ def test_header_overrides_make_lying_files(tmp_path, images):
         read_idx(lying)
     relabelled = encode_idx(images, magic=LABELS_MAGIC)
     assert struct.unpack(">I", relabelled[:4]) == (2049,)
+
+
+# --- headers are promises, not trusted: memory, time, the system's errors ----------------------
+
+
+def gzip_of_zeros(path, header: bytes, n_zeros: int, tail: bytes = b"") -> None:
+    """A gzip file of `header`, `n_zeros` zero bytes and `tail`, written in pieces (small on
+    disk: deflate shrinks zeros about 1000:1)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(path, "wb") as f:
+        f.write(compressor.compress(header))
+        block = bytes(1 << 20)
+        for start in range(0, n_zeros, len(block)):
+            f.write(compressor.compress(block[: min(len(block), n_zeros - start)]))
+        f.write(compressor.compress(tail))
+        f.write(compressor.flush())
+
+
+def test_gzip_data_is_read_in_chunks_without_a_temporary_as_big_as_the_file(tmp_path):
+    """gzip's readinto of the whole data would inflate into a temporary of the data's size first:
+    the peak was twice the array. Now it is the array and a chunk."""
+    n = 40_000  # 31 MB of pixels
+    path = tmp_path / "zeros.gz"
+    gzip_of_zeros(path, idx_header(np.uint8, (n, 28, 28)), n * 784)
+    tracemalloc.start()
+    try:
+        array = read_idx(path, **MNIST_IMAGES)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert array.shape == (n, 28, 28)
+    assert peak < n * 784 + 4 * idx._CHUNK, f"peak {peak:,} bytes"
+
+
+def test_a_gzip_file_too_small_for_its_header_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "small.gz"
+    path.write_bytes(gzip.compress(idx_header(np.uint8, (100_000, 28, 28))))  # 78 MB promised
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"truncated: .* a gzip file of \d+ bytes cannot hold"):
+            read_idx(path, **MNIST_IMAGES)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"peak {peak:,} bytes"
+
+
+def test_trailing_data_is_refused_without_being_inflated(tmp_path, images, monkeypatch):
+    """100 MB of zeros after the promised bytes (100 kB on disk) used to be inflated in full,
+    just to be counted."""
+    path = tmp_path / "trailing.gz"
+    gzip_of_zeros(path, encode_idx(images), 0, tail=bytes(100 << 20))
+    inflated = []
+    real_read = gzip.GzipFile.read
+
+    def counting_read(self, size=-1):
+        data = real_read(self, size)
+        inflated.append(len(data))
+        return data
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counting_read)
+    with pytest.raises(DataError, match=r"has trailing data after the 3,920 bytes") as info:
+        read_idx(path, **MNIST_IMAGES)
+    assert "\n" not in str(info.value)
+    assert sum(inflated) < 2 * idx._CHUNK
+
+
+class _FailingFile(io.FileIO):
+    """A file whose reads fail with EIO (a failing disk) once `fail_after` bytes are read."""
+
+    fail_after = 0
+
+    def _check(self, size):
+        if self.tell() + max(size, 1) > self.fail_after:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def read(self, size=-1):
+        self._check(size)
+        return super().read(size)
+
+    def readinto(self, buffer):
+        self._check(len(buffer))
+        return super().readinto(buffer)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "gz"])
+@pytest.mark.parametrize("fail_after", [0, 20], ids=["at-once", "in-the-data"])
+def test_an_io_error_is_one_line_naming_the_file(tmp_path, images, monkeypatch, compressed,
+                                                 fail_after):
+    path = write_idx(tmp_path / ("f.gz" if compressed else "f"), images, gzip=compressed)
+    failing = type("Failing", (_FailingFile,), {"fail_after": fail_after})
+    monkeypatch.setattr(idx, "open", lambda p, mode="rb": failing(p, "r"), raising=False)
+    with pytest.raises(DataError) as info:
+        read_idx(path, **MNIST_IMAGES)
+    assert str(info.value) == f"{path}: cannot read (Input/output error)"
+
+
+@contextmanager
+def alarm(seconds: float):
+    """Interrupt a blocking call (open() of a FIFO) after `seconds`, failing instead of hanging."""
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "train-images-idx3-ubyte"
+    os.mkfifo(fifo)
+    with alarm(5), pytest.raises(DataError, match=r"not a regular file \(a named pipe\)"):
+        read_idx(fifo, **MNIST_IMAGES)
+
+
+def test_header_alone(tmp_path, images):
+    path = write_idx(tmp_path / "i.gz", images, gzip=True)
+    header = read_idx_header(path, **MNIST_IMAGES)
+    assert (header.magic, header.dims, header.dtype, header.n_bytes) == (
+        IMAGES_MAGIC, (5, 28, 28), np.dtype(np.uint8), 3920,
+    )
+    with pytest.raises(DataError, match="truncated"):
+        read_idx_header(write_idx(tmp_path / "lie", images, dims=(6, 28, 28)))

@@ -4,15 +4,19 @@ genuine MNIST from the shared folder."""
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import time
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
 from data_helpers import isolate_cache, make_mnist_dir, pins_for, synthetic_mnist
 
 from anynet.data import MNIST_FILES, catalog, default_cache_dir, load_mnist, split_validation
-from anynet.data.idx import encode_idx, write_idx
+from anynet.data import mnist as mnist_module
+from anynet.data.idx import encode_idx, idx_header, write_idx
 from anynet.errors import DataError, UserError
 
 
@@ -290,3 +294,68 @@ def test_encode_idx_of_loaded_arrays_reproduces_the_file(synthetic):
     mnist = load_mnist(synthetic, verify=False)
     data = encode_idx(mnist.test_images.reshape(-1, 28, 28))
     assert data == (synthetic / "t10k-images-idx3-ubyte").read_bytes()
+
+
+# --- headers are compared before any data is read ----------------------------------------------
+
+
+def _gzip_of_zeros(path, header: bytes, n_zeros: int) -> None:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(path, "wb") as f:
+        f.write(compressor.compress(header))
+        block = bytes(1 << 20)
+        for start in range(0, n_zeros, len(block)):
+            f.write(compressor.compress(block[: min(len(block), n_zeros - start)]))
+        f.write(compressor.flush())
+
+
+def test_images_promising_more_than_their_labels_cost_no_memory(synthetic):
+    """The bomb of issue 9: a 2 MB .gz of zeros promising 2.7 million images (2.1 GB) used to
+    be loaded. One under the limits (900,000 images, 706 MB) is still refused: the pair's
+    headers disagree, and nothing is allocated."""
+    images = synthetic / "train-images-idx3-ubyte"
+    images.unlink()
+    _gzip_of_zeros(images.with_suffix(".gz"), idx_header(np.uint8, (900_000, 28, 28)),
+                   900_000 * 784)  # 706 MB of zeros, 690 kB on disk: a valid file
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"has 900000 images but .* has 60 labels"):
+            load_mnist(synthetic, verify=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"peak {peak:,} bytes"
+
+
+def test_a_split_promising_more_than_max_examples_is_refused_unread(synthetic, monkeypatch):
+    monkeypatch.setattr(mnist_module, "MAX_EXAMPLES", 50)  # the real limit, 1e6, scaled down
+    with pytest.raises(DataError, match=r"promises 60 images, more than the 50 any MNIST-style"):
+        load_mnist(synthetic, verify=False)
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_an_empty_split_is_refused(synthetic, split):
+    write_idx(synthetic / f"{split}-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    write_idx(synthetic / f"{split}-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    name = "training" if split == "train" else "test"
+    with pytest.raises(DataError, match=rf"hold no examples: the {name} set is empty") as info:
+        load_mnist(synthetic, verify=False)
+    assert "\n" not in str(info.value)
+
+
+def test_a_named_pipe_in_the_data_dir_is_refused_by_name(synthetic):
+    labels = synthetic / "t10k-labels-idx1-ubyte"
+    labels.unlink()
+    os.mkfifo(labels)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: not a regular file \(a named"):
+        load_mnist(synthetic, verify=False)
+
+
+def test_a_cache_file_with_another_count_is_refused_from_its_header(synthetic, isolated_cache,
+                                                                      monkeypatch):
+    monkeypatch.setattr(catalog, "MNIST_FILES", pins_for(synthetic))
+    shutil.copytree(synthetic, isolated_cache)
+    write_idx(isolated_cache / "t10k-labels-idx1-ubyte", np.zeros(21, np.uint8))
+    with pytest.raises(DataError, match=r"wrong dimensions 21, expected 20; .* removed it"):
+        load_mnist(download=False)
+    assert "t10k-labels-idx1-ubyte" not in cache_files(isolated_cache)

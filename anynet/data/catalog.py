@@ -34,6 +34,14 @@ class MnistFile:
     gz_size: int  # bytes of the .gz the web mirrors publish
     gz_md5: str  # MD5 of that .gz, as published
 
+    @property
+    def count(self) -> int:
+        """How many examples the file holds: its raw size less the header (16 bytes for images,
+        8 for labels), divided by the bytes per example (784 for images, 1 for labels)."""
+        if self.kind == "images":
+            return (self.raw_size - 16) // (28 * 28)
+        return self.raw_size - 8
+
 
 MNIST_FILES: tuple[MnistFile, ...] = (
     MnistFile(
@@ -89,10 +97,14 @@ def file_candidates(stem: str) -> list[str]:
 
 
 def find_file(folder: Path, stem: str) -> Path | None:
-    """The first of `file_candidates(stem)` that is a file in `folder`, or None."""
+    """The first of `file_candidates(stem)` that exists in `folder` and is not a folder, or None.
+
+    Something that is not a regular file (a named pipe, a device) is returned too, so that the
+    reader can refuse it by name rather than report the file missing.
+    """
     for name in file_candidates(stem):
         path = folder / name
-        if path.is_file():
+        if path.exists() and not path.is_dir():
             return path
     return None
 

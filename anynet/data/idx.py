@@ -14,6 +14,13 @@ what to expect), that the data is exactly as long as the header promises (no few
 extra), and that the gzip stream is intact (its CRC is checked at the end). Every failure is a
 `DataError` that names the file, the problem, and what to do.
 
+A header is a promise, not trusted: before anything is allocated, the promised size must stay
+under `MAX_DATA_BYTES` and fit the file (a raw file's exact length; at most `MAX_DEFLATE_RATIO`
+times a gzip file's size). The data is read in bounded chunks straight into the final array, and
+bytes past the promised ones are refused after one more read, never inflated to be counted. Only
+regular files are opened (a named pipe would block forever). `read_idx_header` reads just the
+header, so a caller can compare files (images against labels) before loading any.
+
 `write_idx` and `encode_idx` exist so tests can make small valid files, and, with `magic=` or
 `dims=` overrides, files whose header lies on purpose.
 
@@ -23,13 +30,16 @@ checksums) lives in `anynet.data.mnist`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip as _gzip
 import hashlib
 import math
 import os
+import stat
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -54,12 +64,31 @@ _DTYPES: dict[int, np.dtype] = {
 }
 _TYPE_CODES: dict[np.dtype, int] = {dt.newbyteorder("="): code for code, dt in _DTYPES.items()}
 
-# No MNIST-style file comes near this; a header that promises more is damaged, and trusting it
-# would try to allocate the promised size before finding out.
-MAX_DATA_BYTES = 1 << 31
+# The largest IDX file `read_idx` will read, whatever its header says. Genuine MNIST's largest
+# file holds 47 MB of data, EMNIST's biggest 10-class set (240,000 training digits) 188 MB, and
+# `anynet.data.mnist.MAX_EXAMPLES` allows at most 784 MB: 1 GiB is above every real file and
+# still well below the memory of any machine that trains on them.
+MAX_DATA_BYTES = 1 << 30
 
-_CHUNK = 1 << 20
-_GZIP_ERRORS = (OSError, EOFError, zlib.error)  # gzip.BadGzipFile is an OSError
+# Deflate cannot expand data more than 1032:1 (a 258-byte match costs at least 2 bits), so a gzip
+# file of C bytes holds at most 1032 * C: a header promising more is refused before allocating.
+MAX_DEFLATE_RATIO = 1032
+
+_CHUNK = 1 << 20  # reads go straight into the final array, this much at a time: no big temporary
+_GZIP_ERRORS = (EOFError, zlib.error, _gzip.BadGzipFile)
+
+
+class IdxHeader(NamedTuple):
+    """An IDX file's header, checked: magic number, dimensions, and the dtype as stored."""
+
+    magic: int
+    dims: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes of data the header promises."""
+        return math.prod(self.dims) * self.dtype.itemsize
 
 
 class IdxData(NamedTuple):
@@ -88,6 +117,20 @@ def read_idx(
     return read_idx_with_sha256(path, magic=magic, shape=shape).array
 
 
+def read_idx_header(
+    path: str | os.PathLike,
+    *,
+    magic: int | None = None,
+    shape: Sequence[int | None] | None = None,
+) -> IdxHeader:
+    """Read and check only the header of an IDX file (raw or gzip'd), as `read_idx` would:
+    magic number, dimensions, and that the promised data fits the limits and the file's size.
+    Cheap (a few bytes are read), so callers can compare files before loading any of them."""
+    path = Path(path)
+    with _open_idx(path) as (stream, compressed, size):
+        return _read_header(stream, path, compressed, size, magic, shape, hashlib.sha256())
+
+
 def read_idx_with_sha256(
     path: str | os.PathLike,
     *,
@@ -96,44 +139,97 @@ def read_idx_with_sha256(
 ) -> IdxData:
     """`read_idx`, also returning the magic number and the SHA-256 of the raw IDX bytes."""
     path = Path(path)
+    with _open_idx(path) as (stream, compressed, size):
+        sha = hashlib.sha256()
+        header = _read_header(stream, path, compressed, size, magic, shape, sha)
+        n_bytes = header.n_bytes
+        data = np.empty(n_bytes, dtype=np.uint8)
+        got = _read_into(stream, path, compressed, memoryview(data))
+        if got < n_bytes:
+            raise DataError(_length_problem(path, header.dims, n_bytes, got))
+        # One more read: for gzip it also checks the CRC and length at the end of the stream.
+        # Data past the promised bytes is refused without being inflated to be counted.
+        with _reading(path, compressed):
+            if stream.read(1):
+                raise DataError(
+                    f"{path}: has trailing data after the {n_bytes:,} bytes of data its header "
+                    f"promises ({_fmt_shape(header.dims)}); the file is damaged or not what its "
+                    "header says"
+                )
+        sha.update(data)
+    array = data.view(header.dtype).reshape(header.dims)
+    if header.dtype.itemsize > 1:
+        array = array.astype(header.dtype.newbyteorder("="))
+    return IdxData(array, header.magic, sha.hexdigest())
+
+
+@contextlib.contextmanager
+def _open_idx(path: Path) -> Iterator[tuple[BinaryIO, bool, int]]:
+    """Open `path` for reading, through gzip if it starts with the gzip magic bytes; yield
+    (stream, compressed, size of the file on disk). Only a regular file is opened: a named pipe
+    or a device would block or never end."""
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+            raise DataError(
+                f"{path}: not a regular file ({_file_kind(info.st_mode)}); give the path of "
+                "an IDX file"
+            )
         f = open(path, "rb")  # closed by the `with f` below, after any gzip wrapper
     except OSError as e:
         raise input_error(path, e, "an IDX file", DataError) from None
     with f:
-        compressed = f.read(2) == GZIP_MAGIC
-        f.seek(0)
+        with _reading(path, False):
+            compressed = f.read(2) == GZIP_MAGIC
+            f.seek(0)
         if compressed:
             with _gzip.GzipFile(fileobj=f, mode="rb") as stream:
-                return _read_stream(stream, path, compressed, magic, shape)
-        return _read_stream(f, path, compressed, magic, shape)
+                yield stream, True, info.st_size
+        else:
+            yield f, False, info.st_size
 
 
-def _read_stream(
+@contextlib.contextmanager
+def _reading(path: Path, compressed: bool) -> Iterator[None]:
+    """Turn the errors of reading `path` into one-line DataErrors: damaged gzip data, or the
+    system's reason (an I/O error of the disk, say)."""
+    try:
+        yield
+    except _GZIP_ERRORS as e:
+        raise DataError(_gzip_problem(path, e)) from None
+    except OSError as e:
+        what = "a gzip'd IDX file" if compressed else "an IDX file"
+        raise input_error(path, e, what, DataError) from None
+
+
+def _read_into(stream: BinaryIO, path: Path, compressed: bool, buffer: memoryview) -> int:
+    """Fill `buffer` from the stream, at most `_CHUNK` bytes per read (gzip's readinto would
+    otherwise inflate into a temporary as big as the request); return how many bytes it got
+    (fewer only at the end of the stream)."""
+    got = 0
+    with _reading(path, compressed):
+        while got < len(buffer):
+            n = stream.readinto(buffer[got : got + _CHUNK])
+            if not n:
+                break
+            got += n
+    return got
+
+
+def _read_header(
     stream: BinaryIO,
     path: Path,
     compressed: bool,
+    size: int,
     expect_magic: int | None,
     expect_shape: Sequence[int | None] | None,
-) -> IdxData:
+    sha,
+) -> IdxHeader:
     what = "a gzip'd IDX file" if compressed else "an IDX file"
-
-    def read_exact(buffer: memoryview) -> int:
-        """Fill `buffer` from the stream; return how many bytes it got (less only at the end)."""
-        got = 0
-        try:
-            while got < len(buffer):
-                n = stream.readinto(buffer[got:])
-                if not n:
-                    break
-                got += n
-        except _GZIP_ERRORS as e:
-            raise DataError(_gzip_problem(path, e)) from None
-        return got
-
-    sha = hashlib.sha256()
     head = bytearray(4)
-    n = read_exact(memoryview(head))
+    n = _read_into(stream, path, compressed, memoryview(head))
     if n < 4:
         raise DataError(
             f"{path}: only {n} bytes, too short to be {what} (an empty or cut-off file); "
@@ -157,7 +253,7 @@ def _read_stream(
     sha.update(head)
 
     dims_raw = bytearray(4 * ndim)
-    if read_exact(memoryview(dims_raw)) < len(dims_raw):
+    if _read_into(stream, path, compressed, memoryview(dims_raw)) < len(dims_raw):
         raise DataError(
             f"{path}: truncated: the file ends inside its header ({ndim} dimensions promised); "
             "the file is incomplete, replace it with a complete copy"
@@ -170,43 +266,35 @@ def _read_stream(
             "the file does not hold what its name says"
         )
 
-    dtype = _DTYPES[type_code]
-    n_bytes = math.prod(dims) * dtype.itemsize
+    header = IdxHeader(magic, dims, _DTYPES[type_code])
+    n_bytes = header.n_bytes
     if n_bytes > MAX_DATA_BYTES:
         raise DataError(
             f"{path}: the header promises {_fmt_shape(dims)} = {n_bytes:,} bytes of data, more "
-            "than any MNIST-style file holds; the header is damaged"
+            f"than any MNIST-style file holds (at most {MAX_DATA_BYTES:,}); the header is damaged"
         )
-
-    if not compressed:  # a raw file's length is known up front: report the exact difference
-        size = os.fstat(stream.fileno()).st_size
-        expected_size = 4 + 4 * ndim + n_bytes
-        if size != expected_size:
-            raise DataError(_length_problem(path, dims, n_bytes, size - 4 - 4 * ndim))
-
-    data = np.empty(n_bytes, dtype=np.uint8)
-    got = read_exact(memoryview(data))
-    if got < n_bytes:
-        raise DataError(_length_problem(path, dims, n_bytes, got))
-    extra = _count_rest(stream, path)  # for gzip, this read also checks the CRC and length
-    if extra:
-        raise DataError(_length_problem(path, dims, n_bytes, n_bytes + extra))
-    sha.update(data)
-
-    array = data.view(dtype).reshape(dims)
-    if dtype.itemsize > 1:
-        array = array.astype(dtype.newbyteorder("="))
-    return IdxData(array, magic, sha.hexdigest())
+    header_bytes = 4 + 4 * ndim
+    if not compressed and size != header_bytes + n_bytes:
+        # A raw file's length is known up front: report the exact difference.
+        raise DataError(_length_problem(path, dims, n_bytes, size - header_bytes))
+    if compressed and header_bytes + n_bytes > MAX_DEFLATE_RATIO * size:
+        raise DataError(
+            f"{path}: truncated: the header promises {_fmt_shape(dims)} = {n_bytes:,} bytes of "
+            f"data but a gzip file of {size:,} bytes cannot hold more than "
+            f"{MAX_DEFLATE_RATIO * size:,}; the file is incomplete or its header is damaged, "
+            "replace it with a complete copy"
+        )
+    return header
 
 
-def _count_rest(stream: BinaryIO, path: Path) -> int:
-    extra = 0
-    try:
-        while chunk := stream.read(_CHUNK):
-            extra += len(chunk)
-    except _GZIP_ERRORS as e:
-        raise DataError(_gzip_problem(path, e)) from None
-    return extra
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
 
 
 def _length_problem(path: Path, dims: Sequence[int], promised: int, actual: int) -> str:
@@ -226,7 +314,7 @@ def _gzip_problem(path: Path, error: BaseException) -> str:
     if isinstance(error, EOFError):
         why = "the gzip stream is cut off"
     else:
-        why = f"corrupt gzip data ({error})"
+        why = f"corrupt gzip data ({' '.join(str(error).split())})"
     return (
         f"{path}: {why}; the file is damaged (an interrupted download?), replace it with a "
         "complete copy"

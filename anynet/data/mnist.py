@@ -15,6 +15,9 @@ Where the files come from (`load_mnist(data_dir=None)`), first match wins:
 
 Checks: every file gets the structural checks of `anynet.data.idx` (magic number, 28 x 28, exact
 length, intact gzip), labels must be 0..9, and a split's images and labels must agree in number.
+The four headers are read and compared first, before any data: a split must have at least one
+example and at most `MAX_EXAMPLES`, and its images and labels the same count, so a header that
+lies about its size is refused before memory is allocated for it.
 The SHA-256 of the raw bytes is compared with the pins of genuine MNIST for files from a data
 dir when `verify=True`, and always for the cache; a damaged file found in the cache is removed
 (and fetched again when downloading is allowed).
@@ -34,12 +37,18 @@ import numpy as np
 
 from anynet.data import catalog
 from anynet.data.catalog import MnistFile
-from anynet.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx_with_sha256
+from anynet.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx_header, read_idx_with_sha256
 from anynet.errors import DataError, UserError
 
 ROWS = COLS = 28
 D = ROWS * COLS  # 784 pixels per image
 K = 10  # classes
+
+# The most examples one file may hold. Genuine MNIST has 60,000 training and 10,000 test examples;
+# the biggest 10-class set in this format (EMNIST Digits) 240,000 training ones. A million is four
+# times that and costs 784 MB of uint8 pixels: enough for any real data set, and a header that
+# promises more (a 2 MB gzip of zeros can promise 2.7 million images, 2.1 GB) is refused unread.
+MAX_EXAMPLES = 1_000_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,15 +162,37 @@ def split_validation(
 # --- reading a folder ---------------------------------------------------------------------------
 
 
-def read_mnist_file(path: Path, spec: MnistFile) -> tuple[np.ndarray, str]:
+def read_mnist_header(path: Path, spec: MnistFile) -> int:
+    """Check only the header of one MNIST file (magic number, 28 x 28, size); return the number
+    of examples it promises, refusing more than `MAX_EXAMPLES`."""
+    if spec.kind == "images":
+        header = read_idx_header(path, magic=IMAGES_MAGIC, shape=(None, ROWS, COLS))
+    else:
+        header = read_idx_header(path, magic=LABELS_MAGIC, shape=(None,))
+    n = header.dims[0]
+    if n > MAX_EXAMPLES:
+        raise DataError(
+            f"{path}: the header promises {n:,} {spec.kind}, more than the {MAX_EXAMPLES:,} any "
+            "MNIST-style data set holds; the header is damaged, replace the file"
+        )
+    return n
+
+
+def read_mnist_file(
+    path: Path, spec: MnistFile, count: int | None = None
+) -> tuple[np.ndarray, str]:
     """Read one MNIST file with all structural checks; return (array, SHA-256 of raw bytes).
 
     Images come back as uint8 (N, 784), labels as uint8 (N,) with values checked to be 0..9.
+    `count`: if given, the header must promise exactly this many examples (checked before the
+    data is read); otherwise at most `MAX_EXAMPLES`.
     """
+    if count is None:
+        count = read_mnist_header(path, spec)
     if spec.kind == "images":
-        data = read_idx_with_sha256(path, magic=IMAGES_MAGIC, shape=(None, ROWS, COLS))
+        data = read_idx_with_sha256(path, magic=IMAGES_MAGIC, shape=(count, ROWS, COLS))
         return data.array.reshape(-1, D), data.sha256
-    data = read_idx_with_sha256(path, magic=LABELS_MAGIC, shape=(None,))
+    data = read_idx_with_sha256(path, magic=LABELS_MAGIC, shape=(count,))
     labels = data.array
     bad = np.flatnonzero(labels >= K)
     if bad.size:
@@ -172,16 +203,22 @@ def read_mnist_file(path: Path, spec: MnistFile) -> tuple[np.ndarray, str]:
     return labels, data.sha256
 
 
-def _check_counts(arrays: dict[str, np.ndarray], files: dict[str, Path]) -> None:
-    for split_images, split_labels in (
-        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-        ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+def _check_counts(counts: dict[str, int], files: dict[str, Path]) -> None:
+    """A split's images and labels must agree in number, and no split may be empty."""
+    for split, split_images, split_labels in (
+        ("training", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        ("test", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
     ):
-        n_images, n_labels = len(arrays[split_images]), len(arrays[split_labels])
+        n_images, n_labels = counts[split_images], counts[split_labels]
         if n_images != n_labels:
             raise DataError(
                 f"{files[split_images]} has {n_images} images but {files[split_labels]} has "
                 f"{n_labels} labels; the two files do not belong together"
+            )
+        if n_images == 0:
+            raise DataError(
+                f"{files[split_images]} and {files[split_labels]} hold no examples: the {split} "
+                "set is empty; replace them with files that hold data"
             )
 
 
@@ -212,11 +249,14 @@ def _load_data_dir(
     if missing:
         raise DataError(_missing_files_message(folder, missing, how))
 
+    # All four headers first: counts that disagree or exceed the limit cost no memory.
+    counts = {spec.stem: read_mnist_header(files[spec.stem], spec) for spec in catalog.MNIST_FILES}
+    _check_counts(counts, files)
     arrays: dict[str, np.ndarray] = {}
     sha256: dict[str, str] = {}
     for spec in catalog.MNIST_FILES:
         path = files[spec.stem]
-        arrays[spec.stem], sha256[spec.stem] = read_mnist_file(path, spec)
+        arrays[spec.stem], sha256[spec.stem] = read_mnist_file(path, spec, counts[spec.stem])
         if verify and sha256[spec.stem] != spec.raw_sha256:
             raise DataError(
                 f"{path}: SHA-256 {sha256[spec.stem][:16]}... is not that of genuine MNIST "
@@ -224,7 +264,6 @@ def _load_data_dir(
                 "(Fashion-MNIST, test data), pass --no-verify (verify=False); for MNIST, "
                 "replace the file with a genuine copy"
             )
-    _check_counts(arrays, files)
     return arrays, sha256, files
 
 
@@ -245,7 +284,8 @@ def _load_cache(
         if path is None:
             continue
         try:
-            array, digest = read_mnist_file(path, spec)
+            # The cache holds genuine files only: the header must promise the pinned count.
+            array, digest = read_mnist_file(path, spec, spec.count)
             if digest != spec.raw_sha256:
                 raise DataError(
                     f"{path}: SHA-256 {digest[:16]}... is not the pinned {spec.raw_sha256[:16]}..."
@@ -274,11 +314,11 @@ def _load_cache(
         source = f"{source} ({how})"
         for spec in missing:
             path = folder / spec.stem
-            arrays[spec.stem], sha256[spec.stem] = read_mnist_file(path, spec)
+            arrays[spec.stem], sha256[spec.stem] = read_mnist_file(path, spec, spec.count)
             files[spec.stem] = path
     if removed:
         source += f" (replaced {len(removed)} damaged file{'s' if len(removed) > 1 else ''})"
-    _check_counts(arrays, files)
+    _check_counts({stem: len(array) for stem, array in arrays.items()}, files)
     return arrays, sha256, files, source
 
 
