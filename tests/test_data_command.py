@@ -297,3 +297,12 @@ def test_fresh_machine_fetches_mnist_then_uses_the_cache(tmp_path, monkeypatch, 
     assert code == 0, err
     assert out.startswith(f"MNIST from cache {cache}\n")
     assert out.endswith("SHA-256: all four files match genuine MNIST\n")
+
+
+def test_check_refuses_a_data_set_without_examples(capsys, synthetic):
+    """Zero examples used to pass `--check --no-verify`, then crash `train` and `evaluate`."""
+    write_idx(synthetic / "train-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    write_idx(synthetic / "train-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    code, out, err = run(capsys, "--check", str(synthetic), "--no-verify")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "the training set is empty" in err
