@@ -5,11 +5,18 @@ them, and a checkpoint carries them so `--resume` continues with exactly the sam
 The defaults train the assignment's 784-30-10 network with SGD (no momentum) to 97.45-97.51%
 test accuracy (seeds 0-3) in about 5 seconds on a laptop CPU; they were chosen by a small search
 recorded in docs/tuning.md. Without the weight decay the same run reaches about 97.1%.
+
+`TrainConfig.from_dict` is the one place that decides which values are valid (types and ranges);
+a file's record and the command line both go through it. It is not for checking that a config
+fits a particular dataset or parameter file: `anynet.modelio` and the training loop do that.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
+
+DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,64 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """A config from a dict (a model file's or checkpoint's record); unknown keys ignored."""
+        """A checked config from a dict (a file's record, the command line's options).
+
+        Missing keys take their defaults; unknown keys are ignored. Every value must have its
+        field's type (a bool is not an int; an int is accepted for a float) and lie in its range:
+        hidden, epochs, batch_size >= 1; lr > 0; 0 <= momentum < 1; nesterov only with momentum;
+        weight_decay >= 0; floats finite; seed, val_size >= 0; schedule, dtype one of their
+        choices; backend a name. Raises ValueError naming the first bad field.
+        """
+        from anynet.optim import SCHEDULES
+
+        if not isinstance(values, dict):
+            raise ValueError(f"the config must be a mapping of field names to values, got "
+                             f"{type(values).__name__}")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        given = {k: v for k, v in values.items() if k in names}
+        for name in ("hidden", "epochs", "batch_size"):
+            _check_int(given, name, minimum=1)
+        for name in ("seed", "val_size"):
+            _check_int(given, name, minimum=0)
+        _check_float(given, "lr", lambda x: x > 0, "a finite number > 0")
+        _check_float(given, "momentum", lambda x: 0 <= x < 1, "a number in [0, 1)")
+        _check_float(given, "weight_decay", lambda x: x >= 0, "a finite number >= 0")
+        if "nesterov" in given and not isinstance(given["nesterov"], bool):
+            raise ValueError(f"nesterov must be true or false, got {short_repr(given['nesterov'])}")
+        for name, choices in (("schedule", SCHEDULES), ("dtype", DTYPES)):
+            if name in given and given[name] not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, "
+                                 f"got {short_repr(given[name])}")
+        if "backend" in given and not (isinstance(given["backend"], str) and given["backend"]):
+            raise ValueError(f"backend must be a backend's name, "
+                             f"got {short_repr(given['backend'])}")
+        config = cls(**given)
+        if config.nesterov and config.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0 (it is a kind of momentum)")
+        return config
+
+
+def _check_int(values: dict, name: str, minimum: int) -> None:
+    if name not in values:
+        return
+    value = values[name]
+    if type(value) is not int or value < minimum:  # bool is a subclass of int: not accepted
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {short_repr(value)}")
+
+
+def _check_float(values: dict, name: str, in_range, wording: str) -> None:
+    if name not in values:
+        return
+    value = values[name]
+    ok = type(value) in (int, float) and math.isfinite(value) and in_range(value)
+    if not ok:
+        raise ValueError(f"{name} must be {wording}, got {short_repr(value)}")
+    values[name] = float(value)
+
+
+def short_repr(value, limit: int = 40) -> str:
+    """`value` as a message shows it: its repr, cut to about `limit` characters, on one line."""
+    if type(value) is int and value.bit_length() > 64:  # str() of a huge int is slow or refused
+        return f"a {value.bit_length()}-bit integer"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
