@@ -1,17 +1,30 @@
-"""Atomic file writing (a file is either absent, or complete and final), and the one-line
-error for a file a user named that cannot be read.
+"""Atomic file writing (a file is either absent, or complete and final), the checks and lock
+of a file a run will write, and the one-line error for a file a user named that cannot be read.
 
 Everything anynet saves (data in the cache, model files, checkpoints, metrics, plots) goes through
 `atomic_write`: the bytes go to a temporary file in the same folder, are flushed to disk, and only
 then is the temporary renamed over the destination. A crash or Ctrl-C at any moment leaves the old
-file (if any) untouched and no half-written file behind.
+file (if any) untouched and no half-written file behind, except after SIGKILL or a power cut,
+which can leave the temporary: its name, `.NAME.PID.XXXXXXXX.tmp`, carries the writer's process
+id, so `remove_stale_temporaries` can tell a dead writer's leftovers from a live writer's file.
+
+`output_problem` says, before any slow work, why a file could not be written (a folder, a parent
+that is a file, a folder that refuses new files). `exclusive_lock` makes one process at a time
+the writer of a file: an `fcntl.flock` on `.NAME.lock` beside it, which the kernel releases when
+the process dies, however it dies, so a killed run never blocks the next one.
+
+Not for: reading files (beyond the error for one that cannot be read), or locking across machines
+(flock on a network file system may not be shared between hosts).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -30,7 +43,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise ValueError(f"atomic_write supports modes 'wb' and 'w', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
@@ -72,3 +86,154 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+# ----------------------------------------------------------------------------- temporaries
+
+# mkstemp adds 8 characters from [a-z0-9_] between our prefix and suffix
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp")
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{name}.{os.getpid()}."
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else (EPERM)
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: list[str],
+                             older_than: float | None = None) -> list[Path]:
+    """Remove the temporaries `atomic_write` left in `folder` for the files `names` when its
+    process was killed; return the paths removed.
+
+    A temporary is stale when the process that wrote it (the pid in its name) is gone and it was
+    last modified before `older_than` (a `time.time()`, default now). A live writer's temporary,
+    and any file not named by `atomic_write`, is never touched. A reused pid keeps a stale file
+    until that process ends: the safe side.
+    """
+    folder = Path(folder)
+    older_than = time.time() if older_than is None else older_than
+    wanted = set(names)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match is None or match["name"] not in wanted or _process_alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.stat(follow_symlinks=False).st_mtime < older_than:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def output_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` could not be written by `atomic_write`, or None if it can.
+
+    Checks that `path` is not a folder and that its nearest existing ancestor is a folder that
+    takes new files: it makes and removes an empty temporary there, the only test of permissions
+    that holds for every user (root ignores mode bits) and every file system (read-only mounts).
+    Creates nothing that stays: missing parent folders are made by `atomic_write` when it writes.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder, not a file"
+    folder = next(p for p in path.parents if p.exists() or p == p.parent)
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp",
+                                     dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write in {folder} ({reason(e)})"
+    return None
+
+
+def reason(error: OSError) -> str:
+    """The system's words for an OSError ("No space left on device"), without the errno."""
+    return error.strerror or str(error)
+
+
+def remedy(error: OSError) -> str:
+    """What a user can do about a failed write, in a few words."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make the folder writable"
+    return "fix that"
+
+
+# ----------------------------------------------------------------------------- locking
+
+
+class LockedError(Exception):
+    """Another live process holds the lock; `pid` is its process id (None if unknown)."""
+
+    def __init__(self, path: Path, pid: int | None):
+        super().__init__(f"{path} is locked by process {pid}")
+        self.path, self.pid = path, pid
+
+
+def lock_path_for(path: str | os.PathLike) -> Path:
+    """The lock file of `path`: `.NAME.lock` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Be the only process writing `path` while the block runs; LockedError if another is.
+
+    Takes a non-blocking `flock` on `.NAME.lock` beside `path`, writes our pid in it for the
+    other process's error message, and removes it at the end. OSError if the lock file cannot
+    be created. Where there is no fcntl (Windows), nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = lock_path_for(path)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise LockedError(Path(path), int(holder) if holder.isdigit() else None) from None
+        # The holder before us may have removed the file between our open and our flock (and a
+        # third process made a new one): the lock counts only if it is on the file at `lock`.
+        try:
+            ours = os.fstat(fd)
+            current = os.stat(lock)
+            if (ours.st_dev, ours.st_ino) == (current.st_dev, current.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still holding it: no one can have taken it in between
+        os.close(fd)
