@@ -23,9 +23,10 @@ COMMANDS = ["train", "evaluate", "predict", "data", "examples", "gradcheck", "pl
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors: one line, exit 2, as ours
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+    def error(self, message):
+        """argparse's own usage errors: one line, exit 2, as ours (--help shows the usage)."""
+        message = " ".join(message.split())  # some of argparse's messages span lines
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 

@@ -159,20 +159,20 @@ def test_resume_refuses_a_different_configuration(tmp_path, train_args, monkeypa
 
 def test_divergence_stops_keeps_checkpoint_and_model(tmp_path, train_args, monkeypatch, capsys):
     out = tmp_path / "model.npz"
-    out.write_bytes(b"an earlier model, which must survive")
+    out.write_bytes(b"an earlier model, which must survive, even with --force")
     real = training.make_schedule
     # a sane rate through epoch 1 (32 batches), then an absurd one
     monkeypatch.setattr(training, "make_schedule",
                         lambda name, lr, total: lambda step: real(name, lr, total)(step)
                         if step < 32 else 1e6)
-    assert main(train_args(out)) == 3
+    assert main(train_args(out, "--force")) == 3
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert "\n" not in err and "Traceback" not in err
     assert "training diverged at epoch 2" in err
     assert "Lower the learning rate (try --lr 0.02)" in err
     assert "model.checkpoint.npz, is kept" in err
-    assert out.read_bytes() == b"an earlier model, which must survive"
+    assert out.read_bytes() == b"an earlier model, which must survive, even with --force"
     _, _, record = load_checkpoint(tmp_path / "model.checkpoint.npz")
     assert (record["epoch"], record["batch"]) == (1, 0)
 
@@ -265,3 +265,304 @@ def test_one_epoch_on_genuine_mnist_reaches_93_percent(mnist_dir, tmp_path, back
     acc = float(re.search(r"test accuracy ([\d.]+)%", capsys.readouterr().out).group(1))
     assert acc >= 93.0
     assert load_model(out)[1]["data"]["genuine"] is True
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_an_existing_model_is_kept_unless_forced(tmp_path, train_args, capsys):
+    out = tmp_path / "model.npz"
+    out.write_bytes(b"a 30-epoch model")
+    # refused before the data is loaded: a missing data folder is not what stops it
+    argv = train_args(out, "--quiet")
+    argv[argv.index("--data-dir") + 1] = str(tmp_path / "no-data-here")
+    assert main(argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == (f"anynet: error: {out} exists; use --force to replace it, "
+                    "or --out another name")
+    assert out.read_bytes() == b"a 30-epoch model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]  # no lock, no temporary
+
+    assert main(train_args(out, "--quiet", "--force", "--epochs", "1")) == 0
+    assert load_model(out)[1]["format"] == "anynet-model"
+
+
+@pytest.mark.parametrize("make, out, message", [
+    (lambda d: (d / "models").mkdir(), "models",
+     "--out {d}/models is a folder; name a file, e.g. {d}/models/model.npz"),
+    (lambda d: None, "", "argument --out: expected a file name, got ''"),
+    (lambda d: None, "sub/", "argument --out: expected a file name, got the folder"),
+    (lambda d: (d / "notes.txt").write_text("x"), "notes.txt/m.npz",
+     "--out {d}/notes.txt/m.npz: {d}/notes.txt is a file, not a folder"),
+])
+def test_an_unwritable_out_stops_before_training(tmp_path, train_args, capsys, make, out,
+                                                  message):
+    make(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    argv = train_args(tmp_path / "x.npz")
+    argv[argv.index("--out") + 1] = f"{tmp_path}/{out}" if out else ""
+    assert main(argv) == 2
+    assert message.format(d=tmp_path) in _one_line(capsys.readouterr().err)
+    assert capsys.readouterr().out == ""  # not even the configuration: nothing was started
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("option", ["--metrics", "--plot"])
+def test_an_unwritable_metrics_or_plot_stops_before_training(tmp_path, train_args, capsys,
+                                                              option):
+    (tmp_path / "curves.png").mkdir()
+    assert main(train_args(tmp_path / "m.npz", option, str(tmp_path / "curves.png"))) == 2
+    assert f"{option} {tmp_path}/curves.png is a folder" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_metrics_and_model_cannot_share_a_name(tmp_path, train_args, capsys):
+    out = tmp_path / "m.npz"
+    assert main(train_args(out, "--metrics", str(out))) == 2
+    assert "--metrics" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into a mode 0o555 folder anyway; "
+                    "test_read_only_file_system_is_one_line covers the refusal")
+def test_a_read_only_folder_stops_before_training(tmp_path, train_args, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    try:
+        assert main(train_args(folder / "m.npz")) == 2
+        assert f"cannot write in {folder} (Permission denied)" in \
+            _one_line(capsys.readouterr().err)
+    finally:
+        folder.chmod(0o755)
+
+
+def test_read_only_file_system_is_one_line(tmp_path, train_args, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **kw):
+        if str(dir).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real(*a, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    (tmp_path / "ro").mkdir()
+    assert main(train_args(tmp_path / "ro" / "m.npz")) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"cannot write in {tmp_path}/ro (Read-only file system)" in line
+
+
+def test_missing_parent_folders_are_created_when_the_model_is_written(tmp_path, train_args):
+    out = tmp_path / "runs" / "a" / "model.npz"
+    assert main(train_args(out, "--quiet", "--epochs", "1")) == 0
+    assert out.exists()
+
+
+def _failing_replace(monkeypatch, target_name: str, code: int):
+    """Make atomic_write's final rename onto `target_name` fail with OSError `code`."""
+    import errno  # noqa: F401
+
+    from anynet import fileio
+
+    real = os.replace
+
+    def replace(src, dst, *a, **kw):
+        if os.path.basename(dst) == target_name:
+            raise OSError(code, os.strerror(code), str(dst))
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+
+
+def test_full_disk_when_writing_the_model_keeps_the_trained_checkpoint(
+        tmp_path, train_args, monkeypatch, capsys, synth):
+    import errno
+
+    whole = tmp_path / "whole.npz"
+    assert main(train_args(whole, "--quiet")) == 0
+    out = tmp_path / "model.npz"
+    _failing_replace(monkeypatch, "model.npz", errno.ENOSPC)
+    assert main(train_args(out, "--quiet")) == 2
+    ckpt = tmp_path / "model.checkpoint.npz"
+    line = _one_line(capsys.readouterr().err)
+    assert line == (f"anynet: error: cannot write the model to {out} (No space left on device); "
+                    f"the checkpoint {ckpt} holds the trained model: free some space, then "
+                    f"finish with: anynet train --resume {ckpt} --data-dir {synth} --no-verify")
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    assert load_checkpoint(ckpt)[2]["epoch"] == 5
+
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(ckpt), "--data-dir", str(synth), "--no-verify"]) == 0
+    for k, v in params_of(out).items():
+        np.testing.assert_array_equal(v, params_of(whole)[k])
+    assert not ckpt.exists()
+
+
+def test_full_disk_when_writing_the_metrics_keeps_the_checkpoint(tmp_path, train_args,
+                                                                  monkeypatch, capsys, synth):
+    import errno
+
+    out, metrics = tmp_path / "model.npz", tmp_path / "metrics.json"
+    _failing_replace(monkeypatch, "metrics.json", errno.ENOSPC)
+    assert main(train_args(out, "--quiet", "--epochs", "2", "--metrics", str(metrics))) == 2
+    ckpt = tmp_path / "model.checkpoint.npz"
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"anynet: error: the model is written to {out}, but cannot write the "
+                           f"metrics to {metrics} (No space left on device); the checkpoint "
+                           f"{ckpt} is kept: free some space, then write it with: anynet train "
+                           f"--resume {ckpt}")
+    assert line.endswith("--metrics " + str(metrics) + " --force")
+    assert out.exists() and ckpt.exists() and not metrics.exists()
+
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(ckpt), "--data-dir", str(synth), "--no-verify",
+                 "--metrics", str(metrics), "--force", "--quiet"]) == 0
+    assert json.loads(metrics.read_text())["format"] == "anynet-metrics"
+    assert not ckpt.exists()
+
+
+def test_full_disk_when_writing_a_checkpoint_stops_with_one_line(tmp_path, train_args,
+                                                                  monkeypatch, capsys):
+    import errno
+
+    from anynet import modelio
+
+    real, calls = modelio.atomic_write_bytes, []
+
+    def second_fails(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, data)
+
+    monkeypatch.setattr(modelio, "atomic_write_bytes", second_fails)
+    out = tmp_path / "model.npz"
+    assert main(train_args(out, "--quiet")) == 2
+    ckpt = tmp_path / "model.checkpoint.npz"
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"anynet: error: training stopped: cannot write the checkpoint {ckpt} "
+                           "(No space left on device); the previous checkpoint is kept: free "
+                           f"some space, then resume with: anynet train --resume {ckpt}")
+    assert load_checkpoint(ckpt)[2]["epoch"] == 1 and not out.exists()
+
+
+# ----------------------------------------------------------------------------- one run per output
+
+
+def test_a_second_run_on_the_same_out_is_refused(tmp_path, train_args, capsys):
+    from anynet.fileio import exclusive_lock, lock_path_for
+
+    out = tmp_path / "model.npz"
+    with exclusive_lock(out):  # as another run would hold it (flock: per open file)
+        assert lock_path_for(out).read_text().strip() == str(os.getpid())
+        assert main(train_args(out)) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == (f"anynet: error: another anynet train (pid {os.getpid()}) is writing {out}; "
+                    "wait for it to end, or choose another --out")
+    assert not out.exists() and not lock_path_for(out).exists()
+
+
+def test_a_stale_lock_file_does_not_block(tmp_path, train_args):
+    from anynet.fileio import lock_path_for
+
+    out = tmp_path / "model.npz"
+    lock_path_for(out).write_text("999999999\n")  # a run killed with -9 left it, unlocked
+    assert main(train_args(out, "--quiet", "--epochs", "1")) == 0
+    assert out.exists() and not lock_path_for(out).exists()
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_writes_where_the_run_was_going_and_the_hint_says_all(tmp_path, train_args,
+                                                                      monkeypatch, capsys, synth):
+    from anynet.commands import train as train_cmd
+
+    monkeypatch.setattr(train_cmd.ConsoleReporter, "on_batch_end",
+                        lambda self, e, b, loss: e == 1 and b == 3
+                        and os.kill(os.getpid(), signal.SIGINT))
+    out = tmp_path / "sub" / "named.npz"
+    assert main(train_args(out, "--quiet")) == 130
+    ckpt = tmp_path / "sub" / "named.checkpoint.npz"
+    text = capsys.readouterr().out
+    assert f"resume with: anynet train --resume {ckpt} --data-dir {synth} --no-verify\n" in text
+    assert load_checkpoint(ckpt)[2]["out"] == str(out)
+
+    monkeypatch.undo()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the recorded path is absolute: any folder will do
+    assert main(["train", "--resume", str(ckpt), "--data-dir", str(synth), "--no-verify",
+                 "--quiet"]) == 0
+    assert out.exists() and not ckpt.exists() and not list(elsewhere.iterdir())
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    (["--lr", "1e308"], "argument --lr: expected at most 1e+06, got 1e308"),
+    (["--weight-decay", "1e308"], "argument --weight-decay: expected at most 1, got 1e308"),
+    (["--lr", "-1"], "argument --lr: expected a positive finite number, got -1"),
+])
+def test_option_errors_are_one_line(tmp_path, train_args, capsys, argv, message):
+    assert main(train_args(tmp_path / "m.npz", *argv)) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == f"anynet train: error: {message} (see anynet train --help)"
+
+
+@pytest.mark.parametrize("argv", [["--lr", "1e6"], ["--lr", "50", "--weight-decay", "1"]])
+def test_absurd_rates_diverge_without_warnings(tmp_path, train_args, capsys, argv):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(train_args(tmp_path / "m.npz", *argv)) == 3
+    assert [str(w.message) for w in caught] == []
+    assert "training diverged" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_an_empty_test_set_is_an_error(tmp_path, train_args, capsys, monkeypatch):
+    import dataclasses
+
+    import anynet.data
+
+    real = anynet.data.load_mnist
+
+    def no_test_examples(*a, **kw):
+        m = real(*a, **kw)
+        return dataclasses.replace(m, test_images=m.test_images[:0], test_labels=m.test_labels[:0])
+
+    monkeypatch.setattr(anynet.data, "load_mnist", no_test_examples)
+    assert main(train_args(tmp_path / "m.npz")) == 2
+    assert "has no test examples" in _one_line(capsys.readouterr().err)
+
+
+def test_gradcheck_refuses_a_senseless_eps(capsys):
+    for eps in ("1e308", "1", "1e-17"):
+        assert main(["gradcheck", "--eps", eps, "--entries", "5"]) == 2
+        assert "argument --eps: expected a step below 1" in _one_line(capsys.readouterr().err)
+    assert main(["gradcheck", "--seed", "-1"]) == 2
+    assert "expected an integer >= 0" in _one_line(capsys.readouterr().err)
+
+
+def test_gradcheck_fails_on_nan(monkeypatch, capsys):
+    import anynet.gradcheck
+
+    real = anynet.gradcheck.check_gradients
+    monkeypatch.setattr(anynet.gradcheck, "check_gradients",
+                        lambda *a, **kw: {**real(*a, **kw), "b1": float("nan")})
+    assert main(["gradcheck", "--entries", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "largest relative error nan  FAIL" in out
+    assert "FAILED: the relative error of b1 is not finite" in out and "passed" not in out

@@ -2,13 +2,33 @@
 
 Builds a network (784 inputs, --hidden units, 10 classes) and a random batch, and compares the
 analytic gradient of each parameter with (J(w + eps) - J(w - eps)) / 2 eps, entry by entry.
-Prints the largest relative error per parameter; exits 1 if any exceeds the tolerance (1e-6)."""
+Prints the largest relative error per parameter; exits 1 if any exceeds the tolerance (1e-6) or
+is not finite (nan: the differences overflowed or were undefined)."""
 
 from __future__ import annotations
 
-from anynet.commands._common import add_backend_option, positive_float, positive_int
+import argparse
+import math
+
+from anynet.commands._common import (
+    add_backend_option,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 HELP = "check the analytic gradients against central differences (float64)"
+
+
+def finite_difference_step(text: str) -> float:
+    """An argparse type: a step below 1 (beyond that it is no derivative) that still moves a
+    weight of 1 in float64 (w + eps != w - eps: the default initial weights are near 1)."""
+    value = positive_float(text)
+    if not value < 1 or 1.0 + value == 1.0 - value:
+        raise argparse.ArgumentTypeError(
+            f"expected a step below 1 that moves a weight of 1 in float64 (from 5.6e-17; "
+            f"1e-7 to 1e-4 work best), got {text}")
+    return value
 
 
 def add_arguments(parser) -> None:
@@ -18,9 +38,10 @@ def add_arguments(parser) -> None:
                         help="examples in the random batch (default: 8)")
     parser.add_argument("--entries", type=positive_int, default=None, metavar="N",
                         help="check a random sample of N entries per parameter (default: all)")
-    parser.add_argument("--eps", type=positive_float, default=None,
-                        help="finite-difference step (default: 1e-5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the network and batch")
+    parser.add_argument("--eps", type=finite_difference_step, default=None,
+                        help="finite-difference step, below 1 (default: 1e-5)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="seed of the network and batch, an integer >= 0 (default: 0)")
     add_backend_option(parser)
 
 
@@ -44,6 +65,11 @@ def run(args) -> int:
         shape = "x".join(str(s) for s in net.params[name].shape)
         print(f"  {name:3s} ({shape:>7s})  largest relative error {err:.2e}  "
               f"{'ok' if err <= TOLERANCE else 'FAIL'}")
+    broken = [name for name, err in errors.items() if not math.isfinite(err)]
+    if broken:
+        print(f"FAILED: the relative error of {', '.join(broken)} is not finite: the finite "
+              f"differences overflowed or were undefined at eps {eps:g}; try a smaller --eps")
+        return 1
     worst = max(errors.values())
     if worst > TOLERANCE:
         print(f"FAILED: largest relative error {worst:.2e} > {TOLERANCE:.0e}")

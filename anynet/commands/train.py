@@ -4,15 +4,25 @@ Prints the resolved configuration, one line per epoch (train loss, validation ac
 a progress bar within each epoch on a terminal, and the test accuracy at the end. A checkpoint
 is written every epoch beside the model (MODEL.checkpoint.npz) and when the run is interrupted
 (Ctrl-C or SIGTERM); `--resume CHECKPOINT` continues it, ending with the same model as an
-uninterrupted run. The checkpoint is removed once the model is saved.
+uninterrupted run, and writes to the model file the checkpoint records unless --out says
+otherwise. After a kill -9, resume from the last epoch's checkpoint the same way.
 
-Exit codes: 0 trained; 2 a bad option, file or data; 3 training diverged (lower --lr); 130/143
-interrupted by SIGINT/SIGTERM, with a checkpoint written."""
+Files: every output (model, metrics, plot) is checked before the data is even loaded, and a
+missing parent folder is created. An existing model file is never replaced unless --force says
+so. One run at a time per model file: a second run naming the same --out is refused while the
+first holds the lock `.MODEL.lock` beside the model. Every write is atomic (complete or absent);
+a write that fails (a full disk) is one line, and the checkpoint, which still holds the trained
+parameters, is removed only once the model, metrics and plot are all written.
+
+Exit codes: 0 trained; 2 a bad option, file or data, or a file that cannot be written; 3 training
+diverged (lower --lr); 130/143 interrupted by SIGINT/SIGTERM, with a checkpoint written."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shlex
 from pathlib import Path
 
 from anynet.commands._common import (
@@ -27,6 +37,35 @@ from anynet.config import TrainConfig
 
 HELP = "train the network on MNIST and save the model"
 DEFAULTS = TrainConfig()
+DEFAULT_OUT = Path("model.npz")
+# Upper bounds that no run that learns comes near; above them a value is a typo. A rate above
+# about 10 already diverges on pixels in [0, 1] (exit 3, with advice); 1e6 leaves room for such
+# experiments while lr x gradient stays far from float32's 3.4e38. Weight decays that help are
+# 1e-5 to 1e-2; at 1 the decay alone, lr x weight decay, removes a third of every weight per
+# step at the default rate.
+MAX_LR = 1e6
+MAX_WEIGHT_DECAY = 1.0
+
+
+def _at_most(parse, maximum: float):
+    """An argparse type: `parse`, then no more than `maximum`."""
+    def checked(text: str):
+        value = parse(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected at most {maximum:g}, got {text}")
+        return value
+
+    checked.__name__ = parse.__name__
+    return checked
+
+
+def _file_name(text: str) -> Path:
+    """An argparse type: a path naming a file (not empty, not ending in a slash)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a file name, got {text!r}")
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"expected a file name, got the folder {text!r}")
+    return Path(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,17 +78,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"passes over the data (default: {d.epochs})")
     g.add_argument("--batch-size", type=positive_int, metavar="N",
                    help=f"examples per SGD step (default: {d.batch_size})")
-    g.add_argument("--lr", type=positive_float, help=f"learning rate (default: {d.lr})")
+    g.add_argument("--lr", type=_at_most(positive_float, MAX_LR),
+                   help=f"learning rate, at most {MAX_LR:g} (default: {d.lr})")
     g.add_argument("--momentum", type=nonnegative_float,
                    help=f"momentum in [0, 1) (default: {d.momentum}, plain SGD)")
     g.add_argument("--nesterov", action="store_true", default=None,
                    help="use Nesterov momentum (needs --momentum > 0)")
-    g.add_argument("--weight-decay", type=nonnegative_float, metavar="L2",
-                   help=f"L2 weight decay (default: {d.weight_decay})")
+    g.add_argument("--weight-decay", type=_at_most(nonnegative_float, MAX_WEIGHT_DECAY),
+                   metavar="L2", help=f"L2 weight decay, at most {MAX_WEIGHT_DECAY:g} "
+                   f"(default: {d.weight_decay})")
     g.add_argument("--schedule", choices=["constant", "step", "cosine"],
                    help=f"learning-rate schedule (default: {d.schedule})")
-    g.add_argument("--seed", type=int, help=f"seed of weights, shuffling, validation split "
-                   f"(default: {d.seed})")
+    g.add_argument("--seed", type=nonnegative_int, help="seed of weights, shuffling, validation "
+                   f"split, an integer >= 0 (default: {d.seed})")
     g.add_argument("--val-size", type=nonnegative_int, metavar="N",
                    help=f"training examples held out for validation (default: {d.val_size})")
     g.add_argument("--dtype", choices=["float32", "float64"], help=f"default: {d.dtype}")
@@ -58,13 +99,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_dir_option(g)
     g.add_argument("--no-verify", action="store_true",
                    help="accept MNIST-format files that are not genuine MNIST (own IDX files)")
-    g.add_argument("--out", type=Path, default=Path("model.npz"), metavar="MODEL",
-                   help="where to write the model (default: model.npz)")
-    g.add_argument("--metrics", type=Path, metavar="FILE.json",
+    g.add_argument("--out", type=_file_name, metavar="MODEL",
+                   help=f"where to write the model (default: {DEFAULT_OUT}; with --resume, the "
+                   "checkpoint's own)")
+    g.add_argument("--force", action="store_true",
+                   help="replace the model file if it exists (without it, an existing model "
+                   "stops the run before it starts)")
+    g.add_argument("--metrics", type=_file_name, metavar="FILE.json",
                    help="write per-epoch metrics as JSON (for anynet plot curves)")
-    g.add_argument("--plot", type=Path, metavar="FILE.png",
+    g.add_argument("--plot", type=_file_name, metavar="FILE.png",
                    help="plot the training curves (needs matplotlib: anynet[plot])")
-    g.add_argument("--resume", type=Path, metavar="CHECKPOINT",
+    g.add_argument("--resume", type=_file_name, metavar="CHECKPOINT",
                    help="continue an interrupted run from its checkpoint")
     parser.add_argument("--quiet", action="store_true", help="print only the final result")
 
@@ -105,22 +150,82 @@ def checkpoint_path_for(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + ".checkpoint.npz")
 
 
+def _model_path(args, record: dict | None) -> Path:
+    """--out, else (resuming) the model file the checkpoint records, else model.npz."""
+    if args.out is not None:
+        return args.out
+    if record is not None and isinstance(record.get("out"), str) and record["out"]:
+        return Path(record["out"])
+    if record is not None and args.resume.name.endswith(".checkpoint.npz"):  # an older checkpoint
+        return args.resume.with_name(args.resume.name[: -len(".checkpoint.npz")] + ".npz")
+    return DEFAULT_OUT
+
+
+def _check_outputs(args, out: Path, checkpoint: Path) -> None:
+    """Refuse, before any slow work, every output that could not be written (one line, exit 2).
+
+    The model's own checks (exists without --force) come later, under the run's lock."""
+    from anynet.errors import UserError
+    from anynet.fileio import output_problem
+
+    named = [("--out", out), ("--metrics", args.metrics), ("--plot", args.plot)]
+    for option, path in named:
+        if path is None:
+            continue
+        problem = output_problem(path)
+        if problem == "is a folder, not a file":
+            example = {"--out": DEFAULT_OUT.name, "--metrics": "metrics.json"}.get(option,
+                                                                                "curves.png")
+            raise UserError(f"{option} {path} is a folder; name a file, e.g. {path / example}")
+        if problem:
+            raise UserError(f"{option} {path}: {problem}")
+    seen = {_same_file_key(checkpoint): "the checkpoint"}
+    for option, path in named:
+        if path is None:
+            continue
+        key = _same_file_key(path)
+        if key in seen:
+            raise UserError(f"{option} {path} names the same file as {seen[key]}; "
+                            "give each output its own name")
+        seen[key] = option
+
+
+def _same_file_key(path: Path) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def _resume_command(args, checkpoint: Path, *, force: bool) -> str:
+    """The command that continues this run from `checkpoint`: everything it needs, no more
+    (the checkpoint records the configuration and the model file)."""
+    words = ["anynet", "train", "--resume", str(checkpoint)]
+    if args.data_dir is not None:
+        words += ["--data-dir", str(args.data_dir)]
+    if args.no_verify:
+        words.append("--no-verify")
+    for option, value in (("--metrics", args.metrics), ("--plot", args.plot)):
+        if value is not None:
+            words += [option, str(value)]
+    if force:
+        words.append("--force")
+    return shlex.join(words)
+
+
 def run(args) -> int:
-    import json
-    import signal
+    import contextlib
     import time
 
-    from anynet.backend import get_namespace
-    from anynet.data import load_mnist
     from anynet.errors import MissingExtraError, UserError
-    from anynet.fileio import atomic_write_text
-    from anynet.modelio import load_checkpoint, save_model
-    from anynet.training import Trainer, evaluate
+    from anynet.fileio import LockedError, exclusive_lock, reason, remove_stale_temporaries
+    from anynet.modelio import load_checkpoint
 
+    started = time.time()
     record = params = velocity = None
     if args.resume is not None:
         params, velocity, record = load_checkpoint(args.resume)
+    out = _model_path(args, record)
     config = _config(args, record)
+    checkpoint = args.resume if args.resume is not None else checkpoint_path_for(out)
+    _check_outputs(args, out, checkpoint)
     if args.plot is not None:  # find out now, not after the training
         try:
             import matplotlib  # noqa: F401
@@ -129,6 +234,45 @@ def run(args) -> int:
         from anynet.plots import figure_format
 
         figure_format(args.plot)
+
+    # One run per model file (and per checkpoint, when resuming one kept elsewhere).
+    locked = [out] + ([checkpoint] if checkpoint != checkpoint_path_for(out) else [])
+    with contextlib.ExitStack() as stack:
+        for path in locked:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)  # the lock lives beside the file
+                stack.enter_context(exclusive_lock(path))
+            except LockedError as e:
+                raise UserError(
+                    f"another anynet train (pid {e.pid if e.pid is not None else 'unknown'}) is "
+                    f"writing {path}; wait for it to end, or choose another --out") from None
+            except OSError as e:
+                raise UserError(f"--out {out}: cannot write in {path.parent} ({reason(e)})") \
+                    from None
+        if out.exists() and not args.force:
+            raise UserError(f"{out} exists; use --force to replace it, or --out another name")
+        outputs = [p for p in (out, checkpoint_path_for(out), checkpoint, args.metrics, args.plot)
+                   if p is not None]
+        for folder in {p.parent for p in outputs}:  # what a killed run's writes left behind
+            remove_stale_temporaries(folder, [p.name for p in outputs], older_than=started)
+        return _train(args, config, out, checkpoint, record, params, velocity)
+
+
+def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, params,
+           velocity) -> int:
+    import json
+    import signal
+    import time
+
+    import numpy as np
+
+    from anynet.backend import get_namespace
+    from anynet.data import load_mnist
+    from anynet.errors import DataError, DivergenceError, UserError
+    from anynet.fileio import atomic_write_text, reason, remedy
+    from anynet.modelio import save_model
+    from anynet.training import Trainer, evaluate
+
     backend = get_namespace(config.backend)
     config = dataclasses.replace(config, backend=backend.name)
     say = (lambda *a: None) if args.quiet else print
@@ -138,18 +282,24 @@ def run(args) -> int:
     if record is not None and record.get("data_sha256") and record["data_sha256"] != mnist.sha256:
         raise UserError(f"{args.resume} was trained on other data than {mnist.source}; resume "
                         "it with the same --data-dir")
+    if mnist.test_images.shape[0] == 0:
+        raise DataError(f"{mnist.source} has no test examples to measure the model on; use a "
+                        "data folder whose t10k files hold at least one")
 
-    checkpoint = args.resume if args.resume is not None else checkpoint_path_for(args.out)
-    say(_describe(config, backend, mnist, args, checkpoint))
+    say(_describe(config, backend, mnist, out, checkpoint))
     reporter = ConsoleReporter(config.epochs, quiet=args.quiet)
     trainer = Trainer(config, mnist.train_images, mnist.train_labels, mnist.val_images,
                       mnist.val_labels, backend=backend, checkpoint_path=checkpoint,
-                      callbacks=[reporter], data_sha256=mnist.sha256)
+                      callbacks=[reporter], data_sha256=mnist.sha256,
+                      record_extra={"out": os.path.abspath(out)})
     resume_state = None
     if record is not None:
         resume_state = trainer.state_from_checkpoint(params, velocity, record)
         say(f"resuming from {args.resume}: epoch {resume_state.epoch + 1}, "
             f"batch {resume_state.batch}/{trainer.n_batches}")
+
+    def resume_command(force: bool = False) -> str:
+        return _resume_command(args, checkpoint, force=force or out.exists())
 
     received = []
 
@@ -161,8 +311,21 @@ def run(args) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     started = time.perf_counter()
+    # A run that blows up is reported once, as divergence (exit 3), not by NumPy's warnings.
+    def quiet_math():
+        return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
     try:
-        result = trainer.fit(resume=resume_state)
+        with quiet_math():
+            result = trainer.fit(resume=resume_state)
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # fit's only writes are checkpoints
+        kept = (f"the previous checkpoint is kept: {remedy(e)}, then resume with: "
+                f"{resume_command()}" if checkpoint.exists()
+                else f"no checkpoint was written: {remedy(e)}, then run again")
+        raise UserError(f"training stopped: cannot write the checkpoint {checkpoint} "
+                        f"({reason(e)}); {kept}") from None
     finally:
         reporter.close()
         for s, handler in previous.items():
@@ -173,43 +336,74 @@ def run(args) -> int:
         state = result.state
         print(f"interrupted ({result.stop_reason}) at epoch {state.epoch + 1}, batch "
               f"{state.batch}/{trainer.n_batches}; checkpoint written to {checkpoint}\n"
-              f"resume with: anynet train --resume {checkpoint}")
+              f"resume with: {resume_command()}")
         return 128 + received[0] if received else 130
 
-    test_loss, test_acc = evaluate(result.net, mnist.test_images, mnist.test_labels)
+    host = result.net.host_params()
+    if not all(np.all(np.isfinite(v)) for v in host.values()):
+        raise DivergenceError(f"training diverged: the weights overflowed to inf/nan with "
+                              f"learning rate {config.lr:g} although every loss was finite. "
+                              f"Lower the learning rate (try --lr {config.lr / 10:g})")
+    with quiet_math():
+        test_loss, test_acc = evaluate(result.net, mnist.test_images, mnist.test_labels)
     history = result.state.history
     final = {"test_loss": test_loss, "test_accuracy": test_acc,
              "val_accuracy": history[-1]["val_accuracy"], "train_loss": history[-1]["train_loss"],
              "epochs": len(history), "train_seconds": sum(h["seconds"] for h in history)}
-    save_model(args.out, result.net, {
-        "config": config.to_dict(), "seed": config.seed, "backend": backend.name,
-        "data": {"source": mnist.source, "sha256": mnist.sha256, "genuine": mnist.all_genuine,
-                 "train_examples": int(mnist.train_images.shape[0]),
-                 "val_examples": int(mnist.val_images.shape[0])},
-        "metrics": final, "history": history,
-    })
     spent = (f"{final['train_seconds']:.1f} s of training ({elapsed:.1f} s in all)"
              if record is None else f"{final['train_seconds']:.1f} s of training over both "
              f"runs (this one took {elapsed:.1f} s)")
     print(f"test accuracy {100 * test_acc:.2f}% (loss {test_loss:.4f}) after {len(history)} "
           f"epochs, {spent}")
-    print(f"model written to {args.out}")
-    if checkpoint.exists() and checkpoint != args.out:
-        checkpoint.unlink()  # the model now holds everything the checkpoint did
+
+    # The checkpoint holds the trained parameters until every output is written.
+    try:
+        save_model(out, result.net, {
+            "config": config.to_dict(), "seed": config.seed, "backend": backend.name,
+            "data": {"source": mnist.source, "sha256": mnist.sha256, "genuine": mnist.all_genuine,
+                     "train_examples": int(mnist.train_images.shape[0]),
+                     "val_examples": int(mnist.val_images.shape[0])},
+            "metrics": final, "history": history,
+        })
+    except OSError as e:
+        raise UserError(f"cannot write the model to {out} ({reason(e)}); the checkpoint "
+                        f"{checkpoint} holds the trained model: {remedy(e)}, then finish with: "
+                        f"{resume_command()}") from None
+    print(f"model written to {out}")
+
+    def kept(problem: str, fix: str) -> UserError:
+        return UserError(f"the model is written to {out}, but {problem}; the checkpoint "
+                         f"{checkpoint} is kept: {fix}, then write it with: "
+                         f"{resume_command(force=True)}")
+
     metrics_doc = {"format": "anynet-metrics", "version": 1, "config": config.to_dict(),
                    "epochs": history, "test_loss": test_loss, "test_accuracy": test_acc}
     if args.metrics is not None:
-        atomic_write_text(args.metrics, json.dumps(metrics_doc, indent=2) + "\n")
+        try:
+            atomic_write_text(args.metrics, json.dumps(metrics_doc, indent=2) + "\n")
+        except OSError as e:
+            raise kept(f"cannot write the metrics to {args.metrics} ({reason(e)})",
+                       remedy(e)) from None
         say(f"metrics written to {args.metrics}")
     if args.plot is not None:
         from anynet.plots import plot_curves
 
-        plot_curves(metrics_doc, args.plot)
+        try:
+            plot_curves(metrics_doc, args.plot)
+        except UserError as e:  # the plot's own one-line error for a failed write
+            cause = e.__context__
+            raise kept(str(e), remedy(cause) if isinstance(cause, OSError) else "fix that") \
+                from None
         say(f"curves plotted to {args.plot}")
+    if checkpoint.exists() and checkpoint != out:
+        try:
+            checkpoint.unlink()  # the model now holds everything the checkpoint did
+        except OSError as e:
+            say(f"note: could not remove the checkpoint {checkpoint} ({reason(e)})")
     return 0
 
 
-def _describe(config: TrainConfig, backend, mnist, args, checkpoint: Path) -> str:
+def _describe(config: TrainConfig, backend, mnist, out: Path, checkpoint: Path) -> str:
     c = config
     opt = "plain SGD" if c.momentum == 0 else (
         f"SGD, {'Nesterov ' if c.nesterov else ''}momentum {c.momentum:g}")
@@ -222,7 +416,7 @@ def _describe(config: TrainConfig, backend, mnist, args, checkpoint: Path) -> st
         f"batch size {c.batch_size}, {c.epochs} epochs, seed {c.seed}",
         f"  data: {genuine} from {mnist.source}: {mnist.train_images.shape[0]:,} train, "
         f"{mnist.val_images.shape[0]:,} validation, {mnist.test_images.shape[0]:,} test",
-        f"  model: {args.out}  (checkpoints: {checkpoint})",
+        f"  model: {out}  (checkpoints: {checkpoint})",
     ])
 
 
