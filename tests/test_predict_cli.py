@@ -326,3 +326,16 @@ def test_real_digits_saved_as_png_are_recognised(capsys, tmp_path, mnist_dir):
     assert code == 0
     predicted = np.array([r["prediction"] for r in json.loads(out)])
     assert (predicted == test_y).mean() >= 0.9  # the model gets 19 of these 20 right
+
+
+def test_finite_but_huge_weights_are_an_error_not_nan_percent(capsys, tmp_path, pictures):
+    # finite, so the file loads; but float32 overflows on the first product: no probabilities
+    huge = np.float32(3e38)
+    params = {"W1": np.full((784, 2), huge), "b1": np.zeros(2, np.float32),
+              "W2": np.full((2, 10), huge), "b2": np.zeros(10, np.float32)}
+    save_model(tmp_path / "huge.npz", TwoLayerNet.from_params(params), {})
+    for extra in ([], ["--json"]):
+        code, out, err = run(capsys, "predict", tmp_path / "huge.npz", pictures["vertical"],
+                             *extra)
+        assert_one_line_error(code, out, err, r"huge\.npz: the model's outputs for vertical\.png "
+                              r"are not finite \(nan/inf\).*retrain it")

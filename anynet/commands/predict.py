@@ -65,7 +65,14 @@ def run(args: argparse.Namespace) -> int:
 
     # Read every picture before printing anything, so a bad file fails the whole run cleanly.
     pixels = np.stack([preprocess_digit(read_image(p), source=p) for p in args.images])
-    probabilities = to_numpy(net.predict_proba(pixels)).astype(np.float64)  # (N, K)
+    with np.errstate(over="ignore", invalid="ignore"):
+        probabilities = to_numpy(net.predict_proba(pixels)).astype(np.float64)  # (N, K)
+    unusable = ~np.all(np.isfinite(probabilities), axis=1)
+    if unusable.any():
+        raise UserError(
+            f"{args.model}: the model's outputs for {args.images[int(np.argmax(unusable))]} are "
+            "not finite (nan/inf): its weights are too large to compute with; retrain it"
+        )
     # Most probable first; stable, so ties keep the lower class first.
     ranking = np.argsort(-probabilities, axis=1, kind="stable")[:, : args.top]
 
