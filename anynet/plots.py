@@ -81,7 +81,7 @@ def _save(figure, path: str | os.PathLike) -> None:
 
 
 def plot_weights(W1: np.ndarray, path: str | os.PathLike, *, max_units: int | None = None) -> None:
-    """Draw each hidden unit's input weights W1[:, j] (784,) as a 28x28 image, in a grid.
+    """Draw each hidden unit's input weights W1[:, j] (D,) as a square image, in a grid.
 
     W1: (D, H) with D a square number of pixels (784 for MNIST). One shared, symmetric colour
     scale: red where ink excites the unit, blue where it inhibits, white for zero, so the units
@@ -95,7 +95,7 @@ def plot_weights(W1: np.ndarray, path: str | os.PathLike, *, max_units: int | No
     if side * side != n_in or n_hidden == 0:
         raise UserError(
             f"cannot draw first-layer weights of shape {W1.shape} as images: "
-            "expected (784, H), one 28x28 image per hidden unit"
+            "expected (D, H) with D a square number of pixels (784 = 28x28 for MNIST)"
         )
     if max_units is not None and max_units < 1:
         raise UserError(f"max_units must be at least 1, got {max_units}")

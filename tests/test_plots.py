@@ -458,3 +458,21 @@ def test_cli_without_matplotlib(capsys, tmp_path, monkeypatch):
             r"Plotting needs matplotlib, which is not installed: pip install 'anynet\[plot\]'",
         )
     assert not (tmp_path / "p.png").exists()
+
+
+def test_plot_weights_of_a_100_input_model_draws_10x10_squares(tmp_path, capsys, figures):
+    from anynet.modelio import save_model
+    from anynet.network import TwoLayerNet
+
+    save_model(tmp_path / "m100.npz", TwoLayerNet(100, 3, 10), {})
+    code, out, _ = cli(capsys, "plot", "weights", tmp_path / "m100.npz", "--out",
+                       tmp_path / "w.png")
+    assert code == 0 and "input weights of 3 of 3 hidden units" in out
+    picture = image_axes(figures[0])[0].get_images()[0].get_array()
+    assert picture.shape == (10, 10)
+    assert "each as a 10x10 image" in figures[0].get_suptitle()
+
+    save_model(tmp_path / "m50.npz", TwoLayerNet(50, 3, 10), {})
+    assert_one_line_error(
+        cli(capsys, "plot", "weights", tmp_path / "m50.npz", "--out", tmp_path / "w50.png"),
+        r"takes 50 inputs, which do not form a square image; plot weights draws square inputs")

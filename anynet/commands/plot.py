@@ -1,8 +1,8 @@
 """Draw a trained model's hidden units, or the curves of a training run, to an image file.
 
   anynet plot weights MODEL --out hidden.png [--max-units N]
-      each hidden unit's 784 input weights as a 28x28 image (red: ink there excites the unit,
-      blue: inhibits it), one shared colour scale
+      each hidden unit's input weights as a square image, 28x28 for MNIST's 784 inputs (red: ink
+      there excites the unit, blue: inhibits it), one shared colour scale
   anynet plot curves METRICS.json --out curves.png
       train and validation loss, and accuracy, per epoch, from anynet train --metrics
 
@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kinds.required = True
 
     weights = kinds.add_parser(
-        "weights", help="each hidden unit's input weights as a 28x28 image",
-        description="Draw each hidden unit's 784 input weights as a 28x28 image, in a grid.",
+        "weights", help="each hidden unit's input weights as a square image",
+        description="Draw each hidden unit's input weights as a square image (28x28 for MNIST's "
+        "784 inputs), in a grid.",
     )
     weights.add_argument("model", metavar="MODEL", help="model file written by anynet train")
     _add_out_option(weights, "hidden.png")
@@ -73,7 +74,7 @@ def _plot_weights(args: argparse.Namespace) -> int:
     if side * side != W1.shape[0]:
         raise UserError(
             f"{args.model}: the model takes {W1.shape[0]} inputs, which do not form a square "
-            "image; plot weights needs 784 (28x28)"
+            "image; plot weights draws square inputs only (784 = 28x28 for MNIST)"
         )
     plot_weights(W1, args.out, max_units=args.max_units)
     shown = W1.shape[1] if args.max_units is None else min(args.max_units, W1.shape[1])
