@@ -144,8 +144,24 @@ def softmax_cross_entropy(Z: Array, labels: Array) -> Array:
     return -xp.mean(xp.sum(log_softmax(Z) * one_hot(labels, Z.shape[-1], Z.dtype), axis=-1))
 
 
+def softmax_cross_entropy_forward(Z: Array, labels: Array) -> tuple[Array, Array]:
+    """The loss and what its backward needs, from one log-softmax:
+
+        log P = log_softmax(Z),   J = -(1/N) sum_i log P[i, t_i],   P = exp(log P).
+
+    Z (N, K) logits, labels (N,) -> (J a 0-d array, P (N, K)). The softmax is computed once per
+    step: the probabilities for `softmax_cross_entropy_grad` come from the same log-sum-exp as
+    the loss, so J stays finite for any finite Z.
+    """
+    xp = array_namespace(Z, labels)
+    log_P = log_softmax(Z)
+    J = -xp.mean(xp.sum(log_P * one_hot(labels, Z.shape[-1], Z.dtype), axis=-1))
+    return J, xp.exp(log_P)
+
+
 def softmax_cross_entropy_grad(P: Array, labels: Array) -> Array:
-    """Gradient of the mean softmax cross-entropy with respect to the logits: dZ = (P - Y) / N.
+    """The backward of `softmax_cross_entropy_forward`: the gradient of the mean softmax
+    cross-entropy with respect to the logits, dZ = (P - Y) / N.
 
     Why so simple: with log P[i, t] = Z[i, t] - logsumexp(Z[i]), the derivative of -log P[i, t]
     by Z[i, k] is softmax(Z[i])_k - [k == t] = P[i, k] - Y[i, k]; the mean divides by N.

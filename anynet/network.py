@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
 
 from anynet import functional as F
 from anynet.backend import Backend, get_namespace, to_numpy
@@ -64,25 +66,53 @@ def check_param_shapes(shapes: dict[str, tuple]) -> tuple[int, int, int]:
     return n_in, n_hidden, n_out
 
 
-def loss_and_grads(params: dict, X: Any, t: Any) -> tuple[Any, dict]:
-    """Mean cross-entropy of the network with `params` on a batch, and its gradients.
+def forward(params: dict, X: Any) -> tuple[Any, dict]:
+    """The forward pass, keeping what backward needs.
 
-    A pure function: params {"W1": (D, H), "b1": (H,), "W2": (H, K), "b2": (K,)}, X float (N, D),
-    t integer labels (N,), all arrays of one backend -> (J as a 0-d array, grads with the keys
-    and shapes of params). The backward pass is the chain rule of `anynet.functional`'s
-    docstring, written out; nothing is updated.
+    params {"W1": (D, H), "b1": (H,), "W2": (H, K), "b2": (K,)}, X float (N, D) ->
+    (logits Z2 (N, K), cache {"Z1": (N, H), "A1": (N, H)}):
+        Z1 = X @ W1 + b1,   A1 = relu(Z1),   Z2 = A1 @ W2 + b2.
     """
-    # forward, keeping what backward needs
     Z1 = F.linear(X, params["W1"], params["b1"])
     A1 = F.relu(Z1)
     Z2 = F.linear(A1, params["W2"], params["b2"])
-    loss = F.softmax_cross_entropy(Z2, t)
-    # backward: output layer, then hidden layer (no gradient for the input images)
-    dZ2 = F.softmax_cross_entropy_grad(F.softmax(Z2), t)
-    dW2, db2 = F.linear_grad_params(dZ2, A1)
-    dZ1 = F.relu_backward(F.linear_grad_input(dZ2, params["W2"]), Z1)
+    return Z2, {"Z1": Z1, "A1": A1}
+
+
+def backward(params: dict, X: Any, cache: dict, dZ2: Any) -> dict:
+    """The chain rule from the logits' gradient back to every parameter's.
+
+    dZ2 (N, K) = dJ/dZ2, cache from `forward` -> grads with the keys and shapes of params:
+        dW2 = A1.T @ dZ2, db2 = sum_i dZ2[i];  dA1 = dZ2 @ W2.T;  dZ1 = dA1 * relu'(Z1);
+        dW1 = X.T @ dZ1,  db1 = sum_i dZ1[i].
+    No gradient for the input images: training does not need it.
+    """
+    dW2, db2 = F.linear_grad_params(dZ2, cache["A1"])
+    dZ1 = F.relu_backward(F.linear_grad_input(dZ2, params["W2"]), cache["Z1"])
     dW1, db1 = F.linear_grad_params(dZ1, X)
-    return loss, {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
+    return {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
+
+
+def loss(params: dict, X: Any, t: Any) -> Any:
+    """Mean cross-entropy of the network with `params` on a batch: X (N, D), t (N,) -> 0-d."""
+    return F.softmax_cross_entropy(forward(params, X)[0], t)
+
+
+def loss_and_grads(params: dict, X: Any, t: Any) -> tuple[Any, dict]:
+    """Mean cross-entropy of the network with `params` on a batch, and its gradients.
+
+    A pure function: params as in `forward`, X float (N, D), t integer labels (N,), all arrays
+    of one backend -> (J as a 0-d array, grads with the keys and shapes of params). One forward,
+    one softmax (inside the loss's log-sum-exp), one backward; nothing is updated.
+    """
+    Z2, cache = forward(params, X)
+    J, P = F.softmax_cross_entropy_forward(Z2, t)
+    return J, backward(params, X, cache, F.softmax_cross_entropy_grad(P, t))
+
+
+def _dtype_name(array: Any) -> str:
+    """'float32' for a float32 array of any library (torch says 'torch.float32')."""
+    return str(array.dtype).rsplit(".", 1)[-1]
 
 
 def pixels_to_inputs(pixels: Any, dtype: Any) -> Any:
@@ -124,16 +154,25 @@ class TwoLayerNet:
         The shapes must form one hidden layer (see `check_param_shapes`); the dtype, float32 or
         float64, is kept (all four must share it).
         """
-        host = {k: to_numpy(params[k]) for k in PARAM_NAMES if k in params}
-        check_param_shapes({k: v.shape for k, v in host.items()})
-        dtypes = {str(v.dtype) for v in host.values()}
+        backend = get_namespace(backend)
+        check_param_shapes({k: tuple(params[k].shape) for k in PARAM_NAMES if k in params})
+        net = cls.__new__(cls)
+        net.backend = backend
+        net.params = {k: net._own(params[k]) for k in PARAM_NAMES}
+        dtypes = {_dtype_name(v) for v in net.params.values()}
         if len(dtypes) != 1 or not dtypes <= {"float32", "float64"}:
             raise ValueError(f"parameters must all be float32 or all float64, got {sorted(dtypes)}")
-        net = cls.__new__(cls)
-        net.backend = get_namespace(backend)
         net.dtype = dtypes.pop()
-        net.params = {k: net.backend.asarray(v) for k, v in host.items()}
         return net
+
+    def _own(self, array: Any) -> Any:
+        """`array` as an array of this net's backend and device: kept as it is when it already
+        is one, else through the host (`to_numpy` knows every library's way there)."""
+        if (not isinstance(array, np.ndarray) and hasattr(array, "__array_namespace__")
+                and array_namespace(array) is self.xp
+                and device_of(array) == self.backend.device):
+            return array
+        return self.backend.asarray(to_numpy(array))
 
     # --- shape and data ------------------------------------------------------------------------
 
@@ -170,10 +209,8 @@ class TwoLayerNet:
     # --- forward and backward ------------------------------------------------------------------
 
     def forward(self, X: Any) -> Any:
-        """Logits Z2 = relu(X @ W1 + b1) @ W2 + b2: X (N, D) -> (N, K)."""
-        p = self.params
-        A1 = F.relu(F.linear(self.inputs(X), p["W1"], p["b1"]))
-        return F.linear(A1, p["W2"], p["b2"])
+        """Logits Z2 = relu(X @ W1 + b1) @ W2 + b2: X (N, D) -> (N, K). See `forward`."""
+        return forward(self.params, self.inputs(X))[0]
 
     def predict_proba(self, X: Any) -> Any:
         """Class probabilities softmax(forward(X)): X (N, D) -> (N, K), rows summing to 1."""
@@ -189,8 +226,8 @@ class TwoLayerNet:
         X (N, D), labels (N,) -> (J as a Python float, {"W1": (D, H), "b1": (H,), "W2": (H, K),
         "b2": (K,)}). The backward pass is the chain rule of `anynet.functional`'s docstring.
         """
-        loss, grads = self.loss_and_grads_array(X, labels)
-        return float(loss), grads
+        J, grads = self.loss_and_grads_array(X, labels)
+        return float(self.backend.to_numpy(J)), grads
 
     def loss_and_grads_array(self, X: Any, labels: Any) -> tuple[Any, dict]:
         """As `loss_and_grads`, but the loss stays a 0-d backend array (no device sync)."""
@@ -198,8 +235,9 @@ class TwoLayerNet:
 
     def loss(self, X: Any, labels: Any) -> float:
         """Mean cross-entropy on a batch, as a Python float. X (N, D), labels (N,)."""
-        return float(F.softmax_cross_entropy(self.forward(X), self.labels(labels)))
+        return float(self.backend.to_numpy(loss(self.params, self.inputs(X),
+                                                self.labels(labels))))
 
     def host_params(self) -> dict[str, np.ndarray]:
         """The parameters as host NumPy arrays (for saving, printing, plotting)."""
-        return {k: to_numpy(v) for k, v in self.params.items()}
+        return {k: self.backend.to_numpy(v) for k, v in self.params.items()}

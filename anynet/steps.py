@@ -5,9 +5,11 @@ gradients, and updates the parameters. `make_train_step` picks the implementatio
 
 - `ArrayAPIStep`, the reference, on every backend: `TwoLayerNet.loss_and_grads_array` (the math
   of `anynet.functional`) followed by `SGD.step`. This is the code to read.
-- `JaxJitStep`, on JAX: the reference step, the same functions, compiled by `jax.jit` into one
-  computation per batch (JAX dispatches each operation separately otherwise, ~30x slower).
-- `FusedStep`, on NumPy and on PyTorch's CPU, with plain SGD (momentum 0; weight decay allowed):
+- `CompiledStep`, where the backend compiles (JAX: `jax.jit`): the reference step, the same
+  functions, as one computation per batch (JAX dispatches each operation separately otherwise,
+  ~30x slower).
+- `FusedStep`, on every backend with in-place arrays (NumPy, CuPy, PyTorch on any device), with
+  plain SGD (momentum 0; weight decay allowed):
   the same math, rearranged so that a step is a few large operations instead of ~25 small ones:
     * the output layer's bias folded into its weights: W2a = [W2; b2] (H+1, K) against hidden
       activations that carry a column of ones, so the layer, and its weight-and-bias gradient,
@@ -21,19 +23,21 @@ gradients, and updates the parameters. `make_train_step` picks the implementatio
     * no gradient with respect to the input images (the first layer needs none);
     * pixels gathered and converted to floats a chunk of ~1024 rows at a time, into buffers
       allocated once; every operation writes into preallocated memory.
-  It is written once, over a dozen in-place primitives that `_NumpyOps` and `_TorchOps` supply.
+  It is written once, over a dozen in-place primitives that the backend seam supplies
+  (`Backend.fused_ops`: NumPy's ufuncs, which CuPy shares, and PyTorch's in-place methods).
   It computes the same numbers as the reference up to float rounding (tests hold them together)
   and is 1.5-3x faster, most for small networks, where the cost of each call dominates.
 
-Both keep the parameters where the rest of anynet expects them (`params`: W1, b1, W2, b2), so
-evaluation, checkpoints and model files see no difference.
+All keep the parameters where the rest of anynet expects them (`params`: W1, b1, W2, b2), so
+evaluation, checkpoints and model files see no difference, and all return the batch's loss as a
+0-d array of the backend: the training loop reads losses a window of batches at a time, so the
+device is never made to wait after each batch.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from anynet.backend import to_numpy
 from anynet.network import TwoLayerNet, loss_and_grads, pixels_to_inputs
 from anynet.optim import SGD
 
@@ -62,132 +66,29 @@ class ArrayAPIStep:
         # the standard leaves out-of-bounds slice ends unspecified: clip the last batch's
         return self.perm[batch * B:min((batch + 1) * B, self.perm.shape[0])]
 
-    def __call__(self, batch: int, lr: float) -> float:
+    def __call__(self, batch: int, lr: float):
+        """One SGD step on batch `batch` with learning rate `lr`; returns the batch's loss as a
+        0-d array of the backend (reading it would wait for the device)."""
         xp, idx = self.net.xp, self.batch_indices(batch)
         X = xp.take(self.images, idx, axis=0)
         t = xp.take(self.labels, idx, axis=0)
         loss, grads = self.net.loss_and_grads_array(X, t)
         self.net.params, self.velocity = self.optimizer.step(
             self.net.params, grads, self.velocity, lr=lr)
-        return float(loss)
+        return loss
 
     @property
     def params(self) -> dict:
         return self.net.params
 
 
-class _NumpyOps:
-    """The in-place primitives of `FusedStep`, on NumPy (every result into `out=` memory)."""
-
-    name = "numpy"
-
-    def __init__(self, backend):
-        self.backend = backend
-
-    def empty(self, shape, dtype):
-        return np.empty(shape, dtype)
-
-    def host(self, array, dtype=None):
-        return np.array(array, dtype=dtype)
-
-    def load_rows(self, images, idx, out, scale, pixels):  # out = images[idx] * scale
-        np.take(images, idx, axis=0, out=pixels)
-        np.multiply(pixels, out.dtype.type(scale), out=out)
-
-    def take(self, array, idx):
-        return np.take(array, idx, axis=0)
-
-    mm = staticmethod(lambda a, b, out: np.matmul(a, b, out=out))
-    add_ = staticmethod(lambda a, b: np.add(a, b, out=a))
-    sub_ = staticmethod(lambda a, b: np.subtract(a, b, out=a))
-    mul_ = staticmethod(lambda a, b: np.multiply(a, b, out=a))
-    relu_ = staticmethod(lambda a: np.maximum(a, 0, out=a))
-    exp_ = staticmethod(lambda a: np.exp(a, out=a))
-    colmax = staticmethod(lambda a, out: np.maximum.reduce(a, axis=0, out=out))
-    colsum = staticmethod(lambda a, out: np.add.reduce(a, axis=0, out=out))
-    rdiv_ = staticmethod(lambda c, a: np.divide(c, a, out=a))            # a = c / a
-    scaled = staticmethod(lambda a, c, out: np.multiply(a, c, out=out))
-    dot = staticmethod(lambda a, b: float(np.vdot(a, b)))
-    sum_log = staticmethod(lambda a: float(np.add.reduce(np.log(a))))
-
-    @staticmethod
-    def relu_backward_(dZ, Z, mask):                   # dZ *= (Z > 0)
-        np.greater(Z, 0, out=mask)
-        np.multiply(dZ, mask, out=dZ)
-
-    @staticmethod
-    def sub_mm_(W, A, B, tmp):                         # W -= A @ B
-        np.matmul(A, B, out=tmp)
-        np.subtract(W, tmp, out=W)
-
-
-class _TorchOps:
-    """The same primitives on PyTorch; W -= A @ B is one fused GEMM (addmm_, beta = 1)."""
-
-    name = "torch"
-
-    def __init__(self, backend):
-        import torch
-
-        self.torch, self.backend, self.device = torch, backend, backend.device
-
-    def empty(self, shape, dtype):
-        return self.torch.empty(shape, dtype=getattr(self.torch, str(np.dtype(dtype))),
-                                device=self.device)
-
-    def host(self, array, dtype=None):
-        return self.backend.asarray(np.asarray(array) if dtype is None
-                                    else np.asarray(array, dtype))
-
-    def load_rows(self, images, idx, out, scale, pixels):
-        self.torch.index_select(images, 0, idx, out=pixels)
-        out.copy_(pixels).mul_(scale)
-
-    def take(self, array, idx):
-        return self.torch.index_select(array, 0, idx)
-
-    def mm(self, a, b, out):
-        self.torch.matmul(a, b, out=out)
-
-    add_ = staticmethod(lambda a, b: a.add_(b))
-    sub_ = staticmethod(lambda a, b: a.sub_(b))
-    mul_ = staticmethod(lambda a, b: a.mul_(b))
-    relu_ = staticmethod(lambda a: a.clamp_(min=0))
-    exp_ = staticmethod(lambda a: a.exp_())
-
-    def colmax(self, a, out):
-        self.torch.amax(a, dim=0, out=out)
-
-    def colsum(self, a, out):
-        self.torch.sum(a, dim=0, out=out)
-
-    rdiv_ = staticmethod(lambda c, a: a.reciprocal_().mul_(c))
-    scaled = staticmethod(lambda a, c, out: out.copy_(a).mul_(c))
-
-    def dot(self, a, b):
-        return float(self.torch.dot(a.reshape(-1), b.reshape(-1)))
-
-    def sum_log(self, a):
-        return float(self.torch.sum(self.torch.log(a)))
-
-    def relu_backward_(self, dZ, Z, mask):
-        self.torch.gt(Z, 0, out=mask)
-        dZ.mul_(mask)
-
-    @staticmethod
-    def sub_mm_(W, A, B, tmp):
-        W.addmm_(A, B, alpha=-1.0)
-
-
-class JaxJitStep(ArrayAPIStep):
-    """The reference step, compiled: on JAX the gather, `loss_and_grads` and `SGD.step` of a
-    batch become one XLA computation (`jax.jit`), instead of ~30 separately dispatched
-    operations. Same functions, same math; parameters stay immutable arrays."""
+class CompiledStep(ArrayAPIStep):
+    """The reference step, compiled by the backend (`Backend.compile`: jax.jit on JAX): the
+    gather, `loss_and_grads` and `SGD.step` of a batch become one computation, instead of ~30
+    separately dispatched operations. Same functions, same math; parameters stay immutable."""
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
                  velocity: dict):
-        import jax
-
         super().__init__(net, optimizer, images, labels, batch_size, velocity)
         dtype = net.backend.dtype(net.dtype)
         xp = net.xp
@@ -198,22 +99,19 @@ class JaxJitStep(ArrayAPIStep):
             params, velocity = optimizer.step(params, grads, velocity, lr=lr)
             return loss, params, velocity
 
-        self._step = jax.jit(step)
+        self._step = net.backend.compile(step)
 
-    def __call__(self, batch: int, lr: float) -> float:
+    def __call__(self, batch: int, lr: float):
         loss, self.net.params, self.velocity = self._step(
             self.net.params, self.velocity, self.images, self.labels, self.batch_indices(batch),
             lr)
-        return float(loss)
-
-
-_OPS = {"numpy": _NumpyOps, "torch": _TorchOps}
+        return loss
 
 
 class FusedStep:
     """Plain SGD as a few large in-place operations; see the module docstring for the math.
 
-    Written once over a small set of in-place primitives (`_NumpyOps`, `_TorchOps`). Takes over
+    Written once over a small set of in-place primitives (`Backend.fused_ops`). Takes over
     `net.params`: they become the step's own arrays (W2, b2 views into [W2; b2]), updated in
     place, so `net` always holds the current parameters.
     """
@@ -221,7 +119,9 @@ class FusedStep:
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int):
         if optimizer.momentum:
             raise ValueError("the fused step implements plain SGD only (momentum 0)")
-        self.ops = ops = _OPS[net.backend.name](net.backend)
+        self.ops = ops = net.backend.fused_ops()
+        if ops is None:
+            raise ValueError(f"the fused step needs in-place arrays; {net.backend.name} has none")
         D, H, K = net.sizes
         dtype = np.dtype(net.dtype)
         self.net, self.wd = net, optimizer.weight_decay
@@ -229,7 +129,7 @@ class FusedStep:
         self.B, self.H, self.K, self.dtype = batch_size, H, K, dtype
         self.batches_per_chunk = max(1, CHUNK_ROWS // batch_size)
 
-        p = {k: to_numpy(v) for k, v in net.params.items()}
+        p = {k: net.backend.to_numpy(v) for k, v in net.params.items()}
         W2a = np.concatenate([p["W2"], p["b2"][None, :]])  # [W2; b2] (H+1, K)
         self.W1, self.b1, self.W2a = ops.host(p["W1"], dtype), ops.host(p["b1"], dtype), \
             ops.host(W2a, dtype)
@@ -266,7 +166,7 @@ class FusedStep:
         self.rows_in_chunk = n
         self.chunk = chunk
 
-    def __call__(self, batch: int, lr: float) -> float:
+    def __call__(self, batch: int, lr: float):
         chunk, j = divmod(batch, self.batches_per_chunk)
         if chunk != self.chunk:
             self._load_chunk(chunk)
@@ -286,7 +186,7 @@ class FusedStep:
                                     o.empty((K, b), dt))
         return self._buffer_sets[b]
 
-    def _step(self, X, Y, lr: float, b: int) -> float:
+    def _step(self, X, Y, lr: float, b: int):
         o, H, W1, b1, W2a = self.ops, self.H, self.W1, self.b1, self.W2a
         A1, P, mask, dZ1, m, s, Ys = self._buffers(b)
         Z1 = A1[:, :H]
@@ -333,18 +233,17 @@ class FusedStep:
 
 
 def fast_step_applies(net: TwoLayerNet, optimizer: SGD) -> bool:
-    """Whether `FusedStep` can run this training: NumPy or PyTorch (CPU), plain SGD."""
-    on_cpu = net.backend.name == "numpy" or (
-        net.backend.name == "torch" and net.backend.device.type == "cpu")
-    return on_cpu and optimizer.momentum == 0
+    """Whether `FusedStep` can run this training: a backend with in-place primitives (NumPy,
+    CuPy, PyTorch on any device), plain SGD."""
+    return optimizer.momentum == 0 and net.backend.fused_ops() is not None
 
 
 def make_train_step(net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
                     velocity: dict, *, fast: bool = True):
     """The training step for this run: where `fast` is True, the fused step where it applies,
-    the compiled reference step on JAX; else (and on every other backend) the reference."""
+    the compiled reference step where the backend compiles (JAX); else the reference."""
     if fast and fast_step_applies(net, optimizer):
         return FusedStep(net, optimizer, images, labels, batch_size)
-    if fast and net.backend.name == "jax":
-        return JaxJitStep(net, optimizer, images, labels, batch_size, velocity)
+    if fast and net.backend.compiles:
+        return CompiledStep(net, optimizer, images, labels, batch_size, velocity)
     return ArrayAPIStep(net, optimizer, images, labels, batch_size, velocity)

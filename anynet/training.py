@@ -11,10 +11,16 @@ end of every epoch and when asked to stop (`Trainer.request_stop`, which the com
 Ctrl-C or SIGTERM), at the exact batch it reached; `fit(resume=...)` continues from one, and the
 finished model equals that of an uninterrupted run.
 
-Divergence: a batch loss that is not finite, or above DIVERGENCE_LOSS, stops training at once with
-a `DivergenceError`, leaving the last checkpoint as it was. The bound is needed because the loss
-is computed stably (log-sum-exp): a far too large learning rate rarely overflows it; it blows up
-to 1e7 or more, the ReLUs die, and the run would crawl on at chance level.
+The batch losses stay on the device and are read a window of SYNC_EVERY batches at a time (and
+at epoch ends, checkpoints and stop requests): one synchronisation per window instead of one per
+batch. Callbacks see every batch and its loss, a window late.
+
+Divergence: a batch loss that is not finite, or above DIVERGENCE_LOSS, stops training with a
+`DivergenceError` when its window is read, naming the batch and the window, and leaving the last
+checkpoint as it was (checkpoints are only written after a window is read and judged). The bound
+is needed because the loss is computed stably (log-sum-exp): a far too large learning rate
+rarely overflows it; it blows up to 1e7 or more, the ReLUs die, and the run would crawl on at
+chance level.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from anynet.backend import Backend, get_namespace, to_numpy
+from anynet import evaluation
+from anynet.backend import Backend, get_namespace
 from anynet.config import TrainConfig
 from anynet.errors import DivergenceError
 from anynet.modelio import save_checkpoint
@@ -35,11 +42,13 @@ from anynet.network import TwoLayerNet
 from anynet.optim import SGD, make_schedule
 from anynet.steps import make_train_step
 
-EVAL_CHUNK = 10_000        # examples per forward pass when evaluating: bounds the memory used
 TRAIN_ACCURACY_SAMPLE = 10_000  # training examples scored at each epoch's end
 # A mean cross-entropy of 100 gives the true class probability e^-100 on average; a uniform guess
 # scores log(10) = 2.3, and no healthy run comes near. Above it, the run has blown up.
 DIVERGENCE_LOSS = 100.0
+# The loop reads the batch losses from the device once per window of this many batches (and at
+# epoch ends, checkpoints and stop requests), so a GPU never waits for the host after a batch.
+SYNC_EVERY = 50
 
 
 class Callback:
@@ -73,9 +82,9 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
     def record(self, config: TrainConfig, data_sha256: dict, extra: dict | None = None) -> dict:
-        return {**(extra or {}), "config": config.to_dict(), "epoch": self.epoch, "batch": self.batch,
-                "step": self.step, "rng_state": self.rng_state, "loss_sum": self.loss_sum,
-                "history": self.history, "data_sha256": data_sha256}
+        return {**(extra or {}), "config": config.to_dict(), "epoch": self.epoch,
+                "batch": self.batch, "step": self.step, "rng_state": self.rng_state,
+                "loss_sum": self.loss_sum, "history": self.history, "data_sha256": data_sha256}
 
 
 @dataclass
@@ -89,24 +98,12 @@ class FitResult:
 
 
 def evaluate(net: TwoLayerNet, images: Any, labels: Any) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `net` on a dataset, in chunks of EVAL_CHUNK.
+    """Mean cross-entropy and accuracy of `net` on a dataset (`anynet.evaluation.evaluate`).
 
     images uint8 (N, D), labels (N,), host or backend arrays -> (loss, accuracy in [0, 1]).
     """
-    from anynet import functional as F
-
-    xp = net.xp
-    n = images.shape[0]
-    if n == 0:
-        return math.nan, math.nan
-    loss_total, hits = 0.0, 0
-    for start in range(0, n, EVAL_CHUNK):
-        stop = min(start + EVAL_CHUNK, n)  # out-of-bounds slice ends are not standard
-        Z = net.forward(images[start:stop, ...])  # the standard wants every axis indexed
-        t = net.labels(labels[start:stop])
-        loss_total += float(F.softmax_cross_entropy(Z, t)) * Z.shape[0]
-        hits += int(xp.sum(xp.astype(xp.argmax(Z, axis=-1) == t, xp.int64)))
-    return loss_total / n, hits / n
+    result = evaluation.evaluate(net, images, labels)
+    return result.loss, result.accuracy
 
 
 class Trainer:
@@ -165,8 +162,9 @@ class Trainer:
     def write_checkpoint(self, state: TrainState) -> None:
         if self.checkpoint_path is None:
             return
-        save_checkpoint(self.checkpoint_path, {k: to_numpy(v) for k, v in state.params.items()},
-                        {k: to_numpy(v) for k, v in state.velocity.items()},
+        host = self.backend.to_numpy
+        save_checkpoint(self.checkpoint_path, {k: host(v) for k, v in state.params.items()},
+                        {k: host(v) for k, v in state.velocity.items()},
                         state.record(self.config, self.data_sha256, self.record_extra))
         for cb in self.callbacks:
             cb.on_checkpoint(self.checkpoint_path, state)
@@ -192,16 +190,16 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_epoch_begin(state.epoch, self.n_batches, state.batch)
             started = time.perf_counter()
+            window = []  # this window's batch losses, 0-d arrays still on the device
             while state.batch < self.n_batches:
-                loss = step(state.batch, self.schedule(state.step))
-                if not loss <= DIVERGENCE_LOSS:  # catches nan and inf too
-                    raise DivergenceError(self._divergence_message(state, loss))
+                window.append(step(state.batch, self.schedule(state.step)))
                 state.params, state.velocity = step.params, step.velocity
-                state.loss_sum += loss
                 state.batch += 1
                 state.step += 1
-                for cb in self.callbacks:
-                    cb.on_batch_end(state.epoch, state.batch, loss)
+                if len(window) == SYNC_EVERY or state.batch == self.n_batches \
+                        or self._stop_reason:
+                    self._read_window(state, window)
+                    window = []
                 if self._stop_reason:
                     self.write_checkpoint(state)
                     return FitResult("stopped", net, state, self._stop_reason)
@@ -227,8 +225,22 @@ class Trainer:
                 "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc,
                 "lr": self.schedule(max(state.step - 1, 0)), "seconds": seconds}
 
-    def _divergence_message(self, state: TrainState, loss: float) -> str:
-        where = f"epoch {state.epoch + 1}, batch {state.batch + 1}"
+    def _read_window(self, state: TrainState, window: list) -> None:
+        """Read a window of batch losses from the device at once (one synchronisation), judge
+        divergence on them, add them to the epoch's sum in order, and report each batch."""
+        losses = self.backend.to_numpy(self.backend.xp.stack(window)).tolist()
+        first = state.batch - len(losses)  # the window's first batch, 0-based
+        for i, loss in enumerate(losses):
+            if not loss <= DIVERGENCE_LOSS:  # catches nan and inf too
+                raise DivergenceError(self._divergence_message(state, loss, first, first + i))
+        for i, loss in enumerate(losses):
+            state.loss_sum += loss  # one batch at a time: the same sum however windows fall
+            for cb in self.callbacks:
+                cb.on_batch_end(state.epoch, first + i + 1, loss)
+
+    def _divergence_message(self, state: TrainState, loss: float, first: int, at: int) -> str:
+        where = (f"epoch {state.epoch + 1}, batch {at + 1} (in the window of batches "
+                 f"{first + 1}-{state.batch} read together)")
         if self.checkpoint_path and self.checkpoint_path.exists():
             kept = f"the last good checkpoint, {self.checkpoint_path}, is kept"
         else:

@@ -4,15 +4,50 @@ from __future__ import annotations
 
 import argparse
 
-BACKENDS = ["numpy", "cupy", "torch", "jax", "array-api-strict", "auto"]
+
+def backend_spec(text: str) -> str:
+    """An argparse type: a backend spec NAME[:DEVICE], its form checked by the backend seam."""
+    from anynet.backend import parse_spec
+    from anynet.errors import BackendError
+
+    try:
+        parse_spec(text)
+    except BackendError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.strip()
 
 
-def add_backend_option(parser: argparse.ArgumentParser, default: str = "numpy") -> None:
-    parser.add_argument(
-        "--backend", choices=BACKENDS, default=default,
-        help=f"array library to compute with (default: {default}; auto = cupy if a GPU answers, "
-        "else numpy)",
+def add_backend_option(parser: argparse.ArgumentParser, default: str | None = "numpy") -> None:
+    """--backend NAME[:DEVICE] and --threads N, for every command that computes."""
+    from anynet.backend import SPEC_HELP
+    from anynet.backend.threads import default_threads
+
+    g = parser.add_argument_group("computation")
+    g.add_argument(
+        "--backend", type=backend_spec, default=default, metavar="NAME[:DEVICE]",
+        help=f"array library and device to compute with: {SPEC_HELP} (default: "
+        f"{default or 'numpy'}; auto = cupy if a GPU answers, else numpy)",
     )
+    g.add_argument(
+        "--threads", type=positive_int, default=None, metavar="N",
+        help=f"CPU threads for the array library's BLAS (default: {default_threads()}; "
+        "more threads only pay for large networks on an otherwise idle machine)",
+    )
+
+
+def open_backend(args: argparse.Namespace, spec: str | None = None, *, announce: bool = True):
+    """The Backend a command computes with: `spec` (default: --backend), its threads set to
+    --threads. With `announce`, what `auto` chose is said on stderr (stdout may be JSON)."""
+    import sys
+
+    from anynet.backend import get_namespace
+    from anynet.backend.threads import set_threads
+
+    backend = get_namespace(spec if spec is not None else args.backend or "numpy")
+    set_threads(backend, getattr(args, "threads", None))
+    if announce and backend.note:
+        print(f"anynet: {backend.note}", file=sys.stderr)
+    return backend
 
 
 def add_data_dir_option(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@ computed by anynet on the chosen backend, beside the expected values. Exits 1 if
 
 from __future__ import annotations
 
-from anynet.commands._common import add_backend_option
+from anynet.commands._common import add_backend_option, open_backend
 
 HELP = "print the assignment's worked examples computed on a backend, beside the expected values"
 
@@ -16,10 +16,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from anynet.backend import get_namespace
     from anynet.examples import format_results, run_examples
 
-    backend = get_namespace(args.backend)
+    backend = open_backend(args)
     results = run_examples(backend)
     if args.json:
         print(json.dumps({

@@ -1,0 +1,92 @@
+"""Evaluation of a network on a labelled set, computed on the network's backend.
+
+One implementation for every caller: the training loop's per-epoch metrics, `anynet train`'s
+test accuracy, and `anynet evaluate`'s report (confusion matrix, most confidently wrong images).
+The data goes through the network EVAL_CHUNK examples at a time (bounded memory); everything
+per example stays on the device, and the host reads a few small arrays once at the end.
+
+For chunk c with logits Z (n, K), labels t (n,) and Y = one_hot(t), prediction y = argmax Z:
+    loss     = -(1/N) sum over all chunks of sum_i log_softmax(Z)[i, t_i]
+    accuracy = (1/N) #{i : y_i = t_i}
+    confusion[k, j] = #{i : t_i = k, y_i = j} = (Y^T one_hot(y))[k, j]   (a matrix product)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from anynet import functional as F
+
+EVAL_CHUNK = 10_000  # examples per forward pass: bounds the memory used
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` found. confusion (K, K) counts [true, predicted] and `wrong` (the most
+    confidently wrong examples: index, label, predicted, probability) are filled when asked."""
+
+    examples: int
+    loss: float
+    accuracy: float
+    confusion: np.ndarray | None = None
+    wrong: list[dict] = field(default_factory=list)
+
+    @property
+    def per_class_accuracy(self) -> np.ndarray:
+        """Accuracy on each true class (K,): the confusion matrix's diagonal over its rows."""
+        return np.diag(self.confusion) / np.maximum(self.confusion.sum(axis=1), 1)
+
+
+def evaluate(net, images: Any, labels: Any, *, confusion: bool = False,
+             n_wrong: int = 0) -> Evaluation:
+    """Loss and accuracy of `net` on images uint8 (N, D) with labels (N,), host or backend
+    arrays; with `confusion`, the (K, K) confusion matrix; with `n_wrong`, the `n_wrong` wrong
+    predictions made with the highest probability, most confident first.
+
+    An empty set has no loss or accuracy: both are nan.
+    """
+    xp, backend = net.xp, net.backend
+    n = int(images.shape[0])
+    if n == 0:
+        return Evaluation(0, math.nan, math.nan,
+                          np.zeros((net.sizes[2],) * 2, np.int64) if confusion else None)
+    K = net.sizes[2]
+    loss_parts, hit_parts, confusion_parts, scores = [], [], [], []
+    for start in range(0, n, EVAL_CHUNK):
+        stop = min(start + EVAL_CHUNK, n)  # out-of-bounds slice ends are not standard
+        Z = net.forward(images[start:stop, ...])  # the standard wants every axis indexed
+        t = net.labels(labels[start:stop])
+        log_P = F.log_softmax(Z)
+        Y = F.one_hot(t, K, Z.dtype)
+        predicted = xp.argmax(Z, axis=-1)
+        loss_parts.append(-xp.sum(log_P * Y))
+        hit_parts.append(xp.sum(xp.astype(predicted == t, Z.dtype)))
+        if confusion:  # counts below 2^24 per chunk: exact in float32
+            confusion_parts.append(Y.T @ F.one_hot(predicted, K, Z.dtype))
+        if n_wrong:
+            confidence = xp.exp(xp.max(log_P, axis=-1))
+            wrong = predicted != t
+            scores.append(xp.stack([xp.where(wrong, confidence, -xp.ones_like(confidence)),
+                                    xp.astype(predicted, Z.dtype)]))
+    # the host reads: one small array for the sums, and the per-example scores if asked
+    sums = backend.to_numpy(xp.stack([xp.sum(xp.stack(loss_parts)),
+                                      xp.sum(xp.stack(hit_parts))])).astype(np.float64)
+    result = Evaluation(n, float(sums[0]) / n, float(sums[1]) / n)
+    if confusion:
+        total = confusion_parts[0]
+        for part in confusion_parts[1:]:
+            total = total + part
+        result.confusion = np.rint(backend.to_numpy(total)).astype(np.int64)
+    if n_wrong:
+        score, predicted = backend.to_numpy(xp.concat(scores, axis=1))
+        host_labels = np.asarray(backend.to_numpy(net.labels(labels)), np.int64)
+        wrong = np.flatnonzero(score >= 0)
+        order = wrong[np.argsort(-score[wrong], kind="stable")][:n_wrong]
+        result.wrong = [{"index": int(i), "label": int(host_labels[i]),
+                         "predicted": int(predicted[i]), "probability": float(score[i])}
+                        for i in order]
+    return result
