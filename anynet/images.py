@@ -23,13 +23,24 @@ row of the MNIST data, and `load_digits` stacks N of them into (N, 784).
 Only the reading of PNG/JPEG/BMP needs Pillow (the `image` extra), imported when such a file is
 read. `.npy` files and the preprocessing itself are pure NumPy.
 
+A picture is checked before it is decoded: it must be a regular file (a named pipe would block
+forever), and its header must promise at most `MAX_PIXELS` pixels (Pillow's size, or a `.npy`
+header's shape, with the file long enough to hold it), so a small file cannot make `predict`
+allocate gigabytes. Every problem is a one-line `UserError` naming the file.
+
 Not for: segmenting several digits out of one picture, deskewing, or cleaning up photographs
 beyond a uniform background. One picture, one digit.
 """
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import stat
+import struct
+import tokenize
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -47,7 +58,15 @@ NOISE_FLOOR = 0.1
 # Less contrast than this between ink and background (about 25 grey levels of 255) is a blank.
 MIN_CONTRAST = 0.1
 
+# The most pixels a picture may have. A 12-megapixel phone photo has 12 million, a 40-megapixel
+# camera's full frame about 40 million; preprocessing holds a few float64 copies of the picture
+# (8 bytes a pixel each), so 40 million costs about 1.5 GB at its peak, where a 190 kB PNG
+# promising 12000 x 12000 used to cost 5.7 GB. Pillow's own limit (89 million, only a warning
+# below twice that) is looser, so this one is checked first, from the header.
+MAX_PIXELS = 40_000_000
+
 _NPY_MAGIC = b"\x93NUMPY"
+_NPY_MAX_HEADER = 10_000  # bytes of .npy header (np.load's own default limit)
 # Pillow's luminance weights (ITU-R 601-2), so that .npy colour and PNG colour agree.
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -72,6 +91,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{path}: not a regular file ({_file_kind(info.st_mode)}); give the "
+                            "path of a picture")
         with open(path, "rb") as f:
             head = f.read(len(_NPY_MAGIC))
     except OSError as e:
@@ -85,26 +110,48 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return _read_with_pillow(path)
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
+
+
 def _read_npy(path: Path) -> np.ndarray:
+    """Read a .npy picture: its header is parsed and checked (shape, dtype, that the file holds
+    what the header promises) before the array is allocated."""
+    fmt = np.lib.format
     try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as e:  # object arrays (would need pickle) and damaged headers
-        raise UserError(f"{path}: not a usable .npy image ({e})") from None
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = fmt.read_array_header_1_0(f, _NPY_MAX_HEADER)
+            elif version == (2, 0):
+                shape, _fortran, dtype = fmt.read_array_header_2_0(f, _NPY_MAX_HEADER)
+            else:
+                raise UserError(
+                    f"{path}: .npy format version {version[0]}.{version[1]} is not supported "
+                    "(save the picture with np.save)"
+                )
+            data_start = f.tell()
+            size = os.fstat(f.fileno()).st_size
+            _check_npy_header(path, shape, dtype, size - data_start)
+            f.seek(0)
+            array = fmt.read_array(f, allow_pickle=False, max_header_size=_NPY_MAX_HEADER)
+    except UserError:
+        raise
+    except (ValueError, SyntaxError, TypeError, OverflowError, tokenize.TokenError) as e:
+        # object arrays (would need pickle), damaged or hostile headers
+        raise UserError(f"{path}: not a usable .npy image ({_one_line(e)})") from None
     except (OSError, EOFError) as e:
-        raise UserError(f"{path}: damaged .npy file ({e})") from None
+        raise UserError(f"{path}: damaged .npy file ({_one_line(e)})") from None
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise UserError(f"{path}: a .npy image must hold numbers, not {array.dtype}")
-    if array.ndim == 1 and array.size == FIELD * FIELD:  # one MNIST row
+    if array.ndim == 1:  # one MNIST row
         array = array.reshape(FIELD, FIELD)
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise UserError(
-            f"{path}: a .npy image must be (H, W), (H, W, 3), (H, W, 4) or (784,), "
-            f"not {array.shape}"
-        )
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise UserError(f"{path}: the image is empty, shape {array.shape}")
     values = array.astype(np.float64)
     if not np.isfinite(values).all():
         raise UserError(f"{path}: the image holds NaN or infinite values")
@@ -119,6 +166,41 @@ def _read_npy(path: Path) -> np.ndarray:
     return _to_gray(values)
 
 
+def _check_npy_header(path: Path, shape: tuple, dtype: np.dtype, data_bytes: int) -> None:
+    """The checks of a .npy picture that its header alone allows, before anything is read."""
+    if dtype.hasobject:
+        raise UserError(
+            f"{path}: not a usable .npy image (it holds Python objects, which would need "
+            "pickle; save a numeric array)"
+        )
+    if dtype.kind not in "biuf":  # bool, signed and unsigned integers, floats
+        raise UserError(f"{path}: a .npy image must hold numbers, not {dtype}")
+    flat_row = len(shape) == 1 and shape[0] == FIELD * FIELD
+    if not (flat_row or len(shape) == 2 or (len(shape) == 3 and shape[2] in (3, 4))):
+        raise UserError(
+            f"{path}: a .npy image must be (H, W), (H, W, 3), (H, W, 4) or (784,), not {shape}"
+        )
+    if not flat_row and (shape[0] == 0 or shape[1] == 0):
+        raise UserError(f"{path}: the image is empty, shape {shape}")
+    pixels = math.prod(shape[:2])
+    if pixels > MAX_PIXELS:
+        raise UserError(
+            f"{path}: the .npy header promises {shape[0]} x {shape[1]} = {pixels:,} pixels, more "
+            f"than the {MAX_PIXELS:,} anynet reads; scale the picture down"
+        )
+    n_bytes = math.prod(shape) * dtype.itemsize
+    if data_bytes < n_bytes:
+        raise UserError(
+            f"{path}: damaged .npy file (the header promises {shape} {dtype} = {n_bytes:,} bytes, "
+            f"the file holds {max(data_bytes, 0):,})"
+        )
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message with its whitespace (newlines included) collapsed."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def _read_with_pillow(path: Path) -> np.ndarray:
     try:
         from PIL import Image, ImageOps, UnidentifiedImageError
@@ -127,29 +209,44 @@ def _read_with_pillow(path: Path) -> np.ndarray:
             "Pillow", "image", f"Reading {path.suffix or 'image'} files"
         ) from None
     try:
-        with Image.open(path) as image:
-            image.load()  # decode now, so a truncated file fails here and not later
-            image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
-            values = _pillow_to_array(image)
+        with warnings.catch_warnings():
+            # Pillow only warns about an image over its own limit: make that an error too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # lazy: only the header has been read
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise UserError(
+                        f"{path}: the picture is {width} x {height} = {width * height:,} pixels, "
+                        f"more than the {MAX_PIXELS:,} anynet reads; scale it down"
+                    )
+                image.load()  # decode now, so a truncated file fails here and not later
+                image = ImageOps.exif_transpose(image)  # phone photos store their rotation
+                values = _pillow_to_array(image, path)
     except UnidentifiedImageError:
         raise UserError(
             f"{path}: not an image file anynet can read (PNG, JPEG, BMP or .npy)"
         ) from None
-    except Image.DecompressionBombError as e:
-        raise UserError(f"{path}: image too large to read safely ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt image data
-        raise UserError(f"{path}: damaged image file ({e})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"{path}: image too large to read safely ({_one_line(e)})") from None
+    except UserError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError) as e:
+        # truncated or corrupt image data (MemoryError: a damaged header's absurd sizes)
+        raise UserError(f"{path}: damaged image file ({_one_line(e)})") from None
     if values.shape[0] == 0 or values.shape[1] == 0:
         raise UserError(f"{path}: the image is empty")
     return _to_gray(values)
 
 
-def _pillow_to_array(image) -> np.ndarray:
+def _pillow_to_array(image, path: Path) -> np.ndarray:
     """Pillow image -> float64 (H, W) grey or (H, W, 4) RGBA, in [0, 1]."""
     if image.mode in ("I;16", "I;16B", "I;16L"):  # 16-bit grey (some PNGs)
         return np.asarray(image, dtype=np.float64) / 65535.0
     if image.mode in ("I", "F"):  # 32-bit grey: no fixed white level, so use the image's own
         values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise UserError(f"{path}: the image holds NaN or infinite values")
+        values = np.clip(values, 0.0, None)  # no negative light
         high = values.max(initial=0.0)
         return values / high if high > 1 else values
     has_alpha = "A" in image.getbands() or "transparency" in image.info

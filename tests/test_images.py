@@ -478,3 +478,93 @@ def test_mnist_digits_redrawn_in_a_big_png_are_centred_and_predicted_alike(tmp_p
         assert abs(com[0] - 14) <= 0.52 and abs(com[1] - 14) <= 0.52, f"digit {k}: {com}"
     same = to_numpy(net.predict(np.stack(originals))) == to_numpy(net.predict(np.stack(redrawn)))
     assert same.all(), f"predictions differ for digits {np.flatnonzero(~same)}"
+
+
+# --- hostile pictures: refused from their headers, one line, no hang -----------------------------
+
+
+def _npy_with_header(header: str, data: bytes = b"") -> bytes:
+    """A version 1.0 .npy file with this header text (padded as np.save pads it) and data."""
+    raw = header.encode("latin1")
+    raw += b" " * (63 - (10 + len(raw)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(raw).to_bytes(2, "little") + raw + data
+
+
+def test_a_png_promising_too_many_pixels_is_refused_before_decoding(tmp_path):
+    """A 12000 x 12000 PNG is about 200 kB on disk and took 5.7 GB to read. Over Pillow's own
+    warning level Pillow's check speaks first; below it (7000 x 7000), anynet's."""
+    huge, big = tmp_path / "huge.png", tmp_path / "big.png"
+    Image.new("L", (12_000, 12_000)).save(huge)
+    Image.new("L", (7_000, 7_000)).save(big)
+    with pytest.raises(UserError, match=r"huge\.png: image too large to read safely \(Image "
+                       r"size \(144000000 pixels\) exceeds limit") as info:
+        read_image(huge)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=r"big\.png: the picture is 7000 x 7000 = 49,000,000 "
+                       r"pixels, more than the 40,000,000 anynet reads; scale it down"):
+        read_image(big)
+
+
+def test_pillow_decompression_bomb_warning_is_an_error(tmp_path, monkeypatch):
+    path = tmp_path / "d.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 64 x 64 = 4096: warned, not refused
+    with pytest.raises(UserError, match=r"d\.png: image too large to read safely"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_float_tiff_with_nan_or_inf_is_one_line(tmp_path, bad):
+    values = np.zeros((16, 16), np.float32)
+    values[4:12, 7:9] = 1.0
+    values[0, 0] = bad
+    path = tmp_path / "f.tiff"
+    Image.fromarray(values, mode="F").save(path)
+    with pytest.raises(UserError, match=r"f\.tiff: the image holds NaN or infinite values"):
+        read_image(path)
+
+
+def test_npy_header_promising_too_many_pixels_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "huge.npy"
+    path.write_bytes(_npy_with_header(
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000), }"))
+    with pytest.raises(UserError, match=r"promises 100000 x 100000 = 10,000,000,000 pixels"):
+        read_image(path)
+
+
+def test_npy_header_promising_more_than_the_file_holds_is_refused(tmp_path):
+    path = tmp_path / "short.npy"
+    path.write_bytes(_npy_with_header(
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (4000, 4000), }", bytes(100)))
+    with pytest.raises(UserError, match=r"damaged \.npy file \(the header promises .* "
+                       r"128,000,000 bytes, the file holds 100\)"):
+        read_image(path)
+
+
+def test_malformed_npy_header_is_one_line(tmp_path):
+    path = tmp_path / "bad.npy"
+    path.write_bytes(_npy_with_header(
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), '''", bytes(32)))
+    with pytest.raises(UserError, match=r"bad\.npy: not a usable \.npy image") as info:
+        read_image(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    import os
+    import signal
+
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("read_image blocked on a named pipe")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        with pytest.raises(UserError, match=r"digit\.png: not a regular file \(a named pipe\)"):
+            read_image(fifo)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
