@@ -143,7 +143,8 @@ class Mirror:
     """An HTTP server on 127.0.0.1. `routes[path]` is a list of behaviours, one per request (the
     last one repeats): ("ok", body), ("404",), ("cut", body, n) sends the full Content-Length
     but closes after n bytes, ("stall", body, n, seconds) sends n bytes then waits,
-    ("no-length", body) sends without Content-Length."""
+    ("no-length", body) sends without Content-Length, ("trickle", body, seconds) sends one byte
+    every `seconds`, ("redirect", location) answers 302 to `location` (itself: a loop)."""
 
     def __init__(self):
         self.routes: dict[str, list[tuple]] = {}
@@ -162,6 +163,12 @@ class Mirror:
                 if kind == "404":
                     self.send_error(404, "Not Found")
                     return
+                if kind == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", action[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = action[1]
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
@@ -174,6 +181,14 @@ class Mirror:
                     self.wfile.write(body[: action[2]])
                     self.wfile.flush()
                     self.close_connection = True
+                elif kind == "trickle":
+                    try:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(action[2])
+                    except OSError:  # the client gave up
+                        pass
                 elif kind == "stall":
                     self.wfile.write(body[: action[2]])
                     self.wfile.flush()

