@@ -42,14 +42,6 @@ import time
 MIN_JUDGED_S = 0.2  # epochs shorter than this are not judged for disturbance (tick resolution)
 
 
-def _pin_threads(threads: int) -> None:
-    """Keep this process on `threads` CPUs, so 'two threads' holds on a bigger machine too."""
-    if hasattr(os, "sched_getaffinity"):
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) > threads:
-            os.sched_setaffinity(0, cpus[:threads])
-
-
 def _rss_now_mb() -> float | None:
     """Resident memory of this process now (Linux /proc), in MB; None elsewhere."""
     try:
@@ -88,37 +80,48 @@ def _versions() -> dict:
     return out
 
 
+def backend_spec(library: str, device: str) -> str:
+    """The anynet backend spec of `library` on bench's `device` ("cpu" or "cuda")."""
+    if device == "cuda":
+        return {"torch": "torch:cuda", "jax": "jax:gpu"}.get(library, library)
+    return library
+
+
 def _device_problem(library: str, device: str) -> str | None:
-    """Why `library` cannot compute on `device` here, or None when it can."""
-    if device == "cpu":
-        return "cupy computes on a GPU only" if library == "cupy" else None
-    if library == "torch":
-        import torch
+    """Why `library` cannot compute on `device` here, or None when it can (anynet's probe, then
+    opening the device through anynet's backend seam)."""
+    from anynet.backend import get_namespace, probe
+    from anynet.errors import BackendError
 
-        return None if torch.cuda.is_available() else "PyTorch sees no CUDA device"
-    if library == "jax":
-        import jax
+    if library not in ("numpy", "torch", "jax", "cupy"):
+        return f"no backend named {library!r}"
+    if device == "cpu" and library == "cupy":
+        return "cupy computes on a GPU only"
+    if device == "cuda" and library == "numpy":
+        return "numpy runs on the CPU only"
+    reason = probe(library)
+    if reason:
+        return reason
+    try:
+        get_namespace(backend_spec(library, device))
+    except BackendError as e:
+        return str(e)
+    return None
 
-        try:
-            jax.devices("gpu")
-        except RuntimeError as e:
-            return f"JAX has no GPU device ({e})"
-        return None
-    if library == "cupy":
-        try:
-            import cupy
 
-            if cupy.cuda.runtime.getDeviceCount() < 1:
-                return "CuPy found no CUDA device"
-        except Exception as e:  # ImportError, CUDA driver errors of many types
-            return f"CuPy cannot use a CUDA device ({type(e).__name__}: {e})"
-        return None
-    return f"{library} runs on the CPU only"
+def _set_threads(library: str, device: str, threads: int) -> dict:
+    """Limit the library's CPU threads through anynet's seam; what is in effect, for the JSON."""
+    from anynet.backend.threads import set_threads, thread_counts
+
+    n = set_threads(backend_spec(library, device), threads)
+    return {"threads": n, "thread_pools": thread_counts()}
 
 
 def train(cfg: dict) -> dict:
     import numpy as np
 
+    # threads first: JAX sizes its CPU pool when its client starts (which the probe does)
+    threads = _set_threads(cfg["library"], cfg["device"], cfg["threads"])
     problem = _device_problem(cfg["library"], cfg["device"])
     if problem:
         return {"status": "skipped", "reason": problem}
@@ -132,6 +135,8 @@ def train(cfg: dict) -> dict:
     trainer = impl.make(cfg["hidden"], cfg["batch"], cfg["lr"], cfg["seed"],
                         data["train_images"], data["train_labels"], device=cfg["device"],
                         threads=cfg["threads"], **cfg["options"])
+    # again: pools the implementation loaded (scikit-learn's, say) are limited too
+    threads = _set_threads(cfg["library"], cfg["device"], cfg["threads"])
     rss_before = _rss_now_mb()
     scale = float(getattr(trainer, "epoch_time_scale", 1.0))
 
@@ -188,6 +193,7 @@ def train(cfg: dict) -> dict:
         "rss_before_training_mb": rss_before,
         "peak_rss_mb": _peak_rss_mb(),
         "versions": _versions(),
+        **threads,
     }
     if scale != 1.0:
         out["epoch_time_scale"] = scale
@@ -196,56 +202,25 @@ def train(cfg: dict) -> dict:
 
 
 def matmul(cfg: dict) -> dict:
-    """The best rate of a float32 size x size matrix product, in GFLOP/s (2 n^3 FLOPs each)."""
+    """The best rate of a float32 size x size matrix product, in GFLOP/s (2 n^3 FLOPs each),
+    on one library, allocated and synchronised through anynet's backend seam."""
+    import numpy as np
+
+    from anynet.backend import get_namespace
+
     library, device, n = cfg["library"], cfg["device"], cfg["size"]
+    threads = _set_threads(library, device, cfg["threads"])
     problem = _device_problem(library, device)
     if problem:
         return {"status": "skipped", "reason": problem}
-    if library == "numpy":
-        import numpy as np
+    backend = get_namespace(backend_spec(library, device))
+    rng = np.random.default_rng(0)
+    a, b = (backend.asarray(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
 
-        rng = np.random.default_rng(0)
-        a = rng.standard_normal((n, n), dtype=np.float32)
-        b = rng.standard_normal((n, n), dtype=np.float32)
-
-        def product():
-            return a @ b
-    elif library == "torch":
-        import torch
-
-        torch.set_num_threads(cfg["threads"])
-        dev = torch.device("cuda" if device == "cuda" else "cpu")
-        a = torch.randn(n, n, device=dev)
-        b = torch.randn(n, n, device=dev)
-
-        def product():
-            c = a @ b
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            return c
-    elif library == "jax":
-        import jax
-
-        dev = jax.devices("gpu" if device == "cuda" else "cpu")[0]
-        key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
-        a = jax.device_put(jax.random.normal(key_a, (n, n), dtype="float32"), dev)
-        b = jax.device_put(jax.random.normal(key_b, (n, n), dtype="float32"), dev)
-        mm = jax.jit(lambda x, y: x @ y)
-
-        def product():
-            return mm(a, b).block_until_ready()
-    elif library == "cupy":
-        import cupy
-
-        a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
-        b = cupy.random.standard_normal((n, n), dtype=cupy.float32)
-
-        def product():
-            c = a @ b
-            cupy.cuda.Device().synchronize()
-            return c
-    else:
-        raise ValueError(f"no matrix-product measurement for library {library!r}")
+    def product():
+        c = a @ b  # one operation: JAX dispatches it compiled, as jit would
+        backend.sync(c)
+        return c
 
     for _ in range(2):  # warm-up: thread pools, kernels, compilation
         product()
@@ -263,12 +238,12 @@ def matmul(cfg: dict) -> dict:
         "gflops": flops / min(times) / 1e9,
         "median_gflops": flops / statistics.median(times) / 1e9,
         "versions": _versions(),
+        **threads,
     }
 
 
 def main() -> int:
     cfg = json.loads(sys.argv[1])
-    _pin_threads(cfg["threads"])
     result = train(cfg) if cfg["kind"] == "train" else matmul(cfg)
     print(json.dumps(result), flush=True)
     return 0

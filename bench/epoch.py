@@ -102,11 +102,10 @@ def available(impl: Impl) -> str | None:
     return None
 
 
-def child_env(threads: int, device: str) -> dict:
+def child_env(device: str) -> dict:
+    """The workers' environment. Thread counts are not set here: each worker sets them through
+    `anynet.backend.threads.set_threads`, as anynet's commands do, and records them."""
     env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        env[var] = str(threads)
     if device == "cpu":
         env["JAX_PLATFORMS"] = "cpu"  # a CPU run on a GPU machine must not land on the GPU
     env["PYTHONPATH"] = os.pathsep.join(
@@ -198,7 +197,8 @@ def prepare_data(args, folder: Path) -> tuple[int, int]:
 
     from anynet.data import load_mnist
 
-    mnist = load_mnist(args.data_dir)  # checked; a DataError is one line for the user
+    # checked; a DataError is one line for the user
+    mnist = load_mnist(args.data_dir, verify=not getattr(args, "no_verify", False))
     n, m = args.train_images, args.test_images
     train_x, train_y = mnist.train_images[:n], mnist.train_labels[:n]
     test_x, test_y = mnist.test_images[:m], mnist.test_labels[:m]
@@ -347,8 +347,10 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="seed for init and shuffles (default: 0)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cpu: the CPU peers; cuda: cupy, torch-CUDA and JAX-GPU (default: cpu)")
-    p.add_argument("--threads", type=positive_int, default=2,
-                   help="CPU threads (and CPUs) per process (default: 2)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads per process, set in each worker through anynet's "
+                        "set_threads (default: anynet's default, one per core no other process "
+                        "keeps busy, decided once at start)")
     p.add_argument("--train-images", type=positive_int, default=None, metavar="N",
                    help="train on the first N images (default: all 60,000; --quick: 2,000)")
     p.add_argument("--test-images", type=positive_int, default=None, metavar="N",
@@ -362,6 +364,9 @@ def parse_args(argv):
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder with the four MNIST files, gzip'd or raw (default: "
                         "$ANYNET_DATA_DIR, else anynet's cache, else download)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="accept MNIST-format files in --data-dir that are not genuine MNIST "
+                        "(the format is still checked): other data sets, tests")
     p.add_argument("--retime", type=int, default=None, metavar="N",
                    help=f"time up to N extra epochs (~{RETIME_BUDGET_S} s of them at most) to "
                         f"replace those during which other processes took >= {NOISY_CORES} cores "
@@ -384,6 +389,10 @@ def parse_args(argv):
     args.batch = args.batch or ([64] if args.quick else DEFAULT_BATCH)
     args.epochs = args.epochs or (2 if args.quick else 5)
     args.retime = args.epochs if args.retime is None else max(0, args.retime)
+    if args.threads is None:
+        from anynet.backend.threads import default_threads
+
+        args.threads = default_threads()
     args.train_images = args.train_images or (2000 if args.quick else 60000)
     args.test_images = args.test_images or (1000 if args.quick else 10000)
     if args.impl is None:
@@ -489,7 +498,7 @@ def run(args: argparse.Namespace) -> int:
                             f"({type(e).__name__}: {e})") from None
     out = Path(args.out or args.redo_noisy or BENCH_DIR / "results" /
                f"epoch-{socket.gethostname()}-{dt.date.today().isoformat()}.json")
-    env = child_env(args.threads, args.device)
+    env = child_env(args.device)
     grid = [(h, b) for h in args.hidden for b in args.batch]
 
     missing = {n: available(IMPLS[n]) for n in args.impl}

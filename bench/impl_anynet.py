@@ -3,9 +3,10 @@
 Builds `TwoLayerNet(n_hidden=H, backend=..., seed=...)` and `SGD(lr=...)`, then takes its step
 from `anynet.steps.make_train_step`: the fused step on NumPy and PyTorch's CPU (plain SGD), the
 reference Array API step elsewhere (JAX, CuPy, torch:cuda). An epoch is what `Trainer.fit` does
-for one: a seeded NumPy permutation, then every batch through the step, which returns the
-batch loss as a Python float (the loop checks it for divergence). The training set crosses to
-the backend once, as uint8 pixels; each chunk of batches becomes floats on the backend.
+for one: a seeded NumPy permutation, then every batch through the step (its loss, a 0-d array,
+is not read here), then `Backend.sync` so the timer sees the finished work. The training set
+crosses to the backend once, as uint8 pixels; each chunk of batches becomes floats on the
+backend. Threads are set by the worker (`anynet.backend.threads.set_threads`), not here.
 
 Options: backend = an anynet backend name ("numpy", "torch", "jax", "cupy"); with
 device="cuda" torch and jax run on the GPU ("torch:cuda", "jax:gpu").
@@ -14,6 +15,7 @@ device="cuda" torch and jax run on the GPU ("torch:cuda", "jax:gpu").
 from __future__ import annotations
 
 import numpy as np
+from _worker import backend_spec
 
 from anynet.backend import get_namespace
 from anynet.network import TwoLayerNet
@@ -21,21 +23,9 @@ from anynet.optim import SGD
 from anynet.steps import make_train_step
 
 
-def _backend_name(backend, device):
-    if device == "cuda" and backend in ("torch", "jax"):
-        return {"torch": "torch:cuda", "jax": "jax:gpu"}[backend]
-    return backend
-
-
 class AnynetTrainer:
-    def __init__(self, hidden, batch, lr, seed, train_images, train_labels, backend, device,
-                 threads):
-        name = _backend_name(backend, device)
-        self.backend = get_namespace(name)
-        if self.backend.name == "torch":
-            import torch
-
-            torch.set_num_threads(threads)
+    def __init__(self, hidden, batch, lr, seed, train_images, train_labels, backend, device):
+        self.backend = get_namespace(backend_spec(backend, device))
         self.net = TwoLayerNet(n_hidden=hidden, backend=self.backend, seed=seed)
         self.lr = lr
         self.n = len(train_labels)
@@ -49,32 +39,14 @@ class AnynetTrainer:
         step.begin_epoch(self.rng.permutation(self.n))
         for i in range(self.n_batches):
             step(i, lr)
-        self._sync()
-
-    def _sync(self):
-        """Wait for the device to finish, so the timer measures the work and not its dispatch."""
-        name = self.backend.name
-        if name == "jax":
-            import jax
-
-            jax.block_until_ready(self.step.params)
-        elif name == "cupy":
-            import cupy
-
-            cupy.cuda.Device().synchronize()
-        elif name == "torch" and getattr(self.backend.device, "type", "cpu") == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
+        for array in self.step.params.values():  # JAX waits per array; the others per device
+            self.backend.sync(array)
 
     def accuracy(self, images, labels):
-        from anynet.backend import to_numpy
-
-        pred = to_numpy(self.net.predict(self.backend.asarray(images)))
+        pred = self.backend.to_numpy(self.net.predict(self.backend.asarray(images)))
         return float(np.mean(pred == labels))
 
 
 def make(hidden, batch, lr, seed, train_images, train_labels, *, device="cpu", threads=2,
          backend="numpy"):
-    return AnynetTrainer(hidden, batch, lr, seed, train_images, train_labels, backend, device,
-                         threads)
+    return AnynetTrainer(hidden, batch, lr, seed, train_images, train_labels, backend, device)

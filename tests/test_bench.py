@@ -17,13 +17,14 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
 import epoch  # noqa: E402
+from data_helpers import make_mnist_dir  # noqa: E402
 
-MNIST_DIR = Path(os.environ.get("ANYNET_DATA_DIR", "/work/shared/data/mnist"))
-have_mnist = pytest.mark.skipif(
-    not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists()
-    and not (MNIST_DIR / "train-images-idx3-ubyte").exists(),
-    reason=f"genuine MNIST not found in {MNIST_DIR}",
-)
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    """Synthetic MNIST-format files (not genuine MNIST: the harness runs with --no-verify),
+    as many images as --quick uses: the harness end to end, on any machine, in seconds."""
+    return make_mnist_dir(tmp_path_factory.mktemp("mnist"), n_train=2000, n_test=1000, seed=0)
 
 
 # --- arithmetic --------------------------------------------------------------------------------
@@ -186,15 +187,13 @@ def test_worker_retimes_a_disturbed_epoch(tmp_path, monkeypatch):
 # --- the harness end to end --------------------------------------------------------------------
 
 
-@pytest.mark.realdata
-@have_mnist
-def test_quick_run_writes_json(tmp_path):
+def test_quick_run_writes_json(tmp_path, mnist_dir):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         # --retime 0: the shared machine's load must not change how many epochs are timed
         [sys.executable, str(BENCH / "epoch.py"), "--quick", "--impl", "anynet-numpy",
-         "numpy-naive", "--matmul-size", "512", "--data-dir", str(MNIST_DIR), "--out", str(out),
-         "--retime", "0"],
+         "numpy-naive", "--matmul-size", "512", "--data-dir", str(mnist_dir), "--no-verify",
+         "--out", str(out), "--retime", "0", "--threads", "1"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -202,6 +201,7 @@ def test_quick_run_writes_json(tmp_path):
     report = json.loads(out.read_text())
     assert report["schema"] == "anynet-bench-epoch/1"
     assert report["config"]["train_images"] == 2000 and report["config"]["epochs"] == 2
+    assert report["config"]["threads"] == 1
     rate = report["matmul"]["numpy"]["gflops"]
     assert rate > 1 and report["floor_gflops"] == rate
     results = {r["impl"]: r for r in report["results"]}
@@ -210,9 +210,12 @@ def test_quick_run_writes_json(tmp_path):
     assert (naive["hidden"], naive["batch"]) == (30, 64)
     assert len(naive["epoch_s"]) == 2 and len(naive["warmup_s"]) == 1
     assert naive["retimed_epochs"] == 0
+    assert naive["threads"] == 1                 # set through anynet.backend.threads, recorded
+    if "openblas" in naive["thread_pools"]:
+        assert naive["thread_pools"]["openblas"] == 1
     assert naive["min_s"] <= naive["median_s"] <= naive["max_s"] and naive["min_s"] > 0
     assert naive["median_s"] == pytest.approx(sum(naive["epoch_s"]) / 2)
-    assert 0.6 < naive["test_accuracy"] <= 1     # 3 epochs on 2,000 images: about 0.8
+    assert 0.6 < naive["test_accuracy"] <= 1     # 3 epochs on 2,000 synthetic images
     assert naive["test_images"] == 1000 and naive["epochs_trained"] == 3
     assert 30 < naive["peak_rss_mb"] < 2000
     assert naive["flop_floor_s"] == pytest.approx(epoch.epoch_flops(30, 2000) / (rate * 1e9))
@@ -232,7 +235,7 @@ def test_quick_run_writes_json(tmp_path):
         expected.append("anynet-numpy H=30 batch=64")
     proc = subprocess.run(
         [sys.executable, str(BENCH / "epoch.py"), "--redo-noisy", str(out),
-         "--data-dir", str(MNIST_DIR)],
+         "--data-dir", str(mnist_dir), "--no-verify", "--retime", "0"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -250,9 +253,8 @@ def test_quick_run_writes_json(tmp_path):
                 == {k: v for k, v in anynet.items() if k not in derived})
 
 
-@pytest.mark.realdata
-@have_mnist
-def test_interrupted_run_keeps_finished_runs_and_resumes(tmp_path, monkeypatch, capsys):
+def test_interrupted_run_keeps_finished_runs_and_resumes(tmp_path, mnist_dir, monkeypatch,
+                                                         capsys):
     out = tmp_path / "bench.json"
     real_measure = epoch.measure_cell
 
@@ -261,9 +263,12 @@ def test_interrupted_run_keeps_finished_runs_and_resumes(tmp_path, monkeypatch, 
             raise KeyboardInterrupt
         return real_measure(h, b, n, *rest)
 
+    # Which runs the shared machine's load disturbed must not decide what is redone here.
+    monkeypatch.setattr(epoch, "noisy_run", lambda r: False)
     monkeypatch.setattr(epoch, "measure_cell", interrupted_at_second)
     argv = ["--quick", "--impl", "nielsen", "numpy-naive", "--matmul-size", "256",
-            "--data-dir", str(MNIST_DIR), "--out", str(out)]
+            "--data-dir", str(mnist_dir), "--no-verify", "--retime", "0", "--threads", "1",
+            "--out", str(out)]
     assert epoch.main(argv) == 130
     assert "finish them with --redo-noisy" in capsys.readouterr().err
     partial = json.loads(out.read_text())
@@ -271,10 +276,38 @@ def test_interrupted_run_keeps_finished_runs_and_resumes(tmp_path, monkeypatch, 
     assert [r["impl"] for r in partial["results"]] == ["nielsen"]
 
     monkeypatch.setattr(epoch, "measure_cell", real_measure)
-    assert epoch.main(["--redo-noisy", str(out), "--data-dir", str(MNIST_DIR)]) == 0
+    assert epoch.main(["--redo-noisy", str(out), "--data-dir", str(mnist_dir), "--no-verify",
+                       "--retime", "0"]) == 0
     assert "re-running 1 noisy, failed or missing runs" in capsys.readouterr().err
     done = json.loads(out.read_text())
     assert "interrupted" not in done
     assert [r["impl"] for r in done["results"]] == ["nielsen", "numpy-naive"]
     assert done["results"][0]["epoch_s"] == partial["results"][0]["epoch_s"]   # kept, not re-run
     assert done["results"][1]["status"] == "ok"
+
+
+# --- bench/threads.py: 1 vs 2 threads, quiet vs loaded -----------------------------------------
+
+
+def test_threads_table_gives_loaded_over_quiet_per_thread_count():
+    import threads as bench_threads
+
+    assert bench_threads.parse_case("anynet-torch:800:64") == ("anynet-torch", 800, 64)
+    results = [{"impl": "anynet-numpy", "hidden": 30, "batch": 64, "threads_asked": t,
+                "load": load, "status": "ok", "median_s": s}
+               for t, load, s in ((1, "quiet", 0.10), (2, "quiet", 0.08), (1, "loaded", 0.11),
+                                  (2, "loaded", 0.40))]
+    table = bench_threads.format_table(results, [1, 2])
+    row = table.splitlines()[-1].split()
+    assert row[:3] == ["anynet-numpy", "H=30", "b=64"]
+    assert row[3:] == ["0.100", "0.080", "0.110", "0.400", "1.10", "5.00"]
+
+
+def test_worker_says_why_a_library_cannot_run_on_a_device():
+    import _worker
+
+    assert _worker._device_problem("numpy", "cpu") is None
+    assert "GPU only" in _worker._device_problem("cupy", "cpu")
+    assert _worker.backend_spec("torch", "cuda") == "torch:cuda"
+    assert _worker.backend_spec("jax", "cuda") == "jax:gpu"
+    assert _worker.backend_spec("numpy", "cpu") == "numpy"
