@@ -47,8 +47,38 @@ def backend(backend_name):
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """A folder with genuine MNIST: $ANYNET_DATA_DIR, else ../shared/data/mnist beside the repo."""
-    for candidate in (os.environ.get("ANYNET_DATA_DIR"), SHARED_MNIST):
-        if candidate and any(Path(candidate).glob("train-images-idx3-ubyte*")):
-            return Path(candidate)
-    pytest.skip("genuine MNIST not found: set ANYNET_DATA_DIR to a folder holding the four files")
+    """A folder with genuine MNIST, found the way the tool finds it: $ANYNET_DATA_DIR, else the
+    cache (`anynet data` fills it; checked against the pinned SHA-256 once per session), else
+    ../shared/data/mnist beside the checkout. The files may be raw or gzip'd, under any name
+    `anynet.data.catalog.find_file` knows. Skips, saying how to get MNIST, when there is none."""
+    import hashlib
+
+    from anynet.data.catalog import MNIST_FILES, default_cache_dir, find_file
+
+    def has_mnist(folder: Path) -> bool:
+        return folder.is_dir() and all(find_file(folder, spec.stem) for spec in MNIST_FILES)
+
+    def verified(folder: Path) -> bool:
+        """All four raw files with the pinned size and SHA-256 (55 MB: well under a second)."""
+        for spec in MNIST_FILES:
+            path = folder / spec.stem
+            if not path.is_file() or path.stat().st_size != spec.raw_size:
+                return False
+            with open(path, "rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != spec.raw_sha256:
+                    return False
+        return True
+
+    from_env = os.environ.get("ANYNET_DATA_DIR")
+    if from_env:
+        if has_mnist(Path(from_env)):
+            return Path(from_env)
+        pytest.skip(f"genuine MNIST not found: ANYNET_DATA_DIR={from_env} lacks the four files")
+    if verified(default_cache_dir()):
+        return default_cache_dir()
+    if has_mnist(SHARED_MNIST):
+        return SHARED_MNIST
+    pytest.skip(
+        "genuine MNIST not found (not in ANYNET_DATA_DIR, the verified cache, or "
+        "../shared/data/mnist): run 'anynet data' to download it into the cache"
+    )

@@ -85,8 +85,12 @@ def aligned_correlation(a: np.ndarray, b: np.ndarray) -> float:
 def read_idx_gz(path: Path, count: int) -> np.ndarray:
     """The first `count` records of a gzip'd IDX file of uint8 (images or labels).
 
-    Read here with gzip and NumPy, not with anynet.data, so these tests stand on their own."""
-    with gzip.open(path) as f:
+    Read here with gzip and NumPy, not with anynet.data, so these tests stand on their own.
+    `path` names the .gz; the raw file beside it (as the cache holds it) is read if it is not
+    there."""
+    raw = path.with_suffix("") if path.suffix == ".gz" else path
+    opener = gzip.open if path.exists() else open
+    with opener(path if path.exists() else raw, "rb") as f:
         magic = int.from_bytes(f.read(4), "big")
         assert magic >> 8 == 0x08, f"{path}: not a uint8 IDX file (magic {magic:#x})"
         dims = [int.from_bytes(f.read(4), "big") for _ in range(magic & 0xFF)]
