@@ -258,20 +258,23 @@ def run(args) -> int:
         return _train(args, config, out, checkpoint, record, params, velocity)
 
 
+def _quiet_math():
+    """A run that blows up is reported once, as divergence (exit 3), not by NumPy's warnings."""
+    import numpy as np
+
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, params,
            velocity) -> int:
-    import json
     import signal
     import time
 
-    import numpy as np
-
     from anynet.backend import get_namespace
     from anynet.data import load_mnist
-    from anynet.errors import DataError, DivergenceError, UserError
-    from anynet.fileio import atomic_write_text, reason, remedy
-    from anynet.modelio import save_model
-    from anynet.training import Trainer, evaluate
+    from anynet.errors import DataError, UserError
+    from anynet.fileio import reason, remedy
+    from anynet.training import Trainer
 
     backend = get_namespace(config.backend)
     config = dataclasses.replace(config, backend=backend.name)
@@ -298,9 +301,6 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
         say(f"resuming from {args.resume}: epoch {resume_state.epoch + 1}, "
             f"batch {resume_state.batch}/{trainer.n_batches}")
 
-    def resume_command(force: bool = False) -> str:
-        return _resume_command(args, checkpoint, force=force or out.exists())
-
     received = []
 
     def on_signal(signum, frame):
@@ -309,42 +309,58 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
         received.append(signum)
         trainer.request_stop(signal.Signals(signum).name)
 
+    # Installed until the end: a signal while the outputs are written lets them complete.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    started = time.perf_counter()
-    # A run that blows up is reported once, as divergence (exit 3), not by NumPy's warnings.
-    def quiet_math():
-        return np.errstate(over="ignore", invalid="ignore", divide="ignore")
-
     try:
-        with quiet_math():
-            result = trainer.fit(resume=resume_state)
-    except BrokenPipeError:
-        raise
-    except OSError as e:  # fit's only writes are checkpoints
-        kept = (f"the previous checkpoint is kept: {remedy(e)}, then resume with: "
-                f"{resume_command()}" if checkpoint.exists()
-                else f"no checkpoint was written: {remedy(e)}, then run again")
-        raise UserError(f"training stopped: cannot write the checkpoint {checkpoint} "
-                        f"({reason(e)}); {kept}") from None
-    finally:
-        reporter.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    elapsed = time.perf_counter() - started
+        started = time.perf_counter()
+        try:
+            with _quiet_math():
+                result = trainer.fit(resume=resume_state)
+        except BrokenPipeError:
+            raise
+        except OSError as e:  # fit's only writes are checkpoints
+            kept = (f"the previous checkpoint is kept: {remedy(e)}, then resume with: "
+                    f"{_resume_command(args, checkpoint, force=out.exists())}"
+                    if checkpoint.exists()
+                    else f"no checkpoint was written: {remedy(e)}, then run again")
+            raise UserError(f"training stopped: cannot write the checkpoint {checkpoint} "
+                            f"({reason(e)}); {kept}") from None
+        finally:
+            reporter.close()
+        elapsed = time.perf_counter() - started
 
-    if result.status == "stopped":
-        state = result.state
-        print(f"interrupted ({result.stop_reason}) at epoch {state.epoch + 1}, batch "
-              f"{state.batch}/{trainer.n_batches}; checkpoint written to {checkpoint}\n"
-              f"resume with: {resume_command()}")
-        return 128 + received[0] if received else 130
+        if result.status == "stopped":
+            state = result.state
+            print(f"interrupted ({result.stop_reason}) at epoch {state.epoch + 1}, batch "
+                  f"{state.batch}/{trainer.n_batches}; checkpoint written to {checkpoint}\n"
+                  f"resume with: {_resume_command(args, checkpoint, force=out.exists())}")
+            return 128 + received[0] if received else 130
+        _save_outputs(args, config, mnist, result, out, checkpoint, record, elapsed, say)
+        return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _save_outputs(args, config: TrainConfig, mnist, result, out: Path, checkpoint: Path,
+                  record, elapsed: float, say) -> None:
+    """Evaluate the trained network; write the model, metrics and plot; then (only then) remove
+    the checkpoint, which holds the trained parameters until every output is written."""
+    import json
+
+    import numpy as np
+
+    from anynet.errors import DivergenceError, UserError
+    from anynet.fileio import atomic_write_text, reason, remedy
+    from anynet.modelio import save_model
+    from anynet.training import evaluate
 
     host = result.net.host_params()
     if not all(np.all(np.isfinite(v)) for v in host.values()):
         raise DivergenceError(f"training diverged: the weights overflowed to inf/nan with "
                               f"learning rate {config.lr:g} although every loss was finite. "
                               f"Lower the learning rate (try --lr {config.lr / 10:g})")
-    with quiet_math():
+    with _quiet_math():
         test_loss, test_acc = evaluate(result.net, mnist.test_images, mnist.test_labels)
     history = result.state.history
     final = {"test_loss": test_loss, "test_accuracy": test_acc,
@@ -356,10 +372,9 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
     print(f"test accuracy {100 * test_acc:.2f}% (loss {test_loss:.4f}) after {len(history)} "
           f"epochs, {spent}")
 
-    # The checkpoint holds the trained parameters until every output is written.
     try:
         save_model(out, result.net, {
-            "config": config.to_dict(), "seed": config.seed, "backend": backend.name,
+            "config": config.to_dict(), "seed": config.seed, "backend": config.backend,
             "data": {"source": mnist.source, "sha256": mnist.sha256, "genuine": mnist.all_genuine,
                      "train_examples": int(mnist.train_images.shape[0]),
                      "val_examples": int(mnist.val_images.shape[0])},
@@ -368,13 +383,13 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
     except OSError as e:
         raise UserError(f"cannot write the model to {out} ({reason(e)}); the checkpoint "
                         f"{checkpoint} holds the trained model: {remedy(e)}, then finish with: "
-                        f"{resume_command()}") from None
+                        f"{_resume_command(args, checkpoint, force=False)}") from None
     print(f"model written to {out}")
 
     def kept(problem: str, fix: str) -> UserError:
         return UserError(f"the model is written to {out}, but {problem}; the checkpoint "
                          f"{checkpoint} is kept: {fix}, then write it with: "
-                         f"{resume_command(force=True)}")
+                         f"{_resume_command(args, checkpoint, force=True)}")
 
     metrics_doc = {"format": "anynet-metrics", "version": 1, "config": config.to_dict(),
                    "epochs": history, "test_loss": test_loss, "test_accuracy": test_acc}
@@ -400,7 +415,6 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
             checkpoint.unlink()  # the model now holds everything the checkpoint did
         except OSError as e:
             say(f"note: could not remove the checkpoint {checkpoint} ({reason(e)})")
-    return 0
 
 
 def _describe(config: TrainConfig, backend, mnist, out: Path, checkpoint: Path) -> str:
