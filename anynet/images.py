@@ -210,7 +210,10 @@ def _read_with_pillow(path: Path) -> np.ndarray:
         ) from None
     try:
         with warnings.catch_warnings():
-            # Pillow only warns about an image over its own limit: make that an error too.
+            # Pillow's warnings about damaged metadata ("Tag data larger than file") are not for
+            # the user: the picture reads or fails. But it only warns about an image over its
+            # own size limit: that becomes an error.
+            warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:  # lazy: only the header has been read
                 width, height = image.size
