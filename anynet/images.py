@@ -59,10 +59,11 @@ NOISE_FLOOR = 0.1
 MIN_CONTRAST = 0.1
 
 # The most pixels a picture may have. A 12-megapixel phone photo has 12 million, a 40-megapixel
-# camera's full frame about 40 million; preprocessing holds a few float64 copies of the picture
-# (8 bytes a pixel each), so 40 million costs about 1.5 GB at its peak, where a 190 kB PNG
-# promising 12000 x 12000 used to cost 5.7 GB. Pillow's own limit (89 million, only a warning
-# below twice that) is looser, so this one is checked first, from the header.
+# camera's full frame about 40 million; reading and preprocessing hold a few float64 copies of
+# the picture (8 bytes a pixel each): at 40 million, 1.3 GB at the peak for grey, 2.4 GB for
+# colour with alpha (measured through `anynet predict`), where a 190 kB PNG promising
+# 12000 x 12000 used to cost 5.7 GB. Pillow's own limit (89 million, only a warning below twice
+# that) is looser, so this one is checked first, from the header.
 MAX_PIXELS = 40_000_000
 
 _NPY_MAGIC = b"\x93NUMPY"
