@@ -280,8 +280,11 @@ def _read_npz(path: str | Path, expected_format: str,
                 arrays = _read_arrays(zf, array_names)
         except _Unreadable as e:
             raise ModelFileError(f"{path} is not a readable anynet {kind}: {e}") from None
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError,
-                zlib.error, KeyError, NotImplementedError, RuntimeError, OverflowError) as e:
+        except OSError as e:  # a device or /proc file that refuses to be read, a disk error
+            raise ModelFileError(f"{path} is not a readable anynet {kind} (reading it failed: "
+                                 f"{e.strerror or _one_line(e, 100)})") from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, zlib.error,
+                KeyError, NotImplementedError, RuntimeError, OverflowError) as e:
             raise ModelFileError(f"{path} is not a readable anynet {kind} (not a valid .npz "
                                  f"archive: {_one_line(e, 100)})") from None
     return arrays, record
