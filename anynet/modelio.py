@@ -141,26 +141,35 @@ def _member_header(zf: zipfile.ZipFile, name: str) -> tuple:
                           f"{info.file_size}, more than deflate can (a zip bomb?)")
     member = zf.open(info)
     try:
-        try:
-            major, minor = np.lib.format.read_magic(member)
-        except ValueError as e:
-            raise _Unreadable(f"member {name} is not an .npy array ({_one_line(e, 80)})") \
-                from None
+        # The header is read into memory first, its length checked before numpy reads it: a
+        # version 2.0 header may declare 4 GiB, which numpy would read before judging its size.
+        prefix = member.read(10)  # magic string (6), version (2), header length (2 or 4)
+        if len(prefix) < 10 or not prefix.startswith(np.lib.format.MAGIC_PREFIX):
+            raise _Unreadable(f"member {name} is not an .npy array (no .npy magic string)")
+        major, minor = prefix[6], prefix[7]
         read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                        (2, 0): np.lib.format.read_array_header_2_0}.get((major, minor))
         if read_header is None:
             raise _Unreadable(f"member {name} is .npy version {major}.{minor}; "
                               "anynet reads versions 1.0 and 2.0")
+        if major == 2:
+            prefix += member.read(2)
+        header_length = int.from_bytes(prefix[8:], "little")
+        if header_length > MAX_NPY_HEADER:
+            raise _Unreadable(f"member {name} has an .npy header of {header_length:,} bytes, "
+                              f"more than the {MAX_NPY_HEADER:,} anynet reads")
+        header = io.BytesIO(prefix + member.read(header_length))
+        header_bytes = len(header.getvalue())
         try:
+            np.lib.format.read_magic(header)
             with warnings.catch_warnings():  # numpy warns about Python 2 headers
                 warnings.simplefilter("ignore")
-                shape, fortran, dtype = read_header(member, max_header_size=MAX_NPY_HEADER)
+                shape, fortran, dtype = read_header(header, max_header_size=MAX_NPY_HEADER)
         except Exception as e:  # any failure to parse a literal of <= MAX_NPY_HEADER characters
             raise _Unreadable(f"member {name} has a broken .npy header ({_one_line(e, 80)})") \
                 from None
         if not all(type(n) is int and n >= 0 for n in shape):
             raise _Unreadable(f"member {name} declares the shape {short_repr(shape)}")
-        header_bytes = member.tell()
     except BaseException:
         member.close()
         raise

@@ -229,14 +229,17 @@ SHAPES = st.one_of(
                                             "velocity.W2.npy"]),
        descr=st.sampled_from(DESCRS), shape=SHAPES, fortran=st.sampled_from([False, True, 1]),
        version=st.sampled_from([(1, 0), (2, 0), (3, 0), (0, 9)]),
-       data_bytes=st.one_of(st.just(-1), st.integers(0, 20_000)), method=METHODS)
+       data_bytes=st.one_of(st.just(-1), st.integers(0, 20_000)), method=METHODS,
+       length=st.one_of(st.none(), st.integers(0, 2**32 - 1)))
 def test_npy_headers(originals, scratch, which, member, descr, shape, fortran, version,
-                     data_bytes, method):
+                     data_bytes, method, length):
+    """A member's .npy header replaced: any dtype, shape, order, version, declared length."""
     members = members_of(originals[which])
     header = repr({"descr": descr, "fortran_order": fortran, "shape": shape}).encode() + b"\n"
     size_format = "<H" if version[0] == 1 else "<I"
-    npy = (b"\x93NUMPY" + bytes(version) + struct.pack(size_format, len(header) % 2**16)
-           + header)
+    length = len(header) if length is None else length
+    npy = (b"\x93NUMPY" + bytes(version)
+           + struct.pack(size_format, length % (2**16 if version[0] == 1 else 2**32)) + header)
     if data_bytes < 0:  # exactly what the header declares, where that is small
         try:
             count = int(np.prod(shape, dtype=object)) * np.dtype(descr).itemsize
@@ -277,12 +280,16 @@ def test_central_directory_lies(originals, scratch, which, entry, compressed, fi
 
 
 @given(which=WHICH, member=st.sampled_from(["W1.npy", "metadata.npy", "junk.npy"]),
-       megabytes=st.sampled_from([1, 8, 320]), claimed_extra=st.sampled_from([0, 1, 1 << 20]))
-def test_compression_bombs(originals, scratch, which, member, megabytes, claimed_extra):
-    """A deflated member of many zero bytes behind a small header; its size sometimes lies.
-    (320 MiB: above PEAK_LIMIT_MB, so reading such a member at all fails the case.)"""
+       megabytes=st.sampled_from([1, 8, 320]), claimed_extra=st.sampled_from([0, 1, 1 << 20]),
+       huge_header=st.booleans())
+def test_compression_bombs(originals, scratch, which, member, megabytes, claimed_extra,
+                           huge_header):
+    """A deflated member of many zero bytes behind a small header (the original's, or one that
+    declares a 4 GiB header); its size sometimes lies. (320 MiB: above PEAK_LIMIT_MB, so
+    reading such a member at all fails the case.)"""
     members = members_of(originals[which])
-    blob = members.get(member, b"")[:128] + bytes(megabytes << 20)
+    head = b"\x93NUMPY\x02\x00\xff\xff\xff\xff" if huge_header else members.get(member, b"")[:128]
+    blob = head + bytes(megabytes << 20)
     members[member] = blob
     data = bytearray(zip_of([(n, d, zipfile.ZIP_DEFLATED) for n, d in members.items()]))
     if claimed_extra:
