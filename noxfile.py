@@ -19,7 +19,8 @@ from pathlib import Path
 import nox
 
 nox.options.error_on_missing_interpreters = False
-nox.options.sessions = ["lint", "minimal", "numpy", "array-api-strict", "torch", "jax", "cupy"]
+nox.options.sessions = ["lint", "minimal", "numpy", "array-api-strict", "array-api-strict-device1",
+                        "torch", "jax", "cupy"]
 
 ROOT = Path(__file__).parent
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -74,6 +75,14 @@ def array_api_strict(session: nox.Session) -> None:
     _pytest(session, "array-api-strict")
 
 
+@nox.session(name="array-api-strict-device1")
+def array_api_strict_device1(session: nox.Session) -> None:
+    """The suite with every array on array-api-strict's `device1`, which refuses implicit
+    conversion to NumPy as a GPU's arrays do: device handling is tested without a GPU."""
+    session.install(".[test]")
+    _pytest(session, "array-api-strict:device1")
+
+
 @nox.session
 def torch(session: nox.Session) -> None:
     """The suite on PyTorch (CPU), with torch.autograd as a further oracle."""
@@ -93,18 +102,16 @@ def cupy(session: nox.Session) -> None:
     """The suite on CuPy, against the packages already installed (GPU machines are often offline).
 
     Runs in the interpreter that runs nox, with the checkout on PYTHONPATH; skips where CuPy
-    does not import or no CUDA device answers.
+    does not import or no CUDA device answers (anynet's own probe says which).
     """
-    probe = subprocess.run(
-        [sys.executable, "-c",
-         "import cupy; n = cupy.cuda.runtime.getDeviceCount(); assert n > 0, 'no CUDA device';"
-         "int(cupy.arange(3).sum())"],
-        capture_output=True, text=True,
-    )
-    if probe.returncode != 0:
-        reason = (probe.stderr.strip().splitlines() or ["unknown"])[-1]
-        session.skip(f"no usable CuPy/CUDA device here ({reason})")
     env = _env("cupy") | {"PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    probe = subprocess.run(
+        [sys.executable, "-c", "from anynet.backend import probe; print(probe('cupy'))"],
+        capture_output=True, text=True, env=os.environ | env,
+    )
+    reason = probe.stdout.strip() or (probe.stderr.strip().splitlines() or [""])[-1]
+    if probe.returncode != 0 or reason:
+        session.skip(f"no usable CuPy/CUDA device here ({reason or 'unknown'})")
     session.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *session.posargs,
                 env=env, external=True)

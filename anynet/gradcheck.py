@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anynet.backend import to_numpy
-from anynet.network import PARAM_NAMES, TwoLayerNet
+from anynet.network import PARAM_NAMES, TwoLayerNet, loss
 
 DEFAULT_EPS = 1e-5  # balances truncation (eps^2) against rounding (1e-16 / eps) in float64
 FLOOR_FRACTION = 1e-3
@@ -30,28 +29,25 @@ def numerical_gradient(net: TwoLayerNet, X, labels, name: str, eps: float = DEFA
                        indices: np.ndarray | None = None) -> np.ndarray:
     """Central-difference gradient of the loss for parameter `name`, as a host array.
 
-    `indices` (flat positions) limits the check to some entries; the others are left at 0.
-    The net's parameters are restored afterwards.
+    Evaluates the pure `anynet.network.loss` on copies of the parameters with one entry moved
+    by +-eps; the net itself is never changed. `indices` (flat positions) limits the check to
+    some entries; the others are left at 0.
     """
-    original = net.params[name]
-    host = to_numpy(original).astype(np.float64)
+    backend = net.backend
+    host = backend.to_numpy(net.params[name]).astype(np.float64)
     flat = host.reshape(-1)
     grad = np.zeros_like(flat)
     positions = range(flat.size) if indices is None else indices
     X, labels = net.inputs(X), net.labels(labels)
-    try:
-        for i in positions:
-            saved = flat[i]
-            flat[i] = saved + eps
-            net.params[name] = net.backend.asarray(host, net.dtype)
-            plus = net.loss(X, labels)
-            flat[i] = saved - eps
-            net.params[name] = net.backend.asarray(host, net.dtype)
-            minus = net.loss(X, labels)
-            flat[i] = saved
-            grad[i] = (plus - minus) / (2 * eps)
-    finally:
-        net.params[name] = original
+
+    def loss_with(value: float, i: int) -> float:
+        moved = host.copy()
+        moved.reshape(-1)[i] = value
+        params = {**net.params, name: backend.asarray(moved, net.dtype)}
+        return float(backend.to_numpy(loss(params, X, labels)))
+
+    for i in positions:
+        grad[i] = (loss_with(flat[i] + eps, i) - loss_with(flat[i] - eps, i)) / (2 * eps)
     return grad.reshape(host.shape)
 
 
@@ -71,7 +67,7 @@ def check_gradients(net: TwoLayerNet, X, labels, *, eps: float = DEFAULT_EPS,
     rng = np.random.default_rng(seed)
     errors = {}
     for name in PARAM_NAMES:
-        analytic = to_numpy(grads[name]).astype(np.float64)
+        analytic = net.backend.to_numpy(grads[name]).astype(np.float64)
         size = analytic.size
         indices = None
         if max_entries is not None and max_entries < size:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, is_array_api_obj
 from array_api_compat import device as device_of
 
 from anynet import functional as F
@@ -165,12 +165,17 @@ class TwoLayerNet:
         net.dtype = dtypes.pop()
         return net
 
+    def _is_own(self, array: Any) -> bool:
+        """Whether `array` is already an array of this net's library, on its device (NumPy
+        arrays count as the host's unless the backend is NumPy)."""
+        if not is_array_api_obj(array) or isinstance(array, np.generic):
+            return False
+        return array_namespace(array) is self.xp and device_of(array) == self.backend.device
+
     def _own(self, array: Any) -> Any:
         """`array` as an array of this net's backend and device: kept as it is when it already
         is one, else through the host (`to_numpy` knows every library's way there)."""
-        if (not isinstance(array, np.ndarray) and hasattr(array, "__array_namespace__")
-                and array_namespace(array) is self.xp
-                and device_of(array) == self.backend.device):
+        if self._is_own(array):
             return array
         return self.backend.asarray(to_numpy(array))
 
@@ -192,8 +197,7 @@ class TwoLayerNet:
         uint8 pixels are divided by 255; float inputs are taken as they are.
         """
         xp = self.xp
-        if isinstance(X, np.ndarray) or not hasattr(X, "__array_namespace__"):
-            X = self.backend.asarray(X)
+        X = self._own(X)
         if X.ndim == 1:
             X = xp.reshape(X, (1, -1))
         if xp.isdtype(X.dtype, "integral"):
@@ -202,8 +206,8 @@ class TwoLayerNet:
 
     def labels(self, t: Any) -> Any:
         """Integer class labels (N,) as an int64 array of this net's backend."""
-        if isinstance(t, np.ndarray) or not hasattr(t, "__array_namespace__"):
-            return self.backend.asarray(t, "int64")
+        if not self._is_own(t):
+            return self.backend.asarray(to_numpy(t), "int64")
         return self.xp.astype(t, self.xp.int64)
 
     # --- forward and backward ------------------------------------------------------------------

@@ -36,7 +36,7 @@ import numpy as np
 from anynet import evaluation
 from anynet.backend import Backend, get_namespace
 from anynet.config import TrainConfig
-from anynet.errors import DivergenceError
+from anynet.errors import DivergenceError, ModelFileError
 from anynet.modelio import save_checkpoint
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD, make_schedule
@@ -150,6 +150,15 @@ class Trainer:
         return TrainState(params=net.params, velocity=self.optimizer.init(net.params))
 
     def state_from_checkpoint(self, params: dict, velocity: dict, record: dict) -> TrainState:
+        """The state a checkpoint (`anynet.modelio.load_checkpoint`, which checked every field)
+        holds, on this trainer's backend. Its position must fit this data: a batch within an
+        epoch of `n_batches`, and step = epoch * n_batches + batch."""
+        epoch, batch, step = record["epoch"], record["batch"], record["step"]
+        if batch >= self.n_batches or step != epoch * self.n_batches + batch:
+            raise ModelFileError(
+                f"the checkpoint's position (epoch {epoch + 1}, batch {batch}, step {step}) does "
+                f"not fit this data ({self.n_batches} batches per epoch): resume with the data "
+                "it was trained on")
         b = self.backend
         return TrainState(
             params={k: b.asarray(v) for k, v in params.items()},
@@ -184,6 +193,13 @@ class Trainer:
 
         if state.rng_state is None:
             state.rng_state = rng.bit_generator.state
+        # a diverging run overflows: that is judged from the losses, not warned about by NumPy
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._epochs(net, step, rng, state)
+
+    def _epochs(self, net: TwoLayerNet, step, rng: np.random.Generator,
+                state: TrainState) -> FitResult:
+        cfg = self.config
         while state.epoch < cfg.epochs:
             rng.bit_generator.state = state.rng_state
             step.begin_epoch(rng.permutation(self.n_train))
@@ -200,9 +216,10 @@ class Trainer:
                         or self._stop_reason:
                     self._read_window(state, window)
                     window = []
-                if self._stop_reason:
+                if self._stop_reason and state.batch < self.n_batches:
                     self.write_checkpoint(state)
                     return FitResult("stopped", net, state, self._stop_reason)
+                # (a stop asked for during the last batch lets the epoch end, and stops there)
             seconds = time.perf_counter() - started
             metrics = self._epoch_metrics(net, state, seconds)
             state.history.append(metrics)

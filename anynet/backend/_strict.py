@@ -52,7 +52,7 @@ def owns(array: Any) -> bool:
 
 
 def from_host(xp: Any, device: Any, array: np.ndarray) -> Any:
-    return xp.asarray(array, device=device)
+    return xp.asarray(array, device=device, copy=True)  # its own memory, as on a real device
 
 
 def to_host(array: Any) -> np.ndarray:
