@@ -64,7 +64,7 @@ def measure(impl: str, hidden: int, batch: int, threads: int, load: str, args, e
            "warmup": args.warmup, "retime": 0, "retime_budget_s": 0,
            "noisy_cores": epoch.NOISY_CORES, "device": "cpu", "threads": threads,
            "data_dir": data_dir}
-    if load == "quiet" and args.wait_quiet:
+    if args.wait_quiet:  # before the spinner starts: the load is ours only
         epoch.wait_until_quiet(args.wait_quiet, epoch.NOISY_CORES)
     with epoch.ContentionMeter() as meter:
         if load == "loaded":
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-images", type=int, default=60000, metavar="N",
                    help="train on the first N images (default: all 60,000)")
     p.add_argument("--wait-quiet", type=float, default=20, metavar="S",
-                   help="before each quiet run wait up to S s for a quiet machine (default: 20)")
+                   help="before each run wait up to S s for a quiet machine (default: 20)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per run (default: 600)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="the four MNIST files (default: $ANYNET_DATA_DIR, cache, download)")

@@ -6,9 +6,9 @@ not a scheduler: the count is chosen once, when a command starts.
 Why anynet sets it at all: the libraries' default, one thread per core, collapses as soon as
 another process takes a core. BLAS and OpenMP threads meet at a barrier after every product and
 element-wise kernel; when one of them is not running, the others wait for it a scheduler time
-slice at a time. On a quiet 2-core machine 2 threads are 1.2-1.8x faster than 1 (more for large
-products); beside one CPU-bound process they are 2-5x slower than 1 thread, and some epochs
-10-20x. So the default (`default_threads`) is one thread per core that no other process keeps
+slice at a time. On a quiet 2-core machine 2 threads are 1.1-1.8x faster than 1 (most for large
+products); beside one CPU-bound process they are 1.7-5x slower than 1 thread, single epochs up
+to 10x. So the default (`default_threads`) is one thread per core that no other process keeps
 busy, sampled for 0.1 s at start: every core on a quiet machine, as before, one fewer per busy
 core. bench/README.md, section "Threads", has the measurements (`python bench/threads.py`).
 
