@@ -38,6 +38,7 @@ class MissingExtraError(UserError):
 
 
 class DivergenceError(UserError):
-    """Training produced a non-finite loss. Exit code 3."""
+    """Training diverged: a batch loss was not finite, or above the training loop's bound
+    (`anynet.training.DIVERGENCE_LOSS`). The last good checkpoint is kept. Exit code 3."""
 
     exit_code = 3
