@@ -155,7 +155,8 @@ def _model_path(args, record: dict | None) -> Path:
     if args.out is not None:
         return args.out
     if record is not None and isinstance(record.get("out"), str) and record["out"]:
-        return Path(record["out"])
+        recorded = os.path.relpath(record["out"])  # the absolute path, shown short if it can be
+        return Path(record["out"] if recorded.startswith("..") else recorded)
     if record is not None and args.resume.name.endswith(".checkpoint.npz"):  # an older checkpoint
         return args.resume.with_name(args.resume.name[: -len(".checkpoint.npz")] + ".npz")
     return DEFAULT_OUT
