@@ -28,6 +28,7 @@ import math
 import os
 import re
 import stat
+import struct
 import warnings
 import zipfile
 import zlib
@@ -65,6 +66,11 @@ MAX_NPY_HEADER = 10_000
 # Deflate cannot expand data more than 1032:1; a member that claims more lies about its size.
 MAX_DEFLATE_RATIO = 1032
 READ_CHUNK = 1 << 22  # bytes read from an archive member at a time
+# The zip's table of contents, which `zipfile` parses whole before anything else: anynet writes
+# at most 9 members (metadata, 4 parameters, 4 velocities) in under 1 kB of directory. Millions
+# of empty members would cost ~13 bytes of memory per byte of file.
+MAX_MEMBERS = 1000
+MAX_DIRECTORY_BYTES = 1 << 20
 
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _HISTORY_FLOATS = ("train_loss", "train_accuracy", "lr", "seconds")
@@ -279,6 +285,7 @@ def _read_npz(path: str | Path, expected_format: str,
             if f.read(4) != b"PK\x03\x04":
                 raise ModelFileError(f"{path} is not an anynet {kind}: not an .npz archive "
                                      "(a zip file); anynet train writes them")
+            _check_directory(f)
             f.seek(0)
             with zipfile.ZipFile(f) as zf:
                 if "metadata.npy" not in zf.NameToInfo:
@@ -297,6 +304,32 @@ def _read_npz(path: str | Path, expected_format: str,
             raise ModelFileError(f"{path} is not a readable anynet {kind} (not a valid .npz "
                                  f"archive: {_one_line(e, 100)})") from None
     return arrays, record
+
+
+def _check_directory(f) -> None:
+    """Refuse a zip whose table of contents is larger than MAX_MEMBERS entries or
+    MAX_DIRECTORY_BYTES, from its end records alone (zip64 too), before `zipfile` parses it.
+    A file without an end record is left for `zipfile` to refuse."""
+    size = f.seek(0, os.SEEK_END)
+    tail_start = max(0, size - (22 + 65535 + 20))  # the end record, its comment, zip64 locator
+    f.seek(tail_start)
+    tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return
+    entries, directory = struct.unpack("<HI", tail[at + 10:at + 16])
+    if (entries == 0xFFFF or directory == 0xFFFFFFFF) and at >= 20 \
+            and tail[at - 20:at - 16] == b"PK\x06\x07":
+        (zip64_end,) = struct.unpack("<Q", tail[at - 12:at - 4])
+        if zip64_end + 56 <= size:
+            f.seek(zip64_end)
+            record = f.read(56)
+            if record[:4] == b"PK\x06\x06":
+                entries, directory = struct.unpack("<QQ", record[32:48])
+    if entries > MAX_MEMBERS or directory > MAX_DIRECTORY_BYTES:
+        raise _Unreadable(f"its table of contents lists {entries} members in {directory} bytes "
+                          f"(anynet reads archives of at most {MAX_MEMBERS} members and "
+                          f"{MAX_DIRECTORY_BYTES >> 20} MB of directory)")
 
 
 def _check_format(path: Path, kind: str, expected_format: str, record: dict) -> None:

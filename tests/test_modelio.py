@@ -552,3 +552,29 @@ def test_unreadable_file(tmp_path):
     path = write_npz(tmp_path / "m.npz", model_members())
     path.chmod(0)
     refused(load_model, path, "cannot be read")
+
+
+@pytest.mark.parametrize("members", [2000, 60_000])
+def test_a_huge_table_of_contents_is_refused_before_it_is_parsed(tmp_path, members):
+    path = tmp_path / "m.npz"
+    save_model(path, TwoLayerNet(n_hidden=3))
+    with zipfile.ZipFile(path, "a") as zf:  # unused, empty members: each costs zipfile memory
+        for i in range(members):
+            zf.writestr(f"x{i}", b"")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match=r"table of contents lists \d+ members"):
+            load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20  # the end record alone was read
+
+
+def test_a_few_extra_members_are_still_fine(tmp_path):
+    path = tmp_path / "m.npz"
+    save_model(path, TwoLayerNet(n_hidden=3))
+    with zipfile.ZipFile(path, "a") as zf:
+        for i in range(50):
+            zf.writestr(f"notes/{i}.txt", b"hello")
+    assert load_model(path)[0].sizes == (784, 3, 10)

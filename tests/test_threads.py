@@ -126,24 +126,3 @@ def test_set_threads_sizes_jax_pool_before_its_client_starts_then_leaves_it():
     assert r["first"] == 1
     assert r["again"] == 1                            # the pool it made, left as it is
     assert r["masks"] == [r["allowed"]]               # every thread may use every CPU again
-
-
-def test_auto_threads_follows_the_load_and_leaves_a_chosen_count(monkeypatch):
-    clock = {"t": 0.0, "busy": 0.0}
-    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock["t"])
-    monkeypatch.setattr(threads.time, "process_time", lambda: 0.0)
-    monkeypatch.setattr(threads, "_machine_busy_s", lambda: clock["busy"])
-    monkeypatch.setattr(threads, "_schedulable_cpus", lambda: 2)
-    monkeypatch.setattr(threads, "default_threads", lambda: 2)
-    auto = threads.AutoThreads(get_namespace("numpy"), every_s=2.0)
-    assert auto() == 2 and blas_threads() == {2}
-    clock.update(t=4.0, busy=4.0)            # others kept a core busy for 4 s
-    assert auto() == 1 and blas_threads() == {1}
-    clock.update(t=5.0, busy=4.0)            # too soon to look again
-    assert auto() == 1
-    clock.update(t=8.0, busy=4.1)            # the neighbour left
-    assert auto() == 2 and blas_threads() == {2}
-
-    chosen = threads.AutoThreads(get_namespace("numpy"), n=2)
-    clock.update(t=20.0, busy=30.0)
-    assert chosen() == 2 and blas_threads() == {2}

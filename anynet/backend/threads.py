@@ -1,7 +1,13 @@
 """Thread control: how many CPU threads a backend's work may use (`--threads N`).
 
 Not for GPU work (a GPU backend's host side is one Python thread whatever is set here), and
-not a scheduler: the count is chosen once, when a command starts.
+not a scheduler: the count is chosen once, when a command starts, and kept for the run.
+
+The thread count is part of what a run computes: BLAS splits a product differently for 1 and 2
+threads, and the sums come out different in the last bits (an epoch at H = 30 ends 3e-7 apart).
+So a run is repeatable bit for bit with the same count: `anynet train` records the count it
+used in its checkpoints and model file, `--resume` continues with the recorded count, and
+`--threads N` pins it for runs that must match across differently loaded machines.
 
 Why anynet sets it at all: the libraries' default, one thread per core, collapses as soon as
 another process takes a core. BLAS and OpenMP threads meet at a barrier after every product and
@@ -121,7 +127,8 @@ def set_threads(backend, n: int | None = None) -> int:
         _TORCH_OWN = _TORCH_OWN or torch.get_num_threads()
         n = min(default_threads(), _TORCH_OWN) if n is None else n
         torch.set_num_threads(n)
-    n = default_threads() if n is None else n
+    elif n is None:
+        n = default_threads()
     _limit_native_pools(n)
     if name == "jax":
         return _limit_jax(n)
@@ -195,39 +202,3 @@ def thread_counts() -> dict[str, int]:
     if "torch" in sys.modules:
         counts["torch"] = sys.modules["torch"].get_num_threads()
     return counts
-
-
-class AutoThreads:
-    """The default thread count, decided again as the machine's load changes during a run.
-
-    `default_threads` decides once, at start; a neighbour that starts later would find anynet
-    on every core and collapse it. Call an `AutoThreads` now and then (the training loop: once
-    per window of batches); at most every `every_s` seconds it measures how many cores other
-    processes took since the last look (/proc/stat minus this process's CPU time) and sets
-    `free_cores` of them through `set_threads` when that changed. With a count the user chose
-    (`n` not None) it never changes anything. Returns the count in effect. Where the count
-    changes, BLAS may sum in another order: bit-for-bit repeatable runs want a fixed `--threads`.
-    """
-
-    def __init__(self, backend, n: int | None = None, every_s: float = 2.0):
-        self.backend, self.fixed, self.every_s = backend, n is not None, every_s
-        self.threads = set_threads(backend, n)
-        self._mark()
-
-    def _mark(self) -> None:
-        self._t, self._busy, self._own = (time.perf_counter(), _machine_busy_s(),
-                                          time.process_time())
-
-    def __call__(self) -> int:
-        if self.fixed or self._busy is None or _name(self.backend) == "jax":
-            return self.threads  # JAX's pool cannot change once its client exists
-        wall = time.perf_counter() - self._t
-        if wall < self.every_s:
-            return self.threads
-        busy, own = _machine_busy_s(), time.process_time()
-        others = max(0.0, (busy - self._busy) - (own - self._own)) / wall
-        self._mark()
-        want = free_cores(others)
-        if want != self.threads:
-            self.threads = set_threads(self.backend, want)
-        return self.threads

@@ -20,7 +20,6 @@ def backend_spec(text: str) -> str:
 def add_backend_option(parser: argparse.ArgumentParser, default: str | None = "numpy") -> None:
     """--backend NAME[:DEVICE] and --threads N, for every command that computes."""
     from anynet.backend import SPEC_HELP
-    from anynet.backend.threads import default_threads
 
     g = parser.add_argument_group("computation")
     g.add_argument(
@@ -30,21 +29,28 @@ def add_backend_option(parser: argparse.ArgumentParser, default: str | None = "n
     )
     g.add_argument(
         "--threads", type=positive_int, default=None, metavar="N",
-        help=f"CPU threads for the array library's BLAS (default: {default_threads()}; "
-        "more threads only pay for large networks on an otherwise idle machine)",
+        help="CPU threads for the array library (default: one per core that no other process "
+        "keeps busy, sampled at start; pin it for bit-identical reruns)",
     )
 
 
 def open_backend(args: argparse.Namespace, spec: str | None = None, *, announce: bool = True):
-    """The Backend a command computes with: `spec` (default: --backend), its threads set to
-    --threads. With `announce`, what `auto` chose is said on stderr (stdout may be JSON)."""
+    """The Backend a command computes with: `spec` (default: --backend), its CPU threads set to
+    --threads (None: the default). Afterwards `args.threads` holds the count in effect. With
+    `announce`, what `auto` chose is said on stderr (stdout may be JSON)."""
     import sys
 
     from anynet.backend import get_namespace
     from anynet.backend.threads import set_threads
 
-    backend = get_namespace(spec if spec is not None else args.backend or "numpy")
-    set_threads(backend, getattr(args, "threads", None))
+    spec = spec if spec is not None else args.backend or "numpy"
+    asked = getattr(args, "threads", None)
+    if spec == "auto":
+        backend = get_namespace(spec)
+        args.threads = set_threads(backend, asked)
+    else:
+        args.threads = set_threads(spec, asked)  # before it opens: JAX sizes its pool then
+        backend = get_namespace(spec)
     if announce and backend.note:
         print(f"anynet: {backend.note}", file=sys.stderr)
     return backend
