@@ -126,13 +126,18 @@ def check_case(path: Path, which: str) -> str:
 
 
 def usable_for_training(params: dict, velocity: dict, record: dict) -> None:
-    """What the training loop does with a loaded checkpoint works (no exception)."""
+    """What the training loop does with a loaded checkpoint works, or refuses a position that
+    does not fit the data in one line (load_checkpoint cannot know the data's size)."""
     from anynet.training import Trainer
 
     config = TrainConfig.from_dict(record["config"])
     images = np.zeros((N_TRAIN - VAL_SIZE, 784), dtype=np.uint8)
     trainer = Trainer(config, images, np.zeros(N_TRAIN - VAL_SIZE, np.uint8))
-    state = trainer.state_from_checkpoint(params, velocity, record)
+    try:
+        state = trainer.state_from_checkpoint(params, velocity, record)
+    except ModelFileError as e:
+        assert "does not fit this data" in str(e) and "\n" not in str(e)
+        return
     assert 0 <= state.epoch <= config.epochs and state.batch >= 0 and state.step >= 0
     np.random.default_rng().bit_generator.state = state.rng_state
     assert all(isinstance(h, dict) for h in state.history)
