@@ -81,10 +81,11 @@ def _versions() -> dict:
 
 
 def backend_spec(library: str, device: str) -> str:
-    """The anynet backend spec of `library` on bench's `device` ("cpu" or "cuda")."""
-    if device == "cuda":
-        return {"torch": "torch:cuda", "jax": "jax:gpu"}.get(library, library)
-    return library
+    """The anynet backend spec of `library` on bench's `device` ("cpu" or "cuda"): the seam
+    knows each library's device names."""
+    from anynet.backend import spec_for
+
+    return spec_for(library, "gpu" if device == "cuda" else device)
 
 
 def _device_problem(library: str, device: str) -> str | None:
@@ -93,17 +94,12 @@ def _device_problem(library: str, device: str) -> str | None:
     from anynet.backend import get_namespace, probe
     from anynet.errors import BackendError
 
-    if library not in ("numpy", "torch", "jax", "cupy"):
-        return f"no backend named {library!r}"
-    if device == "cpu" and library == "cupy":
-        return "cupy computes on a GPU only"
-    if device == "cuda" and library == "numpy":
-        return "numpy runs on the CPU only"
-    reason = probe(library)
-    if reason:
-        return reason
     try:
-        get_namespace(backend_spec(library, device))
+        spec = backend_spec(library, device)
+        reason = probe(library)
+        if reason:
+            return reason
+        get_namespace(spec)
     except BackendError as e:
         return str(e)
     return None

@@ -143,6 +143,21 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return name, device or None
 
 
+def spec_for(name: str, kind: str) -> str:
+    """The spec of backend `name` on its first device of a kind, "cpu" or "gpu" (for tools that
+    compare libraries device by device, such as the benchmark); BackendError where it has none.
+    """
+    if name not in _MODULES:
+        raise BackendError(f"unknown backend '{name}'; choose one of: {SPEC_HELP}")
+    devices = library(name).KIND_DEVICES
+    if kind not in devices:
+        where = " or ".join(k.upper() for k in devices) or "no device"
+        raise BackendError(f"backend '{name}' computes on a {where} only, not on a "
+                           f"{kind.upper()}")
+    device = devices[kind]
+    return name if device is None else f"{name}:{device}"
+
+
 def probe(name: str) -> str:
     """Empty when backend `name` can be used here; otherwise the reason it cannot."""
     return library(name).probe()

@@ -17,6 +17,8 @@ DEVICES = "N (GPU number)"
 INSTALL = ("pip install 'anynet[cupy-cuda12]' (or anynet[cupy-cuda13]; nvidia-smi shows your "
            "CUDA version)")
 
+# the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
+KIND_DEVICES = {"gpu": "0"}
 COMPILES = False
 
 

@@ -18,6 +18,8 @@ DEVICES = "cpu|gpu[:N]"
 INSTALL = "pip install 'anynet[jax]'"
 _DEVICE = re.compile(r"(cpu|gpu|cuda|rocm|tpu)(:\d+)?")
 
+# the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
+KIND_DEVICES = {"cpu": "cpu", "gpu": "gpu"}
 COMPILES = True
 
 

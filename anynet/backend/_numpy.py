@@ -15,6 +15,8 @@ from anynet.errors import BackendError
 NAME = "numpy"
 DEVICES = "cpu"
 
+# the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
+KIND_DEVICES = {"cpu": None}
 COMPILES = False
 
 

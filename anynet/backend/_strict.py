@@ -18,6 +18,8 @@ DEVICES = "CPU_DEVICE|device1|device2"
 INSTALL = "pip install array-api-strict"
 _KNOWN = ("CPU_DEVICE", "device1", "device2")
 
+# the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
+KIND_DEVICES = {"cpu": None}
 COMPILES = False
 
 

@@ -18,6 +18,8 @@ DEVICES = "cpu|cuda[:N]|mps"
 INSTALL = "pip install torch (see https://pytorch.org for the build that fits your machine)"
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
 
+# the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
+KIND_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
 COMPILES = False
 
 
