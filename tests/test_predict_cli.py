@@ -208,7 +208,7 @@ def test_backend_under_test(capsys, backend, backend_name, bars_model, pictures)
 
 def test_unknown_backend(capsys, bars_model, pictures):
     code, out, err = run(capsys, "predict", bars_model, pictures["vertical"], "--backend", "tpu")
-    assert code == 2 and out == "" and "invalid choice: 'tpu'" in err
+    assert code == 2 and out == "" and "unknown backend 'tpu'" in err
 
 
 def test_help(capsys):
