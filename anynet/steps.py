@@ -8,8 +8,8 @@ gradients, and updates the parameters. `make_train_step` picks the implementatio
 - `CompiledStep`, where the backend compiles (JAX: `jax.jit`): the reference step, the same
   functions, as one computation per batch (JAX dispatches each operation separately otherwise,
   ~30x slower).
-- `FusedStep`, on every backend with in-place arrays (NumPy, CuPy, PyTorch on any device), with
-  plain SGD (momentum 0; weight decay allowed):
+- `FusedStep`, on every backend with in-place arrays (NumPy, CuPy, PyTorch on any device), for
+  SGD with or without momentum (Nesterov, weight decay):
   the same math, rearranged so that a step is a few large operations instead of ~25 small ones:
     * the output layer's bias folded into its weights: W2a = [W2; b2] (H+1, K) against hidden
       activations that carry a column of ones, so the layer, and its weight-and-bias gradient,
@@ -17,9 +17,11 @@ gradients, and updates the parameters. `make_train_step` picks the implementatio
       784-wide contiguous buffer is faster than into a 785-wide one, by more than b1 costs);
     * the hidden layer in (N, H) layout, which suits BLAS best for narrow H; the output layer
       in (K, N) layout, where the softmax's reductions over K classes are fast;
-    * the learning rate folded into the small (K, N) output gradient before the weight-gradient
-      products, so each weight update is one subtraction, and on PyTorch none at all: the
-      update W1 -= X^T dZ1 is a single GEMM that accumulates into W1 (addmm_);
+    * for plain SGD, the learning rate folded into the small (K, N) output gradient before the
+      weight-gradient products, so each weight update is one subtraction, and on PyTorch none
+      at all: the update W1 -= X^T dZ1 is a single GEMM that accumulates into W1 (addmm_);
+      with momentum, gradients into buffers (W1's straight into its velocity), then
+      SGD.step's formulas in place;
     * no gradient with respect to the input images (the first layer needs none);
     * pixels gathered and converted to floats a chunk of ~1024 rows at a time, into buffers
       allocated once; every operation writes into preallocated memory.
@@ -109,22 +111,23 @@ class CompiledStep(ArrayAPIStep):
 
 
 class FusedStep:
-    """Plain SGD as a few large in-place operations; see the module docstring for the math.
+    """SGD as a few large in-place operations; see the module docstring for the math.
 
     Written once over a small set of in-place primitives (`Backend.fused_ops`). Takes over
     `net.params`: they become the step's own arrays (W2, b2 views into [W2; b2]), updated in
-    place, so `net` always holds the current parameters.
+    place, so `net` always holds the current parameters. With momentum, `velocity` (the
+    optimizer's state, zeros or a checkpoint's) is taken over the same way.
     """
 
-    def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int):
-        if optimizer.momentum:
-            raise ValueError("the fused step implements plain SGD only (momentum 0)")
+    def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
+                 velocity: dict | None = None):
         self.ops = ops = net.backend.fused_ops()
         if ops is None:
             raise ValueError(f"the fused step needs in-place arrays; {net.backend.name} has none")
         D, H, K = net.sizes
         dtype = np.dtype(net.dtype)
         self.net, self.wd = net, optimizer.weight_decay
+        self.momentum, self.nesterov = optimizer.momentum, optimizer.nesterov
         self.images, self.labels = images, labels
         self.B, self.H, self.K, self.dtype = batch_size, H, K, dtype
         self.batches_per_chunk = max(1, CHUNK_ROWS // batch_size)
@@ -145,6 +148,16 @@ class FusedStep:
         self.db1 = ops.empty((H,), dtype)
         self.dW2a = ops.empty((H + 1, K), dtype)
         self.eye = ops.host(np.eye(K), dtype)
+        self._velocity = None
+        if self.momentum:  # velocities in the parameters' layout, and room for lr * v
+            v = {k: net.backend.to_numpy(v) for k, v in (velocity or {}).items()}
+            v = v or {k: np.zeros_like(p[k]) for k in p}
+            self.vW1, self.vb1 = ops.host(v["W1"], dtype), ops.host(v["b1"], dtype)
+            self.vW2a = ops.host(np.concatenate([v["W2"], v["b2"][None, :]]), dtype)
+            self._velocity = {"W1": self.vW1, "b1": self.vb1, "W2": self.vW2a[:H],
+                              "b2": self.vW2a[H]}
+            self.tmp = (ops.empty((D, H), dtype), ops.empty((H,), dtype),
+                        ops.empty((H + 1, K), dtype))
         self._buffer_sets = {}  # b -> (A1, P, mask, dZ1, m, s, Ys); P: logits, probs, then dZ2
         self.perm = None
         self.chunk = self.rows_in_chunk = -1
@@ -202,8 +215,9 @@ class FusedStep:
         o.exp_(P)
         o.colsum(P, out=s)
         loss = (o.sum_log(s) - picked) / b
-        # dZ2 = lr * (P - Y) / N, with P = exp / s: the learning rate rides on this small array
-        c = lr / b
+        # dZ2 = lr * (P - Y) / N, with P = exp / s: for plain SGD the learning rate rides on this
+        # small array; with momentum the velocity sums gradients, so dZ2 = (P - Y) / N
+        c = (1.0 if self.momentum else lr) / b
         o.rdiv_(c, s)
         o.mul_(P, s)
         o.scaled(Y, c, out=Ys)
@@ -213,6 +227,9 @@ class FusedStep:
         o.mm(P.T, W2a[:H].T, out=dZ1)
         o.relu_backward_(dZ1, Z1, mask)
         o.colsum(dZ1, out=self.db1)
+        if self.momentum:
+            self._momentum_update(X, dZ1, lr)
+            return loss
         # update, weight decay as in SGD.step: p <- p - lr * (g + wd * p)
         if self.wd:
             decay = 1 - lr * self.wd
@@ -223,19 +240,47 @@ class FusedStep:
         o.sub_(W2a, self.dW2a)
         return loss
 
+    def _momentum_update(self, X, dZ1, lr: float) -> None:
+        """SGD.step with momentum, in place, for every parameter p with gradient g:
+        g += wd p;  v = mu v + g;  p -= lr (g + mu v) (Nesterov) or p -= lr v.
+
+        Without Nesterov, W1's gradient X^T dZ1 goes straight into its velocity,
+        v = mu v + X^T dZ1 (on PyTorch one GEMM, addmm_ with beta = mu), and p -= lr v."""
+        o, mu, wd = self.ops, self.momentum, self.wd
+        triples = list(zip((self.W1, self.b1, self.W2a), (self.dW1, self.db1, self.dW2a),
+                           (self.vW1, self.vb1, self.vW2a), self.tmp, strict=True))
+        if not self.nesterov:
+            (W1, _, vW1, tmp), *triples = triples
+            o.gemm_acc_(vW1, X.T, dZ1, mu, tmp)
+            if wd:
+                o.axpy_(vW1, wd, W1, tmp)
+            o.axpy_(W1, -lr, vW1, tmp)
+        else:
+            o.mm(X.T, dZ1, out=self.dW1)
+        for p, g, v, tmp in triples:
+            if wd:
+                o.axpy_(g, wd, p, tmp)
+            o.mul_(v, mu)
+            o.add_(v, g)
+            if self.nesterov:
+                o.axpy_(g, mu, v, tmp)      # g + mu v
+                o.axpy_(p, -lr, g, tmp)
+            else:
+                o.axpy_(p, -lr, v, tmp)
+
     @property
     def params(self) -> dict:
         return self.net.params
 
     @property
     def velocity(self) -> dict:
-        return {}
+        return self._velocity if self._velocity is not None else {}
 
 
 def fast_step_applies(net: TwoLayerNet, optimizer: SGD) -> bool:
     """Whether `FusedStep` can run this training: a backend with in-place primitives (NumPy,
-    CuPy, PyTorch on any device), plain SGD."""
-    return optimizer.momentum == 0 and net.backend.fused_ops() is not None
+    CuPy, PyTorch on any device); any SGD (momentum, Nesterov, weight decay)."""
+    return net.backend.fused_ops() is not None
 
 
 def make_train_step(net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
@@ -243,7 +288,7 @@ def make_train_step(net: TwoLayerNet, optimizer: SGD, images, labels, batch_size
     """The training step for this run: where `fast` is True, the fused step where it applies,
     the compiled reference step where the backend compiles (JAX); else the reference."""
     if fast and fast_step_applies(net, optimizer):
-        return FusedStep(net, optimizer, images, labels, batch_size)
+        return FusedStep(net, optimizer, images, labels, batch_size, velocity)
     if fast and net.backend.compiles:
         return CompiledStep(net, optimizer, images, labels, batch_size, velocity)
     return ArrayAPIStep(net, optimizer, images, labels, batch_size, velocity)

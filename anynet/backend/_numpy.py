@@ -130,6 +130,15 @@ class UfuncOps:
         self.lib.greater(Z, 0, out=mask)
         self.lib.multiply(dZ, mask, out=dZ)
 
+    def axpy_(self, y, a, x, tmp):                      # y += a * x
+        self.lib.multiply(x, a, out=tmp)
+        self.lib.add(y, tmp, out=y)
+
+    def gemm_acc_(self, C, A, B, beta, tmp):            # C = beta * C + A @ B
+        self.lib.matmul(A, B, out=tmp)
+        self.lib.multiply(C, beta, out=C)
+        self.lib.add(C, tmp, out=C)
+
     def sub_mm_(self, W, A, B, tmp):                    # W -= A @ B
         self.lib.matmul(A, B, out=tmp)
         self.lib.subtract(W, tmp, out=W)

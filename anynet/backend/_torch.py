@@ -150,5 +150,13 @@ class TorchOps:
         dZ.mul_(mask)
 
     @staticmethod
+    def axpy_(y, a, x, tmp):                            # y += a * x, one pass
+        y.add_(x, alpha=a)
+
+    @staticmethod
+    def gemm_acc_(C, A, B, beta, tmp):                  # C = beta * C + A @ B, one GEMM
+        C.addmm_(A, B, beta=beta)
+
+    @staticmethod
     def sub_mm_(W, A, B, tmp):
         W.addmm_(A, B, alpha=-1.0)
