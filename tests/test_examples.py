@@ -69,7 +69,7 @@ def test_run_examples_all_ok(backend):
 
 
 def test_examples_command(backend, capsys):
-    assert main(["examples", "--backend", backend.name]) == 0
+    assert main(["examples", "--backend", backend.spec]) == 0
     out = capsys.readouterr().out
     assert "9.451778874433794" in out
     assert "all examples agree" in out
@@ -79,7 +79,7 @@ def test_examples_command(backend, capsys):
 def test_examples_command_json(backend, capsys):
     import json
 
-    assert main(["examples", "--backend", backend.name, "--json"]) == 0
+    assert main(["examples", "--backend", backend.spec, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     by_name = {e["name"]: e for e in doc["examples"]}
     assert by_name["cross_entropy"]["computed"] == pytest.approx(9.451778874433794, abs=1e-9)

@@ -45,7 +45,7 @@ def test_gradcheck_detects_a_wrong_gradient():
 def test_gradcheck_command(capsys, backend):
     from anynet.cli import main
 
-    assert main(["gradcheck", "--backend", backend.name, "--hidden", "3", "--entries", "30"]) == 0
+    assert main(["gradcheck", "--backend", backend.spec, "--hidden", "3", "--entries", "30"]) == 0
     out = capsys.readouterr().out
     assert "W1" in out and "b2" in out and "passed" in out
 

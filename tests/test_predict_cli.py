@@ -289,10 +289,15 @@ def test_without_pillow_png_names_the_extra_and_npy_still_works(
 
 
 def read_idx_gz(path, count: int) -> np.ndarray:
-    """The first `count` records of a gzip'd uint8 IDX file, read with gzip and NumPy."""
+    """The first `count` records of a uint8 IDX file (gzip'd or raw), read with NumPy."""
     import gzip
 
-    with gzip.open(path) as f:
+    from anynet.data.catalog import find_file
+
+    path = find_file(path.parent, path.name.removesuffix(".gz"))  # the cache holds raw files
+    with open(path, "rb") as raw:
+        packed = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open(path) if packed else open(path, "rb")) as f:
         magic = int.from_bytes(f.read(4), "big")
         assert magic >> 8 == 0x08, f"{path}: not a uint8 IDX file"
         dims = [int.from_bytes(f.read(4), "big") for _ in range(magic & 0xFF)]

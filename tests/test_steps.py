@@ -49,8 +49,8 @@ def fast_step_of(backend):
 @pytest.mark.parametrize("wd", [0.0, 1e-3])
 @pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.5, True)])
 def test_fast_step_equals_reference(backend, dtype, rtol, batch, wd, momentum, nesterov):
-    if momentum and batch in (10, 333) and dtype == "float32":
-        pytest.skip("covered in float64; float32 momentum runs drift apart like any two sums")
+    if momentum and dtype == "float32":
+        rtol = 2e-3  # a velocity sums many rounded gradients: float32 runs drift further apart
     kw = dict(momentum=momentum, nesterov=nesterov)
     fast_losses, fast = run_steps(fast_step_of(backend), dtype, batch, wd, backend, **kw)
     ref_losses, ref = run_steps(ArrayAPIStep, dtype, batch, wd, backend, **kw)

@@ -29,10 +29,34 @@ def synth(tmp_path_factory):
 @pytest.fixture
 def train_args(synth, backend):
     def args(out, *extra):
-        return ["train", "--data-dir", str(synth), "--no-verify", "--backend", backend.name,
+        return ["train", "--data-dir", str(synth), "--no-verify", "--backend", backend.spec,
                 "--hidden", "16", "--epochs", "5", "--batch-size", "32", "--lr", "0.2",
                 "--val-size", "100", "--out", str(out), *extra]
     return args
+
+
+def signal_during_step(monkeypatch, n: int, signum: int) -> None:
+    """Send `signum` to this process, through the real handler, during the n-th training step
+    (1-based, counted over the run): the moment a user's Ctrl-C lands, whatever the window of
+    losses the loop has not read yet."""
+    make, calls = training.make_train_step, []
+
+    def make_signalled(*args, **kwargs):
+        step = make(*args, **kwargs)
+
+        class Signalled:
+            def __call__(self, batch, lr):
+                calls.append(batch)
+                if len(calls) == n:
+                    os.kill(os.getpid(), signum)
+                return step(batch, lr)
+
+            def __getattr__(self, name):
+                return getattr(step, name)
+
+        return Signalled()
+
+    monkeypatch.setattr(training, "make_train_step", make_signalled)
 
 
 def params_of(path):
@@ -104,20 +128,10 @@ def test_same_seed_same_model(tmp_path, train_args):
                                                    (signal.SIGINT, 130, "0")])
 def test_interrupt_then_resume_equals_uninterrupted(tmp_path, train_args, monkeypatch, capsys,
                                                      signum, code, momentum):
-    # momentum 0.5 runs the reference step; momentum 0 on numpy, the fast step
     whole = tmp_path / "whole.npz"
     assert main(train_args(whole, "--quiet", "--momentum", momentum)) == 0
 
-    from anynet.commands import train as train_cmd
-
-    original = train_cmd.ConsoleReporter.on_batch_end
-
-    def send_signal_mid_epoch_two(self, epoch, batch, loss):
-        original(self, epoch, batch, loss)
-        if epoch == 1 and batch == 7:
-            os.kill(os.getpid(), signum)  # a real signal, through the real handler
-
-    monkeypatch.setattr(train_cmd.ConsoleReporter, "on_batch_end", send_signal_mid_epoch_two)
+    signal_during_step(monkeypatch, 32 + 7, signum)  # epoch 2, batch 7 of 32
     out = tmp_path / "model.npz"
     assert main(train_args(out, "--momentum", momentum)) == code
     text = capsys.readouterr().out
@@ -131,7 +145,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, train_args, monkey
     if momentum != "0":
         assert set(velocity) == {"W1", "b1", "W2", "b2"}
 
-    monkeypatch.setattr(train_cmd.ConsoleReporter, "on_batch_end", original)
+    monkeypatch.undo()
     assert main(["train", "--resume", str(ckpt), "--out", str(out), "--data-dir",
                  *train_args(out)[2:3], "--no-verify"]) == 0
     assert "resuming from" in capsys.readouterr().out
@@ -144,10 +158,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, train_args, monkey
 
 
 def test_resume_refuses_a_different_configuration(tmp_path, train_args, monkeypatch, capsys):
-    from anynet.commands import train as train_cmd
-
-    monkeypatch.setattr(train_cmd.ConsoleReporter, "on_batch_end",
-                        lambda self, e, b, loss: b == 3 and os.kill(os.getpid(), signal.SIGTERM))
+    signal_during_step(monkeypatch, 3, signal.SIGTERM)
     out = tmp_path / "model.npz"
     assert main(train_args(out, "--quiet")) == 143
     capsys.readouterr()
@@ -484,11 +495,7 @@ def test_a_stale_lock_file_does_not_block(tmp_path, train_args):
 
 def test_resume_writes_where_the_run_was_going_and_the_hint_says_all(tmp_path, train_args,
                                                                       monkeypatch, capsys, synth):
-    from anynet.commands import train as train_cmd
-
-    monkeypatch.setattr(train_cmd.ConsoleReporter, "on_batch_end",
-                        lambda self, e, b, loss: e == 1 and b == 3
-                        and os.kill(os.getpid(), signal.SIGINT))
+    signal_during_step(monkeypatch, 32 + 3, signal.SIGINT)
     out = tmp_path / "sub" / "named.npz"
     assert main(train_args(out, "--quiet")) == 130
     ckpt = tmp_path / "sub" / "named.checkpoint.npz"
@@ -566,3 +573,19 @@ def test_gradcheck_fails_on_nan(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "largest relative error nan  FAIL" in out
     assert "FAILED: the relative error of b1 is not finite" in out and "passed" not in out
+
+
+def test_the_thread_count_is_recorded_and_a_resumed_run_keeps_it(tmp_path, train_args,
+                                                                  monkeypatch, capsys):
+    # BLAS sums differ in their last bits between thread counts: a resumed run must use the
+    # count the run began with to end bit for bit where an uninterrupted one would
+    signal_during_step(monkeypatch, 5, signal.SIGINT)
+    out = tmp_path / "m.npz"
+    assert main(train_args(out, "--threads", "1")) == 130
+    assert ", 1 CPU thread\n" in capsys.readouterr().out
+    ckpt = tmp_path / "m.checkpoint.npz"
+    assert load_checkpoint(ckpt)[2]["threads"] == 1
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(ckpt), *train_args(out)[1:4]]) == 0
+    assert ", 1 CPU thread\n" in capsys.readouterr().out
+    assert load_model(out)[1]["threads"] == 1

@@ -84,3 +84,20 @@ positive_int = _number(int, 0, True, "a positive integer")
 nonnegative_int = _number(int, 0, False, "an integer >= 0")
 positive_float = _number(float, 0, True, "a positive finite number")
 nonnegative_float = _number(float, 0, False, "a finite number >= 0")
+
+
+def at_most(parse, maximum: float):
+    """An argparse type: `parse`, then no more than `maximum`."""
+    def checked(text: str):
+        value = parse(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected at most {maximum:g}, got {text}")
+        return value
+
+    checked.__name__ = parse.__name__
+    return checked
+
+
+# A model file holds at most 10**8 parameters (anynet.modelio.MAX_PARAM_ELEMENTS); a 784-H-10
+# network has 795 H + 10 of them. 100,000 hidden units (318 MB in float32) stays inside.
+MAX_HIDDEN = 100_000

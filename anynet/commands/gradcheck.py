@@ -11,8 +11,11 @@ import argparse
 import math
 
 from anynet.commands._common import (
+    MAX_HIDDEN,
     add_backend_option,
+    at_most,
     nonnegative_int,
+    open_backend,
     positive_float,
     positive_int,
 )
@@ -32,7 +35,7 @@ def finite_difference_step(text: str) -> float:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--hidden", type=positive_int, default=5,
+    parser.add_argument("--hidden", type=at_most(positive_int, MAX_HIDDEN), default=5,
                         help="hidden units of the network checked (default: 5)")
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="examples in the random batch (default: 8)")
@@ -51,7 +54,8 @@ def run(args) -> int:
     from anynet.gradcheck import DEFAULT_EPS, TOLERANCE, check_gradients
     from anynet.network import TwoLayerNet
 
-    net = TwoLayerNet(n_hidden=args.hidden, backend=args.backend, dtype="float64", seed=args.seed)
+    net = TwoLayerNet(n_hidden=args.hidden, backend=open_backend(args), dtype="float64",
+                      seed=args.seed)
     rng = np.random.default_rng(args.seed)
     X = rng.random((args.batch_size, 784))
     labels = rng.integers(0, 10, args.batch_size)

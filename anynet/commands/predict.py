@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from anynet.commands._common import add_backend_option, positive_int
+from anynet.commands._common import add_backend_option, open_backend, positive_int
 
 HELP = "predict the digit in PNG/JPEG/BMP/.npy pictures with a trained model"
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json and args.show:
         raise UserError("--show draws text pictures and cannot be combined with --json")
-    net, _metadata = load_model(args.model, backend=args.backend)
+    net, _metadata = load_model(args.model, backend=open_backend(args))
     n_in, _n_hidden, n_classes = net.sizes
     if n_in != FIELD * FIELD:
         raise UserError(

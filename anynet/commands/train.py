@@ -26,10 +26,13 @@ import shlex
 from pathlib import Path
 
 from anynet.commands._common import (
+    MAX_HIDDEN,
     add_backend_option,
     add_data_dir_option,
+    at_most,
     nonnegative_float,
     nonnegative_int,
+    open_backend,
     positive_float,
     positive_int,
 )
@@ -47,16 +50,6 @@ MAX_LR = 1e6
 MAX_WEIGHT_DECAY = 1.0
 
 
-def _at_most(parse, maximum: float):
-    """An argparse type: `parse`, then no more than `maximum`."""
-    def checked(text: str):
-        value = parse(text)
-        if value > maximum:
-            raise argparse.ArgumentTypeError(f"expected at most {maximum:g}, got {text}")
-        return value
-
-    checked.__name__ = parse.__name__
-    return checked
 
 
 def _file_name(text: str) -> Path:
@@ -72,19 +65,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     # Hyperparameter options default to None so that --resume can tell what was asked for.
     g = parser.add_argument_group("network and optimizer")
-    g.add_argument("--hidden", type=positive_int, metavar="H",
-                   help=f"hidden units (default: {d.hidden})")
+    g.add_argument("--hidden", type=at_most(positive_int, MAX_HIDDEN), metavar="H",
+                   help=f"hidden units, at most {MAX_HIDDEN:,} (default: {d.hidden})")
     g.add_argument("--epochs", type=positive_int,
                    help=f"passes over the data (default: {d.epochs})")
     g.add_argument("--batch-size", type=positive_int, metavar="N",
                    help=f"examples per SGD step (default: {d.batch_size})")
-    g.add_argument("--lr", type=_at_most(positive_float, MAX_LR),
+    g.add_argument("--lr", type=at_most(positive_float, MAX_LR),
                    help=f"learning rate, at most {MAX_LR:g} (default: {d.lr})")
     g.add_argument("--momentum", type=nonnegative_float,
                    help=f"momentum in [0, 1) (default: {d.momentum}, plain SGD)")
     g.add_argument("--nesterov", action="store_true", default=None,
                    help="use Nesterov momentum (needs --momentum > 0)")
-    g.add_argument("--weight-decay", type=_at_most(nonnegative_float, MAX_WEIGHT_DECAY),
+    g.add_argument("--weight-decay", type=at_most(nonnegative_float, MAX_WEIGHT_DECAY),
                    metavar="L2", help=f"L2 weight decay, at most {MAX_WEIGHT_DECAY:g} "
                    f"(default: {d.weight_decay})")
     g.add_argument("--schedule", choices=["constant", "step", "cosine"],
@@ -259,6 +252,10 @@ def run(args) -> int:
         return _train(args, config, out, checkpoint, record, params, velocity)
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _quiet_math():
     """A run that blows up is reported once, as divergence (exit 3), not by NumPy's warnings."""
     import numpy as np
@@ -271,14 +268,15 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
     import signal
     import time
 
-    from anynet.backend import get_namespace
     from anynet.data import load_mnist
     from anynet.errors import DataError, UserError
     from anynet.fileio import reason, remedy
     from anynet.training import Trainer
 
-    backend = get_namespace(config.backend)
-    config = dataclasses.replace(config, backend=backend.name)
+    if args.threads is None and record is not None and _is_count(record.get("threads")):
+        args.threads = record["threads"]  # a resumed run computes as it did: same sums
+    backend = open_backend(args, config.backend, announce=False)
+    config = dataclasses.replace(config, backend=backend.spec)
     say = (lambda *a: None) if args.quiet else print
 
     mnist = load_mnist(args.data_dir, val_size=config.val_size, val_seed=config.seed,
@@ -290,12 +288,12 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
         raise DataError(f"{mnist.source} has no test examples to measure the model on; use a "
                         "data folder whose t10k files hold at least one")
 
-    say(_describe(config, backend, mnist, out, checkpoint))
+    say(_describe(config, backend, mnist, out, checkpoint, args.threads))
     reporter = ConsoleReporter(config.epochs, quiet=args.quiet)
     trainer = Trainer(config, mnist.train_images, mnist.train_labels, mnist.val_images,
                       mnist.val_labels, backend=backend, checkpoint_path=checkpoint,
                       callbacks=[reporter], data_sha256=mnist.sha256,
-                      record_extra={"out": os.path.abspath(out)})
+                      record_extra={"out": os.path.abspath(out), "threads": args.threads})
     resume_state = None
     if record is not None:
         resume_state = trainer.state_from_checkpoint(params, velocity, record)
@@ -376,6 +374,7 @@ def _save_outputs(args, config: TrainConfig, mnist, result, out: Path, checkpoin
     try:
         save_model(out, result.net, {
             "config": config.to_dict(), "seed": config.seed, "backend": config.backend,
+            "threads": args.threads,
             "data": {"source": mnist.source, "sha256": mnist.sha256, "genuine": mnist.all_genuine,
                      "train_examples": int(mnist.train_images.shape[0]),
                      "val_examples": int(mnist.val_images.shape[0])},
@@ -418,7 +417,8 @@ def _save_outputs(args, config: TrainConfig, mnist, result, out: Path, checkpoin
             say(f"note: could not remove the checkpoint {checkpoint} ({reason(e)})")
 
 
-def _describe(config: TrainConfig, backend, mnist, out: Path, checkpoint: Path) -> str:
+def _describe(config: TrainConfig, backend, mnist, out: Path, checkpoint: Path,
+              threads: int) -> str:
     c = config
     opt = "plain SGD" if c.momentum == 0 else (
         f"SGD, {'Nesterov ' if c.nesterov else ''}momentum {c.momentum:g}")
@@ -426,7 +426,8 @@ def _describe(config: TrainConfig, backend, mnist, out: Path, checkpoint: Path) 
         opt += f", weight decay {c.weight_decay:g}"
     genuine = "genuine MNIST" if mnist.all_genuine else "MNIST-format data (not genuine MNIST)"
     return "\n".join([
-        f"anynet train: 784-{c.hidden}-10 network, {c.dtype}, on {backend.describe()}",
+        f"anynet train: 784-{c.hidden}-10 network, {c.dtype}, on {backend.describe()}, "
+        f"{threads} CPU thread{'s' if threads != 1 else ''}",
         f"  optimizer: {opt}, learning rate {c.lr:g} ({c.schedule} schedule), "
         f"batch size {c.batch_size}, {c.epochs} epochs, seed {c.seed}",
         f"  data: {genuine} from {mnist.source}: {mnist.train_images.shape[0]:,} train, "
