@@ -72,7 +72,8 @@ def owns(array: Any) -> bool:
 def from_host(xp: Any, device: Any, array: np.ndarray) -> Any:
     import jax
 
-    return jax.device_put(array, device)
+    # a copy: on the CPU device_put may alias the host memory, which its owner may change
+    return jax.device_put(np.array(array, copy=True), device)
 
 
 def to_host(array: Any) -> np.ndarray:
