@@ -47,8 +47,14 @@ def evaluate(net, images: Any, labels: Any, *, confusion: bool = False,
     arrays; with `confusion`, the (K, K) confusion matrix; with `n_wrong`, the `n_wrong` wrong
     predictions made with the highest probability, most confident first.
 
-    An empty set has no loss or accuracy: both are nan.
+    An empty set has no loss or accuracy: both are nan. A model whose outputs overflow gives a
+    non-finite loss, for the caller to judge (NumPy's warnings about it are silenced).
     """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _evaluate(net, images, labels, confusion, n_wrong)
+
+
+def _evaluate(net, images: Any, labels: Any, confusion: bool, n_wrong: int) -> Evaluation:
     xp, backend = net.xp, net.backend
     n = int(images.shape[0])
     if n == 0:

@@ -590,3 +590,14 @@ def test_the_thread_count_is_recorded_and_a_resumed_run_keeps_it(tmp_path, train
     assert main(["train", "--resume", str(ckpt), *train_args(out)[1:4]]) == 0
     assert f", {used} CPU thread" in capsys.readouterr().out
     assert load_model(out)[1]["threads"] == used
+
+
+def test_evaluate_refuses_a_model_whose_outputs_overflow(tmp_path, synth, backend, capsys):
+    net = TwoLayerNet(n_hidden=5, seed=0)
+    params = net.host_params()
+    params["W1"][:] = np.float32(3e38)  # finite, but every product overflows
+    save_model(tmp_path / "huge.npz", TwoLayerNet.from_params(params))
+    code = main(["evaluate", str(tmp_path / "huge.npz"), "--data-dir", str(synth), "--no-verify",
+                 "--backend", backend.spec])
+    err = capsys.readouterr().err
+    assert code == 2 and "non-finite outputs" in err and err.count("\n") == 1, err
