@@ -296,7 +296,10 @@ def test_sigint_during_a_real_download_leaves_no_partial_file(
     body = gzip_bytes((synthetic / "train-images-idx3-ubyte").read_bytes())
     # the mirror stalls (for longer than any machine takes to get here) after 500 bytes
     base = mirror.serve("m", synthetic, {"train-images-idx3-ubyte": [("stall", body, 500, 600)]})
-    script = catalog_override_code(pinned, [base]) + """
+    # Ctrl-C's own handler, whatever this process inherited: a job started in the background
+    # of a shell, as CI may start this suite, ignores SIGINT, and so would its children
+    script = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" + \
+        catalog_override_code(pinned, [base]) + """
 from anynet.data import download, load_mnist
 download.TIMEOUT_S = 60
 load_mnist(progress=False)
