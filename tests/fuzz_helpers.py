@@ -13,7 +13,6 @@ The fuzz tests' depth is set by hypothesis profiles, chosen with ANYNET_FUZZ (de
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +34,16 @@ settings.register_profile(
 settings.load_profile(os.environ.get("ANYNET_FUZZ", "ci"))
 
 
-def _limit_memory(megabytes: int):
-    def apply():
-        limit = megabytes << 20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    return apply
+# The child limits its own address space before it imports anything, then runs `python -m
+# anynet`. (Not a preexec_fn: that forces a fork of this process, which may hold JAX's threads,
+# and a forked multithreaded process can deadlock.)
+_BOUNDED_MAIN = """
+import resource, runpy, sys
+limit = int(sys.argv.pop(1)) << 20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.argv[0] = "anynet"
+runpy.run_module("anynet", run_name="__main__", alter_sys=True)
+"""
 
 
 def run_cli_bounded(argv: list[str], *, cwd: str | os.PathLike | None = None,
@@ -53,9 +57,9 @@ def run_cli_bounded(argv: list[str], *, cwd: str | os.PathLike | None = None,
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
         "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     try:
-        return subprocess.run([sys.executable, "-m", "anynet", *argv], cwd=cwd, env=full_env,
-                              capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, preexec_fn=_limit_memory(memory_mb))
+        return subprocess.run([sys.executable, "-c", _BOUNDED_MAIN, str(memory_mb), *argv],
+                              cwd=cwd, env=full_env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"anynet {' '.join(argv)} ran past {timeout:.0f} s (a hang?)") \
             from None
