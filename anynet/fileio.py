@@ -23,11 +23,12 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from anynet.errors import UserError
 
@@ -68,6 +69,35 @@ def input_error(path: str | os.PathLike, error: OSError, what: str,
     if isinstance(error, IsADirectoryError):
         return kind(f"{path}: is a folder, not {what}")
     return kind(f"{path}: cannot read ({error.strerror or error})")
+
+
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, from its `os.stat` mode, for messages."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
+
+
+def open_regular(path: str | os.PathLike, what: str,
+                 kind: type[UserError] = UserError) -> BinaryIO:
+    """Open a file a user named, for reading bytes, refusing anything but a regular file: a
+    named pipe or a device would block or never end. `what` ("an IDX file") names what was
+    expected; every failure is one line of `kind` (`input_error`)."""
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise kind(f"{path}: not a regular file ({file_kind(info.st_mode)}); give the path "
+                       f"of {what}")
+        # O_NONBLOCK: should the path become a pipe after the check, opening it does not hang
+        return os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
+    except OSError as e:
+        raise input_error(path, e, what, kind) from None
 
 
 def _umask() -> int:

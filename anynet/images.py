@@ -34,10 +34,8 @@ beyond a uniform background. One picture, one digit.
 
 from __future__ import annotations
 
-import errno
 import math
 import os
-import stat
 import struct
 import tokenize
 import warnings
@@ -47,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from anynet.errors import MissingExtraError, UserError
-from anynet.fileio import input_error
+from anynet.fileio import input_error, open_regular
 
 FIELD = 28  # side of the MNIST image
 BOX = 20  # side of the box the digit is scaled to fit, as in MNIST
@@ -91,17 +89,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     image, a damaged one, or an array of the wrong shape or values.
     """
     path = Path(path)
-    try:
-        info = os.stat(path)
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{path}: not a regular file ({_file_kind(info.st_mode)}); give the "
-                            "path of a picture")
-        with open(path, "rb") as f:
+    with open_regular(path, "an image file") as f:
+        try:
             head = f.read(len(_NPY_MAGIC))
-    except OSError as e:
-        raise input_error(path, e, "an image file") from None
+        except OSError as e:
+            raise input_error(path, e, "an image file") from None
     if head == _NPY_MAGIC:
         return _read_npy(path)
     if path.suffix.lower() == ".npy":
@@ -109,16 +101,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if head.startswith(b"PK"):  # a zip, most likely an .npz archive
         raise UserError(f"{path}: a zip/.npz archive, not an image; save one array with np.save")
     return _read_with_pillow(path)
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a named pipe"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a plain file"
 
 
 def _read_npy(path: Path) -> np.ndarray:

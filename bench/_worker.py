@@ -53,15 +53,10 @@ def _rss_now_mb() -> float | None:
 
 
 def _machine_busy_s() -> float | None:
-    """CPU seconds the whole machine has been busy since boot (/proc/stat); None without /proc.
-    Steal time counts as busy: the hypervisor gave our cores to someone else."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds the machine has been busy since boot: anynet's one reader of /proc/stat."""
+    from anynet.backend.threads import machine_busy_s
+
+    return machine_busy_s()
 
 
 def _peak_rss_mb() -> float:

@@ -314,7 +314,7 @@ def test_an_io_error_is_one_line_naming_the_file(tmp_path, images, monkeypatch, 
                                                  fail_after):
     path = write_idx(tmp_path / ("f.gz" if compressed else "f"), images, gzip=compressed)
     failing = type("Failing", (_FailingFile,), {"fail_after": fail_after})
-    monkeypatch.setattr(idx, "open", lambda p, mode="rb": failing(p, "r"), raising=False)
+    monkeypatch.setattr(idx, "open_regular", lambda p, what, kind: failing(p, "r"))
     with pytest.raises(DataError) as info:
         read_idx(path, **MNIST_IMAGES)
     assert str(info.value) == f"{path}: cannot read (Input/output error)"

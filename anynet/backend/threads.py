@@ -54,7 +54,7 @@ def _schedulable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _machine_busy_s() -> float | None:
+def machine_busy_s() -> float | None:
     """CPU seconds the whole machine has been busy since boot (/proc/stat); None without it.
     Steal time counts as busy: the hypervisor gave a core to someone else."""
     try:
@@ -70,14 +70,14 @@ def busy_cores(sample_s: float = SAMPLE_S) -> float | None:
     """How many cores other processes keep busy now: the machine's busy time over `sample_s`
     seconds (/proc/stat) minus this process's own CPU time, per second. Where there is no
     /proc/stat, the 1-minute load average (which lags); None where there is neither."""
-    busy0, own0, t0 = _machine_busy_s(), time.process_time(), time.perf_counter()
+    busy0, own0, t0 = machine_busy_s(), time.process_time(), time.perf_counter()
     if busy0 is None:
         try:
             return os.getloadavg()[0]
         except (AttributeError, OSError):
             return None
     time.sleep(sample_s)
-    busy1, own1, t1 = _machine_busy_s(), time.process_time(), time.perf_counter()
+    busy1, own1, t1 = machine_busy_s(), time.process_time(), time.perf_counter()
     return max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
 
 

@@ -31,12 +31,10 @@ checksums) lives in `anynet.data.mnist`.
 from __future__ import annotations
 
 import contextlib
-import errno
 import gzip as _gzip
 import hashlib
 import math
 import os
-import stat
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -46,7 +44,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 
 from anynet.errors import DataError
-from anynet.fileio import atomic_write_bytes, input_error
+from anynet.fileio import atomic_write_bytes, input_error, open_regular
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (N, rows, cols)
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (N,)
@@ -168,27 +166,17 @@ def _open_idx(path: Path) -> Iterator[tuple[BinaryIO, bool, int]]:
     """Open `path` for reading, through gzip if it starts with the gzip magic bytes; yield
     (stream, compressed, size of the file on disk). Only a regular file is opened: a named pipe
     or a device would block or never end."""
-    try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            if stat.S_ISDIR(info.st_mode):
-                raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
-            raise DataError(
-                f"{path}: not a regular file ({_file_kind(info.st_mode)}); give the path of "
-                "an IDX file"
-            )
-        f = open(path, "rb")  # closed by the `with f` below, after any gzip wrapper
-    except OSError as e:
-        raise input_error(path, e, "an IDX file", DataError) from None
+    f = open_regular(path, "an IDX file", DataError)  # closed below, after any gzip wrapper
+    size = os.fstat(f.fileno()).st_size
     with f:
         with _reading(path, False):
             compressed = f.read(2) == GZIP_MAGIC
             f.seek(0)
         if compressed:
             with _gzip.GzipFile(fileobj=f, mode="rb") as stream:
-                yield stream, True, info.st_size
+                yield stream, True, size
         else:
-            yield f, False, info.st_size
+            yield f, False, size
 
 
 @contextlib.contextmanager
@@ -285,16 +273,6 @@ def _read_header(
             "replace it with a complete copy"
         )
     return header
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a named pipe"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a plain file"
 
 
 def _length_problem(path: Path, dims: Sequence[int], promised: int, actual: int) -> str:
