@@ -94,7 +94,8 @@ class Backend:
         return self._lib.from_host(self.xp, self.device, array)
 
     def to_numpy(self, array: Any) -> np.ndarray:
-        """Copy an array of this backend, on any device, to a host NumPy array."""
+        """The values of an array of this backend, on any device, as a host NumPy array (which
+        may share memory with an array already on the CPU: copy it before changing it)."""
         return self._lib.to_host(array)
 
     def sync(self, array: Any = None) -> None:
@@ -184,8 +185,8 @@ def get_namespace(spec: str | Backend = "numpy") -> Backend:
 
 
 def to_numpy(array: Any) -> np.ndarray:
-    """Copy any backend's array (on any device) to a host NumPy array; NumPy arrays and
-    Python scalars or lists pass through `np.asarray`."""
+    """Any backend's array (on any device) as a host NumPy array, as `Backend.to_numpy`; NumPy
+    arrays and Python scalars or lists pass through `np.asarray`."""
     if isinstance(array, (np.ndarray, np.generic)):
         return np.asarray(array)
     module = type(array).__module__
