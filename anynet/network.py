@@ -245,3 +245,19 @@ class TwoLayerNet:
     def host_params(self) -> dict[str, np.ndarray]:
         """The parameters as host NumPy arrays (for saving, printing, plotting)."""
         return {k: self.backend.to_numpy(v) for k, v in self.params.items()}
+
+    # --- pickling ------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        """What a pickle holds: the backend's spec ('torch:cuda:0') and the parameters as host
+        NumPy copies, so joblib and multiprocessing can carry a network; never the library's
+        module or device objects. anynet itself never loads pickles from files."""
+        return {"backend": self.backend.spec, "dtype": self.dtype,
+                "params": {k: np.array(v, copy=True) for k, v in self.host_params().items()}}
+
+    def __setstate__(self, state: dict) -> None:
+        """Reopen the pickled backend spec (a `BackendError` where it is not available here)
+        and move the parameters onto it."""
+        self.backend = get_namespace(state["backend"])
+        self.dtype = state["dtype"]
+        self.params = {k: self.backend.asarray(state["params"][k]) for k in PARAM_NAMES}
