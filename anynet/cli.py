@@ -19,7 +19,7 @@ import sys
 from anynet import __version__
 from anynet.errors import UserError
 
-COMMANDS = ["train", "evaluate", "predict", "data", "examples", "gradcheck", "plot"]
+COMMANDS = ["train", "evaluate", "predict", "data", "examples", "gradcheck", "plot", "serve"]
 
 
 class _Parser(argparse.ArgumentParser):

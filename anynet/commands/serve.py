@@ -1,0 +1,80 @@
+"""Draw digits in the browser and see what the network makes of them: anynet serve MODEL
+
+Starts a small web server (Python's standard library) and prints its address. The page has a
+canvas to draw on with a mouse, finger or pen; as you draw, it shows the ten class probabilities
+and the 28x28 image the network was given, after the same MNIST-style preprocessing as
+`anynet predict`. A PNG or JPEG dropped on the page (or chosen) is read the same way.
+
+The server binds 127.0.0.1 (this machine only) unless --host says otherwise; it has no
+authentication, so another address lets anyone on that network use it. Ctrl-C stops it.
+
+API: GET /api/model (the model's description, JSON); POST /api/predict with a PNG or JPEG body
+(Content-Type image/png or image/jpeg, at most 2 MiB and 8 million pixels) -> JSON
+{"prediction": 7, "top": [{"class": 7, "probability": 0.98}, ...], "input": [[28 x 28 floats]]}.
+Errors are JSON {"error": "..."} with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from anynet.commands._common import add_backend_option, at_most, nonnegative_int, open_backend
+
+HELP = "draw digits in a web page and watch the model read them (a local web server)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the docstring's lines
+    parser.add_argument("model", metavar="MODEL", help="model file written by anynet train")
+    parser.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every "
+        "network this machine is on)",
+    )
+    parser.add_argument(
+        "--port", type=at_most(nonnegative_int, 65535), default=8000,
+        help="TCP port (default: 8000; 0 = any free port)",
+    )
+    parser.add_argument("--open", action="store_true", help="open the page in a web browser")
+    parser.add_argument("--quiet", action="store_true",
+                        help="do not log failed requests on stderr")
+    add_backend_option(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import ipaddress
+    import sys
+
+    from anynet.errors import UserError
+    from anynet.fileio import reason
+    from anynet.modelio import load_model
+    from anynet.serve.predictor import Predictor
+    from anynet.serve.server import Server
+
+    net, record = load_model(args.model, backend=open_backend(args))
+    predictor = Predictor(net, record, args.model)
+    try:
+        try:
+            server = Server((args.host, args.port), predictor, log=not args.quiet)
+        except OSError as e:
+            raise UserError(f"cannot listen on {args.host} port {args.port} ({reason(e)}); "
+                            "choose another --port or --host") from None
+        with server:
+            print(f"anynet serve: {server.url}  (model {args.model}, {net.backend.spec}; "
+                  "Ctrl-C stops it)", flush=True)
+            try:
+                loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+            except ValueError:  # a host name
+                loopback = False
+            if not loopback:
+                print(f"anynet: warning: listening on {args.host}: anyone who can reach this "
+                      "machine on the network can use this server (it has no password)",
+                      file=sys.stderr, flush=True)
+            if args.open:
+                import webbrowser
+
+                webbrowser.open(server.url)
+            server.serve_forever()
+    finally:
+        predictor.close()
+    return 0

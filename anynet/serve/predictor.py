@@ -1,0 +1,167 @@
+"""One uploaded picture in, the model's answer out: what `POST /api/predict` computes.
+
+The picture goes through exactly what `anynet predict` does to a file (anynet.images: the
+pixel limit, `read_image`, `preprocess_digit`), then through `TwoLayerNet.predict_proba` on the
+model's backend. The body is written to a private temporary file so that `read_image` (which
+checks and reads files) is reused as it is rather than copied.
+
+Shapes: the preprocessed picture is (784,) uint8 = one 28x28 MNIST row; the probabilities (K,).
+
+Not for: HTTP. The server (anynet.serve.server) turns the exceptions below into status codes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anynet.errors import UserError
+
+# The content types the API takes, and the first bytes each format's files start with.
+CONTENT_TYPES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
+_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg"}
+
+# The server's own, tighter pixel limit (anynet.images.MAX_PIXELS is 40 million): a browser
+# canvas is well under a million pixels, and a few requests decoding at once must not hold
+# gigabytes (a picture costs ~30 bytes a pixel at the peak of reading and preprocessing).
+MAX_PIXELS = 8_000_000
+# Pictures decoded at once; more requests wait their turn (bounds the memory above).
+DECODE_SLOTS = 2
+
+
+class BadImage(UserError):
+    """The body is not a picture anynet can read, or holds no digit (HTTP 400)."""
+
+
+class ImageTooLarge(UserError):
+    """The picture has more pixels than MAX_PIXELS (HTTP 413)."""
+
+
+class UnsupportedType(UserError):
+    """A content type other than CONTENT_TYPES (HTTP 415)."""
+
+
+class Predictor:
+    """A loaded model that classifies pictures given as bytes; safe to call from many threads.
+
+    `net` is a TwoLayerNet (784-H-K) on any backend, `record` its model file's JSON record,
+    `path` the model file (named in `describe`).
+    """
+
+    def __init__(self, net: Any, record: dict, path: str | os.PathLike):
+        from anynet.images import FIELD
+
+        n_in, _hidden, _classes = net.sizes
+        if n_in != FIELD * FIELD:
+            raise UserError(f"{path}: the model takes {n_in} inputs, but a picture becomes "
+                            f"{FIELD * FIELD} ({FIELD}x{FIELD}) pixels")
+        self.net, self.record, self.path = net, record, Path(path)
+        self._decode = threading.BoundedSemaphore(DECODE_SLOTS)
+        self._model = threading.Lock()  # not every backend promises thread-safe compute
+        self._tmp = tempfile.TemporaryDirectory(prefix="anynet-serve-")
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def describe(self) -> dict:
+        """What `GET /api/model` answers: the architecture, test accuracy and training run."""
+        D, H, K = self.net.sizes
+        metrics = self.record.get("metrics") if isinstance(self.record.get("metrics"), dict) \
+            else {}
+        config = self.record.get("config") if isinstance(self.record.get("config"), dict) else {}
+        data = self.record.get("data") if isinstance(self.record.get("data"), dict) else {}
+        try:
+            written = datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc)
+            trained = written.isoformat(timespec="seconds").replace("+00:00", "Z")
+        except OSError:
+            trained = None
+        return {
+            "file": self.path.name,
+            "architecture": f"{D}-{H}-{K}",
+            "inputs": D, "hidden": H, "classes": K,
+            "dtype": self.net.dtype,
+            "backend": self.net.backend.spec,
+            "test_accuracy": _number(metrics.get("test_accuracy")),
+            "epochs": metrics.get("epochs") if type(metrics.get("epochs")) is int else None,
+            "train_seconds": _number(metrics.get("train_seconds")),
+            "trained_on": data.get("source") if isinstance(data.get("source"), str) else None,
+            "trained_at": trained,  # the model file's time: anynet train writes it at the end
+            "anynet_version": self.record.get("anynet_version"),
+            "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str))},
+        }
+
+    def predict(self, body: bytes, content_type: str) -> dict:
+        """Classify the picture in `body`: {"prediction", "top" (all K classes, most probable
+        first), "input" (the 28x28 image the network saw, floats in [0, 1])}.
+
+        Raises UnsupportedType, ImageTooLarge or BadImage (each a one-line message).
+        """
+        from anynet.backend import to_numpy
+        from anynet.images import FIELD
+
+        with self._decode:
+            pixels = self.preprocess(body, content_type)  # (784,) uint8
+        with self._model, np.errstate(over="ignore", invalid="ignore"):
+            probs = to_numpy(self.net.predict_proba(pixels[None, :]))[0].astype(np.float64)
+        if not np.all(np.isfinite(probs)):
+            raise RuntimeError("the model's outputs are not finite (nan/inf): its weights are "
+                               "too large to compute with; retrain it")
+        order = np.argsort(-probs, kind="stable")  # ties keep the lower class first
+        return {
+            "prediction": int(order[0]),
+            "top": [{"class": int(c), "probability": float(probs[c])} for c in order],
+            "input": (pixels.reshape(FIELD, FIELD) / 255.0).round(4).tolist(),
+        }
+
+    def preprocess(self, body: bytes, content_type: str) -> np.ndarray:
+        """The picture in `body` as anynet predict would give it to the network: (784,) uint8."""
+        from anynet.images import preprocess_digit, read_image
+
+        if content_type not in CONTENT_TYPES:
+            raise UnsupportedType(f"content type {content_type or '(none)'!r} is not accepted; "
+                                  f"send {' or '.join(CONTENT_TYPES)}")
+        if not body.startswith(CONTENT_TYPES[content_type]):
+            raise BadImage(f"the body is not a {content_type.split('/')[1].upper()} image "
+                           "(it lacks the format's signature)")
+        _check_size(body)
+        fd, name = tempfile.mkstemp(suffix=_SUFFIX[content_type], dir=self._tmp.name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            try:
+                gray = read_image(name)
+            except UserError as e:  # messages name the file: here, the upload
+                raise BadImage(str(e).replace(name, "the image")) from None
+        finally:
+            os.unlink(name)
+        try:
+            return preprocess_digit(gray, source="the image")
+        except UserError as e:
+            raise BadImage(str(e)) from None
+
+
+def _check_size(body: bytes) -> None:
+    """Refuse a picture whose header promises more than MAX_PIXELS, before it is decoded."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return  # read_image says that Pillow is missing
+    try:
+        with Image.open(io.BytesIO(body)) as image:  # lazy: reads the header only
+            width, height = image.size
+    except Exception:  # unreadable: read_image words the error
+        return
+    if width * height > MAX_PIXELS:
+        raise ImageTooLarge(f"the picture is {width} x {height} = {width * height:,} pixels, "
+                            f"more than the {MAX_PIXELS:,} this server reads; scale it down")
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if type(value) in (int, float) and np.isfinite(value) else None
