@@ -16,6 +16,7 @@ import io
 import os
 import tempfile
 import threading
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -154,8 +155,12 @@ def _check_size(body: bytes) -> None:
     except ImportError:
         return  # read_image says that Pillow is missing
     try:
-        with Image.open(io.BytesIO(body)) as image:  # lazy: reads the header only
-            width, height = image.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # judged below
+            with Image.open(io.BytesIO(body)) as image:  # lazy: reads the header only
+                width, height = image.size
+    except Image.DecompressionBombError as e:  # over twice Pillow's own limit
+        raise ImageTooLarge(f"the picture is too large ({e}); scale it down") from None
     except Exception:  # unreadable: read_image words the error
         return
     if width * height > MAX_PIXELS:

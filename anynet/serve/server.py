@@ -219,6 +219,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None):
         """http.server's own errors (a malformed request line, headers too long) as JSON too."""
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unparsable request line: answer in HTTP/1.1
+            self.request_version = self.protocol_version
         try:
             self._send_json(code, {"error": message or self.responses.get(code, ("",))[0]})
         except OSError:
