@@ -19,7 +19,8 @@ import sys
 from anynet import __version__
 from anynet.errors import UserError
 
-COMMANDS = ["train", "evaluate", "predict", "data", "examples", "gradcheck", "plot", "serve"]
+COMMANDS = ["train", "evaluate", "predict", "data", "examples", "gradcheck", "plot", "serve",
+            "export"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, is_lazy_array
 from array_api_compat import device as device_of
 
 Array = Any
@@ -165,14 +165,28 @@ def softmax_cross_entropy_grad(P: Array, labels: Array) -> Array:
 
     Why so simple: with log P[i, t] = Z[i, t] - logsumexp(Z[i]), the derivative of -log P[i, t]
     by Z[i, k] is softmax(Z[i])_k - [k == t] = P[i, k] - Y[i, k]; the mean divides by N.
-    P (N, K) = softmax(Z), labels (N,) -> dZ (N, K).
+    P (N, K) = softmax(Z), labels (N,) -> dZ (N, K). N may be unknown until run (a traced graph,
+    such as ndonnx's symbolic batch): then it is counted, as a sum of ones.
     """
     N, K = P.shape
+    if N is None:
+        xp = array_namespace(P, labels)
+        N = xp.sum(xp.ones_like(labels, dtype=P.dtype))
     return (P - one_hot(labels, K, P.dtype)) / N
 
 
 def accuracy(Z_or_P: Array, labels: Array) -> float:
-    """Fraction of rows whose largest entry is at the label's column. (N, K), (N,) -> float."""
+    """Fraction of rows whose largest entry is at the label's column. (N, K), (N,) -> float.
+
+    In a traced graph (ndonnx, or JAX inside jit) the value is not known yet: there the answer is
+    the 0-d float64 array that will hold it.
+    """
     xp = array_namespace(Z_or_P, labels)
     hits = xp.argmax(Z_or_P, axis=-1) == xp.astype(labels, xp.int64)
-    return float(xp.mean(xp.astype(hits, xp.float64)))
+    fraction = xp.mean(xp.astype(hits, xp.float64))
+    if is_lazy_array(fraction):
+        try:
+            return float(fraction)
+        except Exception:  # the library's way of saying the value is not there yet
+            return fraction
+    return float(fraction)

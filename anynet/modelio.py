@@ -213,6 +213,11 @@ def _read_metadata(zf: zipfile.ZipFile, kind: str) -> dict:
                               f"the {MAX_METADATA_CHARS:,} an anynet record may have")
         text = _read_member_data("metadata.npy", member, info, dtype, shape, fortran,
                                  header_bytes).item()
+    return _parse_record(text)
+
+
+def _parse_record(text: str) -> dict:
+    """The JSON record of a model file: an object nesting at most MAX_JSON_DEPTH deep."""
     try:
         record = json.loads(text)
     except RecursionError:
@@ -352,6 +357,147 @@ def _check_format(path: Path, kind: str, expected_format: str, record: dict) -> 
                              "the file is damaged")
 
 
+# --- safetensors -------------------------------------------------------------------------------
+#
+# A model file may also be a safetensors file (https://huggingface.co/docs/safetensors), for
+# tools outside anynet: an 8-byte little-endian header length, a JSON header, then the raw
+# little-endian data of W1, b1, W2, b2. The header's "__metadata__" (a map of strings) holds the
+# same record as an .npz model file, as one JSON string under the key "anynet". Written and read
+# here without the safetensors package; reading trusts nothing: the length is bounded and must
+# fit the file, the header must be a JSON object, every offset must lie in the data and match
+# its tensor's dtype and shape, and the record and parameters get every check of an .npz's.
+
+SAFETENSORS_SUFFIX = ".safetensors"
+SAFETENSORS_RECORD_KEY = "anynet"
+# The header: the record (escaped inside a JSON string: at most 6 bytes per character) and four
+# short tensor entries.
+MAX_SAFETENSORS_HEADER = 6 * MAX_METADATA_CHARS + 65536
+_SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+
+
+def save_model_safetensors(path: str | Path, net: TwoLayerNet,
+                           metadata: dict | None = None) -> None:
+    """Write `net` as a safetensors file, atomically: W1, b1, W2, b2 and the record of
+    `model_record` plus `metadata`, as one JSON string under the header's __metadata__."""
+    params = net.host_params()
+    record = model_record(net, **(metadata or {}))
+    header: dict[str, Any] = {
+        "__metadata__": {SAFETENSORS_RECORD_KEY: json.dumps(record, sort_keys=True)}}
+    chunks, offset = [], 0
+    for name in PARAM_NAMES:
+        array = np.ascontiguousarray(params[name], dtype=params[name].dtype.newbyteorder("<"))
+        data = array.tobytes()
+        header[name] = {"dtype": "F32" if array.dtype.itemsize == 4 else "F64",
+                        "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    atomic_write_bytes(path, struct.pack("<Q", len(text)) + text + b"".join(chunks))
+
+
+def _read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The parameters (those present) and the record of an anynet safetensors model file, after
+    checking the header's bounds, the format name and version, and every tensor's entry."""
+    path, kind = Path(path), _kind(MODEL_FORMAT)
+    with _open_regular(path, kind) as f:
+        try:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(0)
+            prefix = f.read(8)
+            if prefix[:4] == b"PK\x03\x04":
+                raise ModelFileError(f"{path} is an .npz archive, not a safetensors file: give "
+                                     "it the suffix .npz")
+            if len(prefix) < 8:
+                raise _Unreadable(f"it has {size} bytes, too few for a safetensors header")
+            (n,) = struct.unpack("<Q", prefix)
+            if n > MAX_SAFETENSORS_HEADER:
+                raise _Unreadable(f"its header declares {n:,} bytes, more than the "
+                                  f"{MAX_SAFETENSORS_HEADER:,} anynet reads")
+            if n > size - 8:
+                raise _Unreadable(f"its header declares {n:,} bytes but only {size - 8:,} follow")
+            header = _safetensors_header(f.read(n))
+            meta = header.get("__metadata__")
+            text = meta.get(SAFETENSORS_RECORD_KEY) if isinstance(meta, dict) else None
+            if not isinstance(text, str):
+                raise ModelFileError(f"{path} is not an anynet {kind}: its safetensors header has "
+                                     f"no __metadata__ entry '{SAFETENSORS_RECORD_KEY}' (the "
+                                     "record); anynet export writes one")
+            if len(text) > MAX_METADATA_CHARS:
+                raise _Unreadable(f"its metadata has {len(text):,} characters, more than the "
+                                  f"{MAX_METADATA_CHARS:,} an anynet record may have")
+            record = _parse_record(text)
+            _check_format(path, kind, MODEL_FORMAT, record)
+            entries = _safetensors_entries(header, size - 8 - n)
+            arrays = {}
+            for name, (dtype, shape, begin, end) in entries.items():
+                array = np.empty(math.prod(shape), dtype=dtype)
+                f.seek(8 + n + begin)
+                if f.readinto(memoryview(array.view(np.uint8))) != end - begin:
+                    raise _Unreadable(f"tensor {name} ends early")
+                arrays[name] = array.reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+        except _Unreadable as e:
+            raise ModelFileError(f"{path} is not a readable anynet {kind} (safetensors): {e}") \
+                from None
+        except OSError as e:
+            raise ModelFileError(f"{path} is not a readable anynet {kind} (reading it failed: "
+                                 f"{e.strerror or _one_line(e, 100)})") from None
+    return arrays, record
+
+
+def _safetensors_header(raw: bytes) -> dict:
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise _Unreadable(f"its header nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # UnicodeDecodeError, JSONDecodeError
+        raise _Unreadable(f"its header is not JSON ({_one_line(e, 80)})") from None
+    if not isinstance(header, dict):
+        raise _Unreadable(f"its header is a JSON {type(header).__name__}, not an object")
+    if _json_depth(header) > MAX_JSON_DEPTH:
+        raise _Unreadable(f"its header nests deeper than {MAX_JSON_DEPTH} levels")
+    return header
+
+
+def _safetensors_entries(header: dict, data_bytes: int) -> dict[str, tuple]:
+    """name -> (dtype, shape, begin, end) for the parameters present, each checked against the
+    data's size (data_bytes), its dtype and shape, and MAX_PARAM_ELEMENTS in all."""
+    entries, total = {}, 0
+    for name in PARAM_NAMES:
+        if name not in header:
+            continue  # _check_params names what is missing
+        entry = header[name]
+        if not isinstance(entry, dict):
+            raise _Unreadable(f"tensor {name}'s entry is {short_repr(entry)}, not an object")
+        dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        if dtype is None:
+            raise _Unreadable(f"parameter {name} is {short_repr(entry.get('dtype'))}, not F32 "
+                              "or F64")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not (isinstance(shape, list) and len(shape) <= 2
+                and all(type(d) is int and d >= 0 for d in shape)):
+            raise _Unreadable(f"tensor {name} declares the shape {short_repr(shape)}")
+        count = math.prod(shape)
+        if count > MAX_PARAM_ELEMENTS:
+            raise _Unreadable(f"parameter {name} declares the shape {short_repr(shape)}, more "
+                              f"than the {MAX_PARAM_ELEMENTS:,} elements anynet reads")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            raise _Unreadable(f"tensor {name}'s data_offsets {short_repr(offsets)} do not lie "
+                              f"within its {data_bytes:,} bytes of data")
+        begin, end = offsets
+        if end - begin != count * dtype.itemsize:
+            raise _Unreadable(f"tensor {name} has {end - begin} bytes of data but declares "
+                              f"{tuple(shape)} {entry['dtype']} ({count * dtype.itemsize} bytes)")
+        total += count
+        entries[name] = (dtype, tuple(shape), begin, end)
+    if total > MAX_PARAM_ELEMENTS:
+        raise _Unreadable(f"its parameters declare {total:,} elements, more than the "
+                          f"{MAX_PARAM_ELEMENTS:,} anynet reads")
+    return entries
+
+
 # --- reading: the contents ---------------------------------------------------------------------
 
 
@@ -404,8 +550,12 @@ def save_model(path: str | Path, net: TwoLayerNet, metadata: dict | None = None)
 
 
 def load_model(path: str | Path, *, backend: Any = "numpy") -> tuple[TwoLayerNet, dict]:
-    """Read and check a model file; return (the network on `backend`, its metadata record)."""
-    arrays, record = _read_npz(path, MODEL_FORMAT, list(PARAM_NAMES))
+    """Read and check a model file, .npz or (by its suffix) .safetensors; return (the network on
+    `backend`, its metadata record)."""
+    if Path(path).suffix.lower() == SAFETENSORS_SUFFIX:
+        arrays, record = _read_safetensors(path)
+    else:
+        arrays, record = _read_npz(path, MODEL_FORMAT, list(PARAM_NAMES))
     params = _check_params(path, arrays)
     arch = record.get("architecture", {})
     if not isinstance(arch, dict):
