@@ -134,6 +134,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 body, ctype = self.server.static[name]
                 self._send(200, body, ctype, {"Cache-Control": "no-cache"}, head=method == "HEAD")
         except _Reply as e:
+            self._error = str(e)  # for the log
             self._send_json(e.status, {"error": str(e)}, e.headers, head=method == "HEAD")
         except (ConnectionError, TimeoutError):
             self.close_connection = True
@@ -228,7 +229,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
         if self.server.log and (not isinstance(code, int) or int(code) >= 400):
-            super().log_request(code, size)  # only what went wrong: drawing sends many
+            # only what went wrong (drawing sends many requests), and why
+            error = getattr(self, "_error", None)
+            self.log_message('"%s" %s%s', self.requestline, str(code),
+                             f": {error}" if error else "")
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.log:

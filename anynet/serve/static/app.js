@@ -45,9 +45,15 @@ function stroke(from, to) {
   ctx.lineWidth = pad.width * 0.065;  // about a pen's width on a digit that fills the pad
   ctx.lineCap = ctx.lineJoin = "round";
   ctx.beginPath();
-  ctx.moveTo(from.x, from.y);
-  ctx.lineTo(to.x, to.y);
-  ctx.stroke();
+  if (from.x === to.x && from.y === to.y) {  // a dot: a zero-length line would draw nothing
+    ctx.fillStyle = "#000";
+    ctx.arc(from.x, from.y, ctx.lineWidth / 2, 0, 2 * Math.PI);
+    ctx.fill();
+  } else {
+    ctx.moveTo(from.x, from.y);
+    ctx.lineTo(to.x, to.y);
+    ctx.stroke();
+  }
   inked = true;
 }
 
