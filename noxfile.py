@@ -20,7 +20,7 @@ import nox
 
 nox.options.error_on_missing_interpreters = False
 nox.options.sessions = ["lint", "minimal", "numpy", "array-api-strict", "array-api-strict-device1",
-                        "torch", "jax", "cupy"]
+                        "torch", "jax", "cupy", "interop"]
 
 ROOT = Path(__file__).parent
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -95,6 +95,17 @@ def jax(session: nox.Session) -> None:
     """The suite on JAX (CPU)."""
     session.install(".[test,jax]")
     _pytest(session, "jax")
+
+
+@nox.session
+def interop(session: nox.Session) -> None:
+    """The model outside anynet: ONNX export run by onnxruntime, safetensors read by the
+    safetensors package, the scikit-learn estimator (pandas and array-api-strict for its checks),
+    pickling. ~100 MB of wheels, so not in the 'test' extra; elsewhere these tests skip."""
+    session.install(".[test,onnx,sklearn]", "onnxruntime>=1.20", "safetensors>=0.4", "pandas")
+    session.run("pytest", "-p", "no:cacheprovider", "tests/test_export.py",
+                "tests/test_sklearn.py", "tests/test_pickle.py", *session.posargs,
+                env=_env("numpy") | {"SCIPY_ARRAY_API": "1"})
 
 
 @nox.session(venv_backend="none")
