@@ -267,6 +267,22 @@ def test_onnx_agrees_with_anynet_on_the_mnist_test_set(mnist_dir, tmp_path):
     assert np.mean(labels == mnist.test_labels) > 0.9
 
 
+@pytest.mark.realdata
+def test_evaluate_reads_a_safetensors_model_as_an_npz_one(mnist_dir, tmp_path, net, capsys):
+    save_model(tmp_path / "m.npz", net, RECORD)
+    assert main(["export", str(tmp_path / "m.npz"), "--format", "safetensors", "--out",
+                 str(tmp_path / "m.safetensors")]) == 0
+    capsys.readouterr()
+    results = []
+    for name in ("m.npz", "m.safetensors"):
+        assert main(["evaluate", str(tmp_path / name), "--json", "--data-dir",
+                     str(mnist_dir)]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0]["examples"] == 10_000
+    for key in ("accuracy", "loss"):
+        assert results[0][key] == results[1][key]
+
+
 # --- every function of anynet.functional traces ------------------------------------------------
 
 
