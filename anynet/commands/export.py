@@ -1,6 +1,6 @@
 """Export a model for tools outside anynet: anynet export MODEL --format FORMAT --out FILE
 
-  onnx          an ONNX graph (opset 21) traced from anynet's own forward pass by ndonnx: input
+  onnx          an ONNX graph traced from anynet's own forward pass by ndonnx (opset 21): input
                 'pixels' (N, 784) uint8 0..255 (--input float32: floats in [0, 1]), outputs
                 'probabilities' (N, 10) and 'label' (N,) int64; the model's record (anynet
                 version, architecture, hyperparameters, test accuracy) in its metadata
