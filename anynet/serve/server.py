@@ -81,6 +81,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a page drawing sends many requests
     server_version = "anynet"
     timeout = TIMEOUT  # socket timeout for every read and write of this connection
+    # Headers and body go out in separate writes: with Nagle's algorithm on, the body waits for
+    # the client's delayed ACK (~40 ms on Linux) of the headers.
+    disable_nagle_algorithm = True
 
     def version_string(self) -> str:
         return self.server_version
@@ -243,6 +246,7 @@ class Server(http.server.ThreadingHTTPServer):
     """A ThreadingHTTPServer holding the Predictor and the static files for its handlers."""
 
     daemon_threads = True  # a stalled connection never keeps the process from exiting
+    request_queue_size = 128  # connections waiting to be accepted (socketserver's 5 drops some)
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], predictor: Predictor, *, log: bool = True):
