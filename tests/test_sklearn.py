@@ -45,6 +45,10 @@ def test_learns_iris_on_the_backend_under_test(backend, iris):
     np.testing.assert_allclose(P.sum(axis=1), 1, rtol=1e-12)
     np.testing.assert_array_equal(clf.predict(X), clf.classes_[P.argmax(axis=1)])
     assert clf.n_iter_ == 20 and len(clf.history_) == 20
+    # the backend's own arrays as inputs: the same training, the same answers (NumPy's)
+    same = TwoLayerClassifier(hidden=16, epochs=20, backend=backend.spec)
+    same.fit(backend.asarray(X), backend.asarray(y, "int64"))
+    np.testing.assert_array_equal(same.predict_proba(backend.asarray(X)), P)
 
 
 def test_trains_through_anynets_trainer(iris, monkeypatch):
