@@ -27,6 +27,9 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.actions import interaction  # noqa: E402
+from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
+from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -125,6 +128,21 @@ def draw(driver, strokes: list[list[tuple[float, float]]]) -> None:
         actions.release().perform()
 
 
+def draw_with(driver, kind: str, points: list[tuple[float, float]]) -> None:
+    """One stroke with a touch or pen pointer (W3C actions), points in [0, 1] of the pad."""
+    pad = driver.find_element(By.ID, "pad")
+    width, height = pad.size["width"], pad.size["height"]
+    pointer = PointerInput(kind, kind)
+    builder = ActionBuilder(driver, mouse=pointer, duration=10)
+    xy = [(round((x - 0.5) * width), round((y - 0.5) * height)) for x, y in points]
+    pointer.create_pointer_move(duration=0, x=xy[0][0], y=xy[0][1], origin=pad)
+    pointer.create_pointer_down(button=0)
+    for x, y in xy[1:]:
+        pointer.create_pointer_move(duration=10, x=x, y=y, origin=pad)
+    pointer.create_pointer_up(button=0)
+    builder.perform()
+
+
 def ring(cx=0.5, cy=0.5, rx=0.24, ry=0.34, n=36) -> list[tuple[float, float]]:
     return [(cx + rx * math.sin(2 * math.pi * i / n), cy - ry * math.cos(2 * math.pi * i / n))
             for i in range(n + 2)]
@@ -167,6 +185,23 @@ def test_drawn_digit_is_recognised(page, digit):
         ".getImageData(0, 0, 28, 28).data; let s = 0;"
         "for (let i = 0; i < d.length; i += 4) s += d[i]; return s;")
     assert ink > 0
+
+
+@pytest.mark.realdata
+def test_answers_come_while_drawing(page):
+    """The first touch of the pen is sent at once and the finished stroke once more: the page
+    shows at least two answers for one stroke, and the last is for the whole digit."""
+    draw(page, DRAWN["0"])
+    wait(page, lambda d: shown(d) == "0")
+    assert int(page.find_element(By.TAG_NAME, "body").get_attribute("data-shown")) >= 2
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("kind", [interaction.POINTER_TOUCH, interaction.POINTER_PEN])
+def test_touch_and_pen_draw_too(page, kind):
+    draw_with(page, kind, DRAWN["1"][0])
+    wait(page, lambda d: shown(d) not in ("", "–"))
+    assert shown(page) == "1", bar_probabilities(page)
 
 
 @pytest.mark.realdata
