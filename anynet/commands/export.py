@@ -38,7 +38,8 @@ def run(args) -> int:
 
     suffix = FORMATS[args.format]
     if args.out.suffix.lower() != suffix:
-        raise UserError(f"--out {args.out}: a {args.format} file's name ends in {suffix}")
+        raise UserError(f"--out {args.out}: --format {args.format} writes files named "
+                        f"*{suffix}")
     if args.input != "uint8" and args.format != "onnx":
         raise UserError("--input is for --format onnx only")
     net, record = load_model(args.model)
