@@ -439,22 +439,37 @@ def test_other_addresses_are_warned_about(capsys, bars_model, monkeypatch):
     assert "warning" not in capsys.readouterr().err
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
-def test_command_serves_until_ctrl_c(bars_model):
+@pytest.mark.skipif(sys.platform == "win32", reason="sends POSIX signals")
+@pytest.mark.parametrize(("signum", "code", "last_words"), [
+    (signal.SIGINT, 130, "anynet: interrupted"), (signal.SIGTERM, 143, "anynet: terminated")])
+def test_command_serves_until_stopped(bars_model, tmp_path, signum, code, last_words):
+    """A real `anynet serve` process: prints its address, answers, stops on Ctrl-C (130) or
+    SIGTERM (143) with one line, and leaves no temporary files behind."""
+    import os
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    # Ctrl-C's default handler even where this test runs as a shell's background job, whose
+    # children inherit an ignored SIGINT
+    program = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "from anynet.cli import main; sys.exit(main(sys.argv[1:]))")
     process = subprocess.Popen(
-        [sys.executable, "-m", "anynet", "serve", str(bars_model), "--port", "0",
-         "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        [sys.executable, "-c", program, "serve", str(bars_model), "--port", "0", "--threads",
+         "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
         first = process.stdout.readline()  # blocks until the server is listening
         assert first.startswith("anynet serve: http://127.0.0.1:"), first
         port = int(first.split("http://127.0.0.1:")[1].split("/")[0])
         status, answer = predict(("127.0.0.1", port), png(bar(False)))
         assert status == 200 and answer["prediction"] == 7
-        process.send_signal(signal.SIGINT)
+        assert any(scratch.iterdir())  # its folder for uploads
+        process.send_signal(signum)
         _out, err = process.communicate(timeout=HANG)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "anynet: interrupted" and "Traceback" not in err
+    assert process.returncode == code, err
+    assert err.strip().splitlines()[-1].startswith(last_words) and "Traceback" not in err
+    assert not any(scratch.iterdir())

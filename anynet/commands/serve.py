@@ -6,7 +6,8 @@ and the 28x28 image the network was given, after the same MNIST-style preprocess
 `anynet predict`. A PNG or JPEG dropped on the page (or chosen) is read the same way.
 
 The server binds 127.0.0.1 (this machine only) unless --host says otherwise; it has no
-authentication, so another address lets anyone on that network use it. Ctrl-C stops it.
+authentication, so another address lets anyone on that network use it. Ctrl-C stops it
+(exit 130; SIGTERM: 143).
 
 API: GET /api/model (the model's description, JSON); POST /api/predict with a PNG or JPEG body
 (Content-Type image/png or image/jpeg, at most 2 MiB and 8 million pixels) -> JSON
@@ -43,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import ipaddress
+    import signal
     import sys
+    import threading
 
     from anynet.errors import UserError
     from anynet.fileio import reason
@@ -53,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
     net, record = load_model(args.model, backend=open_backend(args))
     predictor = Predictor(net, record, args.model)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         try:
             server = Server((args.host, args.port), predictor, log=not args.quiet)
@@ -75,6 +81,19 @@ def run(args: argparse.Namespace) -> int:
 
                 webbrowser.open(server.url)
             server.serve_forever()
+    except _Terminated:
+        print("anynet: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     finally:
-        predictor.close()
+        predictor.close()  # removes its temporary folder
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived: stop serving and clean up, as Ctrl-C does (exit 143)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
