@@ -35,6 +35,10 @@ def test_passes_every_estimator_check():
     check_estimator(TwoLayerClassifier())  # raises on the first failing check
 
 
+def test_passes_every_estimator_check_in_float32_on_the_backend_under_test(backend):
+    check_estimator(TwoLayerClassifier(backend=backend.spec, dtype="float32"))
+
+
 def test_learns_iris_on_the_backend_under_test(backend, iris):
     X, y = iris
     clf = TwoLayerClassifier(hidden=16, epochs=20, backend=backend.spec).fit(X, y)
