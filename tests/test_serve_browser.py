@@ -64,6 +64,7 @@ def browser():
                  "--window-size=1000,760", "--force-device-scale-factor=1",
                  "--no-first-run", "--disable-extensions"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     driver.set_page_load_timeout(HANG)
     yield driver
@@ -96,6 +97,7 @@ def page_url(mnist_model):
 
 @pytest.fixture
 def page(browser, page_url):
+    browser.get_log("browser")  # drop what earlier tests' pages said
     browser.get(page_url)
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#bars li"))  # model described
     return browser
@@ -185,6 +187,15 @@ def test_drawn_digit_is_recognised(page, digit):
         ".getImageData(0, 0, 28, 28).data; let s = 0;"
         "for (let i = 0; i < d.length; i += 4) s += d[i]; return s;")
     assert ink > 0
+
+
+@pytest.mark.realdata
+def test_page_runs_without_console_errors(page):
+    """No script error, no request the Content-Security-Policy blocks, no missing file."""
+    draw(page, DRAWN["1"])
+    wait(page, lambda d: shown(d) == "1")
+    severe = [e for e in page.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []
 
 
 @pytest.mark.realdata
