@@ -224,6 +224,37 @@ def test_uploaded_picture_is_recognised(page, picture):
     assert shown(page) == expected, bar_probabilities(page)
 
 
+def drop_file(driver, path: Path, mime: str) -> None:
+    """Drop a file on the drawing card, as a user dragging it from their desktop does."""
+    import base64
+
+    driver.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+        "const dt = new DataTransfer();"
+        "dt.items.add(new File([bytes], arguments[1], {type: arguments[2]}));"
+        "const zone = document.getElementById('drop');"
+        "zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true,"
+        " cancelable: true}));"
+        "zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true,"
+        " cancelable: true}));",
+        base64.b64encode(path.read_bytes()).decode(), path.name, mime)
+
+
+@pytest.mark.realdata
+def test_dropped_picture_is_recognised(page, tmp_path):
+    drop_file(page, DIGITS / "seven.png", "image/png")
+    wait(page, lambda d: shown(d) not in ("", "–"))
+    assert shown(page) == "7", bar_probabilities(page)
+    # another format is refused on the page, before any request
+    gif = tmp_path / "seven.gif"
+    from PIL import Image
+
+    Image.open(DIGITS / "seven.png").save(gif)
+    drop_file(page, gif, "image/gif")
+    wait(page, lambda d: d.find_element(By.ID, "message").text)
+    assert "not a PNG or JPEG" in page.find_element(By.ID, "message").text
+
+
 @pytest.mark.realdata
 def test_clear_empties_the_pad_and_the_answer(page):
     draw(page, DRAWN["1"])
