@@ -78,11 +78,13 @@ class Predictor:
             else {}
         config = self.record.get("config") if isinstance(self.record.get("config"), dict) else {}
         data = self.record.get("data") if isinstance(self.record.get("data"), dict) else {}
-        try:
-            written = datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc)
-            trained = written.isoformat(timespec="seconds").replace("+00:00", "Z")
-        except OSError:
-            trained = None
+        trained = self.record.get("trained_at")  # not in the record of anynet 0.1's models:
+        if not isinstance(trained, str):  # then the file's time (train writes it at the end)
+            try:
+                written = datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc)
+                trained = written.isoformat(timespec="seconds").replace("+00:00", "Z")
+            except OSError:
+                trained = None
         return {
             "file": self.path.name,
             "architecture": f"{D}-{H}-{K}",
@@ -93,7 +95,7 @@ class Predictor:
             "epochs": metrics.get("epochs") if type(metrics.get("epochs")) is int else None,
             "train_seconds": _number(metrics.get("train_seconds")),
             "trained_on": data.get("source") if isinstance(data.get("source"), str) else None,
-            "trained_at": trained,  # the model file's time: anynet train writes it at the end
+            "trained_at": trained,
             "anynet_version": self.record.get("anynet_version"),
             "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str))},
         }
