@@ -52,7 +52,9 @@ def _find(*names: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(backend_name):
+    if backend_name != "numpy":  # the page is the same on every backend (test_serve.py is not)
+        pytest.skip("the browser tests run in the numpy session only")
     chromium = os.environ.get("ANYNET_CHROMIUM") or _find("chromium", "chromium-browser")
     driver_path = os.environ.get("ANYNET_CHROMEDRIVER") or _find("chromedriver")
     if not chromium or not driver_path:
