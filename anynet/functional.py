@@ -175,7 +175,7 @@ def softmax_cross_entropy_grad(P: Array, labels: Array) -> Array:
     return (P - one_hot(labels, K, P.dtype)) / N
 
 
-def accuracy(Z_or_P: Array, labels: Array) -> float:
+def accuracy(Z_or_P: Array, labels: Array) -> float | Array:
     """Fraction of rows whose largest entry is at the label's column. (N, K), (N,) -> float.
 
     In a traced graph (ndonnx, or JAX inside jit) the value is not known yet: there the answer is
