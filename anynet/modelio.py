@@ -218,17 +218,23 @@ def _read_metadata(zf: zipfile.ZipFile, kind: str) -> dict:
 
 def _parse_record(text: str) -> dict:
     """The JSON record of a model file: an object nesting at most MAX_JSON_DEPTH deep."""
+    return _json_object(text, "metadata")
+
+
+def _json_object(text: str, what: str) -> dict:
+    """`text` parsed as a JSON object nesting at most MAX_JSON_DEPTH deep; `what` ("metadata",
+    "header") names it in the one-line refusal."""
     try:
-        record = json.loads(text)
+        value = json.loads(text)
     except RecursionError:
-        raise _Unreadable(f"its metadata nests deeper than {MAX_JSON_DEPTH} levels") from None
+        raise _Unreadable(f"its {what} nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as e:  # JSONDecodeError, an integer of more than 4300 digits
-        raise _Unreadable(f"its metadata is not valid JSON ({_one_line(e, 80)})") from None
-    if not isinstance(record, dict):
-        raise _Unreadable(f"its metadata is a JSON {type(record).__name__}, not an object")
-    if _json_depth(record) > MAX_JSON_DEPTH:
-        raise _Unreadable(f"its metadata nests deeper than {MAX_JSON_DEPTH} levels")
-    return record
+        raise _Unreadable(f"its {what} is not valid JSON ({_one_line(e, 80)})") from None
+    if not isinstance(value, dict):
+        raise _Unreadable(f"its {what} is a JSON {type(value).__name__}, not an object")
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise _Unreadable(f"its {what} nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 def _json_depth(value: Any) -> int:
@@ -447,16 +453,10 @@ def _read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def _safetensors_header(raw: bytes) -> dict:
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise _Unreadable(f"its header nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError as e:  # UnicodeDecodeError, JSONDecodeError
-        raise _Unreadable(f"its header is not JSON ({_one_line(e, 80)})") from None
-    if not isinstance(header, dict):
-        raise _Unreadable(f"its header is a JSON {type(header).__name__}, not an object")
-    if _json_depth(header) > MAX_JSON_DEPTH:
-        raise _Unreadable(f"its header nests deeper than {MAX_JSON_DEPTH} levels")
-    return header
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Unreadable(f"its header is not valid JSON ({_one_line(e, 80)})") from None
+    return _json_object(text, "header")
 
 
 def _safetensors_entries(header: dict, data_bytes: int) -> dict[str, tuple]:
