@@ -601,3 +601,13 @@ def test_evaluate_refuses_a_model_whose_outputs_overflow(tmp_path, synth, backen
                  "--backend", backend.spec])
     err = capsys.readouterr().err
     assert code == 2 and "non-finite outputs" in err and err.count("\n") == 1, err
+
+
+def test_the_model_records_when_it_was_trained(tmp_path, train_args):
+    from datetime import datetime, timedelta, timezone
+
+    out = tmp_path / "m.npz"
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    assert main(train_args(out, "--quiet", "--epochs", "1")) == 0
+    trained = datetime.fromisoformat(load_model(out)[1]["trained_at"].replace("Z", "+00:00"))
+    assert before <= trained <= datetime.now(timezone.utc) + timedelta(seconds=1)

@@ -346,6 +346,7 @@ def _save_outputs(args, config: TrainConfig, mnist, result, out: Path, checkpoin
     """Evaluate the trained network; write the model, metrics and plot; then (only then) remove
     the checkpoint, which holds the trained parameters until every output is written."""
     import json
+    from datetime import datetime, timezone
 
     import numpy as np
 
@@ -375,6 +376,8 @@ def _save_outputs(args, config: TrainConfig, mnist, result, out: Path, checkpoin
         save_model(out, result.net, {
             "config": config.to_dict(), "seed": config.seed, "backend": config.backend,
             "threads": args.threads,
+            "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")
+            .replace("+00:00", "Z"),
             "data": {"source": mnist.source, "sha256": mnist.sha256, "genuine": mnist.all_genuine,
                      "train_examples": int(mnist.train_images.shape[0]),
                      "val_examples": int(mnist.val_images.shape[0])},
