@@ -96,3 +96,26 @@ def _evaluate(net, images: Any, labels: Any, confusion: bool, n_wrong: int) -> E
                          "predicted": int(predicted[i]), "probability": float(score[i])}
                         for i in order]
     return result
+
+
+class NonFiniteOutputs(ValueError):
+    """A model's probabilities for example `row` are not finite (its weights overflow)."""
+
+    def __init__(self, row: int):
+        super().__init__(f"the outputs for example {row} are not finite")
+        self.row = row
+
+
+def ranked_classes(net, pixels: Any) -> list[list[dict]]:
+    """Every example's classes, most probable first, for pictures to classify:
+    pixels (N, D) -> N lists of K {"class", "probability"} (a stable order: ties keep the lower
+    class first). Raises NonFiniteOutputs naming the first example whose outputs overflow."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        probabilities = net.backend.to_numpy(net.predict_proba(pixels)).astype(np.float64)
+    unusable = ~np.all(np.isfinite(probabilities), axis=1)
+    if unusable.any():
+        raise NonFiniteOutputs(int(np.argmax(unusable)))
+    ranking = np.argsort(-probabilities, axis=1, kind="stable")
+    return [[{"class": int(c), "probability": float(probs[c])} for c in order]
+            for probs, order in zip(probabilities, ranking, strict=True)]
+

@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from anynet.backend import to_numpy
     from anynet.errors import UserError
+    from anynet.evaluation import NonFiniteOutputs, ranked_classes
     from anynet.images import FIELD, preprocess_digit, read_image
     from anynet.modelio import load_model
 
@@ -65,25 +65,15 @@ def run(args: argparse.Namespace) -> int:
 
     # Read every picture before printing anything, so a bad file fails the whole run cleanly.
     pixels = np.stack([preprocess_digit(read_image(p), source=p) for p in args.images])
-    with np.errstate(over="ignore", invalid="ignore"):
-        probabilities = to_numpy(net.predict_proba(pixels)).astype(np.float64)  # (N, K)
-    unusable = ~np.all(np.isfinite(probabilities), axis=1)
-    if unusable.any():
+    try:
+        ranked = ranked_classes(net, pixels)
+    except NonFiniteOutputs as e:
         raise UserError(
-            f"{args.model}: the model's outputs for {args.images[int(np.argmax(unusable))]} are "
+            f"{args.model}: the model's outputs for {args.images[e.row]} are "
             "not finite (nan/inf): its weights are too large to compute with; retrain it"
-        )
-    # Most probable first; stable, so ties keep the lower class first.
-    ranking = np.argsort(-probabilities, axis=1, kind="stable")[:, : args.top]
-
-    results = [
-        {
-            "file": str(name),
-            "prediction": int(order[0]),
-            "top": [{"class": int(c), "probability": float(probs[c])} for c in order],
-        }
-        for name, probs, order in zip(args.images, probabilities, ranking, strict=True)
-    ]
+        ) from None
+    results = [{"file": str(name), "prediction": classes[0]["class"], "top": classes[: args.top]}
+               for name, classes in zip(args.images, ranked, strict=True)]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -106,20 +106,20 @@ class Predictor:
 
         Raises UnsupportedType, ImageTooLarge or BadImage (each a one-line message).
         """
-        from anynet.backend import to_numpy
+        from anynet.evaluation import NonFiniteOutputs, ranked_classes
         from anynet.images import FIELD
 
         with self._decode:
             pixels = self.preprocess(body, content_type)  # (784,) uint8
-        with self._model, np.errstate(over="ignore", invalid="ignore"):
-            probs = to_numpy(self.net.predict_proba(pixels[None, :]))[0].astype(np.float64)
-        if not np.all(np.isfinite(probs)):
+        try:
+            with self._model:
+                (classes,) = ranked_classes(self.net, pixels[None, :])
+        except NonFiniteOutputs:
             raise RuntimeError("the model's outputs are not finite (nan/inf): its weights are "
-                               "too large to compute with; retrain it")
-        order = np.argsort(-probs, kind="stable")  # ties keep the lower class first
+                               "too large to compute with; retrain it") from None
         return {
-            "prediction": int(order[0]),
-            "top": [{"class": int(c), "probability": float(probs[c])} for c in order],
+            "prediction": classes[0]["class"],
+            "top": classes,
             "input": (pixels.reshape(FIELD, FIELD) / 255.0).round(4).tolist(),
         }
 
