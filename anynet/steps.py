@@ -158,7 +158,10 @@ class FusedStep:
                               "b2": self.vW2a[H]}
             self.tmp = (ops.empty((D, H), dtype), ops.empty((H,), dtype),
                         ops.empty((H + 1, K), dtype))
-        self._buffer_sets = {}  # b -> (A1, P, mask, dZ1, m, s, Ys); P: logits, probs, then dZ2
+        self._buffer_sets = {}  # b -> (Z1, A1, P, mask, dZ1, m, s); P: logits, probs, then dZ2
+        # the buffers never move, so each batch's views into them are made once, not per step
+        self._batch_views = [(self.X[j * B:(j + 1) * B], self.Y[j])
+                             for j in range(self.batches_per_chunk)]
         self.perm = None
         self.chunk = self.rows_in_chunk = -1
 
@@ -184,7 +187,10 @@ class FusedStep:
         if chunk != self.chunk:
             self._load_chunk(chunk)
         start = j * self.B
-        b = min(self.B, self.rows_in_chunk - start)
+        if start + self.B <= self.rows_in_chunk:
+            X, Y = self._batch_views[j]
+            return self._step(X, Y, lr, self.B)
+        b = self.rows_in_chunk - start   # the epoch's short last batch
         return self._step(self.X[start:start + b], self.Y[j][:, :b], lr, b)
 
     def _buffers(self, b: int) -> tuple:
@@ -194,19 +200,19 @@ class FusedStep:
             o, H, K, dt = self.ops, self.H, self.K, self.dtype
             A1 = o.empty((b, H + 1), dt)                     # hidden activations, last column 1
             A1[:, H] = 1
-            self._buffer_sets[b] = (A1, o.empty((K, b), dt), o.empty((b, H), bool),
-                                    o.empty((b, H), dt), o.empty((b,), dt), o.empty((b,), dt),
-                                    o.empty((K, b), dt))
+            # Z1 apart from A1, contiguous: element-wise work on a strided view costs twice
+            self._buffer_sets[b] = (o.empty((b, H), dt), A1, o.empty((K, b), dt),
+                                    o.empty((b, H), bool), o.empty((b, H), dt),
+                                    o.empty((b,), dt), o.empty((b,), dt))
         return self._buffer_sets[b]
 
     def _step(self, X, Y, lr: float, b: int):
         o, H, W1, b1, W2a = self.ops, self.H, self.W1, self.b1, self.W2a
-        A1, P, mask, dZ1, m, s, Ys = self._buffers(b)
-        Z1 = A1[:, :H]
+        Z1, A1, P, mask, dZ1, m, s = self._buffers(b)
         # forward: Z1 = X W1 + b1, A1 = relu(Z1), logits Z2^T = (A1 W2 + b2)^T in (K, N)
         o.mm(X, W1, out=Z1)
         o.add_(Z1, b1)
-        o.relu_(Z1)                                    # A1[:, :H] is Z1: relu in place
+        o.relu_to(Z1, A1[:, :H])
         o.mm(W2a.T, A1.T, out=P)
         # softmax over classes (axis 0), stably; loss = mean(log sum exp - z_target)
         o.colmax(P, out=m)
@@ -215,13 +221,11 @@ class FusedStep:
         o.exp_(P)
         o.colsum(P, out=s)
         loss = (o.sum_log(s) - picked) / b
-        # dZ2 = lr * (P - Y) / N, with P = exp / s: for plain SGD the learning rate rides on this
-        # small array; with momentum the velocity sums gradients, so dZ2 = (P - Y) / N
-        c = (1.0 if self.momentum else lr) / b
-        o.rdiv_(c, s)
-        o.mul_(P, s)
-        o.scaled(Y, c, out=Ys)
-        o.sub_(P, Ys)
+        # dZ2 = lr * (P / s - Y) / N: for plain SGD the learning rate rides on this small
+        # array; with momentum the velocity sums gradients, so dZ2 = (P / s - Y) / N
+        o.div_(P, s)
+        o.sub_(P, Y)
+        o.mul_(P, (1.0 if self.momentum else lr) / b)
         # backward: dW2a = A1^T dZ2; dA1 = dZ2 W2^T (before W2 changes); dZ1 = dA1 * relu'(Z1)
         o.mm(A1.T, P.T, out=self.dW2a)
         o.mm(P.T, W2a[:H].T, out=dZ1)

@@ -128,10 +128,11 @@ class TorchOps:
     add_ = staticmethod(lambda a, b: a.add_(b))
     sub_ = staticmethod(lambda a, b: a.sub_(b))
     mul_ = staticmethod(lambda a, b: a.mul_(b))
-    relu_ = staticmethod(lambda a: a.clamp_(min=0))
+    div_ = staticmethod(lambda a, b: a.div_(b))
     exp_ = staticmethod(lambda a: a.exp_())
-    rdiv_ = staticmethod(lambda c, a: a.reciprocal_().mul_(c))
-    scaled = staticmethod(lambda a, c, out: out.copy_(a).mul_(c))
+
+    def relu_to(self, a, out):
+        self.torch.clamp(a, min=0, out=out)
 
     def colmax(self, a, out):
         self.torch.amax(a, dim=0, out=out)
