@@ -29,6 +29,9 @@ gradients, and updates the parameters. `make_train_step` picks the implementatio
   (`Backend.fused_ops`: NumPy's ufuncs, which CuPy shares, and PyTorch's in-place methods).
   It computes the same numbers as the reference up to float rounding (tests hold them together)
   and is 1.5-3x faster, most for small networks, where the cost of each call dominates.
+- `GraphedStep`, where the device is CUDA (CuPy, PyTorch CUDA): the fused step recorded once as
+  a CUDA graph (`Backend.graph_capture`) and replayed, one launch per step, with the batch
+  indices and learning rate read from device buffers.
 
 All keep the parameters where the rest of anynet expects them (`params`: W1, b1, W2, b2), so
 evaluation, checkpoints and model files see no difference, and all return the batch's loss as a
@@ -59,7 +62,9 @@ class ArrayAPIStep:
         self.velocity = velocity
         self.perm = None
 
-    def begin_epoch(self, perm: np.ndarray) -> None:
+    def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None) -> None:
+        """Start an epoch: `perm` orders the training set; `rates`, each batch's learning
+        rate when known ahead (the CUDA-graph step keeps them on the device)."""
         self.perm = self.net.backend.asarray(perm, "int64")
 
     def batch_indices(self, batch: int):
@@ -165,7 +170,7 @@ class FusedStep:
         self.perm = None
         self.chunk = self.rows_in_chunk = -1
 
-    def begin_epoch(self, perm: np.ndarray) -> None:
+    def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None) -> None:
         self.perm, self.chunk = self.ops.host(perm, np.int64), -1
 
     def _load_chunk(self, chunk: int) -> None:
@@ -189,9 +194,14 @@ class FusedStep:
         start = j * self.B
         if start + self.B <= self.rows_in_chunk:
             X, Y = self._batch_views[j]
-            return self._step(X, Y, lr, self.B)
+            return self._step(X, Y, self._rates(lr, self.B), self.B)
         b = self.rows_in_chunk - start   # the epoch's short last batch
-        return self._step(self.X[start:start + b], self.Y[j][:, :b], lr, b)
+        return self._step(self.X[start:start + b], self.Y[j][:, :b], self._rates(lr, b), b)
+
+    def _rates(self, lr: float, b: int) -> tuple:
+        """The step's scalars from the learning rate: (c, the factor on dZ2 (lr / N for plain
+        SGD, 1 / N with momentum); 1 - lr * wd, weight decay's factor; -lr)."""
+        return (1.0 if self.momentum else lr) / b, 1 - lr * self.wd, -lr
 
     def _buffers(self, b: int) -> tuple:
         """The step's buffers for a batch of b examples: made once for b = B, and once more
@@ -206,8 +216,11 @@ class FusedStep:
                                     o.empty((b,), dt), o.empty((b,), dt))
         return self._buffer_sets[b]
 
-    def _step(self, X, Y, lr: float, b: int):
+    def _step(self, X, Y, rates: tuple, b: int):
+        """One step on inputs X (b, D) and one-hot targets Y (K, b); `rates` from `_rates`
+        (numbers, or for the CUDA-graph step 1-element device arrays)."""
         o, H, W1, b1, W2a = self.ops, self.H, self.W1, self.b1, self.W2a
+        c, decay, neg_lr = rates
         Z1, A1, P, mask, dZ1, m, s = self._buffers(b)
         # forward: Z1 = X W1 + b1, A1 = relu(Z1), logits Z2^T = (A1 W2 + b2)^T in (K, N)
         o.mm(X, W1, out=Z1)
@@ -225,18 +238,17 @@ class FusedStep:
         # array; with momentum the velocity sums gradients, so dZ2 = (P / s - Y) / N
         o.div_(P, s)
         o.sub_(P, Y)
-        o.mul_(P, (1.0 if self.momentum else lr) / b)
+        o.mul_(P, c)
         # backward: dW2a = A1^T dZ2; dA1 = dZ2 W2^T (before W2 changes); dZ1 = dA1 * relu'(Z1)
         o.mm(A1.T, P.T, out=self.dW2a)
         o.mm(P.T, W2a[:H].T, out=dZ1)
         o.relu_backward_(dZ1, Z1, mask)
         o.colsum(dZ1, out=self.db1)
         if self.momentum:
-            self._momentum_update(X, dZ1, lr)
+            self._momentum_update(X, dZ1, neg_lr)
             return loss
         # update, weight decay as in SGD.step: p <- p - lr * (g + wd * p)
         if self.wd:
-            decay = 1 - lr * self.wd
             for p in (W1, b1, W2a):
                 o.mul_(p, decay)
         o.sub_mm_(W1, X.T, dZ1, self.dW1)              # W1 -= X^T dZ1 (lr already inside)
@@ -244,7 +256,7 @@ class FusedStep:
         o.sub_(W2a, self.dW2a)
         return loss
 
-    def _momentum_update(self, X, dZ1, lr: float) -> None:
+    def _momentum_update(self, X, dZ1, neg_lr) -> None:
         """SGD.step with momentum, in place, for every parameter p with gradient g:
         g += wd p;  v = mu v + g;  p -= lr (g + mu v) (Nesterov) or p -= lr v.
 
@@ -258,7 +270,7 @@ class FusedStep:
             o.gemm_acc_(vW1, X.T, dZ1, mu, tmp)
             if wd:
                 o.axpy_(vW1, wd, W1, tmp)
-            o.axpy_(W1, -lr, vW1, tmp)
+            o.axpy_(W1, neg_lr, vW1, tmp)
         else:
             o.mm(X.T, dZ1, out=self.dW1)
         for p, g, v, tmp in triples:
@@ -268,9 +280,9 @@ class FusedStep:
             o.add_(v, g)
             if self.nesterov:
                 o.axpy_(g, mu, v, tmp)      # g + mu v
-                o.axpy_(p, -lr, g, tmp)
+                o.axpy_(p, neg_lr, g, tmp)
             else:
-                o.axpy_(p, -lr, v, tmp)
+                o.axpy_(p, neg_lr, v, tmp)
 
     @property
     def params(self) -> dict:
@@ -281,6 +293,118 @@ class FusedStep:
         return self._velocity if self._velocity is not None else {}
 
 
+class GraphCaptureUnavailable(UserWarning):
+    """CUDA graph capture failed; training goes on with the fused step, launch by launch."""
+
+
+class GraphedStep(FusedStep):
+    """The fused step as one CUDA graph per batch: captured once, replayed every step.
+
+    A graph replays fixed work on fixed memory, so everything that changes from batch to
+    batch lives in device buffers the graph reads: the epoch's permutation, a batch counter k,
+    each batch's learning rate. One replay gathers batch k (rows perm[kB : kB + B]), converts
+    its pixels, runs `FusedStep._step` with rates computed from lr[k] on the device, writes
+    the loss to losses[k] and adds 1 to k: one launch instead of ~40, and no host work
+    between them. The 0-d loss a call returns is losses[k]: it holds until the same batch of
+    the next epoch (the Trainer reads every window within its epoch). The host only uploads
+    the permutation and the rates once an epoch (and the counter when a run resumes
+    mid-epoch). The epoch's short last batch, if any, takes the fused step.
+
+    `capture(fn) -> replay` comes from `Backend.graph_capture` on CUDA; the CPU test suite
+    passes one that runs `fn` eagerly, which covers all of this but the recording itself.
+    Where capture fails, a `GraphCaptureUnavailable` warning says why and the fused step runs.
+    """
+
+    def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
+                 velocity: dict | None, capture):
+        super().__init__(net, optimizer, images, labels, batch_size, velocity)
+        o, B, D, K, dt = self.ops, self.B, net.sizes[0], self.K, self.dtype
+        self.capture, self.replay = capture, None
+        self.n = images.shape[0]
+        self.n_full = self.n // B                      # batches the graph runs
+        self.perm_device = o.empty((self.n,), np.int64)
+        self.rates_device = o.host(np.zeros(-(-self.n // B)), dt)
+        self.rates_host = np.full(-(-self.n // B), np.nan)
+        self.losses = o.empty((-(-self.n // B),), dt)
+        self.k = o.host(np.zeros(1, np.int64))         # the batch the next replay trains
+        self.next_batch = None                         # ... as the host knows it
+        self.arange = o.host(np.arange(B), np.int64)
+        self.kB, self.pos, self.idx = (o.empty((1,), np.int64), o.empty((B,), np.int64),
+                                       o.empty((B,), np.int64))
+        self.Xg, self.pixels_g = o.empty((B, D), dt), o.empty((B, D), np.uint8)
+        self.Yg = o.empty((K, B), dt)
+        # every training label one-hot, (K, N): a batch's targets are then one gather
+        self.targets = o.empty((K, self.n), dt)
+        o.copy_(self.targets, o.take(self.eye, labels).T)
+        self.lr_now, self.c_now, self.decay_now, self.neg_lr_now = (
+            o.empty((1,), dt) for _ in range(4))
+
+    def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None) -> None:
+        super().begin_epoch(perm)
+        self.ops.copy_(self.perm_device, self.perm)
+        if rates is not None:
+            self.rates_host[:] = rates
+            self.ops.upload_(self.rates_device, np.asarray(rates, self.dtype))
+        self.next_batch = None  # the counter is set on the first batch
+
+    def __call__(self, batch: int, lr: float):
+        if batch >= self.n_full or self.replay is False:
+            return super().__call__(batch, lr)
+        if self.replay is None:
+            self.replay = self._capture()
+            if self.replay is False:
+                return super().__call__(batch, lr)
+        o = self.ops
+        if batch != self.next_batch:
+            o.upload_(self.k, np.array([batch], np.int64))
+        if self.rates_host[batch] != lr:  # not given ahead, or not what was given
+            self.rates_host[batch] = lr
+            o.upload_(self.rates_device[batch:batch + 1], np.array([lr], self.dtype))
+        self.replay()
+        self.next_batch = batch + 1
+        return self.losses[batch]
+
+    def _graph_step(self) -> None:
+        """What one replay does: batch k, entirely from device buffers."""
+        o, B = self.ops, self.B
+        o.mul_into(self.k, B, out=self.kB)
+        o.add_into(self.arange, self.kB, out=self.pos)       # kB, kB + 1, ..., kB + B - 1
+        o.take_into(self.perm_device, self.pos, out=self.idx)
+        o.load_rows(self.images, self.idx, self.Xg, 1 / 255, self.pixels_g)
+        o.take_into(self.targets, self.idx, out=self.Yg, axis=1)
+        # the rates of `_rates`, on the device: lr / B (1 / B with momentum), 1 - lr wd, -lr
+        o.take_into(self.rates_device, self.k, out=self.lr_now)
+        o.mul_into(self.lr_now, 1 / B, out=self.c_now)
+        o.mul_into(self.lr_now, -self.wd, out=self.decay_now)
+        o.add_(self.decay_now, 1.0)
+        o.mul_into(self.lr_now, -1.0, out=self.neg_lr_now)
+        c = 1 / B if self.momentum else self.c_now
+        loss = self._step(self.Xg, self.Yg, (c, self.decay_now, self.neg_lr_now), B)
+        o.put_(self.losses, self.k, loss)
+        o.add_(self.k, 1)
+
+    def _capture(self):
+        """The replay of one captured step, or False (with a warning) where capture fails.
+        Capturing runs the step once to warm up: the state it changes is put back."""
+        import warnings
+
+        o = self.ops
+        state = [self.W1, self.b1, self.W2a, self.k, self.losses]
+        if self.momentum:
+            state += [self.vW1, self.vb1, self.vW2a]
+        saved = [o.clone(a) for a in state]
+        try:
+            replay = self.capture(self._graph_step)
+        except Exception as e:  # CUDA reports capture problems in many exception types
+            replay = False
+            warnings.warn(GraphCaptureUnavailable(
+                f"CUDA graph capture failed ({type(e).__name__}: {e}); training goes on with "
+                "the fused step, one launch per operation"), stacklevel=3)
+        for array, copy in zip(state, saved, strict=True):
+            o.copy_(array, copy)
+        return replay
+
+
 def fast_step_applies(net: TwoLayerNet, optimizer: SGD) -> bool:
     """Whether `FusedStep` can run this training: a backend with in-place primitives (NumPy,
     CuPy, PyTorch on any device); any SGD (momentum, Nesterov, weight decay)."""
@@ -289,9 +413,13 @@ def fast_step_applies(net: TwoLayerNet, optimizer: SGD) -> bool:
 
 def make_train_step(net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
                     velocity: dict, *, fast: bool = True):
-    """The training step for this run: where `fast` is True, the fused step where it applies,
-    the compiled reference step where the backend compiles (JAX); else the reference."""
+    """The training step for this run: where `fast` is True, the fused step where it applies
+    (as a CUDA graph where the backend captures one), the compiled reference step where the
+    backend compiles (JAX); else the reference."""
     if fast and fast_step_applies(net, optimizer):
+        capture = net.backend.graph_capture()
+        if capture is not None:
+            return GraphedStep(net, optimizer, images, labels, batch_size, velocity, capture)
         return FusedStep(net, optimizer, images, labels, batch_size, velocity)
     if fast and net.backend.compiles:
         return CompiledStep(net, optimizer, images, labels, batch_size, velocity)

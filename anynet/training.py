@@ -202,7 +202,10 @@ class Trainer:
         cfg = self.config
         while state.epoch < cfg.epochs:
             rng.bit_generator.state = state.rng_state
-            step.begin_epoch(rng.permutation(self.n_train))
+            first_step = state.step - state.batch  # the step number of this epoch's batch 0
+            step.begin_epoch(rng.permutation(self.n_train),
+                             np.array([self.schedule(first_step + i)
+                                       for i in range(self.n_batches)]))
             for cb in self.callbacks:
                 cb.on_epoch_begin(state.epoch, self.n_batches, state.batch)
             started = time.perf_counter()

@@ -1,10 +1,11 @@
 """anynet in the benchmark: exactly the training step `anynet train` runs, on one backend.
 
 Builds `TwoLayerNet(n_hidden=H, backend=..., seed=...)` and `SGD(lr=...)`, then takes its step
-from `anynet.steps.make_train_step`: the fused step on NumPy and PyTorch's CPU (plain SGD), the
-reference Array API step elsewhere (JAX, CuPy, torch:cuda). An epoch is what `Trainer.fit` does
-for one: a seeded NumPy permutation, then every batch through the step (its loss, a 0-d array,
-is not read here), then `Backend.sync` so the timer sees the finished work. The training set
+from `anynet.steps.make_train_step`: the fused step on NumPy, PyTorch's CPU and CuPy, as a
+CUDA graph on CUDA devices (cupy, torch:cuda), the compiled reference step on JAX. An epoch
+is what `Trainer.fit` does for one: a seeded NumPy permutation, then every batch through the
+step (its loss, a 0-d array, is not read here), then `Backend.sync` so the timer sees the
+finished work. The training set
 crosses to the backend once, as uint8 pixels; each chunk of batches becomes floats on the
 backend. Threads are set by the worker (`anynet.backend.threads.set_threads`), not here.
 
@@ -36,7 +37,7 @@ class AnynetTrainer:
 
     def epoch(self):
         step, lr = self.step, self.lr
-        step.begin_epoch(self.rng.permutation(self.n))
+        step.begin_epoch(self.rng.permutation(self.n), np.full(self.n_batches, lr))
         for i in range(self.n_batches):
             step(i, lr)
         for array in self.step.params.values():  # JAX waits per array; the others per device

@@ -14,6 +14,8 @@ from anynet.steps import (
     ArrayAPIStep,
     CompiledStep,
     FusedStep,
+    GraphCaptureUnavailable,
+    GraphedStep,
     fast_step_applies,
     make_train_step,
 )
@@ -32,8 +34,11 @@ def run_steps(step_cls, dtype, batch, wd, backend, n_examples=1000, epochs=2, mo
     n_batches = -(-n_examples // batch)
     for epoch in range(epochs):
         step.begin_epoch(np.random.default_rng(epoch).permutation(n_examples))
-        losses += [step(i, 0.1 * (1 - 0.01 * i)) for i in range(n_batches)]
-    return np.array([float(backend.to_numpy(v)) for v in losses]), net.host_params()
+        # read within the epoch, as the Trainer does: the graphed step's losses are valid
+        # until the same batch of the next epoch
+        losses += [float(backend.to_numpy(step(i, 0.1 * (1 - 0.01 * i))))
+                   for i in range(n_batches)]
+    return np.array(losses), net.host_params()
 
 
 def fast_step_of(backend):
@@ -111,3 +116,111 @@ def test_trainer_fast_and_reference_give_the_same_curve(backend):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["train_accuracy"] == pytest.approx(b["train_accuracy"], abs=2 / 700)
     assert fast.state.history[-1]["train_loss"] < fast.state.history[0]["train_loss"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUDA-graph step. Its capture needs CUDA; everything around it (the device counter, the
+# rates and permutation in device buffers, the warm-up's state put back, the fallback) runs
+# here with a capture that calls the step eagerly.
+
+
+def eager_capture(fn):
+    """What `Backend.graph_capture` gives on CUDA, minus the recording: warm up, then replay
+    by calling again."""
+    fn()
+    return fn
+
+
+def graphed(backend):
+    """GraphedStep with the backend's own capture on CUDA, else the eager one; skips where
+    there is no fused step."""
+    if backend.fused_ops() is None:
+        pytest.skip(f"{backend.name} has no fused step, so no CUDA-graph step")
+    capture = backend.graph_capture() or eager_capture
+
+    def make(*args):
+        return GraphedStep(*args, capture)
+
+    return make
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 2e-4)])
+@pytest.mark.parametrize("batch", [64, 333])  # 333: a short last batch, which the fused step runs
+@pytest.mark.parametrize("wd", [0.0, 1e-3])
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.5, True)])
+def test_graphed_step_equals_reference(backend, dtype, rtol, batch, wd, momentum, nesterov):
+    if momentum and dtype == "float32":
+        rtol = 2e-3
+    kw = dict(momentum=momentum, nesterov=nesterov)
+    graph_losses, graph = run_steps(graphed(backend), dtype, batch, wd, backend, **kw)
+    ref_losses, ref = run_steps(ArrayAPIStep, dtype, batch, wd, backend, **kw)
+    np.testing.assert_allclose(graph_losses, ref_losses, rtol=rtol)
+    for k in ref:
+        np.testing.assert_allclose(graph[k], ref[k], rtol=rtol, atol=rtol * np.abs(ref[k]).max(),
+                                   err_msg=k)
+
+
+def _two_steps(backend, make, rates=None, momentum=0.9):
+    """Batches 3, 4 and 7 of an epoch (a resume, then a jump), rates given ahead or not."""
+    rng = np.random.default_rng(0)
+    images = backend.asarray(rng.integers(0, 256, (100, 784), dtype=np.uint8))
+    labels = backend.asarray(rng.integers(0, 10, 100), "int64")
+    net = TwoLayerNet(n_hidden=7, dtype="float64", seed=2, backend=backend)
+    opt = SGD(lr=0.1, momentum=momentum, weight_decay=1e-3)
+    step = make(net, opt, images, labels, 10, opt.init(net.params))
+    step.begin_epoch(np.random.default_rng(1).permutation(100), rates)
+    losses = [float(backend.to_numpy(step(b, lr))) for b, lr in ((3, 0.2), (4, 0.1), (7, 0.3))]
+    return losses, net.host_params()
+
+
+@pytest.mark.parametrize("rates", [None, np.full(10, 0.1)])  # not given; given, two of them wrong
+def test_graphed_step_follows_the_batch_and_rate_it_is_given(backend, rates):
+    """The device counter is reset where the batch is not the next one, and a rate that was
+    not given ahead (or differs) is written to the device before the replay."""
+    losses, params = _two_steps(backend, graphed(backend), rates)
+    ref_losses, ref = _two_steps(backend, ArrayAPIStep)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-10)
+    for k in ref:
+        np.testing.assert_allclose(params[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_failed_capture_warns_and_trains_with_the_fused_step(backend):
+    if backend.fused_ops() is None:
+        pytest.skip(f"{backend.name} has no fused step")
+
+    def broken(fn):
+        fn()  # a warm-up that changed the state, then the recording fails
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    def make(*args):
+        return GraphedStep(*args, broken)
+
+    with pytest.warns(GraphCaptureUnavailable, match="not permitted when stream is capturing"):
+        losses, params = _two_steps(backend, make)
+    ref_losses, ref = _two_steps(backend, ArrayAPIStep)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-10)
+    for k in ref:
+        np.testing.assert_allclose(params[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_training_takes_the_graphed_step_where_the_backend_captures(backend, monkeypatch):
+    """make_train_step picks GraphedStep when `graph_capture` offers a capture (CUDA); the run
+    then matches a run of the plain fused step."""
+    if backend.fused_ops() is None:
+        pytest.skip(f"{backend.name} has no fused step")
+    rng = np.random.default_rng(3)
+    images, labels = rng.integers(0, 256, (300, 784), dtype=np.uint8), rng.integers(0, 10, 300)
+    config = TrainConfig(hidden=6, epochs=2, batch_size=32, val_size=0, dtype="float64",
+                         momentum=0.9, backend=backend.spec)
+    plain = Trainer(config, images, labels, backend=backend).fit()
+    if backend.graph_capture() is None:
+        monkeypatch.setattr(type(backend), "graph_capture", lambda self: eager_capture)
+    trainer = Trainer(config, images, labels, backend=backend)
+    net = TwoLayerNet(n_hidden=3, backend=backend)
+    assert isinstance(make_train_step(net, SGD(lr=0.1), backend.asarray(images),
+                                      backend.asarray(labels, "int64"), 32, {}), GraphedStep)
+    graphed_run = trainer.fit()
+    for k, v in plain.net.host_params().items():
+        np.testing.assert_allclose(graphed_run.net.host_params()[k], v, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose([h["train_loss"] for h in graphed_run.state.history],
+                               [h["train_loss"] for h in plain.state.history], rtol=1e-10)

@@ -116,6 +116,13 @@ class Backend:
         (immutable arrays, or a backend meant only for testing the standard)."""
         return self._lib.fused_ops(self)
 
+    def graph_capture(self):
+        """Where the device is CUDA (CuPy, PyTorch), `capture(fn) -> replay`: `fn` (a step
+        over buffers that never move) run once to warm up, then recorded as a CUDA graph that
+        `replay()` launches as one unit. None elsewhere."""
+        capture = getattr(self._lib, "graph_capture", None)
+        return capture(self) if capture else None
+
     def dtype(self, name: str) -> Any:
         """The namespace's dtype object for a dtype name such as "float32"."""
         return getattr(self.xp, name)

@@ -89,6 +89,37 @@ def compile(fn):
     return fn
 
 
+def graph_capture(backend):
+    """`capture(fn) -> replay`: runs `fn` once to warm up, then records it by stream capture
+    into a `cupy.cuda.Graph`, launched on the current stream. Its temporaries come from a memory
+    pool of its own that nothing else allocates from, so no later array takes memory the graph
+    writes to. None where this CuPy has no stream capture (CuPy < 10)."""
+    import cupy
+
+    if not hasattr(cupy.cuda.Stream, "begin_capture"):
+        return None
+
+    def capture(fn):
+        pool = cupy.cuda.MemoryPool()
+        with backend.device, cupy.cuda.using_allocator(pool.malloc):
+            fn()  # kernels compiled, and the pool's blocks allocated, outside the capture
+            stream = cupy.cuda.Stream(non_blocking=True)
+            with stream:
+                stream.begin_capture()
+                try:
+                    fn()
+                finally:
+                    graph = stream.end_capture()
+
+        def replay():
+            graph.launch(cupy.cuda.get_current_stream())
+
+        replay.memory_pool = pool  # lives as long as the graph
+        return replay
+
+    return capture
+
+
 def fused_ops(backend):
     import cupy
 
@@ -110,5 +141,12 @@ def fused_ops(backend):
         def empty(self, shape, dtype):
             with backend.device:
                 return super().empty(shape, dtype)
+
+        def clone(self, array):
+            with backend.device:
+                return array.copy()
+
+        def put_(self, array, idx, value):
+            cupy.put(array, idx, value)
 
     return CupyOps(cupy)

@@ -91,6 +91,29 @@ class UfuncOps:
     def take(self, array, idx):
         return self.lib.take(array, idx, axis=0)
 
+    # For the CUDA-graph step, whose every input sits in a device buffer (and which the CPU
+    # suite runs eagerly): results into existing memory, indices and scalars as device arrays.
+    def take_into(self, array, idx, out, axis=0):        # out = array[idx] along axis
+        self.lib.take(array, idx, axis=axis, out=out)
+
+    def mul_into(self, a, c, out):                       # out = a * c
+        self.lib.multiply(a, c, out=out)
+
+    def add_into(self, a, b, out):                       # out = a + b
+        self.lib.add(a, b, out=out)
+
+    def put_(self, array, idx, value):                   # array[idx] = value
+        self.lib.put(array, idx, value)
+
+    def copy_(self, dst, src):
+        self.lib.copyto(dst, src)
+
+    def clone(self, array):
+        return array.copy()
+
+    def upload_(self, dst, host):                        # dst[...] = a host array's values
+        dst[...] = self.lib.asarray(host)
+
     def mm(self, a, b, out):
         self.lib.matmul(a, b, out=out)
 

@@ -95,6 +95,28 @@ def compile(fn):
     return fn
 
 
+def graph_capture(backend):
+    """On a CUDA device, `capture(fn) -> replay`: runs `fn` once to warm up (on a side stream,
+    as PyTorch asks), records it into a `torch.cuda.CUDAGraph` whose temporaries live in the
+    graph's private memory pool, and returns the graph's replay. None on other devices."""
+    if backend.device.type != "cuda":
+        return None
+    import torch
+
+    def capture(fn):
+        side = torch.cuda.Stream(device=backend.device)
+        side.wait_stream(torch.cuda.current_stream(backend.device))
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream(backend.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph.replay
+
+    return capture
+
+
 def fused_ops(backend) -> TorchOps:
     return TorchOps(backend.device)
 
@@ -121,6 +143,24 @@ class TorchOps:
 
     def take(self, array, idx):
         return self.torch.index_select(array, 0, idx)
+
+    def take_into(self, array, idx, out, axis=0):
+        self.torch.index_select(array, axis, idx, out=out)
+
+    def mul_into(self, a, c, out):
+        self.torch.mul(a, c, out=out)
+
+    def add_into(self, a, b, out):
+        self.torch.add(a, b, out=out)
+
+    def put_(self, array, idx, value):
+        array.index_copy_(0, idx, value.reshape(1))
+
+    copy_ = staticmethod(lambda dst, src: dst.copy_(src))
+    clone = staticmethod(lambda a: a.clone())
+
+    def upload_(self, dst, host):
+        dst.copy_(self.torch.from_numpy(np.ascontiguousarray(host)))
 
     def mm(self, a, b, out):
         self.torch.matmul(a, b, out=out)
@@ -150,9 +190,11 @@ class TorchOps:
         self.torch.gt(Z, 0, out=mask)
         dZ.mul_(mask)
 
-    @staticmethod
-    def axpy_(y, a, x, tmp):                            # y += a * x, one pass
-        y.add_(x, alpha=a)
+    def axpy_(self, y, a, x, tmp):                      # y += a * x, one pass
+        if isinstance(a, self.torch.Tensor):            # a rate in a device buffer (CUDA graph)
+            y.addcmul_(x, a)
+        else:
+            y.add_(x, alpha=a)
 
     @staticmethod
     def gemm_acc_(C, A, B, beta, tmp):                  # C = beta * C + A @ B, one GEMM
