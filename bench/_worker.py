@@ -17,14 +17,12 @@ them into what its users would hand their library (once, untimed, in `make`). A 
 `epoch_time_scale` (and `timed_images`) when an epoch covers only part of the data (Nielsen).
 
 Config keys, kind "train": impl (module name), library, options, hidden, batch, lr, seed, epochs,
-warmup, retime, retime_budget_s, noisy_cores, device, threads, data_dir (the folder of .npy
-files from epoch.py).
+warmup, retime, retime_budget_s, device, threads, data_dir (the folder of .npy files from
+epoch.py).
 
-Each timed epoch also records how many cores other processes took meanwhile (the machine's busy
-time from /proc/stat minus this process's CPU time). After the accuracy is measured (so it is
-always after exactly warmup + epochs epochs), up to `retime` extra epochs (and about
-`retime_budget_s` seconds of them) replace disturbed ones, and the median is taken over the
-undisturbed epochs.
+Each timed epoch also records how many cores other processes took meanwhile (`_load`). After
+the accuracy is measured (so it is always after exactly warmup + epochs epochs), up to `retime`
+extra epochs replace disturbed ones, and the median is taken over the undisturbed epochs.
 
 Config keys, kind "matmul": library, device, threads, size, repeats.
 """
@@ -39,7 +37,7 @@ import statistics
 import sys
 import time
 
-MIN_JUDGED_S = 0.2  # epochs shorter than this are not judged for disturbance (tick resolution)
+import _load
 
 
 def _rss_now_mb() -> float | None:
@@ -50,13 +48,6 @@ def _rss_now_mb() -> float | None:
     except OSError:
         return None
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
-def _machine_busy_s() -> float | None:
-    """CPU seconds the machine has been busy since boot: anynet's one reader of /proc/stat."""
-    from anynet.backend.threads import machine_busy_s
-
-    return machine_busy_s()
 
 
 def _peak_rss_mb() -> float:
@@ -131,46 +122,18 @@ def train(cfg: dict) -> dict:
     rss_before = _rss_now_mb()
     scale = float(getattr(trainer, "epoch_time_scale", 1.0))
 
-    def timed_epoch():
-        t0, busy0, cpu0 = time.perf_counter(), _machine_busy_s(), time.process_time()
-        trainer.epoch()
-        wall = time.perf_counter() - t0
-        own, busy1 = time.process_time() - cpu0, _machine_busy_s()
-        # /proc/stat counts in clock ticks (10 ms): too coarse to judge an epoch under 0.2 s.
-        if busy0 is None or busy1 is None or wall < MIN_JUDGED_S:
-            return wall * scale, None
-        return wall * scale, max(0.0, busy1 - busy0 - own) / wall
-
-    warmup_s = [timed_epoch()[0] for _ in range(cfg["warmup"])]
+    warmup_s = [s for s, _ in _load.time_epochs(trainer.epoch, cfg["warmup"], scale)]
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
-    epochs = [timed_epoch() for _ in range(cfg["epochs"])]
+    epochs = _load.time_epochs(trainer.epoch, cfg["epochs"], scale)
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     # Accuracy after exactly warmup + epochs epochs, whatever re-timing follows.
     accuracy = trainer.accuracy(data["test_images"], data["test_labels"])
-
-    # A shared machine: an epoch during which other processes took >= noisy_cores is disturbed.
-    # Time up to `retime` extra epochs (after the accuracy) to replace disturbed ones.
-    def quiet(e):
-        return e[1] is None or e[1] < cfg["noisy_cores"]
-
-    extra, extra_s = 0, 0.0
-    while (sum(map(quiet, epochs)) < cfg["epochs"] and extra < cfg["retime"]
-           and extra_s < cfg["retime_budget_s"]):
-        epochs.append(timed_epoch())
-        extra, extra_s = extra + 1, extra_s + epochs[-1][0]
-    quiet_s = [s for s, o in epochs if quiet((s, o))]
-    # The median of the undisturbed epochs when there are enough of them, else of all.
-    basis = quiet_s if len(quiet_s) >= min(3, cfg["epochs"]) else [s for s, _ in epochs]
+    extra = _load.retime(epochs, trainer.epoch, cfg["epochs"], cfg["retime"],
+                         cfg["retime_budget_s"], scale)
     out = {
         "status": "ok",
-        "epoch_s": [s for s, _ in epochs],
-        "epoch_others_cores": [o for _, o in epochs],
+        **_load.summary(epochs, cfg["epochs"]),
         "warmup_s": warmup_s,
-        "median_s": statistics.median(basis),
-        "min_s": min(basis),
-        "max_s": max(basis),
-        "median_of": "quiet epochs" if basis is quiet_s else "all epochs (too few quiet)",
-        "quiet_epochs": len(quiet_s),
         "retimed_epochs": extra,
         "test_accuracy": accuracy,
         # Per timed epoch: CPU time in user and kernel mode, and minor page faults. Lots of

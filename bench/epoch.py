@@ -41,6 +41,8 @@ REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(BENCH_DIR))
 
+from _load import NOISY_CORES, LoadMeter, children_cpu_s, wait_until_quiet  # noqa: E402
+
 D, K = 784, 10  # input pixels, classes
 
 
@@ -55,6 +57,7 @@ class Impl:
     options: dict = field(default_factory=dict)
     hidden_only: tuple[int, ...] = ()  # if set, run only for these H
     note: str = ""
+    optional: bool = False             # run only when named with --impl (CPU: slow to compile)
 
 
 IMPLS = {
@@ -66,8 +69,16 @@ IMPLS = {
                        {"backend": "jax"}),
     "anynet-cupy": Impl("impl_anynet", "cupy", ("anynet.network", "cupy"), ("cuda",),
                         {"backend": "cupy"}),
+    "anynet-numpy+momentum": Impl("impl_anynet", "numpy", ("anynet.network",), ("cpu",),
+                                  {"backend": "numpy", "momentum": 0.9}, optional=True),
+    "anynet-torch+momentum": Impl("impl_anynet", "torch", ("anynet.network", "torch"),
+                                  ("cpu", "cuda"), {"backend": "torch", "momentum": 0.9},
+                                  optional=True),
     "numpy-naive": Impl("impl_numpy_naive", "numpy", ("numpy",)),
     "torch-module": Impl("impl_torch_module", "torch", ("torch",), ("cpu", "cuda")),
+    "torch-compile": Impl("impl_torch_module", "torch", ("torch",), ("cpu", "cuda"),
+                          {"compile": True}, optional=True,
+                          note="torch.compile(nn.Module); the warm-up epoch compiles"),
     "torch-noautograd": Impl("impl_torch_noautograd", "torch", ("torch",), ("cpu", "cuda")),
     "jax-jit": Impl("impl_jax_jit", "jax", ("jax",), ("cpu", "cuda")),
     "sklearn": Impl("impl_sklearn", "numpy", ("sklearn",)),
@@ -76,7 +87,6 @@ IMPLS = {
 }
 
 DEFAULT_HIDDEN = [30, 100, 800]
-NOISY_CORES = 0.25  # other processes using this many cores during an epoch: it is disturbed
 RETIME_BUDGET_S = 30  # at most about this many seconds of extra epochs per run to replace them
 DEFAULT_BATCH = [10, 64, 128]
 
@@ -111,63 +121,6 @@ def child_env(device: str) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(
         [str(BENCH_DIR), str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
-
-
-def _cpu_busy_s() -> tuple[float, float] | None:
-    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat; None
-    where there is no /proc (then contention is not measured)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    hz = os.sysconf("SC_CLK_TCK")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq) / hz, steal / hz
-
-
-def _children_cpu_s() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-class ContentionMeter:
-    """How many CPU cores other processes took while a run went on.
-
-    The machine's busy time (/proc/stat) minus our child's own CPU time, over the wall time; a
-    shared machine's neighbours show up here. Steal time (the hypervisor giving our cores to
-    other guests) is reported beside it.
-    """
-
-    def __enter__(self):
-        self.start = (time.perf_counter(), _cpu_busy_s(), _children_cpu_s())
-        return self
-
-    def __exit__(self, *exc):
-        t0, busy0, child0 = self.start
-        wall = time.perf_counter() - t0
-        busy1 = _cpu_busy_s()
-        if busy0 is None or busy1 is None or wall <= 0:
-            self.others_cores = self.steal_cores = None
-            return
-        child = _children_cpu_s() - child0
-        self.others_cores = max(0.0, (busy1[0] - busy0[0]) - child) / wall
-        self.steal_cores = (busy1[1] - busy0[1]) / wall
-
-
-def wait_until_quiet(limit_s: float, threshold: float) -> float:
-    """Sleep until other processes use under `threshold` cores (1 s samples), at most `limit_s`
-    seconds; return the seconds waited."""
-    waited = 0.0
-    while waited < limit_s:
-        with ContentionMeter() as meter:
-            time.sleep(1.0)
-        waited += 1.0
-        if meter.others_cores is None or meter.others_cores < threshold:
-            break
-    return waited
 
 
 def run_worker(cfg: dict, env: dict, timeout: float) -> dict:
@@ -337,8 +290,9 @@ def parse_args(argv):
                    help=f"mini-batch sizes (default: {' '.join(map(str, DEFAULT_BATCH))}; "
                         "--quick: 64)")
     p.add_argument("--impl", nargs="+", choices=list(IMPLS), metavar="NAME",
-                   help=f"implementations to run (default: all that suit the device); "
-                        f"choose from: {', '.join(IMPLS)}")
+                   help=f"implementations to run (default: all that suit the device; on "
+                        f"cpu not torch-compile and the +momentum columns, which are slower to "
+                        f"run); choose from: {', '.join(IMPLS)}")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="timed epochs per run; the median is reported (default: 5; --quick: 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs first (default: 1)")
@@ -374,10 +328,6 @@ def parse_args(argv):
     p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                    help=f"before each run, wait up to S seconds for other processes to use under "
                         f"{NOISY_CORES} cores (default: 0, do not wait)")
-    p.add_argument("--redo-noisy", metavar="FILE", default=None,
-                   help="re-run only the runs of an earlier results FILE that were noisy ('!'), "
-                        "failed or never ran (interrupted), with that file's settings, and "
-                        "update it (or write --out)")
     p.add_argument("--timeout", type=positive_float, default=900,
                    help="seconds before one run is abandoned (default: 900)")
     p.add_argument("--out", default=None, metavar="FILE",
@@ -396,7 +346,8 @@ def parse_args(argv):
     args.train_images = args.train_images or (2000 if args.quick else 60000)
     args.test_images = args.test_images or (1000 if args.quick else 10000)
     if args.impl is None:
-        args.impl = [n for n, impl in IMPLS.items() if args.device in impl.devices]
+        args.impl = [n for n, impl in IMPLS.items() if args.device in impl.devices
+                     and (not impl.optional or args.device == "cuda")]
     else:
         wrong = [n for n in args.impl if args.device not in IMPLS[n].devices]
         if wrong:
@@ -428,8 +379,8 @@ def measure_matmul(library: str, args, env: dict) -> dict:
     cfg = {"kind": "matmul", "library": library, "device": args.device, "threads": args.threads,
            "size": args.matmul_size, "repeats": 3 if args.quick else 10}
     if args.wait_quiet:
-        wait_until_quiet(args.wait_quiet, NOISY_CORES)
-    with ContentionMeter() as meter:
+        wait_until_quiet(args.wait_quiet)
+    with LoadMeter(children_cpu_s) as meter:
         m = run_worker(cfg, env, args.timeout)
     m["others_cores"] = meter.others_cores
     text = (f"{m['gflops']:.0f} GFLOP/s" if m["status"] == "ok"
@@ -449,15 +400,12 @@ def measure_cell(h: int, b: int, n: str, args, env: dict, data_dir: str) -> dict
     cfg = {"kind": "train", "impl": impl.module, "library": impl.library,
            "options": impl.options, "hidden": h, "batch": b, "lr": args.lr, "seed": args.seed,
            "epochs": args.epochs, "warmup": args.warmup, "retime": args.retime,
-           "retime_budget_s": RETIME_BUDGET_S, "noisy_cores": NOISY_CORES,
-           "device": args.device, "threads": args.threads, "data_dir": data_dir}
-    waited = wait_until_quiet(args.wait_quiet, NOISY_CORES) if args.wait_quiet else 0.0
-    t0 = time.perf_counter()
-    with ContentionMeter() as meter:
+           "retime_budget_s": RETIME_BUDGET_S, "device": args.device, "threads": args.threads,
+           "data_dir": data_dir}
+    waited = wait_until_quiet(args.wait_quiet) if args.wait_quiet else 0.0
+    with LoadMeter(children_cpu_s) as meter:
         r = {"impl": n, "hidden": h, "batch": b, **run_worker(cfg, env, args.timeout)}
-    r["wall_s"] = time.perf_counter() - t0
-    r["others_cores"], r["steal_cores"] = meter.others_cores, meter.steal_cores
-    r["waited_for_quiet_s"] = waited
+    r["wall_s"], r["others_cores"], r["waited_for_quiet_s"] = meter.wall, meter.others_cores, waited
     return r
 
 
@@ -473,30 +421,11 @@ def _summary(r: dict) -> str:
     return text + ")"
 
 
-def _take_config(args, previous: dict) -> None:
-    """Set the grid and training settings of `args` from an earlier results file's config."""
-    c = previous["config"]
-    args.hidden, args.batch, args.impl = c["hidden"], c["batch"], c["impls"]
-    args.epochs, args.warmup, args.lr, args.seed = c["epochs"], c["warmup"], c["lr"], c["seed"]
-    args.threads, args.device, args.quick = c["threads"], c["device"], c["quick"]
-    args.train_images, args.test_images = c["train_images"], c["test_images"]
-    args.matmul_size = c["matmul_size"]
-
-
 def run(args: argparse.Namespace) -> int:
-    from anynet.errors import UserError
     from anynet.fileio import atomic_write_text
 
     started = time.perf_counter()
-    previous = None
-    if args.redo_noisy:
-        try:
-            previous = json.loads(Path(args.redo_noisy).read_text())
-            _take_config(args, previous)
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"{args.redo_noisy} is not a results file of this benchmark "
-                            f"({type(e).__name__}: {e})") from None
-    out = Path(args.out or args.redo_noisy or BENCH_DIR / "results" /
+    out = Path(args.out or BENCH_DIR / "results" /
                f"epoch-{socket.gethostname()}-{dt.date.today().isoformat()}.json")
     env = child_env(args.device)
     grid = [(h, b) for h in args.hidden for b in args.batch]
@@ -512,15 +441,6 @@ def run(args: argparse.Namespace) -> int:
                            "reason": missing[n]}
                for n in args.impl if missing[n] for h, b in grid}
     matmul: dict[str, dict] = {}
-    if previous:  # keep what was measured cleanly; redo the noisy and the failed
-        results.update({(r["hidden"], r["batch"], r["impl"]): r for r in previous["results"]})
-        cells = [c for c in cells if c not in results or results[c]["status"] == "failed"
-                 or (results[c]["status"] == "ok" and noisy_run(results[c]))]
-        matmul = {lib: m for lib, m in previous["matmul"].items()
-                  if m.get("status") == "ok" and (m.get("others_cores") or 0) < NOISY_CORES}
-        libraries = [lib for lib in libraries if lib not in matmul]
-        print(f"re-running {len(cells)} noisy, failed or missing runs of {args.redo_noisy}",
-              file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="anynet-bench-") as tmp:
         n_train, n_test = prepare_data(args, Path(tmp))
@@ -541,7 +461,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"[{i}/{len(cells)}] {n} H={h} batch={b}: {_summary(r)}",
                           file=sys.stderr, flush=True)
         except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM via _terminate
-            # Keep what was measured: --redo-noisy on the file runs the rest.
+            # Keep what was measured.
             interrupted = 130 if isinstance(e, KeyboardInterrupt) else e.code
 
     order = {n: i for i, n in enumerate(args.impl)}
@@ -576,19 +496,12 @@ def run(args: argparse.Namespace) -> int:
         "table": table,
         "wall_s": wall,
     }
-    if previous:
-        report["created"], report["wall_s"] = previous["created"], previous["wall_s"]
-        report["redone"] = previous.get("redone", [])
-    if previous and cells:
-        redo = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "runs": [f"{n} H={h} batch={b}" for h, b, n in cells], "wall_s": wall}
-        report["redone"].append(redo)
     if interrupted is not None:
         report["interrupted"] = True
     atomic_write_text(out, json.dumps(report, indent=1) + "\n")
     if interrupted is not None:
         print(f"\nepoch.py: interrupted after {wall / 60:.1f} min; the runs finished so far are in "
-              f"{out}: finish them with --redo-noisy {out}", file=sys.stderr)
+              f"{out}", file=sys.stderr)
         return interrupted
     print(f"\nwrote {out} ({wall / 60:.1f} min)")
     return 0 if any(r.get("status") == "ok" for r in results_list) else 1

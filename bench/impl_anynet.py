@@ -10,7 +10,8 @@ crosses to the backend once, as uint8 pixels; each chunk of batches becomes floa
 backend. Threads are set by the worker (`anynet.backend.threads.set_threads`), not here.
 
 Options: backend = an anynet backend name ("numpy", "torch", "jax", "cupy"); with
-device="cuda" torch and jax run on the GPU ("torch:cuda", "jax:gpu").
+device="cuda" torch and jax run on the GPU ("torch:cuda", "jax:gpu"); momentum = SGD's (0.9 in
+the +momentum columns: what momentum costs per epoch).
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ from anynet.steps import make_train_step
 
 
 class AnynetTrainer:
-    def __init__(self, hidden, batch, lr, seed, train_images, train_labels, backend, device):
+    def __init__(self, hidden, batch, lr, seed, train_images, train_labels, backend, device,
+                 momentum):
         self.backend = get_namespace(backend_spec(backend, device))
         self.net = TwoLayerNet(n_hidden=hidden, backend=self.backend, seed=seed)
         self.lr = lr
         self.n = len(train_labels)
         self.n_batches = -(-self.n // batch)
-        self.step = make_train_step(self.net, SGD(lr=lr), self.backend.asarray(train_images),
-                                    self.backend.asarray(train_labels, "int64"), batch, {})
+        opt = SGD(lr=lr, momentum=momentum)
+        self.step = make_train_step(self.net, opt, self.backend.asarray(train_images),
+                                    self.backend.asarray(train_labels, "int64"), batch,
+                                    opt.init(self.net.params))
         self.rng = np.random.default_rng([seed, 1])
 
     def epoch(self):
@@ -49,5 +53,6 @@ class AnynetTrainer:
 
 
 def make(hidden, batch, lr, seed, train_images, train_labels, *, device="cpu", threads=2,
-         backend="numpy"):
-    return AnynetTrainer(hidden, batch, lr, seed, train_images, train_labels, backend, device)
+         backend="numpy", momentum=0.0):
+    return AnynetTrainer(hidden, batch, lr, seed, train_images, train_labels, backend, device,
+                         momentum)

@@ -5,6 +5,8 @@ int64; each epoch draws `torch.randperm` and indexes mini-batches out of it, the
 `zero_grad / loss.backward() / step`. Weights use He normal init (`kaiming_normal_`, fan-in,
 ReLU gain) and zero biases, so every implementation in the benchmark starts from the same scale.
 On CUDA the epoch ends with `torch.cuda.synchronize()` so the timer sees the finished work.
+With compile=True the model is `torch.compile(model)`, as users speed it up (the warm-up epoch
+pays for the compilation, and for a second one at the epoch's short last batch).
 
 Shapes: X (N, 784) float32, y (N,) int64, logits (N, 10).
 """
@@ -16,7 +18,8 @@ from torch import nn
 
 
 class TorchModuleNet:
-    def __init__(self, hidden, batch, lr, seed, train_images, train_labels, device, threads):
+    def __init__(self, hidden, batch, lr, seed, train_images, train_labels, device, threads,
+                 compile=False):
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.device = torch.device(device)
@@ -27,6 +30,7 @@ class TorchModuleNet:
         self.model.to(self.device)
         self.loss_fn = nn.CrossEntropyLoss()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)
+        self.forward = torch.compile(self.model) if compile else self.model
         self.X = torch.from_numpy(train_images).to(self.device).float().div_(255)
         self.y = torch.from_numpy(train_labels).to(self.device).long()
         self.batch = batch
@@ -39,7 +43,7 @@ class TorchModuleNet:
             idx = perm[i:i + self.batch]
             xb, yb = self.X[idx], self.y[idx]
             self.opt.zero_grad()
-            loss = self.loss_fn(self.model(xb), yb)
+            loss = self.loss_fn(self.forward(xb), yb)
             loss.backward()
             self.opt.step()
         if self.device.type == "cuda":
@@ -52,5 +56,7 @@ class TorchModuleNet:
         return (pred == torch.from_numpy(labels).long()).sum().item() / len(labels)
 
 
-def make(hidden, batch, lr, seed, train_images, train_labels, *, device="cpu", threads=2):
-    return TorchModuleNet(hidden, batch, lr, seed, train_images, train_labels, device, threads)
+def make(hidden, batch, lr, seed, train_images, train_labels, *, device="cpu", threads=2,
+         compile=False):
+    return TorchModuleNet(hidden, batch, lr, seed, train_images, train_labels, device, threads,
+                          compile)

@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import epoch  # bench/epoch.py: IMPLS, the worker runner, data, contention meter
+import _load  # bench/_load.py: the load meter
+import epoch  # bench/epoch.py: IMPLS, the worker runner, data
 
 DEFAULT_CASES = ["anynet-numpy:30:32", "anynet-numpy:30:64", "anynet-numpy:800:64",
                  "anynet-torch:800:64", "torch-module:800:64"]
@@ -61,12 +62,11 @@ def measure(impl: str, hidden: int, batch: int, threads: int, load: str, args, e
     cfg = {"kind": "train", "impl": epoch.IMPLS[impl].module,
            "library": epoch.IMPLS[impl].library, "options": epoch.IMPLS[impl].options,
            "hidden": hidden, "batch": batch, "lr": 0.1, "seed": 0, "epochs": args.epochs,
-           "warmup": args.warmup, "retime": 0, "retime_budget_s": 0,
-           "noisy_cores": epoch.NOISY_CORES, "device": "cpu", "threads": threads,
-           "data_dir": data_dir}
+           "warmup": args.warmup, "retime": 0, "retime_budget_s": 0, "device": "cpu",
+           "threads": threads, "data_dir": data_dir}
     if args.wait_quiet:  # before the spinner starts: the load is ours only
-        epoch.wait_until_quiet(args.wait_quiet, epoch.NOISY_CORES)
-    with epoch.ContentionMeter() as meter:
+        _load.wait_until_quiet(args.wait_quiet)
+    with _load.LoadMeter(_load.children_cpu_s) as meter:
         if load == "loaded":
             with Spinner():
                 r = epoch.run_worker(cfg, env, args.timeout)

@@ -160,6 +160,7 @@ def make(hidden, batch, lr, seed, train_images, train_labels, *, device="cpu", t
 
 
 def test_worker_retimes_a_disturbed_epoch(tmp_path, monkeypatch):
+    import _load
     import _worker
 
     (tmp_path / "impl_fake_sleeper.py").write_text(FAKE_IMPL)
@@ -170,10 +171,10 @@ def test_worker_retimes_a_disturbed_epoch(tmp_path, monkeypatch):
     # The machine's busy CPU seconds, read at the start and end of each epoch: others burn
     # 2 CPU seconds during the second timed epoch only (warm-up, 3 timed, 1 re-timed).
     busy = iter([0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2])
-    monkeypatch.setattr(_worker, "_machine_busy_s", lambda: next(busy))
+    monkeypatch.setattr(_load, "machine_busy_s", lambda: next(busy))
     cfg = {"kind": "train", "impl": "impl_fake_sleeper", "library": "numpy", "options": {},
            "hidden": 8, "batch": 2, "lr": 0.1, "seed": 0, "epochs": 3, "warmup": 1,
-           "retime": 3, "retime_budget_s": 30, "noisy_cores": 0.25, "device": "cpu", "threads": 1,
+           "retime": 3, "retime_budget_s": 30, "device": "cpu", "threads": 1,
            "data_dir": str(tmp_path)}
     r = _worker.train(cfg)
     assert r["status"] == "ok"
@@ -226,35 +227,8 @@ def test_quick_run_writes_json(tmp_path, mnist_dir):
     else:
         assert naive["ratio_reference"] == "numpy-naive" and naive["ratio"] == 1.0
 
-    # Mark the naive run as disturbed; --redo-noisy measures it again in place, with any run the
-    # shared machine really disturbed, and keeps the others as they were.
-    naive.update(median_s=99.0, median_of="all epochs (too few quiet)")
-    out.write_text(json.dumps(report))
-    expected = ["numpy-naive H=30 batch=64"]
-    if anynet["status"] == "ok" and epoch.noisy_run(anynet):
-        expected.append("anynet-numpy H=30 batch=64")
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "epoch.py"), "--redo-noisy", str(out),
-         "--data-dir", str(mnist_dir), "--no-verify", "--retime", "0"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert f"re-running {len(expected)} noisy, failed or missing runs" in proc.stderr
-    redone = json.loads(out.read_text())
-    assert redone["config"] == report["config"] and redone["created"] == report["created"]
-    assert sorted(redone["redone"][0]["runs"]) == sorted(expected)
-    again = {r["impl"]: r for r in redone["results"]}
-    assert again["numpy-naive"]["median_s"] < 99
-    if len(expected) == 1:
-        # the clean run's measurements are kept as they were; what derives from the machine's
-        # matmul rate (re-measured when the first was disturbed) and from the peers is redone
-        derived = {"flop_floor_s", "ratio", "ratio_reference"}
-        assert ({k: v for k, v in again["anynet-numpy"].items() if k not in derived}
-                == {k: v for k, v in anynet.items() if k not in derived})
 
-
-def test_interrupted_run_keeps_finished_runs_and_resumes(tmp_path, mnist_dir, monkeypatch,
-                                                         capsys):
+def test_interrupted_run_keeps_finished_runs(tmp_path, mnist_dir, monkeypatch, capsys):
     out = tmp_path / "bench.json"
     real_measure = epoch.measure_cell
 
@@ -263,27 +237,15 @@ def test_interrupted_run_keeps_finished_runs_and_resumes(tmp_path, mnist_dir, mo
             raise KeyboardInterrupt
         return real_measure(h, b, n, *rest)
 
-    # Which runs the shared machine's load disturbed must not decide what is redone here.
-    monkeypatch.setattr(epoch, "noisy_run", lambda r: False)
     monkeypatch.setattr(epoch, "measure_cell", interrupted_at_second)
     argv = ["--quick", "--impl", "nielsen", "numpy-naive", "--matmul-size", "256",
             "--data-dir", str(mnist_dir), "--no-verify", "--retime", "0", "--threads", "1",
             "--out", str(out)]
     assert epoch.main(argv) == 130
-    assert "finish them with --redo-noisy" in capsys.readouterr().err
+    assert f"the runs finished so far are in {out}" in capsys.readouterr().err
     partial = json.loads(out.read_text())
     assert partial["interrupted"] is True
     assert [r["impl"] for r in partial["results"]] == ["nielsen"]
-
-    monkeypatch.setattr(epoch, "measure_cell", real_measure)
-    assert epoch.main(["--redo-noisy", str(out), "--data-dir", str(mnist_dir), "--no-verify",
-                       "--retime", "0"]) == 0
-    assert "re-running 1 noisy, failed or missing runs" in capsys.readouterr().err
-    done = json.loads(out.read_text())
-    assert "interrupted" not in done
-    assert [r["impl"] for r in done["results"]] == ["nielsen", "numpy-naive"]
-    assert done["results"][0]["epoch_s"] == partial["results"][0]["epoch_s"]   # kept, not re-run
-    assert done["results"][1]["status"] == "ok"
 
 
 # --- bench/threads.py: 1 vs 2 threads, quiet vs loaded -----------------------------------------
