@@ -20,7 +20,7 @@ from anynet import __version__
 from anynet.errors import UserError
 
 COMMANDS = ["train", "evaluate", "predict", "data", "examples", "gradcheck", "plot", "serve",
-            "export"]
+            "export", "sweep"]
 
 
 class _Parser(argparse.ArgumentParser):
