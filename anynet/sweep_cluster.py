@@ -22,9 +22,11 @@ functions; a worker imports it anyway.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from urllib.parse import urlsplit
 
 from anynet.errors import DivergenceError, UserError
@@ -129,6 +131,21 @@ def check_scheduler_address(address: str) -> None:
                         "out --scheduler to run on this machine") from None
 
 
+@contextmanager
+def _workers_ignore_ctrl_c():
+    """Start processes that ignore SIGINT: a Ctrl-C on a terminal reaches the whole process
+    group, and the local workers would die with a traceback each. The client stops them when it
+    ends. (An ignored signal stays ignored in a child, and Python keeps it so.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def start_cluster(stack: ExitStack, scheduler: str | None, workers: int, say) -> object:
     """A dask.distributed Client, closed (with its LocalCluster) when `stack` closes.
 
@@ -147,16 +164,22 @@ def start_cluster(stack: ExitStack, scheduler: str | None, workers: int, say) ->
         check_scheduler_address(scheduler)
         try:
             client = stack.enter_context(Client(scheduler, timeout=CONNECT_TIMEOUT_S))
-        except (OSError, TimeoutError) as e:
-            raise UserError(f"cannot connect to the Dask scheduler at {scheduler} within "
-                            f"{CONNECT_TIMEOUT_S:g} s ({e}); is it a Dask scheduler?") from None
+        except Exception as e:  # whatever answers there (garbage, an HTTP server) is no scheduler
+            import distributed
+
+            detail = " ".join(str(e).split())[:120]
+            raise UserError(f"no Dask scheduler answered at {scheduler} within "
+                            f"{CONNECT_TIMEOUT_S:g} s ({type(e).__name__}: {detail}); is it a "
+                            f"Dask scheduler, of this Dask version ({distributed.__version__})?") \
+                from None
         say(f"on the Dask cluster at {scheduler}: "
             f"{len(client.scheduler_info(n_workers=-1)['workers'])} workers")
         return client
-    cluster = stack.enter_context(LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, silence_logs=logging.CRITICAL,
-    ))
+    with _workers_ignore_ctrl_c():
+        cluster = stack.enter_context(LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None, silence_logs=logging.CRITICAL,
+        ))
     client = stack.enter_context(Client(cluster))
     say(f"on a local Dask cluster: {workers} worker process{'es' if workers != 1 else ''}, "
         "one thread each")

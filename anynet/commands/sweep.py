@@ -333,7 +333,8 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
     from distributed import as_completed
 
     failed = finished = 0
-    progress = Progress(len(todo), "sweep", unit="runs", interval=0.0, leave=True)
+    progress = _Silent() if args.quiet else Progress(len(todo), "sweep", unit="runs",
+                                                     interval=0.0, leave=True)
     try:
         for future in as_completed([f for _, f in by_key.values()]):
             run, _ = by_key.pop(future.key)
@@ -364,6 +365,14 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return failed
+
+
+class _Silent:
+    """A Progress that shows nothing (--quiet)."""
+
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix(self, text: str) -> None: ...
+    def close(self) -> None: ...
 
 
 def _outcome(future) -> dict:
