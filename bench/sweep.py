@@ -9,7 +9,8 @@ thread each) are trained twice:
 1. one after another in this process, through the worker's own task (`train_run`: MNIST loaded
    once, then train and score each run), no files written;
 2. by `anynet sweep --workers N` into a fresh folder: the whole command, the LocalCluster's
-   start-up, each worker loading MNIST, and the client writing 16 models and result lines.
+   start-up, each worker loading MNIST, and the client writing 16 models and result lines
+   (a LocalCluster's start-up alone is timed beforehand, to say how much of the overhead it is).
 
 It prints both wall times, the speed-up (1 / 2) and the per-run overhead: the core-seconds the
 sweep spent beyond the sequential work, (wall x workers - sequential) / runs. On N otherwise idle
@@ -21,6 +22,7 @@ since a shared machine changes both numbers. A measuring tool, not a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -33,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from anynet.backend.threads import busy_cores  # noqa: E402
 from anynet.cli import main as anynet_main  # noqa: E402
 from anynet.sweep import expand_grid  # noqa: E402
-from anynet.sweep_cluster import train_run  # noqa: E402
+from anynet.sweep_cluster import start_cluster, train_run  # noqa: E402
 
 GRID = {"hidden": [30, 100], "lr": [0.1, 0.3], "seed": [0, 1, 2, 3]}
 
@@ -69,6 +71,13 @@ def main() -> int:
     sequential = time.perf_counter() - started
     print(f"one process, one after another: {sequential:.1f} s "
           f"({sequential / len(runs):.2f} s a run, MNIST loaded once)", flush=True)
+
+    started = time.perf_counter()  # the part of the overhead that is the cluster's start-up
+    with contextlib.ExitStack() as stack:
+        start_cluster(stack, None, args.workers, say=lambda *a: None)
+        start_up = time.perf_counter() - started
+    print(f"a LocalCluster of {args.workers} workers starts (and stops) in "
+          f"{time.perf_counter() - started:.1f} s, ready after {start_up:.1f} s", flush=True)
 
     with tempfile.TemporaryDirectory() as folder:
         argv = ["sweep", "--hidden", "30,100", "--lr", "0.1,0.3", "--seeds", "0-3",
