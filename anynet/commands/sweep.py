@@ -112,7 +112,7 @@ def run(args) -> int:
             raise UserError("--summary DIR prints an earlier sweep's results and trains nothing; "
                             f"leave out {', '.join(asked) or '--out/--scheduler/--recipe'}")
         _check_plot(args.plot)
-        return _print_summary(args.summary, args.plot, missing_ok=False)
+        return _print_summary(args.summary, args.plot)
     if args.out is None:
         raise UserError("name the sweep's folder with --out DIR (e.g. --out sweep1/)")
     if args.scheduler is not None and args.workers is not None:
@@ -310,6 +310,8 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
     """Train `todo` on the cluster, recording each run as it finishes; return how many failed."""
     import signal
 
+    from anynet.errors import UserError
+    from anynet.fileio import reason, remedy
     from anynet.progress import Progress
     from anynet.sweep_cluster import start_cluster, train_run
 
@@ -341,8 +343,13 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
             outcome = _outcome(future)
             future.release()  # the parameters are ours now: the cluster may forget them
             state["writing"] = True
-            record = _record(run, outcome, out)
-            _append(results_path, record)
+            try:
+                record = _record(run, outcome, out)
+                _append(results_path, record)
+            except OSError as e:  # a full disk: every run recorded so far stays
+                raise UserError(f"cannot write run {run.id}'s results into {out} ({reason(e)});"
+                                f" {remedy(e)}, then run the same command again: the "
+                                f"{finished} runs recorded here are kept") from None
             state["writing"] = False
             finished += 1
             failed += record["status"] == "error"
@@ -449,7 +456,7 @@ def _describe(run, record: dict) -> str:
 # --- summary -------------------------------------------------------------------------------------
 
 
-def _print_summary(folder: Path, plot: Path | None, *, missing_ok: bool) -> int:
+def _print_summary(folder: Path, plot: Path | None) -> int:
     from anynet.errors import UserError
     from anynet.sweep import RESULTS_NAME, read_results
 
