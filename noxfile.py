@@ -20,7 +20,7 @@ import nox
 
 nox.options.error_on_missing_interpreters = False
 nox.options.sessions = ["lint", "minimal", "numpy", "array-api-strict", "array-api-strict-device1",
-                        "torch", "jax", "cupy", "interop"]
+                        "torch", "jax", "cupy", "interop", "sweep"]
 
 ROOT = Path(__file__).parent
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -51,7 +51,8 @@ def minimal(session: nox.Session) -> None:
     session.install(".")
     session.run("python", "-c", (
         "import sys, anynet\n"
-        "heavy = {'torch', 'jax', 'cupy', 'array_api_strict', 'matplotlib', 'PIL', 'tqdm'}\n"
+        "heavy = {'torch', 'jax', 'cupy', 'array_api_strict', 'matplotlib', 'PIL', 'tqdm',\n"
+        "         'dask', 'distributed'}\n"
         "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
         "from anynet.cli import main\n"
         "assert main(['examples', '--backend', 'numpy']) == 0\n"
@@ -106,6 +107,15 @@ def interop(session: nox.Session) -> None:
     session.run("pytest", "-p", "no:cacheprovider", "tests/test_export.py",
                 "tests/test_sklearn.py", "tests/test_pickle.py", *session.posargs,
                 env=_env("numpy") | {"SCIPY_ARRAY_API": "1"})
+
+
+@nox.session
+def sweep(session: nox.Session) -> None:
+    """anynet sweep on real Dask clusters on this machine (a scheduler and two workers started
+    by the tests, one killed mid-sweep; the LocalCluster default) and its pure parts."""
+    session.install(".[test,sweep]")
+    session.run("pytest", "-p", "no:cacheprovider", "tests/test_sweep.py",
+                "tests/test_sweep_cluster.py", *session.posargs, env=_env("numpy"))
 
 
 @nox.session(venv_backend="none")

@@ -5,8 +5,8 @@ imports its heavy dependencies inside `run`, so `anynet --help` is instant. `mai
 `UserError` into one line on stderr and its exit code (2; 3 for divergence); any other exception
 is a bug and keeps its traceback.
 
-Exit codes: 0 success, 1 a check failed (gradcheck), 2 a user's mistake or bad input,
-3 training diverged, 130 interrupted.
+Exit codes: 0 success, 1 a check failed (gradcheck) or runs of a sweep failed, 2 a user's
+mistake or bad input, 3 training diverged, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from anynet import __version__
 from anynet.errors import UserError
 
 COMMANDS = ["train", "evaluate", "predict", "data", "examples", "gradcheck", "plot", "serve",
-            "export"]
+            "export", "sweep"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -337,3 +337,63 @@ def plot_confusion(
             "Most confidently wrong: true class -> predicted (probability)", fontsize=9
         )
     _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+_SWEEP_LINES = 8  # lines per panel at most: more are unreadable; the best ones are kept
+
+
+def plot_sweep(records: Sequence[Mapping], path: str | os.PathLike) -> None:
+    """Draw a sweep's test accuracy (%) against each swept option, with error bars over seeds.
+
+    `records` are the lines of a sweep's results.jsonl (`anynet.sweep`). One panel per swept
+    option (the seed aside): its values along x (a log scale for rates spanning 10x or more), one
+    line for each setting of the other swept options (the best _SWEEP_LINES of them), each point
+    the mean over seeds with a bar of one sample standard deviation.
+    """
+    from anynet.sweep import option_name, summarize
+
+    rows, _ = summarize(records)
+    rows = [row for row in rows if row.ok]
+    names = list(rows[0].settings) if rows else []
+    figure = _new_figure(figsize=(5.2 * max(len(names), 1), 4.2))
+    axes = np.atleast_1d(figure.subplots(1, max(len(names), 1))).ravel()
+    if not names:
+        ax = axes[0]
+        text = "no finished runs" if not rows else "nothing swept but the seed"
+        if rows:
+            row = rows[0]
+            text = f"test accuracy {100 * row.test_mean:.2f}% over {row.ok} seeds"
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    for ax, name in zip(axes, names, strict=False):
+        others = [n for n in names if n != name]
+        lines: dict[tuple, list] = {}
+        for row in rows:  # best first, so the first lines made are the best
+            lines.setdefault(tuple(row.settings[n] for n in others), []).append(row)
+        numeric = all(isinstance(r.settings[name], (int, float))
+                      and not isinstance(r.settings[name], bool) for r in rows)
+        values = sorted({r.settings[name] for r in rows}, key=lambda v: (str(type(v)), v))
+        for key, members in list(lines.items())[:_SWEEP_LINES]:
+            members = sorted(members, key=lambda r: values.index(r.settings[name]))
+            x = [r.settings[name] if numeric else values.index(r.settings[name])
+                 for r in members]
+            y = [100 * r.test_mean for r in members]
+            err = [100 * (r.test_std or 0.0) for r in members]
+            label = ", ".join(f"{option_name(n).lstrip('-')} {v:g}" if isinstance(v, float)
+                              else f"{option_name(n).lstrip('-')} {v}"
+                              for n, v in zip(others, key, strict=True)) or "mean over seeds"
+            ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, markersize=4, label=label)
+        if numeric and min(values) > 0 and max(values) >= 10 * min(values):
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+        shown = f" (best {_SWEEP_LINES} of {len(lines)})" if len(lines) > _SWEEP_LINES else ""
+        ax.set(xlabel=option_name(name).lstrip("-"), ylabel="test accuracy (%)",
+               title=f"by {option_name(name).lstrip('-')}{shown}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    seeds = max((row.ok for row in rows), default=0)
+    figure.suptitle(f"Sweep: test accuracy, mean ± sample std over up to {seeds} seeds")
+    _save(figure, path)
