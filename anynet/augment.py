@@ -161,11 +161,10 @@ class Distortion:
 
 # --- host pieces: constant matrices and random parameters (NumPy, float64) ----------------------
 
-def pixel_grid(size: int = SIDE) -> tuple[np.ndarray, np.ndarray]:
-    """The pixel coordinates of a (size, size) image: rows[r, c] = r, cols[r, c] = c, float64."""
-    rows, cols = np.meshgrid(np.arange(size, dtype=np.float64),
-                             np.arange(size, dtype=np.float64), indexing="ij")
-    return rows, cols
+def pixel_coordinates(size: int = SIDE) -> np.ndarray:
+    """The coordinates of a row's (or a column's) pixels: [0, 1, ..., size - 1], float64 (S,).
+    Pixel (r, c) of an image sits at row coordinate r and column coordinate c."""
+    return np.arange(size, dtype=np.float64)
 
 
 def gaussian_matrix(sigma: float, size: int = SIDE) -> np.ndarray:
@@ -241,20 +240,26 @@ def draw_fields(rng: np.random.Generator, n: int, size: int = SIDE) -> np.ndarra
 
 # --- the backend pieces: pure functions of arrays (any Array API library) ----------------------
 
-def affine_coordinates(M: Array, rows: Array, cols: Array) -> tuple[Array, Array]:
+def affine_coordinates(M: Array, pixels: Array) -> tuple[Array, Array]:
     """Where each output pixel reads, under per-image affine maps.
 
-    M (n, 2, 3), the pixel grid rows, cols (S, S) -> (r', c'), each (n, S, S):
+    M (n, 2, 3), pixels (S,) the coordinates 0, 1, ..., S - 1 -> (r', c'), each (n, S, S):
         r' = M[:, 0, 0] r + M[:, 0, 1] c + M[:, 0, 2]
         c' = M[:, 1, 0] r + M[:, 1, 1] c + M[:, 1, 2]
+    computed as outer sums, r'[k, r, c] = (M[k, 0, 0] r + M[k, 0, 2]) + M[k, 0, 1] c: one pass
+    over the (n, S, S) result per coordinate, the products being only (n, S).
     """
-    xp = array_namespace(M, rows, cols)
+    xp = array_namespace(M, pixels)
+    p = xp.reshape(pixels, (1, -1))  # (1, S)
 
     def entry(i: int, j: int) -> Array:
-        return xp.reshape(M[:, i, j], (-1, 1, 1))
+        return xp.reshape(M[:, i, j], (-1, 1))  # (n, 1)
 
-    return (entry(0, 0) * rows + entry(0, 1) * cols + entry(0, 2),
-            entry(1, 0) * rows + entry(1, 1) * cols + entry(1, 2))
+    def outer_sum(down: Array, across: Array) -> Array:  # (n, S), (n, S) -> (n, S, S)
+        return xp.reshape(down, (-1, p.shape[1], 1)) + xp.reshape(across, (-1, 1, p.shape[1]))
+
+    return (outer_sum(entry(0, 0) * p + entry(0, 2), entry(0, 1) * p),
+            outer_sum(entry(1, 0) * p + entry(1, 2), entry(1, 1) * p))
 
 
 def elastic_displacements(U: Array, G: Array, alpha: float) -> Array:
@@ -269,14 +274,16 @@ def elastic_displacements(U: Array, G: Array, alpha: float) -> Array:
     return xp.matmul(xp.matmul(alpha * G, U), G.T)
 
 
-def bilinear_sample(images: Array, rows: Array, cols: Array) -> Array:
+def bilinear_sample(images: Array, rows: Array, cols: Array, take: Any = None) -> Array:
     """Read images at real-valued points, bilinearly, with 0 outside the image.
 
     images (n, h, w), rows and cols (n, h2, w2) the points (row r', column c') to read in each
     image -> (n, h2, w2), by the formula of the module docstring: each output is a weighted sum
     of the 4 pixels around its point, the pixels beyond the edge being 0 (SciPy's
     map_coordinates(order=1, mode='grid-constant', cval=0)). Whole-pixel points read their pixel
-    exactly. Gathers with `take` from the flattened, zero-bordered images.
+    exactly. Gathers with `take` from the flattened, zero-bordered images: the standard's
+    xp.take(a, i, axis=0), or `take(a, i)` when given (the backend's own, which may skip
+    array-api-compat's handling of negative indices: these are never negative).
     """
     xp = array_namespace(images, rows, cols)
     n, h, w = images.shape
@@ -292,14 +299,20 @@ def bilinear_sample(images: Array, rows: Array, cols: Array) -> Array:
     cols = xp.clip(cols, -1.0, float(w))
     y, x = xp.floor(rows), xp.floor(cols)
     fy, fx = rows - y, cols - x
-    # flat index of the top-left neighbour (y, x) in the padded images: (y + 1, x + 1) there
-    first = xp.astype((y + 1.0) * pw + (x + 1.0), xp.int64)
-    offsets = xp.arange(n, dtype=xp.int64, device=device) * (ph * pw)
-    first = xp.reshape(first + xp.reshape(offsets, (-1, 1, 1)), (-1,))
+    # flat index of the top-left neighbour (y, x): (y + 1, x + 1) in image k's padded copy, so
+    # k ph pw + (y + 1) pw + (x + 1); its right, lower and lower-right neighbours are 1, pw and
+    # pw + 1 further on, read by taking from the flat array shifted by as much
+    starts = xp.arange(n, dtype=xp.int64, device=device) * (ph * pw) + (pw + 1)
+    first = xp.astype(y * pw + x, xp.int64) + xp.reshape(starts, (-1,) + (1,) * (rows.ndim - 1))
+    first = xp.reshape(first, (-1,))
     flat = xp.reshape(padded, (-1,))
 
+    if take is None:
+        def take(a, i):
+            return xp.take(a, i, axis=0)
+
     def at(delta: int) -> Array:
-        return xp.reshape(xp.take(flat, first + delta, axis=0), rows.shape)
+        return xp.reshape(take(flat[delta:], first), rows.shape)
 
     top_left, top_right = at(0), at(1)
     bottom_left, bottom_right = at(pw), at(pw + 1)
@@ -314,9 +327,10 @@ class Distorter:
     """Distorts flattened float images on a backend.
 
     `Distorter(distortion, backend, seed, dtype)` puts the constant pieces on the backend once
-    (the pixel grid, the Gaussian matrix); each call draws a chunk's random numbers on the host
-    (`draw`), moves each draw to the backend with one `asarray`, and distorts the whole chunk
-    with the pure functions above (compiled by `Backend.compile`: jax.jit on JAX).
+    (the pixel coordinates, the Gaussian matrix); each call draws a chunk's random numbers on
+    the host (`draw`), moves each draw to the backend with one `asarray`, and distorts the whole
+    chunk with the pure functions above (compiled by `Backend.compile`: jax.jit on JAX; the
+    gathers use the backend's own `take` where its fused step has one).
     """
 
     def __init__(self, distortion: Distortion, backend: Any, seed: int,
@@ -334,11 +348,11 @@ class Distorter:
         self.seed = int(seed)
         self.dtype = dtype
         self._xp_dtype = self.backend.dtype(dtype)
-        rows, cols = pixel_grid(SIDE)
-        self._rows = self.backend.asarray(rows, dtype)  # (S, S)
-        self._cols = self.backend.asarray(cols, dtype)
+        self._pixels = self.backend.asarray(pixel_coordinates(SIDE), dtype)  # (S,)
         self._G = (self.backend.asarray(gaussian_matrix(distortion.sigma), dtype)
                    if distortion.elastic else None)
+        ops = self.backend.fused_ops()  # its `take` gathers rows as fast as the library can
+        self._take = getattr(ops, "take", None)
         self._distort = self.backend.compile(self._compute)
 
     def __repr__(self) -> str:
@@ -383,11 +397,12 @@ class Distorter:
         xp = self.backend.xp
         n = X.shape[0]
         if M is not None:
-            rows, cols = affine_coordinates(M, self._rows, self._cols)
+            rows, cols = affine_coordinates(M, self._pixels)  # (n, S, S) each
         else:
-            rows, cols = self._rows, self._cols
+            rows = xp.reshape(self._pixels, (-1, 1))  # (S, 1): r
+            cols = xp.reshape(self._pixels, (1, -1))  # (1, S): c
         if U is not None:
             moved = elastic_displacements(U, self._G, self.distortion.alpha)  # (2n, S, S)
             rows, cols = rows + moved[:n, ...], cols + moved[n:, ...]
         images = xp.reshape(X, (n, SIDE, SIDE))
-        return xp.reshape(bilinear_sample(images, rows, cols), (n, SIDE * SIDE))
+        return xp.reshape(bilinear_sample(images, rows, cols, self._take), (n, SIDE * SIDE))

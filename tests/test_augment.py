@@ -33,7 +33,8 @@ def digits(n: int, seed: int = 0) -> np.ndarray:
 
 
 def grid(backend, n: int, dtype: str = "float64"):
-    rows, cols = A.pixel_grid(S)
+    """The pixel coordinates of n images: rows[k, r, c] = r, cols[k, r, c] = c."""
+    rows, cols = np.meshgrid(A.pixel_coordinates(S), A.pixel_coordinates(S), indexing="ij")
     return (backend.asarray(np.broadcast_to(rows, (n, S, S)), dtype),
             backend.asarray(np.broadcast_to(cols, (n, S, S)), dtype))
 
@@ -195,8 +196,7 @@ def test_whole_pixel_translation_is_a_shift(backend):
                           np.array([s[0] for s in shifts], float),
                           np.array([s[1] for s in shifts], float))
     rows, cols = A.affine_coordinates(backend.asarray(M, "float32"),
-                                      backend.asarray(A.pixel_grid()[0], "float32"),
-                                      backend.asarray(A.pixel_grid()[1], "float32"))
+                                      backend.asarray(A.pixel_coordinates(), "float32"))
     out = backend.to_numpy(A.bilinear_sample(backend.asarray(images), rows, cols))
     for i, (dr, dc) in enumerate(shifts):
         np.testing.assert_array_equal(out[i], shifted(images[i], dr, dc))
@@ -207,8 +207,7 @@ def test_rotation_by_90_degrees_is_rot90(backend):
     M = A.affine_matrices(np.array([90.0, -90.0]), np.ones(2), np.zeros(2), np.zeros(2),
                           np.zeros(2))
     rows, cols = A.affine_coordinates(backend.asarray(M, "float64"),
-                                      backend.asarray(A.pixel_grid()[0], "float64"),
-                                      backend.asarray(A.pixel_grid()[1], "float64"))
+                                      backend.asarray(A.pixel_coordinates(), "float64"))
     out = backend.to_numpy(A.bilinear_sample(backend.asarray(images, "float64"), rows, cols))
     np.testing.assert_allclose(out[0], np.rot90(images[0]), atol=1e-12)
     np.testing.assert_allclose(out[1], np.rot90(images[1], -1), atol=1e-12)
@@ -276,7 +275,7 @@ def oracle(distort: Distorter, X: np.ndarray, key) -> np.ndarray:
     ndimage = scipy_ndimage()
     n, d = len(X), distort.distortion
     M, U = distort.draw(n, key)
-    r, c = A.pixel_grid()
+    r, c = np.meshgrid(A.pixel_coordinates(), A.pixel_coordinates(), indexing="ij")
     rows, cols = np.broadcast_to(r, (n, S, S)), np.broadcast_to(c, (n, S, S))
     if M is not None:
         rows = M[:, 0, 0, None, None] * r + M[:, 0, 1, None, None] * c + M[:, 0, 2, None, None]
