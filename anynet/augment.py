@@ -38,7 +38,8 @@ affine distortions that Ciresan, Meier, Gambardella & Schmidhuber (2010, "Deep, 
 neural nets for handwritten digit recognition", Neural Computation 22(12)) combine with elastic
 ones for plain multilayer networks, and of common MNIST practice (torchvision's RandomAffine
 with 10-15 degrees, 10% translation = 2.8 pixels). Elastic: sigma = 4, alpha = 34, Simard's
-values for MNIST (displacements of about 1.4 pixels standard deviation).
+values for MNIST (displacements of 1.4 pixels standard deviation at the centre, less towards
+the edges, where the Gaussian reaches the zeros outside).
 
 Random numbers come from a NumPy Generator on the host (the Array API has no random numbers),
 seeded by (seed, 2, *key), drawn in bulk for a chunk and moved to the backend with one
