@@ -69,14 +69,14 @@ RNG_STREAM = 2  # the Generator of a chunk is default_rng([seed, RNG_STREAM, *ke
 
 # --- the options ------------------------------------------------------------------------------
 
-# (lowest allowed, highest allowed, whether the lowest itself is allowed, what it means)
+# field: (lowest, whether the lowest is allowed, highest, whether the highest is allowed, meaning)
 _LIMITS = {
-    "rotate": (0.0, 180.0, True, "degrees, the largest rotation either way"),
-    "scale": (0.0, 1.0, True, "the largest relative change of size, below 1"),
-    "shear": (0.0, math.inf, True, "the largest slant k, a horizontal shift of k per row"),
-    "shift": (0.0, float(SIDE), True, "pixels, the largest shift along each axis"),
-    "alpha": (0.0, math.inf, True, "pixels, the strength of elastic displacements"),
-    "sigma": (0.0, math.inf, False, "pixels, the smoothness of elastic displacements"),
+    "rotate": (0.0, True, 180.0, True, "degrees, the largest rotation either way"),
+    "scale": (0.0, True, 1.0, False, "the largest relative change of size"),
+    "shear": (0.0, True, math.inf, False, "the largest slant k: columns shift k pixels per row"),
+    "shift": (0.0, True, float(SIDE), True, "pixels, the largest shift along each axis"),
+    "alpha": (0.0, True, math.inf, False, "pixels, the strength of elastic displacements"),
+    "sigma": (0.0, False, math.inf, False, "pixels, the smoothness of elastic displacements"),
 }
 
 
@@ -95,7 +95,7 @@ class Distortion:
     kind: str = "none"
     rotate: float = 15.0   # degrees, max |angle|
     scale: float = 0.15    # max relative change of size (0.15: 0.85 to 1.15)
-    shear: float = 0.3     # max |k|, slant x += k * y (0.3: about 17 degrees)
+    shear: float = 0.3     # max |k|, slant: column c + k r (0.3: about 17 degrees)
     shift: float = 2.0     # pixels, max |shift| along each axis
     alpha: float = 34.0    # elastic strength (pixels), Simard 2003
     sigma: float = 4.0     # elastic smoothness (pixels), Simard 2003
@@ -104,19 +104,17 @@ class Distortion:
         if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise ValueError(f"distortion kind must be one of {', '.join(KINDS)}; "
                              f"got {self.kind!r}")
-        for name, (low, high, low_ok, meaning) in _LIMITS.items():
+        for name, (low, low_ok, high, high_ok, meaning) in _LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"distortion {name} must be a number ({meaning}); "
                                  f"got {value!r}")
             value = float(value)
-            inside = (value >= low if low_ok else value > low) and value <= high
-            if name == "scale":
-                inside = inside and value < high
-            if not math.isfinite(value) or not inside:
-                bound = (f"{'>=' if low_ok else '>'} {low:g}"
-                         + ("" if high == math.inf else
-                            f" and {'<' if name == 'scale' else '<='} {high:g}"))
+            above = value >= low if low_ok else value > low
+            below = value <= high if high_ok else value < high
+            if not (math.isfinite(value) and above and below):
+                bound = f"{'>=' if low_ok else '>'} {low:g}" + (
+                    "" if high == math.inf else f" and {'<=' if high_ok else '<'} {high:g}")
                 raise ValueError(f"distortion {name} must be a finite number {bound} "
                                  f"({meaning}); got {value!r}")
             object.__setattr__(self, name, value)
@@ -292,6 +290,8 @@ def bilinear_sample(images: Array, rows: Array, cols: Array, take: Any = None) -
     # (beyond, all four neighbours are 0 anyway), so its neighbours lie inside the border.
     ph, pw = h + 3, w + 3
     dtype, device = images.dtype, device_of(images)
+    if n == 0:
+        return xp.zeros(rows.shape, dtype=dtype, device=device)
     padded = xp.concat([xp.zeros((n, 1, w), dtype=dtype, device=device), images,
                         xp.zeros((n, 2, w), dtype=dtype, device=device)], axis=1)
     padded = xp.concat([xp.zeros((n, ph, 1), dtype=dtype, device=device), padded,
@@ -380,13 +380,13 @@ class Distorter:
         """X (n, 784) float array on the backend, values in [0, 1] -> distorted (n, 784), same
         dtype/device. Random numbers from np.random.default_rng([seed, 2, *key]) (key e.g.
         (epoch, first_row)), so the same key gives the same distortion on every backend.
-        X itself is never changed; kind "none" returns X."""
+        X itself is never changed; kind "none" (or n = 0) returns X."""
         if len(X.shape) != 2 or X.shape[1] != SIDE * SIDE:
             raise ValueError(f"images to distort must be (n, {SIDE * SIDE}), got {tuple(X.shape)}")
         if X.dtype != self._xp_dtype:
             raise ValueError(f"images to distort must be {self.dtype} (the Distorter's dtype), "
                              f"got {X.dtype}")
-        if self.distortion.kind == "none":
+        if self.distortion.kind == "none" or X.shape[0] == 0:
             return X
         M, U = self.draw(X.shape[0], key)
         to = self.backend.asarray

@@ -269,6 +269,14 @@ def test_identity_distortions_give_the_input_exactly(backend, dtype):
     assert Distorter(Distortion("none"), backend, seed=1)(X_b, (3,)) is X_b
 
 
+def test_an_empty_chunk_is_no_work(backend):
+    empty = backend.asarray(np.zeros((0, S * S), np.float32))
+    assert tuple(Distorter(Distortion("affine+elastic"), backend, 0)(empty, (0,)).shape) == \
+        (0, S * S)
+    none = backend.asarray(np.zeros((0, S, S)))
+    assert tuple(A.bilinear_sample(none, none, none).shape) == (0, S, S)
+
+
 def oracle(distort: Distorter, X: np.ndarray, key) -> np.ndarray:
     """The distortion computed another way: the Distorter's host draws, then the coordinates in
     float64 NumPy from the formulas, SciPy's gaussian_filter and map_coordinates."""
