@@ -1,9 +1,11 @@
-"""Figures for teachers and users: hidden-unit weights, training curves, a confusion matrix.
+"""Figures for teachers and users: hidden-unit weights, training curves, a confusion matrix,
+distorted digits.
 
-`anynet plot weights`, `anynet plot curves` and `anynet evaluate --plot` draw with these. Each
-function takes plain NumPy data (no network, no backend) and writes one image file, whose format
-follows the suffix: .png, .svg or .pdf. The figure is rendered to bytes in memory and then
-written with `anynet.fileio.atomic_write_bytes`, so a plot file is either complete or absent.
+`anynet plot weights`, `anynet plot curves`, `anynet plot augment` and `anynet evaluate --plot`
+draw with these. Each function takes plain NumPy data (no network, no backend) and writes one
+image file, whose format follows the suffix: .png, .svg or .pdf. The figure is rendered to bytes
+in memory and then written with `anynet.fileio.atomic_write_bytes`, so a plot file is either
+complete or absent.
 
 matplotlib is the optional `plot` extra. It is imported inside the functions, never at import
 time, and used without pyplot: a bare `matplotlib.figure.Figure` drawn by the Agg canvas, so no
@@ -396,4 +398,54 @@ def plot_sweep(records: Sequence[Mapping], path: str | os.PathLike) -> None:
         ax.legend(fontsize=7)
     seeds = max((row.ok for row in rows), default=0)
     figure.suptitle(f"Sweep: test accuracy, mean ± sample std over up to {seeds} seeds")
+
+
+# ----------------------------------------------------------------------------- distortions
+
+
+def plot_distortions(
+    originals: np.ndarray,
+    distorted: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    labels: Sequence[int] | None = None,
+    title: str = "",
+) -> None:
+    """Draw rows of digits, each followed by several distortions of it.
+
+    originals: (R, D) pixels in [0, 1], D a square (784); distorted: (R, C, D), C distortions of
+    each. Row i shows originals[i], then distorted[i, 0], ..., distorted[i, C - 1], ink dark on
+    white; `labels` (R,) titles the first column with each digit's class. `title` goes on top.
+    """
+    originals = np.asarray(originals, dtype=np.float64)
+    distorted = np.asarray(distorted, dtype=np.float64)
+    if originals.ndim != 2 or distorted.ndim != 3 or distorted.shape[0] != originals.shape[0] \
+            or distorted.shape[2] != originals.shape[1] or originals.shape[0] == 0:
+        raise ValueError(f"want originals (R, D) and distorted (R, C, D), got {originals.shape} "
+                         f"and {distorted.shape}")
+    side = math.isqrt(originals.shape[1])
+    if side * side != originals.shape[1]:
+        raise ValueError(f"images of {originals.shape[1]} pixels are not square")
+    n_rows, n_columns = distorted.shape[0], distorted.shape[1] + 1
+    cell = 0.85
+    figure = _new_figure(figsize=(max(4.0, n_columns * cell + 0.4), n_rows * cell + 0.9))
+    axes = np.atleast_2d(figure.subplots(n_rows, n_columns, squeeze=False))
+    for i in range(n_rows):
+        for j in range(n_columns):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            image = originals[i] if j == 0 else distorted[i, j - 1]
+            ax.imshow(image.reshape(side, side), cmap="gray_r", vmin=0, vmax=1,
+                      interpolation="nearest")
+            for spine in ax.spines.values():  # a frame around the original only
+                spine.set_visible(j == 0)
+        if labels is not None:
+            axes[i, 0].set_ylabel(str(int(labels[i])), rotation=0, labelpad=8, fontsize=9,
+                                  va="center")
+    axes[0, 0].set_title("digit", fontsize=8, pad=3)
+    for j in range(1, n_columns):
+        axes[0, j].set_title(f"{j}", fontsize=8, pad=3)
+    if title:
+        figure.suptitle(title, fontsize=9)
     _save(figure, path)

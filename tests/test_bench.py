@@ -273,3 +273,21 @@ def test_worker_says_why_a_library_cannot_run_on_a_device():
     assert _worker.backend_spec("torch", "cuda") == "torch:cuda"
     assert _worker.backend_spec("jax", "cuda") == "jax:gpu"
     assert _worker.backend_spec("numpy", "cpu") == "numpy"
+
+
+def test_augment_quick_run_reports_distortions_beside_training(tmp_path, mnist_dir):
+    out = tmp_path / "augment.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "augment.py"), "--quick", "--kinds", "affine", "elastic",
+         "--data-dir", str(mnist_dir), "--no-verify", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "distorting 2,000 images in chunks of 1024 on numpy" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines[-3:]] == ["affine", "elastic", "training"]
+    report = json.loads(out.read_text())
+    assert sorted(report["distortions"]) == ["affine", "elastic"]
+    for r in [*report["distortions"].values(), report["training"]]:
+        assert len(r["epoch_s"]) == 1 and 0 < r["min_s"] <= r["median_s"]
+    assert report["training"]["hidden"] == 30 and report["meta"]["threads"] == 1

@@ -476,3 +476,123 @@ def test_plot_weights_of_a_100_input_model_draws_10x10_squares(tmp_path, capsys,
     assert_one_line_error(
         cli(capsys, "plot", "weights", tmp_path / "m50.npz", "--out", tmp_path / "w50.png"),
         r"takes 50 inputs, which do not form a square image; plot weights draws square inputs")
+
+
+# ----------------------------------------------------------------------------- distortions
+
+
+def test_distortions_one_row_per_digit_original_first(tmp_path, figures):
+    rng = np.random.default_rng(0)
+    originals, distorted = rng.random((3, 784)), rng.random((3, 4, 784))
+    plots.plot_distortions(originals, distorted, tmp_path / "d.png", labels=[7, 1, 4],
+                           title="a title")
+    axes = image_axes(figures[0])
+    assert len(axes) == 3 * 5
+    for i in range(3):
+        np.testing.assert_array_equal(axes[5 * i].get_images()[0].get_array(),
+                                      originals[i].reshape(28, 28))
+        assert axes[5 * i].get_ylabel() == str([7, 1, 4][i])
+        for j in range(4):
+            np.testing.assert_array_equal(axes[5 * i + 1 + j].get_images()[0].get_array(),
+                                          distorted[i, j].reshape(28, 28))
+    assert figures[0].get_suptitle() == "a title"
+    assert (tmp_path / "d.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("originals, distorted", [
+    ((3, 784), (2, 4, 784)), ((3, 784), (3, 4, 100)), ((3, 50), (3, 4, 50)),
+    ((0, 784), (0, 4, 784)), ((784,), (1, 4, 784)),
+])
+def test_distortions_of_wrong_shapes_are_refused(tmp_path, originals, distorted):
+    with pytest.raises(ValueError):
+        plots.plot_distortions(np.zeros(originals), np.zeros(distorted), tmp_path / "d.png")
+    assert not (tmp_path / "d.png").exists()
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    """Synthetic MNIST-format files (not genuine MNIST: the commands run with --no-verify)."""
+    from data_helpers import make_mnist_dir
+
+    return make_mnist_dir(tmp_path_factory.mktemp("mnist"), n_train=200, n_test=20, seed=0)
+
+
+def test_cli_plot_augment(capsys, tmp_path, figures, synthetic_dir):
+    from anynet.augment import Distorter, Distortion
+    from anynet.data import load_mnist
+
+    code, out, err = cli(capsys, "plot", "augment", "--out", tmp_path / "a.png", "--rows", 3,
+                         "--columns", 4, "--seed", 5, "--kind", "elastic", "--alpha", 20,
+                         "--data-dir", synthetic_dir, "--no-verify")
+    assert (code, err) == (0, "")
+    assert out == (f"wrote {tmp_path / 'a.png'}: 3 digits, each with 4 distortions "
+                   "(elastic (alpha 20 px, sigma 4 px))\n")
+    mnist = load_mnist(synthetic_dir, verify=False)
+    train = mnist.train_images.astype(np.float32) / 255
+    axes = image_axes(figures[0])
+    assert len(axes) == 3 * 5
+    originals = np.stack([axes[5 * i].get_images()[0].get_array().reshape(784)
+                          for i in range(3)]).astype(np.float32)
+    for i, image in enumerate(originals):  # row i: a training digit of class i
+        matches = np.flatnonzero((np.abs(train - image) < 1e-6).all(axis=1))
+        assert matches.size and (mnist.train_labels[matches] == i).all()
+        assert axes[5 * i].get_ylabel() == str(i)
+    distort = Distorter(Distortion("elastic", alpha=20), "numpy", seed=5)
+    expected = distort(np.repeat(originals, 4, axis=0), (0,)).reshape(3, 4, 784)
+    for i in range(3):
+        for j in range(4):
+            np.testing.assert_allclose(axes[5 * i + 1 + j].get_images()[0].get_array(),
+                                       expected[i, j].reshape(28, 28), rtol=0, atol=1e-6)
+    assert "elastic (alpha 20 px, sigma 4 px)" in figures[0].get_suptitle()
+
+
+def test_cli_plot_augment_without_distortion_draws_the_digits_again(capsys, tmp_path, figures,
+                                                                    synthetic_dir):
+    code, out, _ = cli(capsys, "plot", "augment", "--out", tmp_path / "a.svg", "--rows", 2,
+                       "--columns", 3, "--kind", "affine", "--rotate", 0, "--scale", 0,
+                       "--shear", 0, "--shift", 0, "--data-dir", synthetic_dir, "--no-verify")
+    assert code == 0 and "2 digits, each with 3 distortions" in out
+    axes = image_axes(figures[0])
+    for i in range(2):
+        original = axes[4 * i].get_images()[0].get_array()
+        for j in range(1, 4):
+            np.testing.assert_array_equal(axes[4 * i + j].get_images()[0].get_array(), original)
+    assert (tmp_path / "a.svg").read_bytes().startswith(b"<?xml")
+
+
+def test_cli_plot_augment_mistakes(capsys, tmp_path, synthetic_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(cli(capsys, "plot", "augment", "--out", tmp_path / "a.png",
+                              "--data-dir", empty), r"data dir .*empty: no train-images")
+    assert_one_line_error(cli(capsys, "plot", "augment", "--out", tmp_path / "a.jpg",
+                              "--data-dir", empty), r"a\.jpg: a plot file must end in \.png")
+    for option, value, words in [("--sigma", "0", "positive"), ("--scale", "1", "at most"),
+                                 ("--rotate", "nan", "finite"), ("--kind", "blur", "invalid"),
+                                 ("--rows", "0", "positive"), ("--columns", "31", "at most")]:
+        code, out, err = cli(capsys, "plot", "augment", "--out", tmp_path / "a.png", option,
+                             value, "--data-dir", synthetic_dir, "--no-verify")
+        assert code == 2 and out == "" and option in err and words in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_cli_plot_augment_help(capsys):
+    code, out, _ = cli(capsys, "plot", "--help")
+    assert code == 0 and "augment" in out
+    code, out, _ = cli(capsys, "plot", "augment", "--help")
+    for option in ("--kind", "--rows", "--columns", "--seed", "--rotate", "--scale", "--shear",
+                   "--shift", "--alpha", "--sigma", "--out", "--data-dir"):
+        assert option in out
+
+
+def test_cli_plot_augment_without_matplotlib(capsys, tmp_path, monkeypatch, synthetic_dir):
+    for name in list(sys.modules):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert_one_line_error(
+        cli(capsys, "plot", "augment", "--out", tmp_path / "p.png", "--data-dir", synthetic_dir,
+            "--no-verify"),
+        r"Plotting needs matplotlib, which is not installed: pip install 'anynet\[plot\]'",
+    )
+    assert not (tmp_path / "p.png").exists()

@@ -101,3 +101,39 @@ def at_most(parse, maximum: float):
 # A model file holds at most 10**8 parameters (anynet.modelio.MAX_PARAM_ELEMENTS); a 784-H-10
 # network has 795 H + 10 of them. 100,000 hidden units (318 MB in float32) stays inside.
 MAX_HIDDEN = 100_000
+
+
+def add_distortion_options(parser: argparse.ArgumentParser, kind: str = "none") -> None:
+    """--kind and the ranges of anynet.augment's distortions (defaults: `Distortion`'s).
+    `distortion_from_args` turns them into a `Distortion`."""
+    from anynet.augment import KINDS, Distortion
+
+    d = Distortion()
+    g = parser.add_argument_group("distortions (anynet.augment; each image drawn uniformly "
+                                  "within the ranges)")
+    g.add_argument("--kind", choices=KINDS, default=kind,
+                   help=f"which distortions (default: {kind})")
+    g.add_argument("--rotate", type=at_most(nonnegative_float, 180), default=d.rotate,
+                   metavar="DEG", help=f"largest rotation either way, degrees (default: "
+                   f"{d.rotate:g})")
+    g.add_argument("--scale", type=at_most(nonnegative_float, 0.99), default=d.scale,
+                   metavar="F", help=f"largest relative change of size (default: {d.scale:g}: "
+                   f"{1 - d.scale:g} to {1 + d.scale:g})")
+    g.add_argument("--shear", type=nonnegative_float, default=d.shear, metavar="K",
+                   help=f"largest slant k, columns shifted k pixels per row (default: "
+                   f"{d.shear:g})")
+    g.add_argument("--shift", type=at_most(nonnegative_float, 28), default=d.shift,
+                   metavar="PX", help=f"largest shift along each axis, pixels (default: "
+                   f"{d.shift:g})")
+    g.add_argument("--alpha", type=nonnegative_float, default=d.alpha, metavar="PX",
+                   help=f"elastic strength, pixels (default: {d.alpha:g}, Simard 2003)")
+    g.add_argument("--sigma", type=positive_float, default=d.sigma, metavar="PX",
+                   help=f"elastic smoothness, pixels (default: {d.sigma:g}, Simard 2003)")
+
+
+def distortion_from_args(args: argparse.Namespace):
+    """The `anynet.augment.Distortion` that `add_distortion_options`' options name."""
+    from anynet.augment import Distortion
+
+    return Distortion(kind=args.kind, rotate=args.rotate, scale=args.scale, shear=args.shear,
+                      shift=args.shift, alpha=args.alpha, sigma=args.sigma)

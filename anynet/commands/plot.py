@@ -5,6 +5,9 @@
       there excites the unit, blue: inhibits it), one shared colour scale
   anynet plot curves METRICS.json --out curves.png
       train and validation loss, and accuracy, per epoch, from anynet train --metrics
+  anynet plot augment --out augment.png [--kind affine+elastic] [--rows R] [--columns C]
+      training digits of MNIST, each followed by several of its random distortions
+      (anynet.augment: the distortions training can apply)
 
 The format follows the suffix of --out: .png, .svg or .pdf. Needs matplotlib (the 'plot'
 extra: pip install 'anynet[plot]').
@@ -15,9 +18,16 @@ from __future__ import annotations
 import argparse
 import math
 
-from anynet.commands._common import positive_int
+from anynet.commands._common import (
+    add_data_dir_option,
+    add_distortion_options,
+    at_most,
+    nonnegative_int,
+    positive_int,
+)
 
-HELP = "plot a model's hidden-unit weights or a training run's curves (needs the 'plot' extra)"
+HELP = ("plot a model's hidden-unit weights, a training run's curves, or distorted digits "
+        "(needs the 'plot' extra)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +57,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_out_option(curves, "curves.png")
     curves.set_defaults(_plot=_plot_curves)
+
+    augment = kinds.add_parser(
+        "augment", help="training digits, each followed by several of its distortions",
+        description="Draw rows of MNIST training digits (row i: a digit of class i mod 10, "
+        "chosen by --seed), each followed by --columns random distortions of it, as training "
+        "with distortions draws them (anynet.augment).",
+    )
+    _add_out_option(augment, "augment.png")
+    augment.add_argument("--rows", type=at_most(positive_int, 50), default=6, metavar="R",
+                         help="how many digits (default: 6)")
+    augment.add_argument("--columns", type=at_most(positive_int, 30), default=8, metavar="C",
+                         help="how many distortions of each (default: 8)")
+    augment.add_argument("--seed", type=nonnegative_int, default=0, metavar="N",
+                         help="chooses the digits and draws the distortions (default: 0)")
+    add_distortion_options(augment, kind="affine+elastic")
+    add_data_dir_option(augment)
+    augment.add_argument("--no-verify", action="store_true",
+                         help="accept MNIST-format files that are not genuine MNIST")
+    augment.set_defaults(_plot=_plot_augment)
 
 
 def _add_out_option(parser: argparse.ArgumentParser, example: str) -> None:
@@ -88,6 +117,41 @@ def _plot_curves(args: argparse.Namespace) -> int:
     metrics = check_metrics(_read_json(args.metrics), source=args.metrics)
     plot_curves(metrics, args.out)
     print(f"wrote {args.out}: curves of {len(metrics['epochs'])} epochs")
+    return 0
+
+
+def _plot_augment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from anynet.augment import Distorter
+    from anynet.commands._common import distortion_from_args
+    from anynet.data import load_mnist
+    from anynet.errors import UserError
+    from anynet.network import pixels_to_inputs
+    from anynet.plots import plot_distortions
+
+    try:
+        distortion = distortion_from_args(args)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    mnist = load_mnist(args.data_dir, verify=not args.no_verify)
+    images, labels = mnist.train_images, mnist.train_labels
+    rng = np.random.default_rng(args.seed)
+    chosen = []
+    for row in range(args.rows):
+        candidates = np.flatnonzero(labels == row % 10)
+        if candidates.size == 0:
+            raise UserError(f"the training set ({mnist.source}) has no digit {row % 10}")
+        chosen.append(int(rng.choice(candidates)))
+    originals = pixels_to_inputs(images[chosen], np.float32)  # (R, 784) in [0, 1]
+    repeated = np.repeat(originals, args.columns, axis=0)     # (R C, 784): row i's C copies
+    distort = Distorter(distortion, "numpy", seed=args.seed)
+    distorted = distort.backend.to_numpy(distort(repeated, (0,)))
+    distorted = distorted.reshape(args.rows, args.columns, -1)  # (R, C, 784)
+    title = f"MNIST training digits, then distortions of each:\n{distortion.describe()}"
+    plot_distortions(originals, distorted, args.out, labels=labels[chosen], title=title)
+    print(f"wrote {args.out}: {args.rows} digits, each with {args.columns} distortions "
+          f"({distortion.describe()})")
     return 0
 
 
