@@ -33,6 +33,22 @@ class TrainConfig:
     val_size: int = 5000        # training examples held out to report validation accuracy
     dtype: str = "float32"
     backend: str = "numpy"
+    # distortions of the training images (anynet.augment): each image of each epoch drawn anew
+    augment: str = "none"       # none, affine, elastic, affine+elastic
+    rotate: float = 15.0        # degrees either way
+    scale: float = 0.15         # relative change of size either way
+    shear: float = 0.3          # slant k: columns shifted k pixels per row
+    shift: float = 2.0          # pixels either way
+    alpha: float = 34.0         # elastic strength, pixels (Simard 2003)
+    sigma: float = 4.0          # elastic smoothness, pixels (Simard 2003)
+
+    def distortion(self):
+        """The `anynet.augment.Distortion` these fields describe."""
+        from anynet.augment import Distortion
+
+        return Distortion(kind=self.augment, rotate=self.rotate, scale=self.scale,
+                          shear=self.shear, shift=self.shift, alpha=self.alpha,
+                          sigma=self.sigma)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,7 +61,8 @@ class TrainConfig:
         field's type (a bool is not an int; an int is accepted for a float) and lie in its range:
         hidden, epochs, batch_size >= 1; lr > 0; 0 <= momentum < 1; nesterov only with momentum;
         weight_decay >= 0; floats finite; seed, val_size >= 0; schedule, dtype one of their
-        choices; backend a name. Raises ValueError naming the first bad field.
+        choices; backend a name; the distortion fields as `anynet.augment.Distortion` checks
+        them. Raises ValueError naming the first bad field.
         """
         from anynet.optim import SCHEDULES
 
@@ -73,6 +90,7 @@ class TrainConfig:
         config = cls(**given)
         if config.nesterov and config.momentum == 0:
             raise ValueError("nesterov needs momentum > 0 (it is a kind of momentum)")
+        config.distortion()  # its own checks: ValueError naming the field
         return config
 
 

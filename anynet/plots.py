@@ -398,6 +398,7 @@ def plot_sweep(records: Sequence[Mapping], path: str | os.PathLike) -> None:
         ax.legend(fontsize=7)
     seeds = max((row.ok for row in rows), default=0)
     figure.suptitle(f"Sweep: test accuracy, mean ± sample std over up to {seeds} seeds")
+    _save(figure, path)
 
 
 # ----------------------------------------------------------------------------- distortions

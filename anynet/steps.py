@@ -42,11 +42,46 @@ device is never made to wait after each batch.
 from __future__ import annotations
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from anynet.network import TwoLayerNet, loss_and_grads, pixels_to_inputs
 from anynet.optim import SGD
 
 CHUNK_ROWS = 1024  # rows gathered and converted at once: big enough to amortise, fits in cache
+
+
+def chunk_rows(batch_size: int) -> int:
+    """Rows of a chunk: the whole batches that fit in CHUNK_ROWS (at least one). Distortions
+    are drawn a chunk at a time, so every step chunks the epoch alike."""
+    return max(1, CHUNK_ROWS // batch_size) * batch_size
+
+
+class DistortedBatches:
+    """The batches of an epoch with distorted images (`anynet.augment.Distorter`), for the
+    steps that otherwise gather a batch at a time: rows are gathered, converted and distorted a
+    chunk at a time, with the Distorter's key (epoch, chunk) as `FusedStep` uses, so every step
+    trains on the same distorted images, and a resumed run redraws what it would have drawn."""
+
+    def __init__(self, distorter, images, labels, batch_size: int, dtype):
+        self.distorter, self.images, self.labels = distorter, images, labels
+        self.B, self.R, self.dtype = batch_size, chunk_rows(batch_size), dtype
+        self.perm, self.epoch, self.chunk, self.X, self.t = None, 0, -1, None, None
+
+    def begin_epoch(self, perm, epoch: int) -> None:
+        self.perm, self.epoch, self.chunk = perm, epoch, -1
+
+    def batch(self, batch: int) -> tuple:
+        """(X (b, D) floats, t (b,)) of batch `batch`."""
+        xp, R, B = array_namespace(self.perm), self.R, self.B
+        chunk, start = divmod(batch * B, R)
+        if chunk != self.chunk:
+            idx = self.perm[chunk * R:min((chunk + 1) * R, self.perm.shape[0])]
+            X = pixels_to_inputs(xp.take(self.images, idx, axis=0), self.dtype)
+            self.X = self.distorter(X, (self.epoch, chunk))
+            self.t = xp.take(self.labels, idx, axis=0)
+            self.chunk = chunk
+        end = min(start + B, self.X.shape[0])
+        return self.X[start:end, ...], self.t[start:end]
 
 
 class ArrayAPIStep:
@@ -56,16 +91,22 @@ class ArrayAPIStep:
     """
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict):
+                 velocity: dict, distorter=None):
         self.net, self.optimizer = net, optimizer
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.velocity = velocity
         self.perm = None
+        self.distorted = None if distorter is None else DistortedBatches(
+            distorter, images, labels, batch_size, net.backend.dtype(net.dtype))
 
-    def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None) -> None:
-        """Start an epoch: `perm` orders the training set; `rates`, each batch's learning
-        rate when known ahead (the CUDA-graph step keeps them on the device)."""
+    def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
+                    epoch: int = 0) -> None:
+        """Start epoch `epoch` (0-based; it keys the distortions): `perm` orders the training
+        set; `rates`, each batch's learning rate when known ahead (the CUDA-graph step keeps
+        them on the device)."""
         self.perm = self.net.backend.asarray(perm, "int64")
+        if self.distorted is not None:
+            self.distorted.begin_epoch(self.perm, epoch)
 
     def batch_indices(self, batch: int):
         """Positions in the training set of batch `batch` of this epoch."""
@@ -76,9 +117,12 @@ class ArrayAPIStep:
     def __call__(self, batch: int, lr: float):
         """One SGD step on batch `batch` with learning rate `lr`; returns the batch's loss as a
         0-d array of the backend (reading it would wait for the device)."""
-        xp, idx = self.net.xp, self.batch_indices(batch)
-        X = xp.take(self.images, idx, axis=0)
-        t = xp.take(self.labels, idx, axis=0)
+        if self.distorted is not None:
+            X, t = self.distorted.batch(batch)
+        else:
+            xp, idx = self.net.xp, self.batch_indices(batch)
+            X = xp.take(self.images, idx, axis=0)
+            t = xp.take(self.labels, idx, axis=0)
         loss, grads = self.net.loss_and_grads_array(X, t)
         self.net.params, self.velocity = self.optimizer.step(
             self.net.params, grads, self.velocity, lr=lr)
@@ -95,20 +139,29 @@ class CompiledStep(ArrayAPIStep):
     separately dispatched operations. Same functions, same math; parameters stay immutable."""
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict):
-        super().__init__(net, optimizer, images, labels, batch_size, velocity)
+                 velocity: dict, distorter=None):
+        super().__init__(net, optimizer, images, labels, batch_size, velocity, distorter)
         dtype = net.backend.dtype(net.dtype)
         xp = net.xp
 
-        def step(params, velocity, images, labels, idx, lr):
-            X = pixels_to_inputs(xp.take(images, idx, axis=0), dtype)
-            loss, grads = loss_and_grads(params, X, xp.take(labels, idx, axis=0))
+        def step_on(params, velocity, X, t, lr):
+            loss, grads = loss_and_grads(params, X, t)
             params, velocity = optimizer.step(params, grads, velocity, lr=lr)
             return loss, params, velocity
 
+        def step(params, velocity, images, labels, idx, lr):
+            X = pixels_to_inputs(xp.take(images, idx, axis=0), dtype)
+            return step_on(params, velocity, X, xp.take(labels, idx, axis=0), lr)
+
         self._step = net.backend.compile(step)
+        self._step_on = net.backend.compile(step_on)  # for distorted inputs, made outside
 
     def __call__(self, batch: int, lr: float):
+        if self.distorted is not None:
+            X, t = self.distorted.batch(batch)
+            loss, self.net.params, self.velocity = self._step_on(
+                self.net.params, self.velocity, X, t, lr)
+            return loss
         loss, self.net.params, self.velocity = self._step(
             self.net.params, self.velocity, self.images, self.labels, self.batch_indices(batch),
             lr)
@@ -125,7 +178,7 @@ class FusedStep:
     """
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict | None = None):
+                 velocity: dict | None = None, distorter=None):
         self.ops = ops = net.backend.fused_ops()
         if ops is None:
             raise ValueError(f"the fused step needs in-place arrays; {net.backend.name} has none")
@@ -135,7 +188,8 @@ class FusedStep:
         self.momentum, self.nesterov = optimizer.momentum, optimizer.nesterov
         self.images, self.labels = images, labels
         self.B, self.H, self.K, self.dtype = batch_size, H, K, dtype
-        self.batches_per_chunk = max(1, CHUNK_ROWS // batch_size)
+        self.batches_per_chunk = chunk_rows(batch_size) // batch_size
+        self.distorter, self.epoch = distorter, 0
 
         p = {k: net.backend.to_numpy(v) for k, v in net.params.items()}
         W2a = np.concatenate([p["W2"], p["b2"][None, :]])  # [W2; b2] (H+1, K)
@@ -170,8 +224,9 @@ class FusedStep:
         self.perm = None
         self.chunk = self.rows_in_chunk = -1
 
-    def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None) -> None:
-        self.perm, self.chunk = self.ops.host(perm, np.int64), -1
+    def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
+                    epoch: int = 0) -> None:
+        self.perm, self.chunk, self.epoch = self.ops.host(perm, np.int64), -1, epoch
 
     def _load_chunk(self, chunk: int) -> None:
         """Gather and convert the rows of batches chunk*bpc .. (chunk+1)*bpc - 1."""
@@ -179,6 +234,8 @@ class FusedStep:
         idx = self.perm[chunk * bpc * B:(chunk + 1) * bpc * B]
         n = idx.shape[0]
         ops.load_rows(self.images, idx, self.X[:n], 1 / 255, self.pixels[:n])
+        if self.distorter is not None:
+            ops.copy_(self.X[:n], self.distorter(self.X[:n], (self.epoch, chunk)))
         onehot = ops.take(self.eye, ops.take(self.labels, idx))        # (n, K)
         full = n // B
         self.Y[:full] = onehot[:full * B].reshape(full, B, K).swapaxes(1, 2)
@@ -339,8 +396,9 @@ class GraphedStep(FusedStep):
         self.lr_now, self.c_now, self.decay_now, self.neg_lr_now = (
             o.empty((1,), dt) for _ in range(4))
 
-    def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None) -> None:
-        super().begin_epoch(perm)
+    def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
+                    epoch: int = 0) -> None:
+        super().begin_epoch(perm, epoch=epoch)
         self.ops.copy_(self.perm_device, self.perm)
         if rates is not None:
             self.rates_host[:] = rates
@@ -412,15 +470,17 @@ def fast_step_applies(net: TwoLayerNet, optimizer: SGD) -> bool:
 
 
 def make_train_step(net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                    velocity: dict, *, fast: bool = True):
+                    velocity: dict, *, fast: bool = True, distorter=None):
     """The training step for this run: where `fast` is True, the fused step where it applies
     (as a CUDA graph where the backend captures one), the compiled reference step where the
     backend compiles (JAX); else the reference."""
+    args = (net, optimizer, images, labels, batch_size, velocity)
     if fast and fast_step_applies(net, optimizer):
-        capture = net.backend.graph_capture()
+        # distortions are drawn on the host a chunk at a time: no single graph per step
+        capture = net.backend.graph_capture() if distorter is None else None
         if capture is not None:
-            return GraphedStep(net, optimizer, images, labels, batch_size, velocity, capture)
-        return FusedStep(net, optimizer, images, labels, batch_size, velocity)
+            return GraphedStep(*args, capture)
+        return FusedStep(*args, distorter=distorter)
     if fast and net.backend.compiles:
-        return CompiledStep(net, optimizer, images, labels, batch_size, velocity)
-    return ArrayAPIStep(net, optimizer, images, labels, batch_size, velocity)
+        return CompiledStep(*args, distorter=distorter)
+    return ArrayAPIStep(*args, distorter=distorter)

@@ -42,9 +42,12 @@ FINISHED = ("ok", "diverged")
 MAX_RUNS = 100_000  # a grid larger than this is a typo ("--seeds 0-99999999"), not a plan
 # Options that a sweep varies, with the parser of one value. `seed` is spelled --seeds.
 SWEEPABLE = ("hidden", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
-             "schedule", "seed", "val_size", "dtype")
+             "schedule", "seed", "val_size", "dtype", "augment", "rotate", "scale", "shear",
+             "shift", "alpha", "sigma")
+DISTORTION_FIELDS = ("augment", "rotate", "scale", "shear", "shift", "alpha", "sigma")
 _INTS = {"hidden", "epochs", "batch_size", "seed", "val_size"}
-_FLOATS = {"lr", "momentum", "weight_decay"}
+_FLOATS = {"lr", "momentum", "weight_decay", "rotate", "scale", "shear", "shift", "alpha",
+           "sigma"}
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,13 @@ class Run:
 def run_id(run: Run) -> str:
     """16 hex digits of the SHA-256 of the run's canonical JSON: its full configuration, the
     training-set size and the thread count. Stable across processes, machines and versions of
-    Python (sorted keys, floats as JSON writes them)."""
-    text = json.dumps(run.to_dict(), sort_keys=True, separators=(",", ":"))
+    Python (sorted keys, floats as JSON writes them). The distortion ranges count only where
+    the run distorts (augment other than "none"): without distortions they change nothing, and
+    sweeps made before anynet had them keep their ids."""
+    data = run.to_dict()
+    if data["config"].get("augment", "none") == "none":
+        data["config"] = {k: v for k, v in data["config"].items() if k not in DISTORTION_FIELDS}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -85,7 +93,8 @@ def parse_values(field: str, text: str) -> list:
     """The values of one swept option, in the order given, duplicates dropped.
 
     Integers: a comma list of numbers and inclusive ranges ("0-4,10" is 0, 1, 2, 3, 4, 10).
-    Floats: a comma list ("0.1,0.3,1e-4"). Words (schedule, dtype): a comma list. nesterov:
+    Floats: a comma list ("0.1,0.3,1e-4"). Words (schedule, dtype, augment): a comma list.
+    nesterov:
     "false,true". Raises ValueError saying what is wrong; the range of each value is
     `TrainConfig.from_dict`'s to judge.
     """

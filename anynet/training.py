@@ -185,8 +185,15 @@ class Trainer:
         cfg, b = self.config, self.backend
         state = resume if resume is not None else self.initial_state()
         net = TwoLayerNet.from_params(state.params, backend=b)
+        distortion = cfg.distortion()
+        distorter = None
+        if distortion.kind != "none":
+            from anynet.augment import Distorter
+
+            distorter = Distorter(distortion, b, seed=cfg.seed, dtype=cfg.dtype)
         step = make_train_step(net, self.optimizer, self.train_images, self.train_labels,
-                               cfg.batch_size, state.velocity, fast=self.fast)
+                               cfg.batch_size, state.velocity, fast=self.fast,
+                               distorter=distorter)
         rng = np.random.default_rng([cfg.seed, 1])  # the shuffling stream, apart from the init's
         for cb in self.callbacks:
             cb.on_train_begin(self, state)
@@ -205,7 +212,7 @@ class Trainer:
             first_step = state.step - state.batch  # the step number of this epoch's batch 0
             step.begin_epoch(rng.permutation(self.n_train),
                              np.array([self.schedule(first_step + i)
-                                       for i in range(self.n_batches)]))
+                                       for i in range(self.n_batches)]), epoch=state.epoch)
             for cb in self.callbacks:
                 cb.on_epoch_begin(state.epoch, self.n_batches, state.batch)
             started = time.perf_counter()

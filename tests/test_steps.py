@@ -224,3 +224,52 @@ def test_training_takes_the_graphed_step_where_the_backend_captures(backend, mon
         np.testing.assert_allclose(graphed_run.net.host_params()[k], v, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose([h["train_loss"] for h in graphed_run.state.history],
                                [h["train_loss"] for h in plain.state.history], rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distorted training images: every step distorts a chunk at a time with the same keys.
+
+
+@pytest.mark.parametrize("batch", [64, 333])
+@pytest.mark.parametrize("kind", ["affine", "affine+elastic"])
+def test_steps_train_on_the_same_distortions(backend, batch, kind):
+    """The fast step (fused, compiled) and the reference draw the same distortions for the same
+    (epoch, chunk), so they compute the same training, to float rounding."""
+    from anynet.augment import Distorter, Distortion
+
+    def distorter(dtype):
+        return Distorter(Distortion(kind=kind), backend, seed=4, dtype=dtype)
+
+    def with_distorter(cls):
+        def make(net, opt, images, labels, b, velocity):
+            return cls(net, opt, images, labels, b, velocity, distorter=distorter(net.dtype))
+        return make
+
+    fast_cls = fast_step_of(backend)
+    fast_losses, fast = run_steps(with_distorter(fast_cls), "float64", batch, 1e-3, backend,
+                                  epochs=2, momentum=0.9)
+    ref_losses, ref = run_steps(with_distorter(ArrayAPIStep), "float64", batch, 1e-3, backend,
+                                epochs=2, momentum=0.9)
+    plain_losses, _ = run_steps(ArrayAPIStep, "float64", batch, 1e-3, backend, epochs=2,
+                                momentum=0.9)
+    np.testing.assert_allclose(fast_losses, ref_losses, rtol=1e-10)
+    for k in ref:
+        np.testing.assert_allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    assert np.abs(ref_losses - plain_losses).max() > 1e-3  # the distortions did change the data
+
+
+def test_distortions_take_the_fused_step_not_a_graph(backend, monkeypatch):
+    """A CUDA graph replays fixed work; distortions are drawn on the host a chunk at a time, so
+    with them the fused step runs (on CUDA too)."""
+    from anynet.augment import Distorter, Distortion
+
+    if backend.fused_ops() is None:
+        pytest.skip(f"{backend.name} has no fused step")
+    monkeypatch.setattr(type(backend), "graph_capture", lambda self: eager_capture)
+    net = TwoLayerNet(n_hidden=3, backend=backend)
+    images, labels = backend.asarray(np.zeros((8, 784), np.uint8)), backend.asarray(
+        np.zeros(8, np.int64), "int64")
+    distorter = Distorter(Distortion(kind="affine"), backend, seed=0)
+    step = make_train_step(net, SGD(lr=0.1), images, labels, 4, {}, distorter=distorter)
+    assert type(step) is FusedStep and step.distorter is distorter
+    assert isinstance(make_train_step(net, SGD(lr=0.1), images, labels, 4, {}), GraphedStep)

@@ -87,8 +87,11 @@ def test_run_ids_hash_the_full_configuration():
     assert Run(TrainConfig(hidden=30, lr=0.3, seed=0)).id == run.id
     others = [Run(TrainConfig(hidden=30, lr=0.3, seed=1)), Run(TrainConfig(weight_decay=0.0)),
               Run(TrainConfig(), train_size=1000), Run(TrainConfig(), threads=2),
-              Run(TrainConfig(backend="torch"))]
-    assert len({run.id} | {o.id for o in others}) == 6
+              Run(TrainConfig(backend="torch")), Run(TrainConfig(augment="affine")),
+              Run(TrainConfig(augment="affine", rotate=10.0))]
+    assert len({run.id} | {o.id for o in others}) == 8
+    # distortion ranges without distortions change nothing: the same run
+    assert Run(TrainConfig(hidden=30, lr=0.3, seed=0, rotate=10.0)).id == run.id
 
 
 def record(hidden, seed, test, val, status="ok", lr=0.1):
@@ -159,7 +162,7 @@ def one_error_line(capsys) -> str:
     (["--momentum", "0", "--nesterov", "true"], "nesterov needs momentum > 0"),
     (["--hidden", "200000"], "at most 100,000 hidden units"),
     (["--learning-rate", "0.1"], "unrecognized arguments: --learning-rate"),
-    (["--recipe", "fast"], "this version of anynet has no recipes"),
+    (["--recipe", "fast"], "unknown recipe 'fast'; choose one of: default, h800"),
     (["--scheduler", "127.0.0.1:8786"], "expected tcp://HOST:PORT"),
     (["--scheduler", "tcp://127.0.0.1:1"], "no Dask scheduler answers at tcp://127.0.0.1:1"),
     (["--scheduler", "tcp://127.0.0.1:1", "--workers", "2"], "--workers sizes the local"),

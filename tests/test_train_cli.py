@@ -113,6 +113,32 @@ def test_every_option_is_recorded(tmp_path, train_args, capsys):
     assert lrs[0] == pytest.approx(0.2) and lrs[-1] == pytest.approx(0.002)
 
 
+def test_a_recipe_is_the_base_and_options_override_it(tmp_path, train_args, capsys):
+    """--recipe h800-affine with --hidden 16 --epochs 5 from train_args (given explicitly):
+    the recipe's momentum, schedule and distortions, the options' size and length; the recipe
+    named in the model file."""
+    from anynet.recipes import RECIPES
+
+    out = tmp_path / "model.npz"
+    assert main(train_args(out, "--recipe", "h800-affine", "--rotate", "10")) == 0
+    text = capsys.readouterr().out
+    assert "distortions: affine (rotate +-10 deg" in text
+    _, record = load_model(out)
+    cfg, recipe = record["config"], RECIPES["h800-affine"]
+    assert (cfg["hidden"], cfg["epochs"], cfg["rotate"]) == (16, 5, 10.0)
+    assert (cfg["momentum"], cfg["nesterov"], cfg["augment"], cfg["weight_decay"]) == (
+        recipe["momentum"], recipe["nesterov"], "affine", recipe["weight_decay"])
+    assert record["recipe"] == "h800-affine"
+
+
+def test_train_help_lists_the_recipes(capsys):
+    from anynet.recipes import RECIPES
+
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(f"{name}:" in text for name in RECIPES)
+
+
 def test_same_seed_same_model(tmp_path, train_args):
     a, b, c = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
     assert main(train_args(a, "--quiet")) == 0
@@ -221,6 +247,9 @@ def test_model_round_trip_across_backends(tmp_path, train_args, synth, backend):
     (["--plot", "curves.txt"], "must end in .png, .svg or .pdf"),
     (["--resume", "nowhere.npz"], "checkpoint nowhere.npz does not exist"),
     (["--val-size", "5000"], "less than the 1100 training examples"),
+    (["--augment", "swirl"], "invalid choice: 'swirl'"),
+    (["--recipe", "h1000"], "invalid choice: 'h1000'"),
+    (["--augment", "affine", "--rotate", "200"], "expected at most 180, got 200"),
 ])
 def test_bad_train_options_exit_2(tmp_path, train_args, capsys, argv, message):
     assert main(train_args(tmp_path / "m.npz", *argv)) == 2

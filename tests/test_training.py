@@ -74,13 +74,15 @@ def host(params):
     return {k: to_numpy(v) for k, v in params.items()}
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.5])
+@pytest.mark.parametrize("momentum, augment", [(0.0, "none"), (0.5, "none"),
+                                               (0.5, "affine+elastic")])
 @pytest.mark.parametrize("stop_epoch, stop_batch", [(0, 0), (1, 0), (1, 7), (0, 18)])
 def test_resume_from_any_checkpoint_equals_the_uninterrupted_run(tmp_path, backend, momentum,
-                                                                stop_epoch, stop_batch,
+                                                                augment, stop_epoch, stop_batch,
                                                                 monkeypatch):
     images, labels = learnable()
-    cfg = TrainConfig(hidden=8, epochs=3, batch_size=32, lr=0.1, momentum=momentum, val_size=0)
+    cfg = TrainConfig(hidden=8, epochs=3, batch_size=32, lr=0.1, momentum=momentum, val_size=0,
+                      augment=augment)
     whole = Trainer(cfg, images, labels, backend=backend).fit()
 
     ckpt = tmp_path / "run.checkpoint.npz"

@@ -50,6 +50,13 @@ _VALUES_HELP = {
     "seed": "seeds, e.g. 0-4 (the runs of a configuration; the summary averages over them)",
     "val_size": "training examples held out for validation, e.g. 5000",
     "dtype": "float32, float64",
+    "augment": "distortions of the training images: none, affine, elastic, affine+elastic",
+    "rotate": "largest rotations, degrees, e.g. 10,15",
+    "scale": "largest relative changes of size, e.g. 0.1,0.15",
+    "shear": "largest slants, e.g. 0.2,0.3",
+    "shift": "largest shifts, pixels, e.g. 2,3",
+    "alpha": "elastic strengths, pixels, e.g. 34",
+    "sigma": "elastic smoothness, pixels, e.g. 4,6",
 }
 
 
@@ -74,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         g.add_argument(option_name(field), dest=field, type=_values_type(field),
                        metavar="LIST", help=_VALUES_HELP[field])
     g.add_argument("--recipe", metavar="NAME",
-                   help="a named recipe as the base of every run, where anynet has recipes")
+                   help="a named recipe (anynet train --help lists them) as the base of "
+                   "every run; the swept options override it")
     g.add_argument("--train-size", type=positive_int, metavar="N",
                    help="train on the first N training examples only (default: all)")
     add_backend_option(parser, default="numpy")
@@ -145,24 +153,15 @@ def _check_plot(path: Path | None) -> None:
 
 
 def recipe_base(name: str) -> dict:
-    """The settings of recipe `name`: the hook for recipes, which anynet does not have yet.
-
-    Where a module `anynet.recipes` exists with `RECIPES`, a mapping of names to TrainConfig
-    fields (a dict or a TrainConfig), that is the base every run of the grid starts from."""
-    import importlib
-    import importlib.util
-
+    """The settings of recipe `name` (`anynet.recipes`): the base every run of the grid
+    starts from."""
     from anynet.errors import UserError
+    from anynet.recipes import RECIPES, recipe
 
-    if importlib.util.find_spec("anynet.recipes") is None:
-        raise UserError("--recipe: this version of anynet has no recipes; give the options "
-                        "themselves (e.g. --lr 0.3 --epochs 30)")
-    recipes = getattr(importlib.import_module("anynet.recipes"), "RECIPES", {})
-    if name not in recipes:
+    if name not in RECIPES:
         raise UserError(f"--recipe: unknown recipe {name!r}; choose one of: "
-                        f"{', '.join(sorted(recipes)) or '(none)'}")
-    recipe = recipes[name]
-    return dict(recipe.to_dict() if hasattr(recipe, "to_dict") else recipe)
+                        f"{', '.join(RECIPES)}")
+    return recipe(name)
 
 
 def _grid(args) -> list:

@@ -87,6 +87,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--val-size", type=nonnegative_int, metavar="N",
                    help=f"training examples held out for validation (default: {d.val_size})")
     g.add_argument("--dtype", choices=["float32", "float64"], help=f"default: {d.dtype}")
+    from anynet.recipes import DESCRIPTIONS, RECIPES
+
+    g.add_argument("--recipe", choices=list(RECIPES), metavar="NAME",
+                   help="start from a named set of hyperparameters (options given override "
+                   "it): " + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in RECIPES)
+                   .replace("%", "%%"))  # argparse formats help with %
+    g = parser.add_argument_group("distortions of the training images (anynet.augment; drawn "
+                                  "afresh for every image of every epoch)")
+    from anynet.augment import KINDS
+
+    g.add_argument("--augment", choices=KINDS, metavar="KIND",
+                   help=f"{', '.join(KINDS)} (default: {d.augment})")
+    g.add_argument("--rotate", type=at_most(nonnegative_float, 180), metavar="DEG",
+                   help=f"largest rotation either way, degrees (default: {d.rotate:g})")
+    g.add_argument("--scale", type=at_most(nonnegative_float, 0.99), metavar="F",
+                   help=f"largest relative change of size (default: {d.scale:g})")
+    g.add_argument("--shear", type=nonnegative_float, metavar="K",
+                   help=f"largest slant, columns shifted K pixels per row (default: {d.shear:g})")
+    g.add_argument("--shift", type=at_most(nonnegative_float, 28), metavar="PX",
+                   help=f"largest shift along each axis, pixels (default: {d.shift:g})")
+    g.add_argument("--alpha", type=nonnegative_float, metavar="PX",
+                   help=f"elastic strength, pixels (default: {d.alpha:g}, Simard 2003)")
+    g.add_argument("--sigma", type=positive_float, metavar="PX",
+                   help=f"elastic smoothness, pixels (default: {d.sigma:g}, Simard 2003)")
     add_backend_option(parser, default=None)
     g = parser.add_argument_group("data and files")
     add_data_dir_option(g)
@@ -108,9 +132,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _requested(args) -> dict:
-    """The hyperparameters given on the command line (not the defaults)."""
+    """The hyperparameters asked for: a --recipe's, overridden by those given on the command
+    line (not the defaults)."""
+    from anynet.recipes import recipe
+
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return {**(recipe(args.recipe) if getattr(args, "recipe", None) else {}), **given}
 
 
 def _config(args, checkpoint_record: dict | None) -> TrainConfig:
@@ -134,6 +162,7 @@ def _config(args, checkpoint_record: dict | None) -> TrainConfig:
 
         SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
             weight_decay=config.weight_decay)
+        config.distortion()
     except ValueError as e:
         raise UserError(str(e)) from None
     return config
@@ -293,7 +322,8 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
     trainer = Trainer(config, mnist.train_images, mnist.train_labels, mnist.val_images,
                       mnist.val_labels, backend=backend, checkpoint_path=checkpoint,
                       callbacks=[reporter], data_sha256=mnist.sha256,
-                      record_extra={"out": os.path.abspath(out), "threads": args.threads})
+                      record_extra={"out": os.path.abspath(out), "threads": args.threads,
+                                    "recipe": args.recipe or (record or {}).get("recipe")})
     resume_state = None
     if record is not None:
         resume_state = trainer.state_from_checkpoint(params, velocity, record)
@@ -376,6 +406,7 @@ def _save_outputs(args, config: TrainConfig, mnist, result, out: Path, checkpoin
         save_model(out, result.net, {
             "config": config.to_dict(), "seed": config.seed, "backend": config.backend,
             "threads": args.threads,
+            "recipe": args.recipe or (record or {}).get("recipe"),
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")
             .replace("+00:00", "Z"),
             "data": {"source": mnist.source, "sha256": mnist.sha256, "genuine": mnist.all_genuine,
@@ -428,6 +459,9 @@ def _describe(config: TrainConfig, backend, mnist, out: Path, checkpoint: Path,
     if c.weight_decay:
         opt += f", weight decay {c.weight_decay:g}"
     genuine = "genuine MNIST" if mnist.all_genuine else "MNIST-format data (not genuine MNIST)"
+    lines = []
+    if c.augment != "none":
+        lines.append(f"  distortions: {c.distortion().describe()}")
     return "\n".join([
         f"anynet train: 784-{c.hidden}-10 network, {c.dtype}, on {backend.describe()}, "
         f"{threads} CPU thread{'s' if threads != 1 else ''}",
@@ -435,6 +469,7 @@ def _describe(config: TrainConfig, backend, mnist, out: Path, checkpoint: Path,
         f"batch size {c.batch_size}, {c.epochs} epochs, seed {c.seed}",
         f"  data: {genuine} from {mnist.source}: {mnist.train_images.shape[0]:,} train, "
         f"{mnist.val_images.shape[0]:,} validation, {mnist.test_images.shape[0]:,} test",
+        *lines,
         f"  model: {out}  (checkpoints: {checkpoint})",
     ])
 
