@@ -1,0 +1,153 @@
+"""LeCun's table for a 784-800-10 network, reproduced: anynet's recipes beside the published errors.
+
+    python bench/accuracy.py                               # every recipe, seed 0
+    python bench/accuracy.py --recipes default h800 --seeds 0-2
+    python bench/accuracy.py --recipes h800-elastic --backend torch
+
+Each run is the command a user types, `anynet train --recipe NAME --seed S` (in a subprocess,
+its model written to --models), timed by the wall clock; its test error is then recomputed
+from the saved model file by `anynet evaluate --json`, so the table shows what the file holds.
+The published rows are Simard, Steinkraus & Platt (ICDAR 2003) as LeCun's MNIST page lists them
+for "2-layer NN, 800 HU, cross-entropy loss": 1.6% without distortions, 1.1% with affine ones,
+0.7% with elastic ones. Prints a table (mean and sample standard deviation over seeds) and
+writes every run to JSON (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+# error rates (%) in LeCun's table for the same architecture, and this project's targets
+PUBLISHED = {"default": None, "h800": 1.6, "h800-affine": 1.1, "h800-elastic": 0.7}
+TARGET_ERROR = {"default": 2.5, "h800": 1.4, "h800-affine": 1.0, "h800-elastic": 0.7}
+
+
+def seeds(text: str) -> list[int]:
+    from anynet.sweep import parse_values
+
+    try:
+        return parse_values("seed", text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_args(argv):
+    from anynet.recipes import RECIPES
+
+    p = argparse.ArgumentParser(prog="python bench/accuracy.py", description=__doc__.split(
+        "\n\n")[0])
+    p.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES),
+                   metavar="NAME", help=f"recipes to run (default: all: {', '.join(RECIPES)})")
+    p.add_argument("--seeds", type=seeds, default=[0], metavar="LIST",
+                   help="seeds of each recipe, e.g. 0-2 (default: 0)")
+    p.add_argument("--backend", default="numpy", help="anynet's --backend (default: numpy)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="anynet's --threads (default: anynet's default)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="genuine MNIST (default: $ANYNET_DATA_DIR, else anynet's cache)")
+    p.add_argument("--models", default=str(BENCH_DIR / "results" / "models"), metavar="DIR",
+                   help="where the models go (default: bench/results/models)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="JSON results (default: bench/results/accuracy-<host>-<date>.json)")
+    return p.parse_args(argv)
+
+
+def anynet(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO_ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+    return subprocess.run([sys.executable, "-m", "anynet", *args], capture_output=True,
+                          text=True, env=env)
+
+
+def run_one(name: str, seed: int, args) -> dict:
+    """Train recipe `name` with `seed` through the CLI, then score the saved model."""
+    model = Path(args.models) / f"{name}-seed{seed}.npz"
+    train = ["train", "--recipe", name, "--seed", str(seed), "--out", str(model), "--force",
+             "--quiet", "--backend", args.backend]
+    if args.threads:
+        train += ["--threads", str(args.threads)]
+    data = ["--data-dir", args.data_dir] if args.data_dir else []
+    t0 = time.perf_counter()
+    proc = anynet(*train, *data)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"recipe": name, "seed": seed, "status": "failed", "wall_s": wall,
+                "reason": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    scored = anynet("evaluate", str(model), "--json", "--backend", args.backend, *data)
+    if scored.returncode != 0:
+        return {"recipe": name, "seed": seed, "status": "failed", "wall_s": wall,
+                "reason": (scored.stderr.strip().splitlines() or ["no output"])[-1]}
+    result = json.loads(scored.stdout)
+    from anynet.modelio import load_model
+
+    _, record = load_model(model)
+    return {"recipe": name, "seed": seed, "status": "ok", "wall_s": wall,
+            "train_s": record.get("train_seconds"), "epochs": record.get("epochs"),
+            "test_accuracy": result["accuracy"], "test_error_pct": 100 * (1 - result["accuracy"]),
+            "test_loss": result["loss"], "backend": record.get("backend"),
+            "threads": record.get("threads"), "config": record["config"], "model": str(model)}
+
+
+def table(runs: list[dict], recipes: list[str]) -> str:
+    lines = [f"{'recipe':<14}{'published':>10}{'target':>8}{'anynet (test error %)':>24}"
+             f"{'seeds':>6}{'epochs':>7}{'train s':>9}  backend"]
+    for name in recipes:
+        ok = [r for r in runs if r["recipe"] == name and r["status"] == "ok"]
+        pub = PUBLISHED[name]
+        pub_text = f"{pub:.1f}" if pub is not None else "-"
+        target = f"<= {TARGET_ERROR[name]:.1f}"
+        if not ok:
+            lines.append(f"{name:<14}{pub_text:>10}{target:>8}{'failed':>24}")
+            continue
+        errors = [r["test_error_pct"] for r in ok]
+        text = f"{statistics.mean(errors):.2f}"
+        if len(errors) > 1:
+            text += (f" ± {statistics.stdev(errors):.2f} ({min(errors):.2f}-"
+                     f"{max(errors):.2f})")
+        train_s = statistics.mean(r["train_s"] for r in ok)
+        lines.append(f"{name:<14}{pub_text:>10}{target:>8}{text:>24}{len(ok):>6}"
+                     f"{ok[0]['epochs']:>7}{train_s:>9.0f}  {ok[0]['backend']}, "
+                     f"{ok[0]['threads']} threads")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from anynet.fileio import atomic_write_text
+
+    args = parse_args(argv)
+    out = Path(args.out or BENCH_DIR / "results" /
+               f"accuracy-{socket.gethostname()}-{dt.date.today().isoformat()}.json")
+    runs = []
+    for name in args.recipes:
+        for seed in args.seeds:
+            r = run_one(name, seed, args)
+            runs.append(r)
+            summary = (f"test error {r['test_error_pct']:.2f}% in {r['train_s']:.0f} s of "
+                       f"training" if r["status"] == "ok" else f"failed: {r['reason']}")
+            print(f"{name} seed {seed}: {summary}", file=sys.stderr, flush=True)
+    text = table(runs, args.recipes)
+    print(text)
+    atomic_write_text(out, json.dumps({
+        "schema": "anynet-bench-accuracy/1",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(), "published_error_pct": PUBLISHED,
+        "target_error_pct": TARGET_ERROR, "runs": runs, "table": text}, indent=1) + "\n")
+    print(f"\nwrote {out}")
+    return 0 if all(r["status"] == "ok" for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
