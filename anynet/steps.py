@@ -153,14 +153,26 @@ class CompiledStep(ArrayAPIStep):
             X = pixels_to_inputs(xp.take(images, idx, axis=0), dtype)
             return step_on(params, velocity, X, xp.take(labels, idx, axis=0), lr)
 
-        self._step = net.backend.compile(step)
-        self._step_on = net.backend.compile(step_on)  # for distorted inputs, made outside
+        def step_from(params, velocity, images, labels, perm, start, lr):
+            # the batch's indices computed inside: slicing perm outside would cost a separately
+            # dispatched operation per step (~6% of a step at H = 800 on JAX's CPU)
+            idx = xp.take(perm, start + xp.arange(batch_size, dtype=perm.dtype), axis=0)
+            return step(params, velocity, images, labels, idx, lr)
+
+        self._step = net.backend.compile(step)          # the short last batch
+        self._step_from = net.backend.compile(step_from)
+        self._step_on = net.backend.compile(step_on)    # distorted inputs, made outside
 
     def __call__(self, batch: int, lr: float):
         if self.distorted is not None:
             X, t = self.distorted.batch(batch)
             loss, self.net.params, self.velocity = self._step_on(
                 self.net.params, self.velocity, X, t, lr)
+            return loss
+        start = batch * self.batch_size
+        if start + self.batch_size <= self.perm.shape[0]:
+            loss, self.net.params, self.velocity = self._step_from(
+                self.net.params, self.velocity, self.images, self.labels, self.perm, start, lr)
             return loss
         loss, self.net.params, self.velocity = self._step(
             self.net.params, self.velocity, self.images, self.labels, self.batch_indices(batch),
