@@ -94,8 +94,9 @@ def run_one(name: str, seed: int, args) -> dict:
     from anynet.modelio import load_model
 
     _, record = load_model(model)
+    metrics = record.get("metrics", {})
     return {"recipe": name, "seed": seed, "status": "ok", "wall_s": wall,
-            "train_s": record.get("train_seconds"), "epochs": record.get("epochs"),
+            "train_s": metrics.get("train_seconds"), "epochs": metrics.get("epochs"),
             "test_accuracy": result["accuracy"], "test_error_pct": 100 * (1 - result["accuracy"]),
             "test_loss": result["loss"], "backend": record.get("backend"),
             "threads": record.get("threads"), "config": record["config"], "model": str(model)}
