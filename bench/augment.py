@@ -14,8 +14,9 @@ anynet's own training step, exactly as `bench/epoch.py` times it (`bench/impl_an
 the fused step where there is one), H = 800 and batch 64 by default: the target is that
 distorting an epoch costs at most one training epoch.
 
-Each epoch also records how many cores other processes took meanwhile (as bench/_worker.py
-does); the machine may be shared. A measuring tool, not a test: it asserts nothing about speed.
+Each epoch also records how many cores other processes took meanwhile (bench/_load.py, as
+bench/epoch.py does); the machine may be shared. A measuring tool, not a test: it asserts
+nothing about speed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +33,8 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
 import epoch as bench_epoch  # noqa: E402  (machine_info)
-from _worker import MIN_JUDGED_S, backend_spec  # noqa: E402
+from _load import LoadMeter  # noqa: E402
+from _worker import backend_spec  # noqa: E402
 
 KINDS = ("affine", "elastic", "affine+elastic")
 
@@ -41,16 +42,9 @@ KINDS = ("affine", "elastic", "affine+elastic")
 def timed(fn, backend) -> tuple[float, float | None]:
     """(wall seconds of fn(), cores other processes took meanwhile or None), the device
     synchronised on what fn returns."""
-    from anynet.backend.threads import machine_busy_s
-
-    t0, busy0, cpu0 = time.perf_counter(), machine_busy_s(), time.process_time()
-    out = fn()
-    backend.sync(out)
-    wall = time.perf_counter() - t0
-    own, busy1 = time.process_time() - cpu0, machine_busy_s()
-    if busy0 is None or busy1 is None or wall < MIN_JUDGED_S:
-        return wall, None
-    return wall, max(0.0, busy1 - busy0 - own) / wall
+    with LoadMeter() as load:
+        backend.sync(fn())
+    return load.wall, load.others_cores
 
 
 def summary(runs: list[tuple[float, float | None]]) -> dict:
