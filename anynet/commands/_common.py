@@ -103,31 +103,40 @@ def at_most(parse, maximum: float):
 MAX_HIDDEN = 100_000
 
 
-def add_distortion_options(parser: argparse.ArgumentParser, kind: str = "none") -> None:
-    """--kind and the ranges of anynet.augment's distortions (defaults: `Distortion`'s).
+def add_distortion_options(parser: argparse.ArgumentParser, kind: str | None = "none",
+                           kind_option: str = "--kind") -> None:
+    """The kind and the ranges of anynet.augment's distortions (`kind_option`, --rotate,
+    --scale, --shear, --shift, --alpha, --sigma). `kind` is the kind's default; with None, every
+    option defaults to None, so that a command can tell what was given (train: over a recipe,
+    or against a checkpoint), and the help shows `Distortion`'s defaults.
     `distortion_from_args` turns them into a `Distortion`."""
     from anynet.augment import KINDS, Distortion
 
     d = Distortion()
-    g = parser.add_argument_group("distortions (anynet.augment; each image drawn uniformly "
-                                  "within the ranges)")
-    g.add_argument("--kind", choices=KINDS, default=kind,
-                   help=f"which distortions (default: {kind})")
-    g.add_argument("--rotate", type=at_most(nonnegative_float, 180), default=d.rotate,
+    given = kind is None
+
+    def default(value):
+        return None if given else value
+
+    g = parser.add_argument_group("distortions of the training images (anynet.augment; each "
+                                  "image drawn uniformly within the ranges)")
+    g.add_argument(kind_option, choices=KINDS, default=kind, metavar="KIND",
+                   help=f"{', '.join(KINDS)} (default: {kind or d.kind})")
+    g.add_argument("--rotate", type=at_most(nonnegative_float, 180), default=default(d.rotate),
                    metavar="DEG", help=f"largest rotation either way, degrees (default: "
                    f"{d.rotate:g})")
-    g.add_argument("--scale", type=at_most(nonnegative_float, 0.99), default=d.scale,
+    g.add_argument("--scale", type=at_most(nonnegative_float, 0.99), default=default(d.scale),
                    metavar="F", help=f"largest relative change of size (default: {d.scale:g}: "
                    f"{1 - d.scale:g} to {1 + d.scale:g})")
-    g.add_argument("--shear", type=nonnegative_float, default=d.shear, metavar="K",
+    g.add_argument("--shear", type=nonnegative_float, default=default(d.shear), metavar="K",
                    help=f"largest slant k, columns shifted k pixels per row (default: "
                    f"{d.shear:g})")
-    g.add_argument("--shift", type=at_most(nonnegative_float, 28), default=d.shift,
+    g.add_argument("--shift", type=at_most(nonnegative_float, 28), default=default(d.shift),
                    metavar="PX", help=f"largest shift along each axis, pixels (default: "
                    f"{d.shift:g})")
-    g.add_argument("--alpha", type=nonnegative_float, default=d.alpha, metavar="PX",
+    g.add_argument("--alpha", type=nonnegative_float, default=default(d.alpha), metavar="PX",
                    help=f"elastic strength, pixels (default: {d.alpha:g}, Simard 2003)")
-    g.add_argument("--sigma", type=positive_float, default=d.sigma, metavar="PX",
+    g.add_argument("--sigma", type=positive_float, default=default(d.sigma), metavar="PX",
                    help=f"elastic smoothness, pixels (default: {d.sigma:g}, Simard 2003)")
 
 

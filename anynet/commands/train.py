@@ -29,6 +29,7 @@ from anynet.commands._common import (
     MAX_HIDDEN,
     add_backend_option,
     add_data_dir_option,
+    add_distortion_options,
     at_most,
     nonnegative_float,
     nonnegative_int,
@@ -93,24 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="start from a named set of hyperparameters (options given override "
                    "it): " + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in RECIPES)
                    .replace("%", "%%"))  # argparse formats help with %
-    g = parser.add_argument_group("distortions of the training images (anynet.augment; drawn "
-                                  "afresh for every image of every epoch)")
-    from anynet.augment import KINDS
-
-    g.add_argument("--augment", choices=KINDS, metavar="KIND",
-                   help=f"{', '.join(KINDS)} (default: {d.augment})")
-    g.add_argument("--rotate", type=at_most(nonnegative_float, 180), metavar="DEG",
-                   help=f"largest rotation either way, degrees (default: {d.rotate:g})")
-    g.add_argument("--scale", type=at_most(nonnegative_float, 0.99), metavar="F",
-                   help=f"largest relative change of size (default: {d.scale:g})")
-    g.add_argument("--shear", type=nonnegative_float, metavar="K",
-                   help=f"largest slant, columns shifted K pixels per row (default: {d.shear:g})")
-    g.add_argument("--shift", type=at_most(nonnegative_float, 28), metavar="PX",
-                   help=f"largest shift along each axis, pixels (default: {d.shift:g})")
-    g.add_argument("--alpha", type=nonnegative_float, metavar="PX",
-                   help=f"elastic strength, pixels (default: {d.alpha:g}, Simard 2003)")
-    g.add_argument("--sigma", type=positive_float, metavar="PX",
-                   help=f"elastic smoothness, pixels (default: {d.sigma:g}, Simard 2003)")
+    add_distortion_options(parser, kind=None, kind_option="--augment")
     add_backend_option(parser, default=None)
     g = parser.add_argument_group("data and files")
     add_data_dir_option(g)
