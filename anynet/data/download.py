@@ -223,11 +223,10 @@ def _download_from_mirror(
                 f"the server offers {int(length):,} bytes, but the published file has "
                 f"{spec.gz_size:,}"
             )
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{spec.stem}.gz.{os.getpid()}.", suffix=".part", dir=dest
-        )
-        tmp = Path(tmp_name)
+        prefix = f".{spec.stem}.gz.{os.getpid()}."
         try:
+            fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=dest)
+            tmp = Path(tmp_name)
             with os.fdopen(fd, "wb") as out:
                 md5, got = _stream_to_file(response, out, spec, url, show, deadline)
             if got != spec.gz_size:
@@ -245,8 +244,12 @@ def _download_from_mirror(
             except (EOFError, zlib.error, gzip.BadGzipFile) as e:
                 raise SourceFailed(f"the .gz does not decompress ({e}); discarded") from None
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            # this process's partial download of this file, found by its name's pattern, not by
+            # the name mkstemp returns: a Ctrl-C can land after the file exists and before its
+            # name reaches this frame
+            for path in dest.glob(f"{prefix}*.part"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
 
 def _stream_to_file(
