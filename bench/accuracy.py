@@ -99,7 +99,15 @@ def run_one(name: str, seed: int, args) -> dict:
             "train_s": metrics.get("train_seconds"), "epochs": metrics.get("epochs"),
             "test_accuracy": result["accuracy"], "test_error_pct": 100 * (1 - result["accuracy"]),
             "test_loss": result["loss"], "backend": record.get("backend"),
-            "threads": record.get("threads"), "config": record["config"], "model": str(model)}
+            "threads": record.get("threads"), "config": record["config"],
+            "model": _shown(model)}
+
+
+def _shown(path: Path) -> str:
+    """`path` as the JSON records it: relative to the checkout when inside it, so a results
+    file names no machine's folders."""
+    path = path.resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else path.name
 
 
 def table(runs: list[dict], recipes: list[str]) -> str:
