@@ -5,8 +5,10 @@
     nox -s torch -- -k grad  arguments after -- go to pytest
 
 The backend under test reaches the tests through the environment variable ANYNET_TEST_BACKEND
-(equivalently `pytest --backend NAME`). Genuine MNIST for the real-data tests: ANYNET_DATA_DIR,
-else ../shared/data/mnist beside the checkout when it exists.
+(equivalently `pytest --backend NAME`). The numpy session runs the whole suite; every other
+backend session runs only the tests that compute on its backend (ANYNET_TEST_BACKEND_ONLY=1,
+see tests/conftest.py): host-only tests (files, parsing, servers) run once. Genuine MNIST for the
+real-data tests: ANYNET_DATA_DIR, else ../shared/data/mnist beside the checkout when it exists.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 TORCH = "torch==2.13.0"  # the CPU build; other versions pull gigabytes of CUDA packages
 
 
-def _env(backend: str) -> dict[str, str]:
-    env = {"ANYNET_TEST_BACKEND": backend}
+def _env(backend: str, backend_only: bool = False) -> dict[str, str]:
+    env = {"ANYNET_TEST_BACKEND": backend, "ANYNET_TEST_BACKEND_ONLY": "1" if backend_only else ""}
     if "ANYNET_DATA_DIR" not in os.environ and SHARED_MNIST.is_dir():
         env["ANYNET_DATA_DIR"] = str(SHARED_MNIST)
     return env
 
 
-def _pytest(session: nox.Session, backend: str) -> None:
-    session.run("pytest", "-p", "no:cacheprovider", *session.posargs, env=_env(backend))
+def _pytest(session: nox.Session, backend: str, backend_only: bool = True) -> None:
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs,
+                env=_env(backend, backend_only))
 
 
 @nox.session
@@ -64,9 +67,9 @@ def minimal(session: nox.Session) -> None:
 
 @nox.session
 def numpy(session: nox.Session) -> None:
-    """The suite on NumPy."""
+    """The whole suite on NumPy: the host-only tests run here, once."""
     session.install(".[test]")
-    _pytest(session, "numpy")
+    _pytest(session, "numpy", backend_only=False)
 
 
 @nox.session(name="array-api-strict")
@@ -125,7 +128,7 @@ def cupy(session: nox.Session) -> None:
     Runs in the interpreter that runs nox, with the checkout on PYTHONPATH; skips where CuPy
     does not import or no CUDA device answers (anynet's own probe says which).
     """
-    env = _env("cupy") | {"PYTHONPATH": os.pathsep.join(
+    env = _env("cupy", backend_only=True) | {"PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     probe = subprocess.run(
         [sys.executable, "-c", "from anynet.backend import probe; print(probe('cupy'))"],

@@ -15,12 +15,54 @@ import pytest
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--backend", default=os.environ.get("ANYNET_TEST_BACKEND", "numpy"),
         help="array backend under test, a spec such as numpy, torch, array-api-strict:device1 "
         "(default: $ANYNET_TEST_BACKEND or numpy)",
     )
+    parser.addoption(
+        "--backend-tests-only", action="store_true",
+        default=_env_flag("ANYNET_TEST_BACKEND_ONLY"),
+        help="run only the tests that use the backend under test (the `backend` or "
+        "`backend_name` fixture); host-only tests run once, in the numpy session "
+        "(default: $ANYNET_TEST_BACKEND_ONLY)",
+    )
+    parser.addoption(
+        "--network", action="store_true", default=_env_flag("ANYNET_TEST_NETWORK"),
+        help="also run the tests marked 'network', which reach the npm registry "
+        "(default: $ANYNET_TEST_NETWORK)",
+    )
+
+
+BACKEND_FIXTURES = {"backend", "backend_name"}
+
+
+def _uses_backend(item) -> bool:
+    """A test that computes on the backend under test, or needs a library (torch, jax) that only
+    that backend's session installs."""
+    return bool(BACKEND_FIXTURES & set(item.fixturenames)) or "backend_library" in item.keywords
+
+
+def pytest_collection_modifyitems(config, items):
+    """Host-only tests are deselected in a backend-only session (they ran in the numpy one);
+    tests that reach the network skip unless asked for."""
+    if config.getoption("--backend-tests-only"):
+        kept = [item for item in items if _uses_backend(item)]
+        dropped = [item for item in items if not _uses_backend(item)]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+    if not config.getoption("--network"):
+        offline = pytest.mark.skip(
+            reason="reaches the npm registry: opt in with --network or ANYNET_TEST_NETWORK=1")
+        for item in items:
+            if "network" in item.keywords:
+                item.add_marker(offline)
 
 
 def pytest_report_header(config):

@@ -110,6 +110,7 @@ PEERS = {
 }
 
 
+@pytest.mark.backend_library
 @pytest.mark.parametrize("module", list(PEERS))
 def test_peer_learns_a_toy_problem(module):
     if PEERS[module]:

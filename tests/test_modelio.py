@@ -427,10 +427,18 @@ def test_damaged_model_files_are_refused(tmp_path, members, pattern):
     refused(load_model, path, pattern)
 
 
+def _assert_loads_as_written(path):
+    net, record = load_model(path)
+    written = TwoLayerNet(n_hidden=3, seed=1).host_params()    # what model_members() wrote
+    for name, value in net.host_params().items():
+        np.testing.assert_array_equal(value, written[name])
+    return record
+
+
 def test_format_version_one_still_loads(tmp_path):
     path = write_npz(tmp_path / "m.npz", model_members(record_change=_record_set(
         "format_version", 1)))
-    load_model(path)
+    assert _assert_loads_as_written(path)["format_version"] == 1
 
 
 def test_metadata_longer_than_the_limit_is_refused_unread(tmp_path):
@@ -513,7 +521,8 @@ def test_unused_members_are_not_read(tmp_path):
 
 def test_unknown_members_are_harmless(tmp_path):
     members = {**model_members(), "velocity.W1.npy": b"garbage", "notes.txt": b"hello"}
-    load_model(write_npz(tmp_path / "m.npz", members))
+    record = _assert_loads_as_written(write_npz(tmp_path / "m.npz", members))
+    assert "notes" not in record and "velocity" not in record
 
 
 # ----------------------------------------------------------------------------- not files

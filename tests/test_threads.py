@@ -47,6 +47,7 @@ def test_set_threads_takes_a_spec_string_too():
     assert blas_threads() == {1}
 
 
+@pytest.mark.backend_library
 @pytest.mark.parametrize("n", [1, 2])
 def test_set_threads_limits_torch_and_its_openmp_pool(n):
     torch = pytest.importorskip("torch")
@@ -103,6 +104,7 @@ def test_busy_cores_is_a_number_of_cores():
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="JAX's pool is sized through CPU affinity: Linux, 2 CPUs or more")
+@pytest.mark.backend_library
 def test_set_threads_sizes_jax_pool_before_its_client_starts_then_leaves_it():
     # JAX's client is created once per process: in a child, so this process is untouched
     pytest.importorskip("jax")
