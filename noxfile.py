@@ -43,9 +43,9 @@ def _pytest(session: nox.Session, backend: str, backend_only: bool = True) -> No
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over the package, tests, benchmarks and this file."""
+    """ruff over the package, tests, benchmarks, examples and this file."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "anynet", "tests", "bench", "noxfile.py")
+    session.run("ruff", "check", "anynet", "tests", "bench", "examples", "noxfile.py")
 
 
 @nox.session
