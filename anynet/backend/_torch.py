@@ -180,6 +180,19 @@ class TorchOps:
     def colsum(self, a, out):
         self.torch.sum(a, dim=0, out=out)
 
+    def bias_relu_(self, Z, b, A):                      # Z += b; A = max(Z, 0)
+        Z.add_(b)
+        self.torch.clamp(Z, min=0, out=A)
+
+    def softmax_xent_(self, P, Y, c, m, s, loss):       # as UfuncOps.softmax_xent_
+        self.torch.amax(P, dim=0, out=m)
+        P.sub_(m)
+        picked = self.torch.dot(P.reshape(-1), Y.reshape(-1))
+        P.exp_()
+        self.torch.sum(P, dim=0, out=s)
+        loss.copy_((self.torch.sum(self.torch.log(s)) - picked) / P.shape[1])
+        P.div_(s).sub_(Y).mul_(c)
+
     def dot(self, a, b):
         return self.torch.dot(a.reshape(-1), b.reshape(-1))
 
