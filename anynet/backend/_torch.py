@@ -98,20 +98,29 @@ def compile(fn):
 def graph_capture(backend):
     """On a CUDA device, `capture(fn) -> replay`: runs `fn` once to warm up (on a side stream,
     as PyTorch asks), records it into a `torch.cuda.CUDAGraph` whose temporaries live in the
-    graph's private memory pool, and returns the graph's replay. None on other devices."""
+    graph's private memory pool, and returns the graph's replay. None on other devices.
+
+    Everything happens on the backend's device, whichever is current: with that device current
+    (`torch.cuda.device`) and on a stream of its own (`stream=`), since `torch.cuda.graph`
+    without one captures on a stream of the *current* device, and the step's kernels on device
+    N would not be in the graph (a failed capture, or an empty graph that changes nothing)."""
     if backend.device.type != "cuda":
         return None
     import torch
 
+    device = backend.device
+
     def capture(fn):
-        side = torch.cuda.Stream(device=backend.device)
-        side.wait_stream(torch.cuda.current_stream(backend.device))
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream(backend.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=device)):
+                fn()
+        # replay() launches on the capture's device (PyTorch guards it), whichever is current
         return graph.replay
 
     return capture
