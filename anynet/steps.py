@@ -29,14 +29,21 @@ gradients, and updates the parameters. `make_train_step` picks the implementatio
   (`Backend.fused_ops`: NumPy's ufuncs, which CuPy shares, and PyTorch's in-place methods).
   It computes the same numbers as the reference up to float rounding (tests hold them together)
   and is 1.5-3x faster, most for small networks, where the cost of each call dominates.
-- `GraphedStep`, where the device is CUDA (CuPy, PyTorch CUDA): the fused step recorded once as
-  a CUDA graph (`Backend.graph_capture`) and replayed, one launch per step, with the batch
-  indices and learning rate read from device buffers.
+- `GraphedStep`, where the backend captures CUDA graphs (PyTorch on CUDA): the fused step
+  recorded once as a CUDA graph (`Backend.graph_capture`) and replayed, one launch per step,
+  with the batch indices and learning rate read from device buffers. Not on CuPy, which refuses
+  cuBLAS calls (the step's matrix products) during stream capture: there the fused step runs,
+  its element-wise chains as CuPy kernels of anynet's own.
+
+Every index a step gathers with is in range by construction: the epoch's order is checked to be
+a permutation, labels to be classes, batch numbers to be in the epoch (`check_permutation`),
+since on a GPU an index out of range is silent (CuPy) or ends the CUDA context (PyTorch).
 
 All keep the parameters where the rest of anynet expects them (`params`: W1, b1, W2, b2), so
 evaluation, checkpoints and model files see no difference, and all return the batch's loss as a
 0-d array of the backend: the training loop reads losses a window of batches at a time, so the
-device is never made to wait after each batch.
+device is never made to wait after each batch. (The fused and graphed steps write each batch's
+loss into a buffer of the epoch's losses: a loss holds until the same batch of the next epoch.)
 """
 
 from __future__ import annotations
@@ -417,8 +424,12 @@ class GraphedStep(FusedStep):
     mid-epoch). The epoch's short last batch, if any, takes the fused step.
 
     `capture(fn) -> replay` comes from `Backend.graph_capture` on CUDA; the CPU test suite
-    passes one that runs `fn` eagerly, which covers all of this but the recording itself.
-    Where capture fails, a `GraphCaptureUnavailable` warning says why and the fused step runs.
+    passes a strict fake (tests/fake_capture.py) that records the seam's primitives once and
+    replays them without running Python. So `_graph_step` does everything through the
+    primitives, into buffers made before capture (a capture's warm-up may allocate from a pool
+    that is freed if capture fails), and reads nothing back to the host. Where capture fails, a
+    `GraphCaptureUnavailable` warning names the first cause and the fused step runs (in the
+    tests, the warning is an error).
     """
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
