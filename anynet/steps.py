@@ -386,7 +386,11 @@ class FusedStep:
             o.axpy_(W1, neg_lr, vW1, tmp)
         else:
             o.mm(X.T, dZ1, out=self.dW1)
+        fused = getattr(o, "momentum_", None)   # the loop below as one kernel (CuPy)
         for p, g, v, tmp in triples:
+            if fused is not None:
+                fused(p, g, v, wd, mu, neg_lr, self.nesterov)
+                continue
             if wd:
                 o.axpy_(g, wd, p, tmp)
             o.mul_(v, mu)

@@ -570,3 +570,29 @@ def test_torch_cuda_n_captures_on_device_n(monkeypatch):
     assert seen["stream"].device == torch.device("cuda", 1) and seen["current"] == 1
     assert seen["warm-up stream"].device == torch.device("cuda", 1)
     assert current["device"] == 0               # put back
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_a_fused_momentum_primitive_computes_what_the_loop_does(monkeypatch, nesterov):
+    """Where the seam offers `momentum_` (CuPy: one kernel a parameter), the fused step uses it;
+    here it is the kernel's expression in NumPy, and the step still equals the reference."""
+    from anynet.backend import get_namespace
+    from anynet.backend._numpy import UfuncOps
+
+    calls = []
+
+    def momentum_(self, p, g, v, wd, mu, neg_lr, nesterov):   # the CuPy kernel's expression
+        calls.append(p.shape)
+        gw = g + wd * p
+        v[...] = mu * v + gw
+        p += neg_lr * (gw + mu * v if nesterov else v)
+
+    monkeypatch.setattr(UfuncOps, "momentum_", momentum_, raising=False)
+    backend = get_namespace("numpy")
+    kw = dict(momentum=0.9, nesterov=nesterov)
+    fast_losses, fast = run_steps(FusedStep, "float64", 64, 1e-3, backend, **kw)
+    ref_losses, ref = run_steps(ArrayAPIStep, "float64", 64, 1e-3, backend, **kw)
+    assert calls
+    np.testing.assert_allclose(fast_losses, ref_losses, rtol=1e-10)
+    for k in ref:
+        np.testing.assert_allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)

@@ -4,7 +4,8 @@ the current device of the thread that opens the backend, so every kernel runs th
 The fused step's primitives are NumPy's ufunc ones (`_numpy.UfuncOps`) over the `cupy` module
 (CuPy implements the same `out=` API), except the element-wise and reduction chains between the
 step's matrix products, which are CuPy kernels of their own (`CupyOps`): bias + ReLU in one
-launch, softmax + cross-entropy + its gradient in two, ReLU's derivative in one.
+launch, softmax + cross-entropy + its gradient in two, ReLU's derivative in one, and each
+parameter's momentum update in one.
 
 No CUDA graph: CuPy refuses every cuBLAS call while a stream is capturing
 (`cupy_backends/cuda/libs/cublas.pyx`, `setStream`; CuPy's own test
@@ -143,6 +144,12 @@ def _kernels():
             l = (log(s) - picked) / (T)N;
             for (int k = 0; k < K; ++k) { ix[0] = k; P[ix] = c * (P[ix] / s - Y[ix]); }
             """, "anynet_softmax_xent")
+        # SGD with momentum on one parameter, as `FusedStep._momentum_update` writes it:
+        # g += wd p; v = mu v + g; p -= lr (g + mu v) (Nesterov) or p -= lr v
+        _KERNELS["momentum"] = cupy.ElementwiseKernel(
+            "T g, T wd, T mu, T neg_lr, bool nesterov", "T p, T v",
+            "T gw = g + wd * p; v = mu * v + gw; p += neg_lr * (nesterov ? gw + mu * v : v);",
+            "anynet_momentum")
     return _KERNELS
 
 
@@ -160,6 +167,9 @@ def fused_ops(backend):
 
         def relu_backward_(self, dZ, Z, mask):
             _kernels()["relu_backward"](Z, dZ)
+
+        def momentum_(self, p, g, v, wd, mu, neg_lr, nesterov):
+            _kernels()["momentum"](g, wd, mu, neg_lr, nesterov, p, v)
 
         def softmax_xent_(self, P, Y, c, m, s, loss):
             K, N = P.shape
