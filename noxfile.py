@@ -1,6 +1,7 @@
 """Test sessions: the same suite, against the same documented examples, on every backend.
 
-    nox                      every session below (cupy skips, saying why, without a CUDA device)
+    nox                      every session below (cupy and torch-cuda skip, saying why, without
+                             a CUDA device); `nox -s gpu` runs the GPU check (bench/README.md)
     nox -s numpy             one session; `nox -l` lists them
     nox -s torch -- -k grad  arguments after -- go to pytest
 
@@ -22,7 +23,7 @@ import nox
 
 nox.options.error_on_missing_interpreters = False
 nox.options.sessions = ["lint", "minimal", "numpy", "array-api-strict", "array-api-strict-device1",
-                        "torch", "jax", "cupy", "interop", "sweep"]
+                        "torch", "jax", "cupy", "torch-cuda", "interop", "sweep"]
 
 ROOT = Path(__file__).parent
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -121,21 +122,43 @@ def sweep(session: nox.Session) -> None:
                 "tests/test_sweep_cluster.py", *session.posargs, env=_env("numpy"))
 
 
+def _installed(session: nox.Session, backend: str, probe: str) -> None:
+    """The suite on a GPU backend, against the packages already installed (GPU machines are
+    often offline): in the interpreter that runs nox, with the checkout on PYTHONPATH; skips,
+    saying why, where `probe` (Python printing the reason, empty when usable) says so."""
+    env = _env(backend, backend_only=True) | {"PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env=os.environ | env)
+    reason = result.stdout.strip() or (result.stderr.strip().splitlines() or [""])[-1]
+    if result.returncode != 0 or reason:
+        session.skip(f"no usable {backend} here ({reason or 'unknown'})")
+    # a CUDA graph that fails to capture is an error here, as in pyproject's filterwarnings
+    session.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W",
+                "error::anynet.steps.GraphCaptureUnavailable", *session.posargs, env=env,
+                external=True)
+
+
 @nox.session(venv_backend="none")
 def cupy(session: nox.Session) -> None:
-    """The suite on CuPy, against the packages already installed (GPU machines are often offline).
+    """The suite on CuPy (the fused step, CuPy's own kernels); skips where CuPy does not import
+    or no CUDA device answers (anynet's own probe says which)."""
+    _installed(session, "cupy", "from anynet.backend import probe; print(probe('cupy'))")
 
-    Runs in the interpreter that runs nox, with the checkout on PYTHONPATH; skips where CuPy
-    does not import or no CUDA device answers (anynet's own probe says which).
-    """
-    env = _env("cupy", backend_only=True) | {"PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    probe = subprocess.run(
-        [sys.executable, "-c", "from anynet.backend import probe; print(probe('cupy'))"],
-        capture_output=True, text=True, env=os.environ | env,
-    )
-    reason = probe.stdout.strip() or (probe.stderr.strip().splitlines() or [""])[-1]
-    if probe.returncode != 0 or reason:
-        session.skip(f"no usable CuPy/CUDA device here ({reason or 'unknown'})")
-    session.run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *session.posargs,
-                env=env, external=True)
+
+@nox.session(name="torch-cuda", venv_backend="none")
+def torch_cuda(session: nox.Session) -> None:
+    """The suite on PyTorch's CUDA device (the CUDA-graph step), against the installed PyTorch;
+    skips where it has no CUDA device."""
+    _installed(session, "torch:cuda", "import torch; print('' if torch.cuda.is_available() "
+               "else 'PyTorch sees no CUDA device')")
+
+
+@nox.session(venv_backend="none")
+def gpu(session: nox.Session) -> None:
+    """The GPU check (bench/gpu_check.py; bench/README.md): the suite on cupy, torch:cuda and
+    jax:gpu, a graphed step's replay, the recipes on MNIST and the GPU rows of bench/epoch.py,
+    in under 8 minutes; skips at once without a CUDA device. Arguments after -- go to the
+    script (--dry-run, --prepare, --out DIR)."""
+    session.run(sys.executable, str(ROOT / "bench" / "gpu_check.py"), *session.posargs,
+                external=True)

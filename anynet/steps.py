@@ -29,14 +29,21 @@ gradients, and updates the parameters. `make_train_step` picks the implementatio
   (`Backend.fused_ops`: NumPy's ufuncs, which CuPy shares, and PyTorch's in-place methods).
   It computes the same numbers as the reference up to float rounding (tests hold them together)
   and is 1.5-3x faster, most for small networks, where the cost of each call dominates.
-- `GraphedStep`, where the device is CUDA (CuPy, PyTorch CUDA): the fused step recorded once as
-  a CUDA graph (`Backend.graph_capture`) and replayed, one launch per step, with the batch
-  indices and learning rate read from device buffers.
+- `GraphedStep`, where the backend captures CUDA graphs (PyTorch on CUDA): the fused step
+  recorded once as a CUDA graph (`Backend.graph_capture`) and replayed, one launch per step,
+  with the batch indices and learning rate read from device buffers. Not on CuPy, which refuses
+  cuBLAS calls (the step's matrix products) during stream capture: there the fused step runs,
+  its element-wise chains as CuPy kernels of anynet's own.
+
+Every index a step gathers with is in range by construction: the epoch's order is checked to be
+a permutation, labels to be classes, batch numbers to be in the epoch (`check_permutation`),
+since on a GPU an index out of range is silent (CuPy) or ends the CUDA context (PyTorch).
 
 All keep the parameters where the rest of anynet expects them (`params`: W1, b1, W2, b2), so
 evaluation, checkpoints and model files see no difference, and all return the batch's loss as a
 0-d array of the backend: the training loop reads losses a window of batches at a time, so the
-device is never made to wait after each batch.
+device is never made to wait after each batch. (The fused and graphed steps write each batch's
+loss into a buffer of the epoch's losses: a loss holds until the same batch of the next epoch.)
 """
 
 from __future__ import annotations
@@ -48,6 +55,37 @@ from anynet.network import TwoLayerNet, loss_and_grads, pixels_to_inputs
 from anynet.optim import SGD
 
 CHUNK_ROWS = 1024  # rows gathered and converted at once: big enough to amortise, fits in cache
+
+
+def check_permutation(perm, n: int) -> np.ndarray:
+    """`perm` as int64 host values, checked to be a permutation of 0 .. n-1. Every gather of
+    training rows goes through it, so no index is out of range by construction: on a GPU an
+    index out of range is silent (CuPy's take wraps it) or fatal (PyTorch's device-side assert
+    ends the CUDA context), and NumPy wraps negative ones."""
+    perm = np.asarray(perm)
+    if perm.shape != (n,) or perm.dtype.kind not in "iu":
+        raise ValueError(f"the epoch's order must be {n} integers, not {perm.dtype} "
+                         f"{perm.shape}")
+    perm = perm.astype(np.int64, copy=False)
+    if n and (perm.min() < 0 or perm.max() >= n or
+              np.bincount(perm, minlength=n).max() != 1):
+        raise ValueError(f"the epoch's order is not a permutation of 0..{n - 1}")
+    return perm
+
+
+def check_labels(backend, labels, K: int) -> None:
+    """Raise ValueError unless every label is a class, 0 .. K-1: the fused steps gather one-hot
+    rows by label, and an index out of range must be impossible on the device (see
+    `check_permutation`). Read once, when a step is made."""
+    host = backend.to_numpy(labels)
+    if host.size and (host.min() < 0 or host.max() >= K):
+        raise ValueError(f"training labels must be classes 0..{K - 1}; found "
+                         f"{host.min()}..{host.max()}")
+
+
+def check_batch(batch: int, n_batches: int) -> None:
+    if not 0 <= batch < n_batches:
+        raise IndexError(f"batch {batch} of an epoch of {n_batches} batches")
 
 
 def chunk_rows(batch_size: int) -> int:
@@ -104,6 +142,7 @@ class ArrayAPIStep:
         """Start epoch `epoch` (0-based; it keys the distortions): `perm` orders the training
         set; `rates`, each batch's learning rate when known ahead (the CUDA-graph step keeps
         them on the device)."""
+        perm = check_permutation(perm, self.images.shape[0])
         self.perm = self.net.backend.asarray(perm, "int64")
         if self.distorted is not None:
             self.distorted.begin_epoch(self.perm, epoch)
@@ -117,6 +156,7 @@ class ArrayAPIStep:
     def __call__(self, batch: int, lr: float):
         """One SGD step on batch `batch` with learning rate `lr`; returns the batch's loss as a
         0-d array of the backend (reading it would wait for the device)."""
+        check_batch(batch, -(-self.images.shape[0] // self.batch_size))
         if self.distorted is not None:
             X, t = self.distorted.batch(batch)
         else:
@@ -164,6 +204,7 @@ class CompiledStep(ArrayAPIStep):
         self._step_on = net.backend.compile(step_on)    # distorted inputs, made outside
 
     def __call__(self, batch: int, lr: float):
+        check_batch(batch, -(-self.images.shape[0] // self.batch_size))
         if self.distorted is not None:
             X, t = self.distorted.batch(batch)
             loss, self.net.params, self.velocity = self._step_on(
@@ -198,7 +239,10 @@ class FusedStep:
         dtype = np.dtype(net.dtype)
         self.net, self.wd = net, optimizer.weight_decay
         self.momentum, self.nesterov = optimizer.momentum, optimizer.nesterov
+        check_labels(net.backend, labels, K)
         self.images, self.labels = images, labels
+        self.n = images.shape[0]
+        self.n_batches = -(-self.n // batch_size)
         self.B, self.H, self.K, self.dtype = batch_size, H, K, dtype
         self.batches_per_chunk = chunk_rows(batch_size) // batch_size
         self.distorter, self.epoch = distorter, 0
@@ -229,7 +273,11 @@ class FusedStep:
                               "b2": self.vW2a[H]}
             self.tmp = (ops.empty((D, H), dtype), ops.empty((H,), dtype),
                         ops.empty((H + 1, K), dtype))
+        # each batch's loss, where the step writes it: a batch's holds until the same batch of
+        # the next epoch (the Trainer reads every window within its epoch)
+        self.losses = ops.empty((self.n_batches,), dtype)
         self._buffer_sets = {}  # b -> (Z1, A1, P, mask, dZ1, m, s); P: logits, probs, then dZ2
+        self._buffers(B)  # made here, never inside a capture's warm-up (its pool can be freed)
         # the buffers never move, so each batch's views into them are made once, not per step
         self._batch_views = [(self.X[j * B:(j + 1) * B], self.Y[j])
                              for j in range(self.batches_per_chunk)]
@@ -238,6 +286,7 @@ class FusedStep:
 
     def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
                     epoch: int = 0) -> None:
+        perm = check_permutation(perm, self.n)
         self.perm, self.chunk, self.epoch = self.ops.host(perm, np.int64), -1, epoch
 
     def _load_chunk(self, chunk: int) -> None:
@@ -257,15 +306,18 @@ class FusedStep:
         self.chunk = chunk
 
     def __call__(self, batch: int, lr: float):
+        check_batch(batch, self.n_batches)
         chunk, j = divmod(batch, self.batches_per_chunk)
         if chunk != self.chunk:
             self._load_chunk(chunk)
-        start = j * self.B
+        start, loss = j * self.B, self.losses[batch:batch + 1]
         if start + self.B <= self.rows_in_chunk:
             X, Y = self._batch_views[j]
-            return self._step(X, Y, self._rates(lr, self.B), self.B)
-        b = self.rows_in_chunk - start   # the epoch's short last batch
-        return self._step(self.X[start:start + b], self.Y[j][:, :b], self._rates(lr, b), b)
+            self._step(X, Y, self._rates(lr, self.B), self.B, loss)
+        else:
+            b = self.rows_in_chunk - start   # the epoch's short last batch
+            self._step(self.X[start:start + b], self.Y[j][:, :b], self._rates(lr, b), b, loss)
+        return self.losses[batch]
 
     def _rates(self, lr: float, b: int) -> tuple:
         """The step's scalars from the learning rate: (c, the factor on dZ2 (lr / N for plain
@@ -285,29 +337,22 @@ class FusedStep:
                                     o.empty((b,), dt), o.empty((b,), dt))
         return self._buffer_sets[b]
 
-    def _step(self, X, Y, rates: tuple, b: int):
+    def _step(self, X, Y, rates: tuple, b: int, loss) -> None:
         """One step on inputs X (b, D) and one-hot targets Y (K, b); `rates` from `_rates`
-        (numbers, or for the CUDA-graph step 1-element device arrays)."""
+        (numbers, or for the CUDA-graph step 1-element device arrays); the batch's loss goes
+        into `loss`, a 1-element array. Every operation is one of the seam's primitives, and
+        writes into memory that already exists: what a CUDA graph can record and replay."""
         o, H, W1, b1, W2a = self.ops, self.H, self.W1, self.b1, self.W2a
         c, decay, neg_lr = rates
         Z1, A1, P, mask, dZ1, m, s = self._buffers(b)
         # forward: Z1 = X W1 + b1, A1 = relu(Z1), logits Z2^T = (A1 W2 + b2)^T in (K, N)
         o.mm(X, W1, out=Z1)
-        o.add_(Z1, b1)
-        o.relu_to(Z1, A1[:, :H])
+        o.bias_relu_(Z1, b1, A1[:, :H])
         o.mm(W2a.T, A1.T, out=P)
-        # softmax over classes (axis 0), stably; loss = mean(log sum exp - z_target)
-        o.colmax(P, out=m)
-        o.sub_(P, m)
-        picked = o.dot(P, Y)                           # sum of the targets' shifted logits
-        o.exp_(P)
-        o.colsum(P, out=s)
-        loss = (o.sum_log(s) - picked) / b
-        # dZ2 = lr * (P / s - Y) / N: for plain SGD the learning rate rides on this small
-        # array; with momentum the velocity sums gradients, so dZ2 = (P / s - Y) / N
-        o.div_(P, s)
-        o.sub_(P, Y)
-        o.mul_(P, c)
+        # softmax over classes (axis 0), stably; loss = mean(log sum exp - z_target);
+        # dZ2 = c (softmax(P) - Y), c = lr / N: for plain SGD the learning rate rides on this
+        # small array; with momentum the velocity sums gradients, so c = 1 / N
+        o.softmax_xent_(P, Y, c, m, s, loss)
         # backward: dW2a = A1^T dZ2; dA1 = dZ2 W2^T (before W2 changes); dZ1 = dA1 * relu'(Z1)
         o.mm(A1.T, P.T, out=self.dW2a)
         o.mm(P.T, W2a[:H].T, out=dZ1)
@@ -315,7 +360,7 @@ class FusedStep:
         o.colsum(dZ1, out=self.db1)
         if self.momentum:
             self._momentum_update(X, dZ1, neg_lr)
-            return loss
+            return
         # update, weight decay as in SGD.step: p <- p - lr * (g + wd * p)
         if self.wd:
             for p in (W1, b1, W2a):
@@ -323,7 +368,6 @@ class FusedStep:
         o.sub_mm_(W1, X.T, dZ1, self.dW1)              # W1 -= X^T dZ1 (lr already inside)
         o.sub_(b1, self.db1)
         o.sub_(W2a, self.dW2a)
-        return loss
 
     def _momentum_update(self, X, dZ1, neg_lr) -> None:
         """SGD.step with momentum, in place, for every parameter p with gradient g:
@@ -342,7 +386,11 @@ class FusedStep:
             o.axpy_(W1, neg_lr, vW1, tmp)
         else:
             o.mm(X.T, dZ1, out=self.dW1)
+        fused = getattr(o, "momentum_", None)   # the loop below as one kernel (CuPy)
         for p, g, v, tmp in triples:
+            if fused is not None:
+                fused(p, g, v, wd, mu, neg_lr, self.nesterov)
+                continue
             if wd:
                 o.axpy_(g, wd, p, tmp)
             o.mul_(v, mu)
@@ -380,8 +428,12 @@ class GraphedStep(FusedStep):
     mid-epoch). The epoch's short last batch, if any, takes the fused step.
 
     `capture(fn) -> replay` comes from `Backend.graph_capture` on CUDA; the CPU test suite
-    passes one that runs `fn` eagerly, which covers all of this but the recording itself.
-    Where capture fails, a `GraphCaptureUnavailable` warning says why and the fused step runs.
+    passes a strict fake (tests/fake_capture.py) that records the seam's primitives once and
+    replays them without running Python. So `_graph_step` does everything through the
+    primitives, into buffers made before capture (a capture's warm-up may allocate from a pool
+    that is freed if capture fails), and reads nothing back to the host. Where capture fails, a
+    `GraphCaptureUnavailable` warning names the first cause and the fused step runs (in the
+    tests, the warning is an error).
     """
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
@@ -389,12 +441,11 @@ class GraphedStep(FusedStep):
         super().__init__(net, optimizer, images, labels, batch_size, velocity)
         o, B, D, K, dt = self.ops, self.B, net.sizes[0], self.K, self.dtype
         self.capture, self.replay = capture, None
-        self.n = images.shape[0]
         self.n_full = self.n // B                      # batches the graph runs
         self.perm_device = o.empty((self.n,), np.int64)
         self.rates_device = o.host(np.zeros(-(-self.n // B)), dt)
         self.rates_host = np.full(-(-self.n // B), np.nan)
-        self.losses = o.empty((-(-self.n // B),), dt)
+        self.loss_now = o.empty((1,), dt)              # the replay's loss, before losses[k]
         self.k = o.host(np.zeros(1, np.int64))         # the batch the next replay trains
         self.next_batch = None                         # ... as the host knows it
         self.arange = o.host(np.arange(B), np.int64)
@@ -418,6 +469,7 @@ class GraphedStep(FusedStep):
         self.next_batch = None  # the counter is set on the first batch
 
     def __call__(self, batch: int, lr: float):
+        check_batch(batch, self.n_batches)
         if batch >= self.n_full or self.replay is False:
             return super().__call__(batch, lr)
         if self.replay is None:
@@ -449,8 +501,8 @@ class GraphedStep(FusedStep):
         o.add_(self.decay_now, 1.0)
         o.mul_into(self.lr_now, -1.0, out=self.neg_lr_now)
         c = 1 / B if self.momentum else self.c_now
-        loss = self._step(self.Xg, self.Yg, (c, self.decay_now, self.neg_lr_now), B)
-        o.put_(self.losses, self.k, loss)
+        self._step(self.Xg, self.Yg, (c, self.decay_now, self.neg_lr_now), B, self.loss_now)
+        o.put_(self.losses, self.k, self.loss_now)
         o.add_(self.k, 1)
 
     def _capture(self):
@@ -468,11 +520,28 @@ class GraphedStep(FusedStep):
         except Exception as e:  # CUDA reports capture problems in many exception types
             replay = False
             warnings.warn(GraphCaptureUnavailable(
-                f"CUDA graph capture failed ({type(e).__name__}: {e}); training goes on with "
-                "the fused step, one launch per operation"), stacklevel=3)
+                f"CUDA graph capture failed ({first_cause(e)}); training goes on with the "
+                "fused step, one launch per operation"), stacklevel=3)
         for array, copy in zip(state, saved, strict=True):
             o.copy_(array, copy)
         return replay
+
+
+def first_cause(error: BaseException) -> str:
+    """What went wrong first, as 'Type: message', with what it led to: a capture that fails
+    inside the step is ended in a `finally` (CuPy) or `__exit__` (PyTorch), whose own error
+    (cudaErrorStreamCaptureInvalidated) would otherwise hide the cause."""
+    chain, seen = [error], {id(error)}
+    while True:
+        e = chain[-1].__cause__ or chain[-1].__context__
+        if e is None or id(e) in seen:
+            break
+        chain.append(e)
+        seen.add(id(e))
+    text = f"{type(chain[-1]).__name__}: {chain[-1]}"
+    if len(chain) > 1:
+        text += f"; then {type(error).__name__}: {error}"
+    return text
 
 
 def fast_step_applies(net: TwoLayerNet, optimizer: SGD) -> bool:

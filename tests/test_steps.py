@@ -20,6 +20,7 @@ from anynet.steps import (
     make_train_step,
 )
 from anynet.training import Trainer
+from tests.fake_capture import CaptureRefused, strict_capture
 
 
 def run_steps(step_cls, dtype, batch, wd, backend, n_examples=1000, epochs=2, momentum=0.0,
@@ -86,7 +87,9 @@ def test_which_step_runs(backend):
     assert fast_step_applies(net, SGD(lr=0.1, momentum=0.9, nesterov=True)) == fused
     args = (backend.asarray(np.zeros((4, 784), np.uint8)),
             backend.asarray(np.zeros(4, np.int64)), 2, {})
-    expected = FusedStep if fused else CompiledStep if backend.compiles else ArrayAPIStep
+    graphs = fused and backend.graph_capture() is not None   # CUDA: PyTorch captures, CuPy not
+    expected = (GraphedStep if graphs else FusedStep if fused else
+                CompiledStep if backend.compiles else ArrayAPIStep)
     assert type(make_train_step(net, SGD(lr=0.1), *args)) is expected
     assert type(make_train_step(net, SGD(lr=0.1), *args, fast=False)) is ArrayAPIStep
     assert type(make_train_step(net, SGD(lr=0.1, momentum=0.5), *args)) is expected
@@ -119,24 +122,17 @@ def test_trainer_fast_and_reference_give_the_same_curve(backend):
 
 
 # ---------------------------------------------------------------------------------------------
-# The CUDA-graph step. Its capture needs CUDA; everything around it (the device counter, the
-# rates and permutation in device buffers, the warm-up's state put back, the fallback) runs
-# here with a capture that calls the step eagerly.
+# The CUDA-graph step. Its capture needs CUDA; elsewhere it runs with `strict_capture`
+# (tests/fake_capture.py): recorded once, replayed without running Python, refusing what a
+# real capture refuses. A capture that fails is an error here (pyproject's filterwarnings).
 
 
-def eager_capture(fn):
-    """What `Backend.graph_capture` gives on CUDA, minus the recording: warm up, then replay
-    by calling again."""
-    fn()
-    return fn
-
-
-def graphed(backend):
-    """GraphedStep with the backend's own capture on CUDA, else the eager one; skips where
+def graphed(backend, flavour="torch"):
+    """GraphedStep with the backend's own capture on CUDA, else the strict fake; skips where
     there is no fused step."""
     if backend.fused_ops() is None:
         pytest.skip(f"{backend.name} has no fused step, so no CUDA-graph step")
-    capture = backend.graph_capture() or eager_capture
+    capture = backend.graph_capture() or strict_capture(flavour)
 
     def make(*args):
         return GraphedStep(*args, capture)
@@ -204,17 +200,19 @@ def test_failed_capture_warns_and_trains_with_the_fused_step(backend):
 
 
 def test_training_takes_the_graphed_step_where_the_backend_captures(backend, monkeypatch):
-    """make_train_step picks GraphedStep when `graph_capture` offers a capture (CUDA); the run
-    then matches a run of the plain fused step."""
+    """make_train_step picks GraphedStep when `graph_capture` offers a capture (CUDA, else the
+    strict fake); the run then matches a run of the plain fused step (no capture offered)."""
     if backend.fused_ops() is None:
         pytest.skip(f"{backend.name} has no fused step")
     rng = np.random.default_rng(3)
     images, labels = rng.integers(0, 256, (300, 784), dtype=np.uint8), rng.integers(0, 10, 300)
     config = TrainConfig(hidden=6, epochs=2, batch_size=32, val_size=0, dtype="float64",
                          momentum=0.9, backend=backend.spec)
-    plain = Trainer(config, images, labels, backend=backend).fit()
-    if backend.graph_capture() is None:
-        monkeypatch.setattr(type(backend), "graph_capture", lambda self: eager_capture)
+    capture = backend.graph_capture() or strict_capture()
+    with monkeypatch.context() as m:
+        m.setattr(type(backend), "graph_capture", lambda self: None)
+        plain = Trainer(config, images, labels, backend=backend).fit()
+    monkeypatch.setattr(type(backend), "graph_capture", lambda self: capture)
     trainer = Trainer(config, images, labels, backend=backend)
     net = TwoLayerNet(n_hidden=3, backend=backend)
     assert isinstance(make_train_step(net, SGD(lr=0.1), backend.asarray(images),
@@ -265,7 +263,7 @@ def test_distortions_take_the_fused_step_not_a_graph(backend, monkeypatch):
 
     if backend.fused_ops() is None:
         pytest.skip(f"{backend.name} has no fused step")
-    monkeypatch.setattr(type(backend), "graph_capture", lambda self: eager_capture)
+    monkeypatch.setattr(type(backend), "graph_capture", lambda self: strict_capture())
     net = TwoLayerNet(n_hidden=3, backend=backend)
     images, labels = backend.asarray(np.zeros((8, 784), np.uint8)), backend.asarray(
         np.zeros(8, np.int64), "int64")
@@ -273,3 +271,328 @@ def test_distortions_take_the_fused_step_not_a_graph(backend, monkeypatch):
     step = make_train_step(net, SGD(lr=0.1), images, labels, 4, {}, distorter=distorter)
     assert type(step) is FusedStep and step.distorter is distorter
     assert isinstance(make_train_step(net, SGD(lr=0.1), images, labels, 4, {}), GraphedStep)
+
+
+# ---------------------------------------------------------------------------------------------
+# The strict fake capture itself: it fails where a real capture fails, and its replay runs no
+# Python, so what a step freezes at capture shows.
+
+
+class _Toy:
+    """A step of one primitive, `x += one`, with Python state beside it."""
+
+    def __init__(self, backend, body=None):
+        self.backend, self.ops = backend, backend.fused_ops()
+        self.x = self.ops.host(np.zeros(3))
+        self.one = self.ops.host(np.ones(3))
+        self.calls, self.body = 0, body
+
+    def step(self):
+        self.calls += 1
+        (self.body or (lambda toy: toy.ops.add_(toy.x, toy.one)))(self)
+
+
+def _toy(backend, body=None):
+    if backend.fused_ops() is None:
+        pytest.skip(f"{backend.name} has no fused step")
+    return _Toy(backend, body)
+
+
+def test_strict_capture_replays_without_running_python(backend):
+    toy = _toy(backend)
+    replay = strict_capture()(toy.step)     # warm-up runs it; recording records, runs nothing
+    for _ in range(3):
+        replay()
+    assert toy.calls == 2
+    np.testing.assert_array_equal(backend.to_numpy(toy.x), [4, 4, 4])  # warm-up + 3 replays
+
+
+def test_strict_capture_freezes_or_refuses_host_values(backend):
+    """A branch on a device value, taken on the host, is frozen at capture (NumPy), or refused
+    as a host read (PyTorch), as a real capture refuses it."""
+    def body(toy):   # add while x[0] < 1, else subtract: a host decision
+        if float(toy.backend.to_numpy(toy.x)[0]) < 1:
+            toy.ops.add_(toy.x, toy.one)
+        else:
+            toy.ops.sub_(toy.x, toy.one)
+
+    toy = _toy(backend, body)
+    try:
+        replay = strict_capture()(toy.step)
+    except CaptureRefused as e:
+        assert "host read" in str(e) or "outside the seam" in str(e)
+        return
+    for _ in range(3):
+        replay()
+    # run eagerly, x would go 1, 0, 1, 0; replayed, the branch taken at capture (x = 1:
+    # subtract) is all there is
+    np.testing.assert_array_equal(backend.to_numpy(toy.x), [-2, -2, -2])
+
+
+@pytest.mark.parametrize("what", ["empty", "dot", "upload_", "mm", "index"])
+def test_strict_capture_refuses_what_a_real_one_refuses(backend, what):
+    def body(toy):
+        o = toy.ops
+        if what == "empty":
+            o.empty((3,), np.float64)       # a persistent buffer made during capture
+        elif what == "dot":
+            o.dot(toy.x, toy.one)           # a new array
+        elif what == "upload_" and toy.calls > 1:
+            o.upload_(toy.x, np.ones(3))    # host to device while recording
+        elif what == "mm":
+            o.mm(toy.x.reshape(1, 3), toy.one.reshape(3, 1), out=toy.x[:1].reshape(1, 1))
+        elif what == "index":
+            o.take_into(toy.one, toy.idx, out=toy.x)
+
+    toy = _toy(backend, body)
+    toy.idx = toy.ops.host(np.array([0, 1, 3]), np.int64)   # 3: out of range
+    if what == "index":   # recorded, then refused at replay (NumPy would raise; CuPy wraps)
+        toy.idx = toy.ops.host(np.array([0, 1, 2]), np.int64)
+        replay = strict_capture()(toy.step)
+        toy.ops.copy_(toy.idx, toy.ops.host(np.array([0, 1, -1]), np.int64))
+        with pytest.raises(IndexError, match="out of range"):
+            replay()
+        return
+    flavour = "cupy" if what == "mm" else "torch"
+    with pytest.raises(CaptureRefused, match="cuBLAS" if what == "mm" else what):
+        strict_capture(flavour)(toy.step)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the reading of CuPy and PyTorch found (issue 18), each where a CPU can express it.
+
+
+def test_cupy_offers_no_graph_capture():
+    """CuPy refuses cuBLAS during stream capture, so a graph of the step never captures there:
+    the seam offers none (and imports nothing to say so); CuPy trains with the fused step."""
+    from anynet.backend import _cupy
+
+    assert _cupy.graph_capture(None) is None
+
+
+def test_a_capture_that_refuses_matrix_products_falls_back_with_the_reason(backend):
+    """The CuPy flavour of the fake refuses the step's matrix products, as CuPy does: capture
+    fails, the warning says why, and the fused step trains as the reference does."""
+    if backend.fused_ops() is None:
+        pytest.skip(f"{backend.name} has no fused step")
+    with pytest.warns(GraphCaptureUnavailable, match="cuBLAS"):
+        losses, params = _two_steps(backend, graphed_with(strict_capture("cupy")))
+    ref_losses, ref = _two_steps(backend, ArrayAPIStep)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-10)
+    for k in ref:
+        np.testing.assert_allclose(params[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_a_capture_that_fails_inside_the_step_reports_the_first_cause(backend):
+    """A capture ended in a `finally` (CuPy) or `__exit__` (PyTorch) raises its own error,
+    cudaErrorStreamCaptureInvalidated, over the one that broke the capture: the warning names
+    the first."""
+    if backend.fused_ops() is None:
+        pytest.skip(f"{backend.name} has no fused step")
+
+    def invalidated(fn):
+        try:
+            return strict_capture("cupy")(fn)
+        finally:
+            raise RuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a "
+                               "previous error during capture")
+
+    with pytest.warns(GraphCaptureUnavailable, match="cuBLAS API during stream capture.*; "
+                      "then RuntimeError: cudaErrorStreamCaptureInvalidated"):
+        _two_steps(backend, graphed_with(invalidated))
+
+
+def test_the_graphed_step_makes_no_buffer_during_capture(backend):
+    """Every buffer of the step exists before capture: a warm-up's allocations would come from
+    the capture's pool (CuPy 13 freed it when capture failed, under live arrays)."""
+    if backend.fused_ops() is None:
+        pytest.skip(f"{backend.name} has no fused step")
+    made = []
+
+    def watching(fn):
+        ops = fn.__self__.ops
+        real_empty = ops.empty
+        try:
+            ops.empty = lambda *a: made.append(a) or real_empty(*a)
+            return strict_capture()(fn)
+        finally:
+            del ops.empty
+
+    _two_steps(backend, graphed_with(watching))
+    assert made == []
+
+
+def graphed_with(capture):
+    def make(*args):
+        return GraphedStep(*args, capture)
+    return make
+
+
+@pytest.mark.parametrize("bad", ["negative", "too large", "repeated", "short"])
+def test_every_step_refuses_an_order_that_is_not_a_permutation(backend, bad):
+    """An index out of range is silent on CuPy (take wraps) and fatal on PyTorch's CUDA (a
+    device-side assert): every step takes only permutations of the training set."""
+    n = 40
+    perm = np.arange(n)
+    if bad == "negative":
+        perm[5] = -1
+    elif bad == "too large":
+        perm[5] = n
+    elif bad == "repeated":
+        perm[5] = 6
+    else:
+        perm = perm[:-1]
+    images = backend.asarray(np.zeros((n, 784), np.uint8))
+    labels = backend.asarray(np.zeros(n, np.int64), "int64")
+    classes = [ArrayAPIStep]
+    if backend.fused_ops() is not None:
+        classes += [FusedStep, graphed_with(strict_capture())]
+    elif backend.compiles:
+        classes += [CompiledStep]
+    for cls in classes:
+        net = TwoLayerNet(n_hidden=3, backend=backend)
+        step = cls(net, SGD(lr=0.1), images, labels, 8, {})
+        with pytest.raises(ValueError, match=r"permutation|integers"):
+            step.begin_epoch(perm)
+        step.begin_epoch(np.arange(n))
+        for batch in (-1, 5):
+            with pytest.raises(IndexError, match="batch"):
+                step(batch, 0.1)
+
+
+@pytest.mark.parametrize("label", [-1, 10])
+def test_fused_steps_refuse_labels_that_are_not_classes(backend, label):
+    """The fused steps gather one-hot rows by label; a label out of 0..9 is refused when the
+    step is made, not gathered out of range on the device."""
+    if backend.fused_ops() is None:
+        pytest.skip(f"{backend.name} has no fused step")
+    images = backend.asarray(np.zeros((8, 784), np.uint8))
+    labels = backend.asarray(np.array([0, 1, 2, label, 4, 5, 6, 7]), "int64")
+    for cls in (FusedStep, graphed_with(strict_capture())):
+        with pytest.raises(ValueError, match=r"classes 0\.\.9"):
+            cls(TwoLayerNet(n_hidden=3, backend=backend), SGD(lr=0.1), images, labels, 4, {})
+
+
+def test_cupy_n_makes_gpu_n_current(monkeypatch):
+    """`cupy:N`: CuPy launches kernels on the current device, so opening GPU N makes it
+    current (for the opening thread); `cupy` keeps the current one. A fake cupy module stands
+    in for the library, which needs CUDA to import."""
+    import sys
+    import types
+
+    from anynet.backend import _cupy
+
+    state = {"current": 0}
+
+    class Device:
+        def __init__(self, index=None):
+            self.id = state["current"] if index is None else index
+
+        def use(self):
+            state["current"] = self.id
+
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(
+        Device=Device, runtime=types.SimpleNamespace(getDeviceCount=lambda: 2))
+    compat = types.ModuleType("array_api_compat.cupy")
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "array_api_compat.cupy", compat)
+    monkeypatch.setattr(_cupy, "probe", lambda: "")
+    xp, dev = _cupy.open("1")
+    assert xp is compat and dev.id == 1 and state["current"] == 1
+    state["current"] = 0
+    _, dev = _cupy.open(None)
+    assert dev.id == 0 and state["current"] == 0
+
+
+def test_torch_cuda_n_captures_on_device_n(monkeypatch):
+    """`torch:cuda:N` with another device current: the warm-up and the capture run with device
+    N current and on a stream of device N (`torch.cuda.graph(..., stream=)`), else the step's
+    kernels are not in the graph. PyTorch's CUDA calls are replaced by fakes that record."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from anynet.backend import _torch
+
+    current, seen = {"device": 0}, {}
+
+    class Stream:
+        def __init__(self, device=None):
+            self.device = torch.device(device if device is not None else
+                                       f"cuda:{current['device']}")
+
+        def wait_stream(self, other):
+            pass
+
+    class DeviceScope:
+        def __init__(self, device):
+            self.index = torch.device(device).index
+
+        def __enter__(self):
+            self.before, current["device"] = current["device"], self.index
+
+        def __exit__(self, *exc):
+            current["device"] = self.before
+
+    class Graph:
+        def replay(self):
+            pass
+
+    class GraphScope:
+        def __init__(self, graph, stream=None, **kw):
+            seen["stream"] = stream if stream is not None else Stream()
+            seen["current"] = current["device"]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class StreamScope:
+        def __init__(self, stream):
+            seen["warm-up stream"] = stream
+
+        def __enter__(self):
+            seen["warm-up current"] = current["device"]
+
+        def __exit__(self, *exc):
+            return False
+
+    for name, fake in [("Stream", Stream), ("device", DeviceScope), ("CUDAGraph", Graph),
+                       ("graph", GraphScope), ("stream", StreamScope),
+                       ("current_stream", lambda device=None: Stream(device))]:
+        monkeypatch.setattr(torch.cuda, name, fake)
+    capture = _torch.graph_capture(SimpleNamespace(device=torch.device("cuda", 1)))
+    calls = []
+    capture(lambda: calls.append(current["device"]))
+    assert calls == [1, 1]                      # warm-up and recording, with device 1 current
+    assert seen["stream"].device == torch.device("cuda", 1) and seen["current"] == 1
+    assert seen["warm-up stream"].device == torch.device("cuda", 1)
+    assert current["device"] == 0               # put back
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_a_fused_momentum_primitive_computes_what_the_loop_does(monkeypatch, nesterov):
+    """Where the seam offers `momentum_` (CuPy: one kernel a parameter), the fused step uses it;
+    here it is the kernel's expression in NumPy, and the step still equals the reference."""
+    from anynet.backend import get_namespace
+    from anynet.backend._numpy import UfuncOps
+
+    calls = []
+
+    def momentum_(self, p, g, v, wd, mu, neg_lr, nesterov):   # the CuPy kernel's expression
+        calls.append(p.shape)
+        gw = g + wd * p
+        v[...] = mu * v + gw
+        p += neg_lr * (gw + mu * v if nesterov else v)
+
+    monkeypatch.setattr(UfuncOps, "momentum_", momentum_, raising=False)
+    backend = get_namespace("numpy")
+    kw = dict(momentum=0.9, nesterov=nesterov)
+    fast_losses, fast = run_steps(FusedStep, "float64", 64, 1e-3, backend, **kw)
+    ref_losses, ref = run_steps(ArrayAPIStep, "float64", 64, 1e-3, backend, **kw)
+    assert calls
+    np.testing.assert_allclose(fast_losses, ref_losses, rtol=1e-10)
+    for k in ref:
+        np.testing.assert_allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)

@@ -1,7 +1,16 @@
-"""CuPy: NVIDIA GPUs. Devices: `cupy` (the current device) or `cupy:N` (GPU number N).
+"""CuPy: NVIDIA GPUs. Devices: `cupy` (the current device) or `cupy:N` (GPU number N, made
+the current device of the thread that opens the backend, so every kernel runs there).
 
-The fused step's primitives are NumPy's ufunc ones (`_numpy.UfuncOps`) over the `cupy` module:
-CuPy implements the same `out=` API.
+The fused step's primitives are NumPy's ufunc ones (`_numpy.UfuncOps`) over the `cupy` module
+(CuPy implements the same `out=` API), except the element-wise and reduction chains between the
+step's matrix products, which are CuPy kernels of their own (`CupyOps`): bias + ReLU in one
+launch, softmax + cross-entropy + its gradient in two, ReLU's derivative in one, and each
+parameter's momentum update in one.
+
+No CUDA graph: CuPy refuses every cuBLAS call while a stream is capturing
+(`cupy_backends/cuda/libs/cublas.pyx`, `setStream`; CuPy's own test
+`test_stream_capture_failure_cublas`), and the step's matrix products are cuBLAS calls. So
+`graph_capture` offers none, and CuPy trains with the fused step, launch by launch.
 """
 
 from __future__ import annotations
@@ -58,12 +67,18 @@ def open(device: str | None) -> tuple[Any, Any]:
     import array_api_compat.cupy as xp
     import cupy
 
-    index = int(check_device(device) or 0)
-    count = cupy.cuda.runtime.getDeviceCount()
+    if check_device(device) is None:
+        return xp, cupy.cuda.Device()  # the current device, as the docs say
+    index, count = int(device), cupy.cuda.runtime.getDeviceCount()
     if index >= count:
         raise BackendError(f"backend 'cupy:{index}': there are only {count} CUDA device(s) "
                            f"(0..{count - 1})")
-    return xp, cupy.cuda.Device(index)
+    dev = cupy.cuda.Device(index)
+    # CuPy launches every kernel on the current device, whatever device its arrays are on (it
+    # then fails with "peer access is unavailable", or computes over peer access): GPU N is
+    # made current here, for this thread, so steps, evaluation and distortions all run on it
+    dev.use()
+    return xp, dev
 
 
 def owns(array: Any) -> bool:
@@ -90,34 +105,52 @@ def compile(fn):
 
 
 def graph_capture(backend):
-    """`capture(fn) -> replay`: runs `fn` once to warm up, then records it by stream capture
-    into a `cupy.cuda.Graph`, launched on the current stream. Its temporaries come from a memory
-    pool of its own that nothing else allocates from, so no later array takes memory the graph
-    writes to. None where this CuPy has no stream capture (CuPy < 10)."""
-    import cupy
+    """None: CuPy cannot capture the step (its matrix products are cuBLAS calls, which CuPy
+    refuses during stream capture; see the module docstring). Imports nothing."""
+    return None
 
-    if not hasattr(cupy.cuda.Stream, "begin_capture"):
-        return None
 
-    def capture(fn):
-        pool = cupy.cuda.MemoryPool()
-        with backend.device, cupy.cuda.using_allocator(pool.malloc):
-            fn()  # kernels compiled, and the pool's blocks allocated, outside the capture
-            stream = cupy.cuda.Stream(non_blocking=True)
-            with stream:
-                stream.begin_capture()
-                try:
-                    fn()
-                finally:
-                    graph = stream.end_capture()
+# The element-wise chains between the step's matrix products, one launch each where NumPy's
+# ufuncs take several. Made on first use (compiled by CuPy then, once per dtype).
+_KERNELS: dict = {}
 
-        def replay():
-            graph.launch(cupy.cuda.get_current_stream())
 
-        replay.memory_pool = pool  # lives as long as the graph
-        return replay
+def _kernels():
+    if not _KERNELS:
+        import cupy
 
-    return capture
+        _KERNELS["bias_relu"] = cupy.ElementwiseKernel(
+            "T b", "T z, T a", "z += b; a = z > (T)0 ? z : (T)0;", "anynet_bias_relu")
+        _KERNELS["relu_backward"] = cupy.ElementwiseKernel(
+            "T z", "T dz", "if (!(z > (T)0)) dz = (T)0;", "anynet_relu_backward")
+        # one thread per column i of the logits P (K, N): its max, the sum of exponentials,
+        # the column's share of the mean loss l[i] = (log s - (z_target - max)) / N, and its
+        # gradient column c (softmax - y). 2-D indices honour any strides (Y may be a view).
+        _KERNELS["softmax_xent"] = cupy.ElementwiseKernel(
+            "raw T Y, int32 K, int32 N, T c", "raw T P, T l",
+            """
+            ptrdiff_t ix[2] = {0, i};
+            T m = P[ix];
+            for (int k = 1; k < K; ++k) { ix[0] = k; T v = P[ix]; m = v > m ? v : m; }
+            T s = 0, picked = 0;
+            for (int k = 0; k < K; ++k) {
+                ix[0] = k;
+                T z = P[ix] - m;
+                picked += z * Y[ix];
+                T e = exp(z);
+                P[ix] = e;
+                s += e;
+            }
+            l = (log(s) - picked) / (T)N;
+            for (int k = 0; k < K; ++k) { ix[0] = k; P[ix] = c * (P[ix] / s - Y[ix]); }
+            """, "anynet_softmax_xent")
+        # SGD with momentum on one parameter, as `FusedStep._momentum_update` writes it:
+        # g += wd p; v = mu v + g; p -= lr (g + mu v) (Nesterov) or p -= lr v
+        _KERNELS["momentum"] = cupy.ElementwiseKernel(
+            "T g, T wd, T mu, T neg_lr, bool nesterov", "T p, T v",
+            "T gw = g + wd * p; v = mu * v + gw; p += neg_lr * (nesterov ? gw + mu * v : v);",
+            "anynet_momentum")
+    return _KERNELS
 
 
 def fused_ops(backend):
@@ -126,7 +159,22 @@ def fused_ops(backend):
     from anynet.backend._numpy import UfuncOps
 
     class CupyOps(UfuncOps):
-        """NumPy's primitives over cupy; reductions through cupy.max/sum (out= supported)."""
+        """NumPy's primitives over cupy; reductions through cupy.max/sum (out= supported); the
+        element-wise chains between the matrix products as kernels of their own."""
+
+        def bias_relu_(self, Z, b, A):
+            _kernels()["bias_relu"](b, Z, A)
+
+        def relu_backward_(self, dZ, Z, mask):
+            _kernels()["relu_backward"](Z, dZ)
+
+        def momentum_(self, p, g, v, wd, mu, neg_lr, nesterov):
+            _kernels()["momentum"](g, wd, mu, neg_lr, nesterov, p, v)
+
+        def softmax_xent_(self, P, Y, c, m, s, loss):
+            K, N = P.shape
+            _kernels()["softmax_xent"](Y, K, N, c, P, m)     # m: each column's loss share
+            cupy.sum(m, axis=0, keepdims=True, out=loss)
 
         def colmax(self, a, out):
             cupy.max(a, axis=0, out=out)

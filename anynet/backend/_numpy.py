@@ -142,6 +142,24 @@ class UfuncOps:
     def colsum(self, a, out):
         self.lib.add.reduce(a, axis=0, out=out)
 
+    def bias_relu_(self, Z, b, A):                      # Z += b; A = max(Z, 0)
+        self.lib.add(Z, b, out=Z)
+        self.lib.maximum(Z, 0, out=A)
+
+    def softmax_xent_(self, P, Y, c, m, s, loss):
+        """Logits P (K, N) in, one-hot Y (K, N): loss[0] = mean over columns of
+        log sum exp P - P[target], and P <- c (softmax(P) - Y), stably (max subtracted);
+        m, s (N,) are room for each column's max and sum of exponentials."""
+        self.colmax(P, out=m)
+        self.sub_(P, m)
+        picked = self.dot(P, Y)                         # sum of the targets' shifted logits
+        self.exp_(P)
+        self.colsum(P, out=s)
+        loss[...] = (self.sum_log(s) - picked) / P.shape[1]
+        self.div_(P, s)
+        self.sub_(P, Y)
+        self.mul_(P, c)
+
     def dot(self, a, b):
         return self.lib.vdot(a, b)
 

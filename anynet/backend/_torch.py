@@ -98,20 +98,29 @@ def compile(fn):
 def graph_capture(backend):
     """On a CUDA device, `capture(fn) -> replay`: runs `fn` once to warm up (on a side stream,
     as PyTorch asks), records it into a `torch.cuda.CUDAGraph` whose temporaries live in the
-    graph's private memory pool, and returns the graph's replay. None on other devices."""
+    graph's private memory pool, and returns the graph's replay. None on other devices.
+
+    Everything happens on the backend's device, whichever is current: with that device current
+    (`torch.cuda.device`) and on a stream of its own (`stream=`), since `torch.cuda.graph`
+    without one captures on a stream of the *current* device, and the step's kernels on device
+    N would not be in the graph (a failed capture, or an empty graph that changes nothing)."""
     if backend.device.type != "cuda":
         return None
     import torch
 
+    device = backend.device
+
     def capture(fn):
-        side = torch.cuda.Stream(device=backend.device)
-        side.wait_stream(torch.cuda.current_stream(backend.device))
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream(backend.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(device=device)):
+                fn()
+        # replay() launches on the capture's device (PyTorch guards it), whichever is current
         return graph.replay
 
     return capture
@@ -179,6 +188,19 @@ class TorchOps:
 
     def colsum(self, a, out):
         self.torch.sum(a, dim=0, out=out)
+
+    def bias_relu_(self, Z, b, A):                      # Z += b; A = max(Z, 0)
+        Z.add_(b)
+        self.torch.clamp(Z, min=0, out=A)
+
+    def softmax_xent_(self, P, Y, c, m, s, loss):       # as UfuncOps.softmax_xent_
+        self.torch.amax(P, dim=0, out=m)
+        P.sub_(m)
+        picked = self.torch.dot(P.reshape(-1), Y.reshape(-1))
+        P.exp_()
+        self.torch.sum(P, dim=0, out=s)
+        loss.copy_((self.torch.sum(self.torch.log(s)) - picked) / P.shape[1])
+        P.div_(s).sub_(Y).mul_(c)
 
     def dot(self, a, b):
         return self.torch.dot(a.reshape(-1), b.reshape(-1))
