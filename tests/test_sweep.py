@@ -170,6 +170,7 @@ BAD_LINES = [
      "seconds"),
     ("[" * 100_000, "not JSON"),
     ("not json at all", "not JSON"),
+    ('"' + "x" * (2 << 20) + '"', "2,097,155 bytes long"),  # with its newline
 ]
 
 

@@ -276,12 +276,19 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
 
     from anynet.errors import MissingExtraError
     from anynet.fileio import atomic_write_bytes, remove_stale_temporaries
-    from anynet.sweep import FINISHED, RESULTS_NAME, RUNS_FOLDER, latest_by_run, read_results
+    from anynet.sweep import (
+        FINISHED,
+        RESULTS_NAME,
+        RUNS_FOLDER,
+        SUMMARY_FIELDS,
+        latest_by_run,
+        read_results,
+    )
 
     say = (lambda *a, **k: None) if args.quiet else print
     results_path = out / RESULTS_NAME
     skipped: list = []
-    records, complete = read_results(results_path, skipped)
+    records, complete = read_results(results_path, skipped, keep=SUMMARY_FIELDS)
     _warn_skipped(results_path, skipped, "their runs count as not done")
     if results_path.exists() and complete < results_path.stat().st_size:
         # a line torn by a killed client: cut it off, so the next line starts on its own
@@ -299,6 +306,8 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
                 and (record["status"] != "ok" or (out / RUNS_FOLDER / f"{run.id}.npz").exists()))
 
     todo = [run for run in runs if not finished(run)]
+    del records  # read again at the end: never two copies of a large file's records at once
+    done.clear()
     say(f"anynet sweep: {len(runs)} run{'s' if len(runs) != 1 else ''} into {out}: "
         f"{len(runs) - len(todo)} done before, {len(todo)} to train")
     failed = 0
@@ -312,7 +321,7 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
         except _Stopped as e:
             return e.exit_code
     wanted = {run.id for run in runs}
-    records, _ = read_results(results_path)
+    records, _ = read_results(results_path, keep=SUMMARY_FIELDS)
     _print_table([r for r in records if r["run_id"] in wanted], args.plot, say=print)
     if failed:
         print(f"anynet sweep: {failed} run{'s' if failed != 1 else ''} failed (status \"error\" "
@@ -561,14 +570,14 @@ def _describe(run, record: dict) -> str:
 
 def _print_summary(folder: Path, plot: Path | None) -> int:
     from anynet.errors import UserError
-    from anynet.sweep import RESULTS_NAME, read_results
+    from anynet.sweep import RESULTS_NAME, SUMMARY_FIELDS, read_results
 
     path = folder / RESULTS_NAME
     if not path.is_file():
         raise UserError(f"--summary {folder}: no {RESULTS_NAME} there; name the --out folder of "
                         "an anynet sweep")
     skipped: list = []
-    records, _ = read_results(path, skipped)
+    records, _ = read_results(path, skipped, keep=SUMMARY_FIELDS)
     _warn_skipped(path, skipped, "the summary leaves them out")
     _print_table(records, plot, say=print)
     return 0
