@@ -289,7 +289,7 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
     results_path = out / RESULTS_NAME
     skipped: list = []
     records, complete = read_results(results_path, skipped, keep=SUMMARY_FIELDS)
-    _warn_skipped(results_path, skipped, "their runs count as not done")
+    _warn_skipped(results_path, skipped, ("its run counts", "their runs count"), "as not done")
     if results_path.exists() and complete < results_path.stat().st_size:
         # a line torn by a killed client: cut it off, so the next line starts on its own
         atomic_write_bytes(results_path, results_path.read_bytes()[:complete])
@@ -578,20 +578,22 @@ def _print_summary(folder: Path, plot: Path | None) -> int:
                         "an anynet sweep")
     skipped: list = []
     records, _ = read_results(path, skipped, keep=SUMMARY_FIELDS)
-    _warn_skipped(path, skipped, "the summary leaves them out")
+    _warn_skipped(path, skipped, ("the summary leaves it", "the summary leaves them"), "out")
     _print_table(records, plot, say=print)
     return 0
 
 
-def _warn_skipped(path: Path, skipped: list, consequence: str) -> None:
-    """One line on stderr for the lines of results.jsonl that are not run records."""
+def _warn_skipped(path: Path, skipped: list, subject: tuple[str, str], rest: str) -> None:
+    """One line on stderr for the lines of results.jsonl that are not run records; `subject`
+    (singular, plural) and `rest` say what follows for them."""
     if not skipped:
         return
     number, problem = skipped[0]
-    more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
-    print(f"anynet sweep: warning: skipped {len(skipped)} line{'s' if len(skipped) > 1 else ''} "
-          f"of {path} that {'are' if len(skipped) > 1 else 'is'} not a run's record (line "
-          f"{number}: {problem}{more}); {consequence}; the file is left as it is",
+    many = len(skipped) > 1
+    more = f" and {len(skipped) - 1} more" if many else ""
+    print(f"anynet sweep: warning: skipped {len(skipped)} line{'s' if many else ''} of {path} "
+          f"that {'are not run records' if many else 'is not a run record'} (line {number}: "
+          f"{problem}{more}); {subject[many]} {rest}; the file is left as it is",
           file=sys.stderr)
 
 
