@@ -218,6 +218,15 @@ def test_summary_and_a_rerun_skip_bad_lines_with_one_warning_and_keep_the_file(t
     assert (out / "results.jsonl").read_text() == text
 
 
+def test_a_results_file_that_cannot_be_read_is_one_line(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"format": "anynet-sweep", "version": 1}))
+    (out / "results.jsonl").mkdir()  # before: IsADirectoryError, a traceback
+    assert main(["sweep", "--seeds", "0", "--out", str(out)]) == 2
+    assert "cannot read" in one_error_line(capsys)
+
+
 def one_error_line_of(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, lines

@@ -280,15 +280,13 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
         FINISHED,
         RESULTS_NAME,
         RUNS_FOLDER,
-        SUMMARY_FIELDS,
         latest_by_run,
-        read_results,
     )
 
     say = (lambda *a, **k: None) if args.quiet else print
     results_path = out / RESULTS_NAME
     skipped: list = []
-    records, complete = read_results(results_path, skipped, keep=SUMMARY_FIELDS)
+    records, complete = _read(results_path, skipped)
     _warn_skipped(results_path, skipped, ("its run counts", "their runs count"), "as not done")
     if results_path.exists() and complete < results_path.stat().st_size:
         # a line torn by a killed client: cut it off, so the next line starts on its own
@@ -321,7 +319,7 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
         except _Stopped as e:
             return e.exit_code
     wanted = {run.id for run in runs}
-    records, _ = read_results(results_path, keep=SUMMARY_FIELDS)
+    records, _ = _read(results_path, [])
     _print_table([r for r in records if r["run_id"] in wanted], args.plot, say=print)
     if failed:
         print(f"anynet sweep: {failed} run{'s' if failed != 1 else ''} failed (status \"error\" "
@@ -570,17 +568,31 @@ def _describe(run, record: dict) -> str:
 
 def _print_summary(folder: Path, plot: Path | None) -> int:
     from anynet.errors import UserError
-    from anynet.sweep import RESULTS_NAME, SUMMARY_FIELDS, read_results
+    from anynet.sweep import RESULTS_NAME
 
     path = folder / RESULTS_NAME
     if not path.is_file():
         raise UserError(f"--summary {folder}: no {RESULTS_NAME} there; name the --out folder of "
                         "an anynet sweep")
     skipped: list = []
-    records, _ = read_results(path, skipped, keep=SUMMARY_FIELDS)
+    records, _ = _read(path, skipped)
     _warn_skipped(path, skipped, ("the summary leaves it", "the summary leaves them"), "out")
     _print_table(records, plot, say=print)
     return 0
+
+
+def _read(path: Path, skipped: list) -> tuple[list, int]:
+    """`anynet.sweep.read_results` of what the summary and a re-run need; UserError for a file
+    that cannot be read (a folder of that name, no permission)."""
+    from anynet.errors import UserError
+    from anynet.fileio import reason
+    from anynet.sweep import SUMMARY_FIELDS, read_results
+
+    try:
+        return read_results(path, skipped, keep=SUMMARY_FIELDS)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({reason(e)}); is it this sweep's results file?") \
+            from None
 
 
 def _warn_skipped(path: Path, skipped: list, subject: tuple[str, str], rest: str) -> None:
