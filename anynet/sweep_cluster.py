@@ -183,7 +183,8 @@ def worker_count(client) -> int | None:
     if client.status != "running":
         return None
     try:
-        return int(client.scheduler_info(n_workers=0).get("n_workers", 0))
+        info = client.scheduler_info(n_workers=0)
+        return int(info.get("n_workers", len(info.get("workers", ()))))
     except Exception:  # the scheduler went away between the look and the question
         return None
 
