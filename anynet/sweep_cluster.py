@@ -183,8 +183,8 @@ def worker_count(client) -> int | None:
     if client.status != "running":
         return None
     try:
-        info = client.scheduler_info(n_workers=0)
-        return int(info.get("n_workers", len(info.get("workers", ()))))
+        count = client.scheduler_info(n_workers=0).get("n_workers")
+        return None if count is None else int(count)  # None: a Dask that does not say
     except Exception:  # the scheduler went away between the look and the question
         return None
 
