@@ -14,6 +14,7 @@ fits a particular dataset or parameter file: `anynet.modelio` and the training l
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass, fields
 
 DTYPES = ("float32", "float64")
@@ -57,8 +58,11 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         """A checked config from a dict (a file's record, the command line's options).
 
-        Missing keys take their defaults; unknown keys are ignored. Every value must have its
-        field's type (a bool is not an int; an int is accepted for a float) and lie in its range:
+        Missing keys take their defaults; unknown keys are ignored. NumPy scalars count as the
+        Python values they hold (scikit-learn's searches draw np.float64 and np.int64: a
+        `GridSearchCV` over `np.linspace(...)`); the config keeps the Python value. Every value
+        must have its field's type (a bool, NumPy's too, is not an int; an int is accepted for
+        a float) and lie in its range:
         hidden, epochs, batch_size >= 1; lr > 0; 0 <= momentum < 1; nesterov only with momentum;
         weight_decay >= 0; floats finite; seed, val_size >= 0; schedule, dtype one of their
         choices; backend a name; the distortion fields as `anynet.augment.Distortion` checks
@@ -70,7 +74,7 @@ class TrainConfig:
             raise ValueError(f"the config must be a mapping of field names to values, got "
                              f"{type(values).__name__}")
         names = {f.name for f in fields(cls)}
-        given = {k: v for k, v in values.items() if k in names}
+        given = {k: _python_scalar(v) for k, v in values.items() if k in names}
         for name in ("hidden", "epochs", "batch_size"):
             _check_int(given, name, minimum=1)
         for name in ("seed", "val_size"):
@@ -92,6 +96,15 @@ class TrainConfig:
             raise ValueError("nesterov needs momentum > 0 (it is a kind of momentum)")
         config.distortion()  # its own checks: ValueError naming the field
         return config
+
+
+def _python_scalar(value):
+    """A NumPy scalar (np.int64, np.float64, np.bool_, np.str_) as the Python value it holds;
+    anything else as it is. Without NumPy imported there are no NumPy scalars to convert."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic) and value.dtype.kind in "biufU":
+        return value.item()
+    return value
 
 
 def _check_int(values: dict, name: str, minimum: int) -> None:

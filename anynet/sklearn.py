@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from anynet.errors import BackendError, MissingExtraError
+from anynet.errors import BackendError, DivergenceError, MissingExtraError
 
 try:
     import sklearn
@@ -114,24 +114,52 @@ class TwoLayerClassifier(ClassifierMixin, BaseEstimator):
         return TrainConfig.from_dict(values)
 
     def _validate(self, X: Any, y: Any, reset: bool) -> tuple[np.ndarray, np.ndarray]:
-        X, y = validate_data(self, _host(X), _host(y), reset=reset,
-                             dtype=[np.float64, np.float32])
+        with np.errstate(over="ignore", invalid="ignore"):  # its finiteness test sums X
+            X, y = validate_data(self, _host(X), _host(y), reset=reset,
+                                 dtype=[np.float64, np.float32])
         check_classification_targets(y)
         return X, y
 
     def _fit_scaling(self, X: np.ndarray) -> None:
+        """mean_ and scale_ (D,) of X (N, D). Computed on each column divided by a power of two
+        at least its largest magnitude (exact: the same bits as X.mean() and X.std() wherever
+        those do not overflow), so features up to float64's largest (1.8e308) standardize too:
+        the squares inside std() overflow from about 1e154."""
         if not isinstance(self.standardize, bool):
             raise ValueError(f"standardize must be True or False, got {self.standardize!r}")
         D = X.shape[1]
         self.mean_, self.scale_ = np.zeros(D), np.ones(D)
         if self.standardize:
-            self.mean_ = X.mean(axis=0, dtype=np.float64)
-            std = X.std(axis=0, dtype=np.float64)
+            X = X.astype(np.float64, copy=False)
+            largest = np.max(np.abs(X), axis=0, initial=0.0)
+            # 2**(e - 1) for largest = m * 2**e, 0.5 <= m < 1: the columns land in (-2, 2)
+            power = np.ldexp(1.0, np.frexp(np.where(largest > 0, largest, 1.0))[1] - 1)
+            scaled = X / power
+            self.mean_ = power * scaled.mean(axis=0)
+            std = power * scaled.std(axis=0)
             self.scale_ = np.where(std > 0, std, 1.0)
 
     def _inputs(self, X: np.ndarray, dtype: str) -> np.ndarray:
-        """X (N, D) standardized with the fitted mean_ and scale_, as `dtype`."""
-        return ((X - self.mean_) / self.scale_).astype(dtype, copy=False)
+        """X (N, D) standardized with the fitted mean_ and scale_, as `dtype`. Raises ValueError
+        where that is not finite in `dtype` (features far beyond the range fitted on, or beyond
+        float32's 3.4e38 unstandardized)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            Z = ((X - self.mean_) / self.scale_).astype(dtype, copy=False)
+            if not np.all(np.isfinite(Z)):
+                # X - mean_ overflows for features near 1e308 of both signs: halve both sides
+                # (exact) and double after the division
+                Z = (((0.5 * X - 0.5 * self.mean_) / self.scale_) * 2).astype(dtype, copy=False)
+        if not np.all(np.isfinite(Z)):
+            row, column = (int(i) for i in np.argwhere(~np.isfinite(Z))[0])
+            value = f"feature {column} of sample {row} ({X[row, column]:.6g})"
+            if self.standardize:
+                raise ValueError(
+                    f"{value} lies too far from the data fitted on (mean {self.mean_[column]:.6g},"
+                    f" standard deviation {self.scale_[column]:.6g}) to standardize in {dtype}; "
+                    "check the sample's scale")
+            raise ValueError(f"{value} is too large for {dtype} (standardize=False takes the "
+                             "features as they are); scale them down or set standardize=True")
+        return Z
 
     def _train(self, config: TrainConfig, X: np.ndarray, t: np.ndarray,
                state: TrainState | None) -> None:
@@ -142,7 +170,15 @@ class TwoLayerClassifier(ClassifierMixin, BaseEstimator):
                               n_out=len(self.classes_), backend=trainer.backend,
                               dtype=config.dtype, seed=config.seed)
             state = TrainState(params=net.params, velocity=trainer.optimizer.init(net.params))
-        result = trainer.fit(resume=state)
+        try:
+            result = trainer.fit(resume=state)
+        except DivergenceError as e:
+            if self.standardize:
+                raise
+            largest = float(np.max(np.abs(X)))
+            raise DivergenceError(f"{e} (the features are not standardized, standardize=False, "
+                                  f"and reach {largest:.3g}: scale them, or set "
+                                  "standardize=True)") from None
         self.net_ = result.net
         self._velocity = result.state.velocity
         self._rng_state = result.state.rng_state
@@ -172,7 +208,7 @@ class TwoLayerClassifier(ClassifierMixin, BaseEstimator):
         config = self._config(epochs=1, schedule="constant")
         X, y = self._validate(X, y, reset=first)
         if first:
-            self._encoder = LabelEncoder().fit(np.asarray(_host(classes)))
+            self._encoder = LabelEncoder().fit(_check_classes(classes))
             self.classes_ = self._encoder.classes_
             self.history_ = []
             self._fit_scaling(X)
@@ -193,7 +229,8 @@ class TwoLayerClassifier(ClassifierMixin, BaseEstimator):
 
     def _logits(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
-        X = validate_data(self, _host(X), reset=False, dtype=[np.float64, np.float32])
+        with np.errstate(over="ignore", invalid="ignore"):  # its finiteness test sums X
+            X = validate_data(self, _host(X), reset=False, dtype=[np.float64, np.float32])
         return to_numpy(self.net_.forward(self._inputs(X, self.net_.dtype)))
 
     def predict_proba(self, X: Any) -> Any:
@@ -205,6 +242,24 @@ class TwoLayerClassifier(ClassifierMixin, BaseEstimator):
         """The most probable label per example (N,), from `classes_`."""
         Z = self._logits(X)
         return _like(self.classes_[np.argmax(Z, axis=-1)], X)
+
+
+def _check_classes(classes: Any) -> np.ndarray:
+    """partial_fit's `classes` as a 1-D NumPy array of at least one label; ValueError for NaN
+    or infinite labels, or anything `check_classification_targets` refuses (continuous values,
+    several outputs)."""
+    labels = np.asarray(_host(classes))
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"classes must be a non-empty list of labels, got an array of shape "
+                         f"{labels.shape}")
+    if labels.dtype.kind in "fc" and not np.all(np.isfinite(labels)):
+        raise ValueError(f"classes must be finite labels, got {labels[~np.isfinite(labels)][0]} "
+                         f"among {labels[:10].tolist()}")
+    if labels.dtype.kind == "O" and any(isinstance(v, float) and not np.isfinite(v)
+                                        for v in labels):
+        raise ValueError(f"classes must not hold NaN or infinity, got {labels[:10].tolist()}")
+    check_classification_targets(labels)
+    return labels
 
 
 def _like(result: np.ndarray, X: Any) -> Any:

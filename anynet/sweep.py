@@ -10,7 +10,8 @@
 - `run_id(run)`: a hash of everything that determines a run's model, so re-running a sweep skips
   the runs already done;
 - `read_results(path)` / `result_line(record)`: OUT/results.jsonl, one JSON object a line,
-  appended as runs finish (a line torn by a killed client is dropped, and that run is redone);
+  appended as runs finish (a line torn by a killed client is dropped, and that run is redone;
+  a line that is not a run's record, `record_problem`, is skipped and left in the file);
 - `summarize(results)` / `format_summary(rows)`: mean and sample standard deviation over seeds
   per configuration, best first.
 
@@ -21,6 +22,7 @@ between thread counts; anynet.backend.threads).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -63,7 +65,7 @@ class Run:
         return {"config": self.config.to_dict(), "train_size": self.train_size,
                 "threads": self.threads}
 
-    @property
+    @functools.cached_property  # a hash of JSON: 45 us, asked several times per run
     def id(self) -> str:
         return run_id(self)
 
@@ -170,27 +172,101 @@ def result_line(record: Mapping) -> str:
     return json.dumps(record, sort_keys=True, allow_nan=False, separators=(",", ":")) + "\n"
 
 
-def read_results(path: str | Path) -> tuple[list[dict], int]:
+MAX_LINE_BYTES = 1 << 20  # a record is about 1 KB; a longer line is not one of ours
+SUMMARY_FIELDS = ("run_id", "status", "config", "train_size", "test_accuracy", "val_accuracy",
+                  "seconds")  # what the summary, the plot and a re-run read of a record
+
+
+def read_results(path: str | Path, skipped: list | None = None,
+                 keep: Iterable[str] | None = None) -> tuple[list[dict], int]:
     """The records of a results.jsonl and the number of bytes that hold whole lines.
 
-    A final line without its newline (the client was killed while appending) and lines that are
-    not JSON objects with a run_id are skipped; the byte count lets the caller cut a torn tail
-    off before appending. A missing file has no records.
+    A final line without its newline (the client was killed while appending) is not a record;
+    the byte count lets the caller cut it off before appending. Every other line that is not a
+    run's record (not JSON, longer than MAX_LINE_BYTES, or what `record_problem` refuses: a
+    field missing or of the wrong type, as an edit or another program can leave) is skipped, and
+    (line number, problem) is appended to `skipped` for the caller to report; the file itself is
+    never changed here. `keep`: the fields of each record to keep (SUMMARY_FIELDS keeps a
+    100,000-line file in about 300 MB rather than 630); all by default. A missing file has no
+    records. The file is read a line at a time: memory grows with the records, not the bytes.
     """
+    keep = tuple(keep) if keep is not None else None
+    records, complete, number = [], 0, 0
     try:
-        data = Path(path).read_bytes()
+        f = open(path, "rb")
     except FileNotFoundError:
         return [], 0
-    complete = data.rfind(b"\n") + 1
-    records = []
-    for raw in data[:complete].splitlines():
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("run_id"), str):
-            records.append(record)
+    with f:
+        while raw := f.readline(MAX_LINE_BYTES + 1):
+            size, whole = len(raw), raw.endswith(b"\n")
+            while not whole and size > MAX_LINE_BYTES:  # skip the rest of a line too long
+                more = f.readline(MAX_LINE_BYTES)
+                if not more:
+                    break
+                size, whole = size + len(more), more.endswith(b"\n")
+            if not whole:
+                break  # a torn last line
+            number += 1
+            complete += size
+            if size > MAX_LINE_BYTES:
+                problem = f"{size:,} bytes long, more than a record's {MAX_LINE_BYTES:,}"
+            elif not raw.strip():
+                continue
+            else:
+                try:
+                    record = json.loads(raw)
+                except (ValueError, RecursionError):  # RecursionError: [[[[... too deep
+                    problem = "not JSON"
+                else:
+                    problem = record_problem(record)
+            if problem is None:
+                records.append(record if keep is None else {k: record.get(k) for k in keep})
+            elif skipped is not None:
+                skipped.append((number, problem))
     return records, complete
+
+
+def record_problem(record) -> str | None:
+    """Why `record` (one parsed results line) is not a run's record, or None if it is one.
+
+    A record is a JSON object with a text run_id, a status of ok, diverged or error, a config
+    that `TrainConfig.from_dict` accepts and a train_size of None or N >= 1; one with status "ok"
+    also has a test_accuracy in [0, 1], a val_accuracy of None or in [0, 1] and seconds of None
+    or >= 0: what the summary, the plot and the skip-what-is-done test read.
+    """
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if not isinstance(record.get("run_id"), str) or not record["run_id"]:
+        return "no run_id"
+    status = record.get("status")
+    if status not in ("ok", "diverged", "error"):
+        return f"status {_short(status)} (expected ok, diverged or error)"
+    config = record.get("config")
+    if not isinstance(config, dict):
+        return f"config {_short(config)} (expected an object of settings)"
+    try:
+        TrainConfig.from_dict(config)
+    except ValueError as e:
+        return f"config: {e}"
+    train_size = record.get("train_size")
+    if train_size is not None and (type(train_size) is not int or train_size < 1):
+        return f"train_size {_short(train_size)} (expected null or an integer >= 1)"
+    if status != "ok":
+        return None
+    for name, low, high, optional in (("test_accuracy", 0, 1, False),
+                                      ("val_accuracy", 0, 1, True),
+                                      ("seconds", 0, math.inf, True)):
+        value = record.get(name)
+        if value is None and optional:
+            continue
+        if type(value) not in (int, float) or not low <= value <= high or math.isnan(value):
+            return f"{name} {_short(value)} (expected a number in [{low}, {high:g}])"
+    return None
+
+
+def _short(value) -> str:
+    text = "missing" if value is None else json.dumps(value)
+    return text if len(text) <= 30 else text[:30] + "..."
 
 
 def latest_by_run(records: Iterable[Mapping]) -> dict[str, Mapping]:

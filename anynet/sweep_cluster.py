@@ -14,8 +14,10 @@ so Dask does not retry them. A worker that dies mid-run (killed, out of memory) 
 handle: the scheduler gives its runs to another worker, up to `distributed.scheduler.
 allowed-failures` times.
 
-`start_cluster` opens a LocalCluster of worker processes bound to 127.0.0.1 (no dashboard), or
-connects to a running scheduler, within a bounded time. This module imports Dask only inside its
+`start_cluster` opens a LocalCluster of worker processes bound to 127.0.0.1 (no dashboard), at
+most `local_worker_limit()` of them, or connects to a running scheduler and waits a bounded time
+for a worker there. `cluster_problem` says when a cluster can no longer run anything (the
+scheduler gone, or no worker for that long). This module imports Dask only inside its
 functions; a worker imports it anyway.
 """
 
@@ -32,6 +34,10 @@ from urllib.parse import urlsplit
 from anynet.errors import DivergenceError, UserError
 
 CONNECT_TIMEOUT_S = 20.0  # a scheduler on a busy machine can take seconds to answer
+WAIT_FOR_WORKERS_S = 60.0  # default of --wait-for-workers: a `dask worker` starts in seconds
+# What one local worker process needs: a worker that trained a 784-800-10 network on all of
+# MNIST peaked at 357 MB (Python, NumPy and distributed 61 MB, MNIST as floats, the batches).
+WORKER_MEMORY_MB = 400
 
 # MNIST as a worker process last loaded it: (data_dir, verify) -> MNIST without validation split.
 _LOADED: dict = {}
@@ -116,19 +122,71 @@ def train_run(run: dict, data_dir: str | None = None, verify: bool = True) -> di
     }
 
 
+def available_memory_mb() -> int | None:
+    """MemAvailable of /proc/meminfo in MB (the memory new processes can have without swapping);
+    None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS says; else all)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def local_worker_limit() -> tuple[int, str]:
+    """The most worker processes a LocalCluster here may have, and why: one per core (a run
+    uses one thread, so more workers only share the cores, each holding its own MNIST), and
+    no more than WORKER_MEMORY_MB each of the memory available now. At least 1."""
+    cores = usable_cores()
+    limit, why = cores, f"one per core: {cores} core{'s' if cores != 1 else ''} here"
+    memory = available_memory_mb()
+    if memory is not None and memory // WORKER_MEMORY_MB < limit:
+        limit = max(1, memory // WORKER_MEMORY_MB)
+        why = (f"each needs about {WORKER_MEMORY_MB} MB and {memory:,} MB are available "
+               f"({cores} cores)")
+    return limit, why
+
+
 def check_scheduler_address(address: str) -> None:
     """Refuse, at once, a scheduler address that is malformed or where nothing listens."""
-    parts = urlsplit(address)
-    if parts.scheme not in ("tcp", "tls") or not parts.hostname or parts.port is None:
-        raise UserError(f"--scheduler {address}: expected tcp://HOST:PORT (what 'dask scheduler' "
-                        "prints as its address)")
+    expected = ("expected tcp://HOST:PORT with a port of 1-65535 (what 'dask scheduler' prints "
+                "as its address)")
     try:
-        with socket.create_connection((parts.hostname, parts.port), timeout=CONNECT_TIMEOUT_S):
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port  # ValueError: "tcp://[::1", port 99999
+    except ValueError as e:
+        raise UserError(f"--scheduler {address}: {e}; {expected}") from None
+    if parts.scheme not in ("tcp", "tls") or not host or not port:
+        raise UserError(f"--scheduler {address}: {expected}")
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
             pass
-    except OSError as e:
-        raise UserError(f"no Dask scheduler answers at {address} ({e.strerror or e}); start one "
+    except (OSError, ValueError) as e:  # ValueError: UnicodeError of a host name IDNA refuses
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e)
+        raise UserError(f"no Dask scheduler answers at {address} ({detail}); start one "
                         "with 'dask scheduler' and workers with 'dask worker ADDRESS', or leave "
                         "out --scheduler to run on this machine") from None
+
+
+def worker_count(client) -> int | None:
+    """How many workers the client's scheduler has now; None if it cannot be asked."""
+    if client.status != "running":
+        return None
+    try:
+        count = client.scheduler_info(n_workers=0).get("n_workers")
+        return None if count is None else int(count)  # None: a Dask that does not say
+    except Exception:  # the scheduler went away between the look and the question
+        return None
 
 
 @contextmanager
@@ -146,20 +204,20 @@ def _workers_ignore_ctrl_c():
         signal.signal(signal.SIGINT, previous)
 
 
-def start_cluster(stack: ExitStack, scheduler: str | None, workers: int, say) -> object:
+def start_cluster(stack: ExitStack, scheduler: str | None, workers: int, say,
+                  wait_s: float = WAIT_FOR_WORKERS_S) -> object:
     """A dask.distributed Client, closed (with its LocalCluster) when `stack` closes.
 
-    `scheduler`: the address of a running cluster, else a LocalCluster of `workers` processes
-    with one thread each, scheduler and workers on 127.0.0.1 and no dashboard.
+    `scheduler`: the address of a running cluster, where the sweep waits up to `wait_s` seconds
+    for a first worker (saying so) and raises UserError if none comes; else a LocalCluster of
+    `workers` processes with one thread each, scheduler and workers on 127.0.0.1 and no
+    dashboard.
     """
     import logging
 
     from distributed import Client, LocalCluster
 
-    # Dask logs a worker's death and the client's shutdown as warnings and tracebacks; the sweep
-    # reports what matters itself (a rescheduled run still finishes).
-    for name in ("distributed", "tornado"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    quiet_dask()
     if scheduler is not None:
         check_scheduler_address(scheduler)
         try:
@@ -172,15 +230,78 @@ def start_cluster(stack: ExitStack, scheduler: str | None, workers: int, say) ->
                             f"{CONNECT_TIMEOUT_S:g} s ({type(e).__name__}: {detail}); is it a "
                             f"Dask scheduler, of this Dask version ({distributed.__version__})?") \
                 from None
-        say(f"on the Dask cluster at {scheduler}: "
-            f"{len(client.scheduler_info(n_workers=-1)['workers'])} workers")
+        count = worker_count(client) or 0
+        if count == 0:
+            say(f"waiting up to {wait_s:g} s for a Dask worker to join {scheduler} "
+                f"(start one with 'dask worker {scheduler}')", flush=True)
+            try:
+                client.wait_for_workers(1, timeout=wait_s)
+            except Exception:  # dask's TimeoutError, or the scheduler gone while waiting
+                raise UserError(no_workers_message(scheduler, wait_s)) from None
+            count = worker_count(client) or 1
+        say(f"on the Dask cluster at {scheduler}: {count} worker{'s' if count != 1 else ''}")
         return client
-    with _workers_ignore_ctrl_c():
-        cluster = stack.enter_context(LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=None, silence_logs=logging.CRITICAL,
-        ))
-    client = stack.enter_context(Client(cluster))
+    try:
+        with _workers_ignore_ctrl_c():
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None, silence_logs=logging.CRITICAL,
+            ))
+        client = stack.enter_context(Client(cluster))
+    except Exception as e:  # workers that cannot start (no memory, no processes left)
+        detail = " ".join(str(e).split())[:160]
+        raise UserError(f"could not start a local Dask cluster of {workers} worker process"
+                        f"{'es' if workers != 1 else ''} ({type(e).__name__}: {detail}); try "
+                        "fewer --workers") from None
     say(f"on a local Dask cluster: {workers} worker process{'es' if workers != 1 else ''}, "
         "one thread each")
     return client
+
+
+def no_workers_message(scheduler: str, wait_s: float, started: bool = False) -> str:
+    """Why a sweep gave up waiting for workers: none joined at the start, or (`started`) all
+    left mid-sweep."""
+    what = (f"the Dask cluster at {scheduler} has had no worker for {wait_s:g} s" if started
+            else f"no Dask worker joined the scheduler at {scheduler} within {wait_s:g} s")
+    return (f"{what}; start workers with 'dask worker {scheduler}' (a restarted scheduler has "
+            "none: workers exit with theirs), or wait longer with --wait-for-workers SECONDS")
+
+
+def quiet_dask() -> None:
+    """Silence distributed's logging: it reports a worker's death, a lost scheduler and the
+    client's shutdown as warnings and tracebacks (dozens of lines); the sweep reports what
+    matters itself, in one line (a rescheduled run still finishes)."""
+    import logging
+
+    roots = ("distributed", "tornado", "asyncio", "bokeh")
+    # a level on "distributed" is not enough: dask's logging config gives some child loggers
+    # (distributed.client, tornado.application) handlers and levels of their own
+    names = [name for name in list(logging.root.manager.loggerDict)
+             if name in roots or name.startswith(tuple(root + "." for root in roots))]
+    for name in {*roots, *names}:
+        logger = logging.getLogger(name)
+        logger.handlers = [logging.NullHandler()]
+        logger.setLevel(logging.CRITICAL + 1)
+        logger.propagate = False
+
+
+def cluster_problem(client, scheduler: str | None, since: dict, wait_s: float) -> str | None:
+    """Why the cluster cannot finish the sweep, or None while it can: the scheduler lost for
+    more than CONNECT_TIMEOUT_S, or no worker at all for more than `wait_s` seconds (every
+    worker killed, or gone with a killed scheduler). `since` is the caller's memory between
+    calls: when each condition was first seen."""
+    now = time.monotonic()
+    if client.status not in ("running", "connecting", "newly-created"):
+        return "lost"
+    if client.status == "connecting":  # the scheduler went away; Dask tries to reconnect
+        if now - since.setdefault("lost", now) > CONNECT_TIMEOUT_S:
+            return "lost"
+        return None
+    since.pop("lost", None)
+    count = worker_count(client)
+    if count == 0:
+        if now - since.setdefault("no_workers", now) > wait_s:
+            return "no workers"
+    else:
+        since.pop("no_workers", None)
+    return None

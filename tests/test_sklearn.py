@@ -17,11 +17,12 @@ pytest.importorskip("sklearn", reason="scikit-learn not installed: pip install '
 
 from sklearn.datasets import load_iris  # bundled with scikit-learn: no download
 from sklearn.exceptions import NotFittedError
-from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
+from anynet.config import TrainConfig
 from anynet.sklearn import TwoLayerClassifier
 from anynet.training import Trainer
 
@@ -88,6 +89,81 @@ def test_pipeline_grid_search_and_cross_validation(iris):
     assert grid.best_params_["hidden"] in (4, 16) and grid.best_score_ > 0.8
     scores = cross_val_score(TwoLayerClassifier(epochs=10), X, y, cv=3)
     assert scores.shape == (3,) and scores.mean() > 0.8
+
+
+def test_searches_over_numpy_values(iris):
+    # GridSearchCV hands out the elements of NumPy arrays (np.float64, np.int64) and
+    # RandomizedSearchCV draws np.float64 from scipy.stats: every fit failed on them
+    from scipy.stats import loguniform
+
+    X, y = iris
+    searches = [
+        GridSearchCV(TwoLayerClassifier(epochs=3), {"lr": np.linspace(0.05, 0.3, 3)}, cv=2),
+        GridSearchCV(TwoLayerClassifier(epochs=3), {"hidden": np.arange(16, 65, 16)}, cv=2),
+        RandomizedSearchCV(TwoLayerClassifier(epochs=3), {"lr": loguniform(1e-2, 0.3)},
+                           n_iter=3, cv=2, random_state=0),
+    ]
+    for search in searches:
+        search.set_params(error_score="raise").fit(X, y)
+        assert search.best_score_ > 0.5
+        assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+def test_numpy_scalars_become_python_values_and_bools_stay_refused():
+    config = TrainConfig.from_dict({"hidden": np.int64(16), "lr": np.float32(0.25),
+                                    "seed": np.uint8(3), "nesterov": np.bool_(False),
+                                    "schedule": np.str_("constant"), "momentum": np.int32(0)})
+    assert (config.hidden, config.seed, config.lr, config.momentum) == (16, 3, 0.25, 0.0)
+    assert type(config.hidden) is int and type(config.seed) is int
+    assert type(config.lr) is float and type(config.momentum) is float
+    assert type(config.nesterov) is bool and type(config.schedule) is str
+    for bad in ({"hidden": np.bool_(True)}, {"hidden": np.float64(16.0)},
+                {"lr": np.float64("nan")}, {"lr": np.float32("inf")}, {"lr": np.bool_(True)},
+                {"lr": np.complex128(0.1)}, {"seed": np.int64(-1)}, {"lr": np.array([0.1])},
+                {"nesterov": np.int64(1)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TrainConfig.from_dict(bad)
+
+
+def test_features_near_float64s_limit_standardize(iris):
+    # the standardization's squares overflowed from about 1e154: scale_ became inf, and
+    # features of +-1e308 were reported as a divergence
+    rng = np.random.default_rng(0)
+    X, y = iris
+    for factor in (1e200, 1e308):
+        big = X / np.abs(X).max(axis=0) * factor  # every feature reaches +-factor
+        clf = TwoLayerClassifier(epochs=10).fit(big, y)
+        assert np.isfinite(clf.mean_).all() and np.isfinite(clf.scale_).all()
+        assert clf.score(big, y) > 0.9
+    signs = rng.choice([-1.0, 1.0], size=(150, 4))
+    clf = TwoLayerClassifier(epochs=3).fit(signs * 1.7e308, y)  # both signs: X - mean_ overflows
+    assert np.isfinite(clf.scale_).all() and np.isfinite(clf.predict_proba(signs * 1.7e308)).all()
+    # on ordinary data the scaling is exactly mean() and std()
+    clf = TwoLayerClassifier(epochs=1).fit(X, y)
+    np.testing.assert_array_equal(clf.mean_, X.mean(axis=0))
+    np.testing.assert_array_equal(clf.scale_, X.std(axis=0))
+
+
+def test_features_that_cannot_be_scaled_say_so(iris):
+    X, y = iris
+    clf = TwoLayerClassifier(epochs=1, dtype="float32").fit(X, y)
+    far = X[:3].copy()
+    far[1, 2] = 1e300  # finite, but ~1e300 standard deviations out: not a float32
+    with pytest.raises(ValueError, match=r"feature 2 of sample 1 \(1e\+300\) lies too far"):
+        clf.predict(far)
+    with pytest.raises(ValueError, match=r"too large for float32 \(standardize=False"):
+        TwoLayerClassifier(epochs=1, dtype="float32", standardize=False).fit(X * 1e38, y)
+
+
+def test_partial_fit_refuses_classes_that_are_not_labels(iris):
+    X, y = iris
+    for classes, words in (([0, 1, np.nan], "finite"), ([0, 1, np.inf], "finite"),
+                           (np.array([0, 1, float("nan")], dtype=object), "NaN"),
+                           ([], "non-empty"), ([[0, 1, 2]], "non-empty"),
+                           ([0.5, 1.5, 2.5], "continuous")):
+        with pytest.raises(ValueError, match=words):
+            TwoLayerClassifier(epochs=1).partial_fit(X, y, classes=classes)
+    assert TwoLayerClassifier().partial_fit(X, y, classes=np.array([0.0, 1.0, 2.0])).n_iter_ == 1
 
 
 def test_partial_fit_continues_one_epoch_at_a_time(iris):

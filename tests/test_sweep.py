@@ -20,6 +20,7 @@ from anynet.sweep import (
     format_summary,
     parse_values,
     read_results,
+    record_problem,
     result_line,
     run_id,
     summarize,
@@ -146,6 +147,92 @@ def test_results_reader_drops_a_torn_last_line(tmp_path):
         result_line({"run_id": "x", "test_accuracy": float("nan")})
 
 
+# Lines a hand, another program or an older bug can leave in results.jsonl: each is skipped with
+# its problem named. Before, each broke every later run and --summary of the folder (KeyError,
+# TypeError, AttributeError).
+BAD_LINES = [
+    ('["not", "an", "object"]', "not an object"),
+    ('{"status": "ok"}', "no run_id"),
+    ('{"run_id": 7, "status": "ok"}', "no run_id"),
+    ('{"run_id": "r1"}', "status missing"),
+    ('{"run_id": "r1", "status": "done"}', 'status "done"'),
+    ('{"run_id": "r1", "status": "diverged"}', "config missing"),
+    ('{"run_id": "r1", "status": "diverged", "config": [1]}', "config [1]"),
+    ('{"run_id": "r1", "status": "diverged", "config": {"hidden": "30"}}', "hidden must be"),
+    ('{"run_id": "r1", "status": "error", "config": {}, "train_size": "all"}', "train_size"),
+    ('{"run_id": "r1", "status": "ok", "config": {}}', "test_accuracy missing"),
+    ('{"run_id": "r1", "status": "ok", "config": {}, "test_accuracy": "97%"}', "test_accuracy"),
+    ('{"run_id": "r1", "status": "ok", "config": {}, "test_accuracy": 97.5}', "in [0, 1]"),
+    ('{"run_id": "r1", "status": "ok", "config": {}, "test_accuracy": true}', "test_accuracy"),
+    ('{"run_id": "r1", "status": "ok", "config": {}, "test_accuracy": 0.9, '
+     '"val_accuracy": [0.9]}', "val_accuracy"),
+    ('{"run_id": "r1", "status": "ok", "config": {}, "test_accuracy": 0.9, "seconds": -1}',
+     "seconds"),
+    ("[" * 100_000, "not JSON"),
+    ("not json at all", "not JSON"),
+    ('"' + "x" * (2 << 20) + '"', "2,097,155 bytes long"),  # with its newline
+]
+
+
+@pytest.mark.parametrize("line, problem", BAD_LINES)
+def test_a_line_that_is_not_a_run_record_is_skipped_and_named(tmp_path, line, problem):
+    path = tmp_path / "results.jsonl"
+    good = [record(30, 0, 0.9, 0.9), record(30, 1, 0.8, 0.8)]
+    path.write_text(result_line(good[0]) + line + "\n" + result_line(good[1]))
+    skipped = []
+    records, complete = read_results(path, skipped)
+    assert records == good and complete == path.stat().st_size
+    assert len(skipped) == 1 and skipped[0][0] == 2 and problem in skipped[0][1], skipped
+    rows, _ = summarize(records)  # what broke before: the summary of what is read
+    assert rows[0].ok == 2
+
+
+def test_every_record_the_sweep_writes_passes():
+    for r in (record(30, 0, 0.9, 0.9), record(30, 0, 0.9, None), record(30, 0, None, None,
+              status="error"), record(30, 0, None, None, status="diverged")):
+        assert record_problem(r) is None, r
+
+
+def test_summary_and_a_rerun_skip_bad_lines_with_one_warning_and_keep_the_file(tmp_path,
+                                                                               capsys):
+    # a folder whose runs all ended (diverged: no model files needed), plus two bad lines
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"format": "anynet-sweep", "version": 1}))
+    records = [record(30, seed, None, None, status="diverged", lr=1e4) for seed in (0, 1)]
+    text = (result_line(records[0]) + BAD_LINES[9][0] + "\n" + BAD_LINES[3][0] + "\n"
+            + result_line(records[1]))
+    (out / "results.jsonl").write_text(text)
+    assert main(["sweep", "--summary", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "0/2" in captured.out
+    warning = one_error_line_of(captured.err)
+    assert warning.startswith("anynet sweep: warning: skipped 2 lines of")
+    assert "line 2: test_accuracy missing (expected a number in [0, 1]) and 1 more" in warning
+    # the same grid again: nothing to train (no Dask needed), one warning, the file untouched
+    argv = ["sweep", "--hidden", "30", "--lr", "1e4", "--seeds", "0-1", "--out", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "2 done before, 0 to train" in captured.out
+    assert "skipped 2 lines" in one_error_line_of(captured.err)
+    assert (out / "results.jsonl").read_text() == text
+
+
+def test_a_results_file_that_cannot_be_read_is_one_line(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"format": "anynet-sweep", "version": 1}))
+    (out / "results.jsonl").mkdir()  # before: IsADirectoryError, a traceback
+    assert main(["sweep", "--seeds", "0", "--out", str(out)]) == 2
+    assert "cannot read" in one_error_line(capsys)
+
+
+def one_error_line_of(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
 # --- the command, before any cluster ------------------------------------------------------------
 
 
@@ -166,6 +253,13 @@ def one_error_line(capsys) -> str:
     (["--scheduler", "127.0.0.1:8786"], "expected tcp://HOST:PORT"),
     (["--scheduler", "tcp://127.0.0.1:1"], "no Dask scheduler answers at tcp://127.0.0.1:1"),
     (["--scheduler", "tcp://127.0.0.1:1", "--workers", "2"], "--workers sizes the local"),
+    (["--scheduler", "tcp://[::1"], "--scheduler tcp://[::1: Invalid IPv6 URL; expected"),
+    (["--scheduler", "tcp://127.0.0.1:99999"], "Port out of range"),
+    (["--scheduler", "tcp://127.0.0.1:0"], "with a port of 1-65535"),
+    (["--scheduler", "tcp://" + "a" * 70 + ".example:1"], "no Dask scheduler answers"),
+    (["--wait-for-workers", "0"], "argument --wait-for-workers: expected a positive"),
+    (["--wait-for-workers", "nan"], "argument --wait-for-workers: expected a positive"),
+    (["--wait-for-workers", "1e9"], "expected at most 604800"),
     (["--plot", "grid.gif"], "must end in .png, .svg or .pdf"),
     ([], None),
 ])

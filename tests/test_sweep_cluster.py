@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from data_helpers import make_mnist_dir
+from fuzz_helpers import _BOUNDED_MAIN as BOUNDED_MAIN
+from fuzz_helpers import assert_clean_ending, run_cli_bounded
 
 from anynet.data import load_mnist
 from anynet.evaluation import evaluate
@@ -251,3 +253,171 @@ def test_local_cluster_ctrl_c_keeps_finished_runs_and_divergence_is_recorded(tmp
     # diverged runs are done: the same command again trains nothing
     rc, stdout, _ = finish(sweep(*argv))
     assert rc == 0 and "10 done before, 0 to train" in stdout
+
+
+# --- a cluster that cannot run anything, and sizes that cost memory: bounded, one line, exit 2 ---
+
+
+def start_scheduler(folder: Path, port: int | None = None) -> tuple[str, subprocess.Popen]:
+    """A `dask scheduler` on 127.0.0.1 (at `port`, else a free one); (address, process), once it
+    answers."""
+    port = port or free_port()
+    log = open(folder / f"scheduler-{port}.log", "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+         "--no-dashboard"], env=child_env(), stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    log.close()  # the child has its own copy
+
+    def answers() -> bool:
+        assert process.poll() is None, "the scheduler exited"
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(answers, "the scheduler to listen")
+    return f"tcp://127.0.0.1:{port}", process
+
+
+def start_worker(address: str, folder: Path) -> subprocess.Popen:
+    """A `dask worker` with a nanny (as users start them), one thread."""
+    log = open(folder / "worker.log", "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1", "--nthreads",
+         "1", "--no-dashboard"], env=child_env(), stdout=log, stderr=subprocess.STDOUT,
+        cwd=folder, start_new_session=True)
+    log.close()
+    return process
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("anynet: error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def test_workers_beyond_the_machine_are_refused_at_once(tmp_path):
+    # before: accepted, and the client built nanny after nanny (1.7 GB at 120 s, nothing trained)
+    out = tmp_path / "sweep"
+    started = time.monotonic()
+    result = run_cli_bounded(["sweep", "--workers", "100000", "--seeds", "0", "--out", str(out)],
+                             timeout=60)
+    assert_clean_ending(result)
+    assert result.returncode == 2 and time.monotonic() - started < 30
+    line = one_line(result.stderr)
+    assert "--workers 100000: at most" in line and "local worker process" in line
+    assert not out.exists()
+
+
+def test_malformed_scheduler_addresses_are_one_line(tmp_path):
+    # before: ValueError tracebacks from urllib
+    for address, words in (("tcp://[::1", "Invalid IPv6 URL"),
+                           ("tcp://127.0.0.1:99999", "Port out of range")):
+        result = run_cli_bounded(["sweep", "--scheduler", address, "--seeds", "0", "--out",
+                                  str(tmp_path / "sweep")], timeout=60)
+        assert_clean_ending(result)
+        assert result.returncode == 2 and words in one_line(result.stderr)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_scheduler_without_workers_is_waited_for_a_bounded_time(tmp_path):
+    # before: the sweep waited silently forever
+    address, scheduler = start_scheduler(tmp_path)
+    try:
+        started = time.monotonic()
+        result = run_cli_bounded(["sweep", "--scheduler", address, "--wait-for-workers", "2",
+                                  "--seeds", "0-1", "--out", str(tmp_path / "sweep")],
+                                 timeout=90)
+        took = time.monotonic() - started
+    finally:
+        stop(scheduler)
+    assert_clean_ending(result)
+    assert result.returncode == 2 and took < 45, took
+    assert f"waiting up to 2 s for a Dask worker to join {address}" in result.stdout
+    line = one_line(result.stderr)
+    assert f"no Dask worker joined the scheduler at {address} within 2 s" in line
+    assert "--wait-for-workers" in line
+
+
+def test_a_killed_scheduler_ends_the_sweep_in_one_line_and_keeps_its_runs(tmp_path, synth):
+    # before: 57 lines of distributed's tracebacks; and the re-run, against a restarted
+    # scheduler, waited forever for the workers that had exited with the old one
+    address, scheduler = start_scheduler(tmp_path)
+    worker = start_worker(address, tmp_path)
+    out = tmp_path / "sweep"
+    argv = [*GRID, "--data-dir", str(synth), "--no-verify", "--scheduler", address,
+            "--wait-for-workers", "3", "--quiet", "--out", str(out)]
+    restarted = None
+    try:
+        client_process = sweep(*argv)
+        wait_for(lambda: results(out) or client_process.poll() is not None, "a first result")
+        scheduler.kill()
+        scheduler.wait()
+        killed_at = time.monotonic()
+        rc, _, stderr = finish(client_process)
+        took = time.monotonic() - killed_at
+        assert rc == 2, stderr
+        line = one_line(stderr)
+        assert f"lost the Dask scheduler at {address}" in line
+        assert "finished here and kept in" in line and "run the same command again" in line
+        assert took < 45, took  # the client's reconnection attempts are bounded
+        kept = results(out)
+        assert 1 <= len(kept) < 8 and {r["status"] for r in kept} == {"ok"}
+        check_models(out, kept, synth)
+        before = (out / "results.jsonl").read_bytes()
+
+        # a new scheduler at the same address, without workers: bounded, one line, exit 2
+        worker.wait(timeout=WAIT_S)  # it exits with its scheduler (after its reconnection tries)
+        _, restarted = start_scheduler(tmp_path, port=int(address.rsplit(":", 1)[1]))
+        started = time.monotonic()
+        rc, _, stderr = finish(sweep(*argv))
+        assert rc == 2 and time.monotonic() - started < 45
+        assert "no Dask worker joined the scheduler" in one_line(stderr)
+        assert (out / "results.jsonl").read_bytes() == before
+    finally:
+        for process in (worker, scheduler, restarted):
+            if process is not None:
+                stop(process)
+
+
+def test_a_huge_grid_holds_little_memory_in_the_client(tmp_path):
+    # before: the client submitted every run at once: 1.78 GB for 100,000 runs before the first
+    # result. Now a few per worker are on the cluster at a time. The runs fail at once here (no
+    # data): what is measured is the client, not training.
+    out = tmp_path / "sweep"
+    process = subprocess.Popen(
+        [sys.executable, "-c", BOUNDED_MAIN, "3072", "sweep", "--workers", "1", "--seeds",
+         "0-99999", "--epochs", "1", "--data-dir", str(tmp_path / "no-data"), "--quiet",
+         "--out", str(out)],
+        env={**child_env(), "OPENBLAS_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    started = time.monotonic()
+    try:
+        wait_for(lambda: len(results(out)) >= 20 or process.poll() is not None,
+                 "20 results of the 100,000-run grid")
+        first_results = time.monotonic() - started
+        if process.returncode is not None:  # poll() above reaped it: it ended by itself
+            pytest.fail(f"the sweep ended (exit {process.returncode}) before 20 results: "
+                        f"{process.stderr.read()[-2000:]}")
+        os.killpg(process.pid, signal.SIGINT)
+        deadline = time.monotonic() + WAIT_S
+        while True:  # os.wait4 for the peak memory; a client that does not stop fails the test
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"the sweep did not stop within {WAIT_S} s of SIGINT")
+            time.sleep(0.1)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    stderr = process.stderr.read()
+    process.stderr.close()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted (SIGINT)" in stderr and "Traceback" not in stderr
+    peak_mb = usage.ru_maxrss / 1024  # the client's, or its largest worker's
+    assert peak_mb < 600, peak_mb
+    assert first_results < 90, first_results
+    records = results(out)
+    assert len(records) >= 20 and {r["status"] for r in records} == {"error"}

@@ -4,10 +4,14 @@
 
 The grid is the product of the values given (an option given once is the same for every run;
 one left out takes train's default). By default the runs go to a Dask LocalCluster on this
-machine: one worker process per core (--workers N), one BLAS thread each, everything bound to
-127.0.0.1. --scheduler tcp://HOST:PORT sends them to a running cluster instead; its workers need
-anynet and MNIST of their own (--data-dir names a folder on the workers; without it each uses its
-ANYNET_DATA_DIR or cache).
+machine: one worker process per core (--workers N, at most one per core and one per 400 MB
+available), one BLAS thread each, everything bound to 127.0.0.1. --scheduler tcp://HOST:PORT
+sends them to a running cluster instead; its workers need anynet and MNIST of their own
+(--data-dir names a folder on the workers; without it each uses its ANYNET_DATA_DIR or cache).
+The sweep waits --wait-for-workers seconds (60) for a worker there, and gives up (exit 2) when
+the cluster has had no worker that long or its scheduler is lost, keeping every run recorded.
+The client holds a few tasks per worker on the cluster at a time, so its memory does not grow
+with the grid (at most 100,000 runs).
 
 As each run finishes, its model is written to OUT/runs/RUN_ID.npz (a normal model file:
 anynet evaluate reads it) and then one JSON line to OUT/results.jsonl. RUN_ID is a hash of the
@@ -16,10 +20,13 @@ Ctrl-C, a crash or a run that failed on a worker without MNIST. A run that diver
 (status "diverged") and not retried; a worker that dies mid-run has its run rescheduled by Dask.
 The client writes every file, so OUT need not be shared with the workers. One sweep at a time
 per OUT (a lock, OUT/.sweep.json.lock). At the end a table: each configuration's mean and
-standard deviation over seeds, best first; `anynet sweep --summary OUT` prints it again.
+standard deviation over seeds, best first; `anynet sweep --summary OUT` prints it again. A line
+of results.jsonl that is not a run's record (edited, or written by something else) is skipped
+with one warning and left in the file; its run counts as not done.
 
 Exit codes: 0 every run finished (trained or diverged); 1 some runs failed (results.jsonl says
-why; run again to retry them); 2 a bad option or OUT; 130/143 interrupted, finished runs kept.
+why; run again to retry them); 2 a bad option or OUT, or a cluster that stopped working (finished
+runs kept); 130/143 interrupted, finished runs kept.
 """
 
 from __future__ import annotations
@@ -33,10 +40,13 @@ from anynet.commands._common import (
     MAX_HIDDEN,
     add_backend_option,
     add_data_dir_option,
+    at_most,
+    positive_float,
     positive_int,
 )
 from anynet.sweep import SWEEPABLE, option_name, parse_values
 
+MAX_WAIT_S = 7 * 24 * 3600  # --wait-for-workers: a week is a plan; more is a typo
 HELP = "train a grid of configurations over seeds, on Dask (anynet[sweep])"
 _VALUES_HELP = {
     "hidden": f"hidden units, e.g. 30,100,800 (at most {MAX_HIDDEN:,})",
@@ -96,8 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="use this running Dask cluster (default: a local one)")
     g.add_argument("--workers", type=positive_int, metavar="N",
-                   help=f"worker processes of the local cluster (default: one per core, "
-                   f"{os.cpu_count() or 1} here)")
+                   help="worker processes of the local cluster (default and most: one per core "
+                   "and per 400 MB available)")
+    g.add_argument("--wait-for-workers", type=at_most(positive_float, MAX_WAIT_S),
+                   default=60.0, metavar="SECONDS",
+                   help="give up when the --scheduler's cluster has had no worker for this long "
+                   "(default: 60)")
     g = parser.add_argument_group("data and files")
     add_data_dir_option(g)
     g.add_argument("--no-verify", action="store_true",
@@ -126,6 +140,15 @@ def run(args) -> int:
     if args.scheduler is not None and args.workers is not None:
         raise UserError("--workers sizes the local cluster; a --scheduler's cluster has its own "
                         "workers. Give one of them")
+    if args.scheduler is None:
+        from anynet.sweep_cluster import local_worker_limit
+
+        limit, why = local_worker_limit()
+        if args.workers is not None and args.workers > limit:
+            raise UserError(f"--workers {args.workers}: at most {limit} local worker process"
+                            f"{'es' if limit != 1 else ''} ({why}); give --workers {limit} or "
+                            "fewer, or run on a cluster with --scheduler")
+        args.workers = args.workers or limit
     runs = _grid(args)
     _check_plot(args.plot)
     from anynet.sweep_cluster import check_scheduler_address
@@ -253,11 +276,18 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
 
     from anynet.errors import MissingExtraError
     from anynet.fileio import atomic_write_bytes, remove_stale_temporaries
-    from anynet.sweep import FINISHED, RESULTS_NAME, RUNS_FOLDER, latest_by_run, read_results
+    from anynet.sweep import (
+        FINISHED,
+        RESULTS_NAME,
+        RUNS_FOLDER,
+        latest_by_run,
+    )
 
-    say = (lambda *a: None) if args.quiet else print
+    say = (lambda *a, **k: None) if args.quiet else print
     results_path = out / RESULTS_NAME
-    records, complete = read_results(results_path)
+    skipped: list = []
+    records, complete = _read(results_path, skipped)
+    _warn_skipped(results_path, skipped, ("its run counts", "their runs count"), "as not done")
     if results_path.exists() and complete < results_path.stat().st_size:
         # a line torn by a killed client: cut it off, so the next line starts on its own
         atomic_write_bytes(results_path, results_path.read_bytes()[:complete])
@@ -274,6 +304,8 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
                 and (record["status"] != "ok" or (out / RUNS_FOLDER / f"{run.id}.npz").exists()))
 
     todo = [run for run in runs if not finished(run)]
+    del records  # read again at the end: never two copies of a large file's records at once
+    done.clear()
     say(f"anynet sweep: {len(runs)} run{'s' if len(runs) != 1 else ''} into {out}: "
         f"{len(runs) - len(todo)} done before, {len(todo)} to train")
     failed = 0
@@ -287,7 +319,7 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
         except _Stopped as e:
             return e.exit_code
     wanted = {run.id for run in runs}
-    records, _ = read_results(results_path)
+    records, _ = _read(results_path, [])
     _print_table([r for r in records if r["run_id"] in wanted], args.plot, say=print)
     if failed:
         print(f"anynet sweep: {failed} run{'s' if failed != 1 else ''} failed (status \"error\" "
@@ -306,21 +338,47 @@ class _Stopped(Exception):
 
 
 def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) -> int:
-    """Train `todo` on the cluster, recording each run as it finishes; return how many failed."""
+    """Train `todo` on the cluster, recording each run as it finishes; return how many failed.
+
+    The runs go to the cluster a few at a time (IN_FLIGHT_PER_WORKER per worker, at least
+    MIN_IN_FLIGHT), more as each finishes: the client's memory and the scheduler's stay the
+    same for 10 runs or 100,000. Every POLL_S the cluster is looked at; one that can no longer
+    run anything (`anynet.sweep_cluster.cluster_problem`) ends the sweep with one line, exit 2,
+    every run recorded so far kept.
+    """
     import signal
+    import time
+
+    from distributed import as_completed
 
     from anynet.errors import UserError
     from anynet.fileio import reason, remedy
     from anynet.progress import Progress
-    from anynet.sweep_cluster import start_cluster, train_run
+    from anynet.sweep_cluster import (
+        cluster_problem,
+        no_workers_message,
+        start_cluster,
+        train_run,
+        worker_count,
+    )
 
-    client = start_cluster(stack, args.scheduler, args.workers or os.cpu_count() or 1, say)
+    client = start_cluster(stack, args.scheduler, args.workers, say, args.wait_for_workers)
     data_dir = os.path.abspath(args.data_dir) if args.data_dir is not None else None
-    by_key = {}
-    for run in todo:
-        future = client.submit(train_run, run.to_dict(), data_dir, not args.no_verify,
-                               key=f"anynet-run-{run.id}")
-        by_key[future.key] = (run, future)
+    pending = iter(todo)
+    by_key: dict = {}  # the runs on the cluster now: key -> (run, future)
+    queue = as_completed()
+
+    def submit_more() -> None:
+        workers = worker_count(client) if args.scheduler else args.workers
+        wanted = max(MIN_IN_FLIGHT, IN_FLIGHT_PER_WORKER * (workers or 0))
+        while len(by_key) < wanted:
+            run = next(pending, None)
+            if run is None:
+                return
+            future = client.submit(train_run, run.to_dict(), data_dir, not args.no_verify,
+                                   key=f"anynet-run-{run.id}")
+            by_key[future.key] = (run, future)
+            queue.add(future)
 
     # A signal stops the sweep, but never between a run's model and its line: it waits for both.
     state = {"writing": False, "signal": None}
@@ -331,46 +389,93 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
             raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    from distributed import as_completed
-
     failed = finished = 0
     progress = _Silent() if args.quiet else Progress(len(todo), "sweep", unit="runs",
                                                      interval=0.0, leave=True)
+    where = args.scheduler or "the local cluster"
+
+    def lost(cause: str) -> str:
+        return (f"{cause}; {_runs(finished)} finished here and kept in {out}; run the same "
+                f"command again to train the other {len(todo) - finished}")
+
+    since: dict = {}
+    looked = 0.0
     try:
-        for future in as_completed([f for _, f in by_key.values()]):
-            run, _ = by_key.pop(future.key)
-            outcome = _outcome(future)
-            future.release()  # the parameters are ours now: the cluster may forget them
-            state["writing"] = True
-            try:
-                record = _record(run, outcome, out)
-                _append(results_path, record)
-            except OSError as e:  # a full disk: every run recorded so far stays
-                raise UserError(f"cannot write run {run.id}'s results into {out} ({reason(e)});"
-                                f" {remedy(e)}, then run the same command again: the "
-                                f"{finished} runs recorded here are kept") from None
-            state["writing"] = False
-            finished += 1
-            failed += record["status"] == "error"
-            if record["status"] == "error":
-                print(f"run {run.id} failed: {record['message']}", file=sys.stderr)
-            progress.set_postfix(_describe(run, record))
-            progress.update(1)
-            if state["signal"] is not None:
-                raise KeyboardInterrupt
+        submit_more()
+        while by_key:
+            if not queue.has_ready():
+                if time.monotonic() - looked >= POLL_S:
+                    looked = time.monotonic()
+                    problem = cluster_problem(client, args.scheduler, since,
+                                              args.wait_for_workers)
+                    if problem is not None:
+                        raise UserError(lost(
+                            f"lost the Dask scheduler at {where}" if problem == "lost"
+                            else no_workers_message(where, args.wait_for_workers, started=True)))
+                time.sleep(0.05)
+                continue
+            for future in queue.next_batch(block=False):
+                if future.key not in by_key:
+                    continue
+                outcome = _outcome(future, client)
+                if outcome is None:  # cancelled with the scheduler's loss: not a result
+                    raise UserError(lost(f"lost the Dask scheduler at {where}"))
+                run, _ = by_key.pop(future.key)
+                future.release()  # the parameters are ours now: the cluster may forget them
+                state["writing"] = True
+                try:
+                    record = _record(run, outcome, out)
+                    _append(results_path, record)
+                except OSError as e:  # a full disk: every run recorded so far stays
+                    raise UserError(f"cannot write run {run.id}'s results into {out} "
+                                    f"({reason(e)}); {remedy(e)}, then run the same command "
+                                    f"again: the {finished} runs recorded here are kept") \
+                        from None
+                state["writing"] = False
+                finished += 1
+                failed += record["status"] == "error"
+                if record["status"] == "error":
+                    print(f"run {run.id} failed: {record['message']}", file=sys.stderr)
+                progress.set_postfix(_describe(run, record))
+                progress.update(1)
+                if state["signal"] is not None:
+                    raise KeyboardInterrupt
+            submit_more()
     except KeyboardInterrupt:
         progress.close()
-        client.cancel([f for _, f in by_key.values()])
+        _cancel(client, by_key)
         signum = state["signal"] or signal.SIGINT
         print(f"anynet sweep: interrupted ({signal.Signals(signum).name}): {finished} of "
               f"{len(todo)} runs finished here and are kept in {out}; run the same command "
               "again to train the rest", file=sys.stderr)
         raise _Stopped(128 + signum) from None
+    except UserError:
+        progress.close()
+        _cancel(client, by_key)
+        raise
     finally:
         progress.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return failed
+
+
+def _runs(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
+
+
+IN_FLIGHT_PER_WORKER = 2  # one running and one waiting on each worker: none idles between runs
+MIN_IN_FLIGHT = 2
+POLL_S = 1.0  # how often a sweep waiting for results looks at the cluster
+
+
+def _cancel(client, by_key: dict) -> None:
+    """Cancel the runs still on the cluster, if the cluster is still there to hear it."""
+    if client.status == "running":
+        try:
+            client.cancel([f for _, f in by_key.values()])
+        except Exception:  # the scheduler went away meanwhile: nothing left to cancel
+            pass
 
 
 class _Silent:
@@ -381,12 +486,18 @@ class _Silent:
     def close(self) -> None: ...
 
 
-def _outcome(future) -> dict:
-    """What a finished future holds: train_run's dict, or an error for a run Dask gave up on."""
+def _outcome(future, client) -> dict | None:
+    """What a finished future holds: train_run's dict, or an error for a run Dask gave up on;
+    None for a run cancelled because the scheduler was lost (not a result: it is not recorded,
+    and the sweep ends saying the scheduler is gone)."""
+    if future.status == "cancelled" and client.status != "running":
+        return None
     try:
-        return future.result()
+        return future.result(timeout=30)
     except Exception as e:  # the task itself failed: a worker killed too often, anynet missing
         name = type(e).__name__
+        if client.status != "running":
+            return None
         if name == "KilledWorker":
             message = ("the workers running it died again and again (killed? out of memory?); "
                        "Dask gave up on it")
@@ -457,15 +568,45 @@ def _describe(run, record: dict) -> str:
 
 def _print_summary(folder: Path, plot: Path | None) -> int:
     from anynet.errors import UserError
-    from anynet.sweep import RESULTS_NAME, read_results
+    from anynet.sweep import RESULTS_NAME
 
     path = folder / RESULTS_NAME
     if not path.is_file():
         raise UserError(f"--summary {folder}: no {RESULTS_NAME} there; name the --out folder of "
                         "an anynet sweep")
-    records, _ = read_results(path)
+    skipped: list = []
+    records, _ = _read(path, skipped)
+    _warn_skipped(path, skipped, ("the summary leaves it", "the summary leaves them"), "out")
     _print_table(records, plot, say=print)
     return 0
+
+
+def _read(path: Path, skipped: list) -> tuple[list, int]:
+    """`anynet.sweep.read_results` of what the summary and a re-run need; UserError for a file
+    that cannot be read (a folder of that name, no permission)."""
+    from anynet.errors import UserError
+    from anynet.fileio import reason
+    from anynet.sweep import SUMMARY_FIELDS, read_results
+
+    try:
+        return read_results(path, skipped, keep=SUMMARY_FIELDS)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({reason(e)}); is it this sweep's results file?") \
+            from None
+
+
+def _warn_skipped(path: Path, skipped: list, subject: tuple[str, str], rest: str) -> None:
+    """One line on stderr for the lines of results.jsonl that are not run records; `subject`
+    (singular, plural) and `rest` say what follows for them."""
+    if not skipped:
+        return
+    number, problem = skipped[0]
+    many = len(skipped) > 1
+    more = f" and {len(skipped) - 1} more" if many else ""
+    print(f"anynet sweep: warning: skipped {len(skipped)} line{'s' if many else ''} of {path} "
+          f"that {'are not run records' if many else 'is not a run record'} (line {number}: "
+          f"{problem}{more}); {subject[many]} {rest}; the file is left as it is",
+          file=sys.stderr)
 
 
 def _print_table(records: list, plot: Path | None, say) -> None:
