@@ -14,13 +14,15 @@ lets anyone ask:
   then the library's own documented way (`_HOST_WAYS`: Dask's `compute`, ndonnx's
   `unwrap_numpy`, ...);
 - capabilities (`capabilities`): each tried once on a tiny array, never assumed from a name.
-  What anynet needs to train is the standard's math plus `take` (the batches are gathered
-  with it; integer-array indexing is reported, not used); a library without them is refused at start (`check_trainable`). In-place updates
-  (item assignment) are reported, but the fused step needs the named backends' primitives
-  (`out=` ufuncs, PyTorch's in-place methods), so any other library trains with the reference
-  step (`anynet.steps.ArrayAPIStep`). A lazy library's arrays are materialised after every step
-  (`materialise`: Dask's `persist`, MLX's `eval`), so a training run's graph never grows.
-  Float64 accuracy is measured (MLX's `exp` and `log` are float32-accurate even in float64).
+  What anynet needs to train is `take` (the batches are gathered with it; integer-array
+  indexing is reported, not used), `arange` and the math functions in `MATH`; a library without
+  one of them is refused at start, in one line naming it (`check_trainable`; pydata `sparse`
+  lacks take and arange). In-place updates (item assignment) are reported, but the fused step
+  needs the named backends' own primitives (`out=` ufuncs, PyTorch's in-place methods), so
+  every other library trains with the reference step (`anynet.steps.ArrayAPIStep`). A lazy
+  library's arrays are materialised after every step (`materialise`: Dask's `persist`, MLX's
+  `eval`), so a training run's graph never grows. Float64 accuracy is measured (MLX's `exp`
+  and `log` are float32-accurate even in float64; the examples then hold it to float32's).
 """
 
 from __future__ import annotations
