@@ -344,6 +344,16 @@ def _from_array(array: Any) -> Backend:
     return Backend(named, xp, device)
 
 
+def materialise(arrays: list) -> list:
+    """The arrays with their values computed where their library is lazy (Dask: persisted; MLX:
+    evaluated), the arrays themselves elsewhere (also inside a trace, such as jax.jit's).
+    `SGD.step` calls it on the parameters it returns, so a training loop's graph never grows,
+    whoever writes the loop."""
+    from anynet.backend import _generic
+
+    return _generic.materialise(arrays)
+
+
 def to_numpy(array: Any) -> np.ndarray:
     """Any backend's array (on any device) as a host NumPy array, as `Backend.to_numpy`; NumPy
     arrays and Python scalars or lists pass through `np.asarray`."""
