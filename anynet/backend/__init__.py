@@ -177,7 +177,9 @@ class Backend:
                 return False
         except TypeError:
             return False
-        return _generic.same_device(_generic.device_of(array), self.device)
+        device = _generic.device_of(array)
+        # arrays without a device (MLX's) live in the library's one memory: any device reads them
+        return device is None or _generic.same_device(device, self.device)
 
     def dtype(self, name: str) -> Any:
         """The namespace's dtype object for a dtype name such as "float32"."""
