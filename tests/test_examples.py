@@ -10,6 +10,8 @@ from anynet import functional as F
 from anynet.backend import to_numpy
 from anynet.cli import main
 
+pytestmark = pytest.mark.portable  # every Array API library's session runs these, ndonnx's too
+
 
 def f64(backend, a):
     return backend.asarray(a, "float64")
