@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -269,7 +270,9 @@ def cached_capabilities(xp: Any, device: Any, put=None, get=None) -> dict:
     """`capabilities`, tried once per namespace and device in a process."""
     key = (getattr(xp, "__name__", id(xp)), device_name(device))
     if key not in _CAPABILITIES:
-        _CAPABILITIES[key] = capabilities(xp, device, put, get)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")  # a library's warnings about the probes themselves
+            _CAPABILITIES[key] = capabilities(xp, device, put, get)
     return _CAPABILITIES[key]
 
 
