@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from array_api_compat import array_namespace
 
-from anynet.backend import materialise
+from anynet.backend import materialise as materialise_arrays
 
 SCHEDULES = ("constant", "step", "cosine")
 
@@ -54,11 +54,14 @@ class SGD:
         return {k: array_namespace(v).zeros_like(v) for k, v in params.items()}
 
     def step(
-        self, params: dict, grads: dict, state: dict, lr: float | None = None
+        self, params: dict, grads: dict, state: dict, lr: float | None = None, *,
+        materialise: bool = True,
     ) -> tuple[dict, dict]:
         """One update: returns (new params, new state); the inputs are left as they were.
 
-        `lr` overrides the learning rate for this step (a schedule's value).
+        `lr` overrides the learning rate for this step (a schedule's value). `materialise=False`
+        leaves a lazy library's results unevaluated, for a caller that evaluates them together
+        with more (the training step, with the loss: one Dask `persist` a step instead of two).
         """
         lr = self.lr if lr is None else lr
         mu, wd = self.momentum, self.weight_decay
@@ -74,7 +77,9 @@ class SGD:
             new_params[k] = p - lr * g
         # a lazy library (Dask, MLX) computes them now, so the next step starts from values and
         # a loop's graph never grows; for every other library this hands them back as they are
-        arrays = materialise([*new_params.values(), *new_state.values()])
+        if not materialise:
+            return new_params, new_state
+        arrays = materialise_arrays([*new_params.values(), *new_state.values()])
         return (dict(zip(new_params, arrays[:len(new_params)], strict=True)),
                 dict(zip(new_state, arrays[len(new_params):], strict=True)))
 

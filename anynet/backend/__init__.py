@@ -227,9 +227,11 @@ def _check_module_name(spec: str, name: str) -> None:
     except (ImportError, ValueError):
         found = False
     if not found:
+        known = _generic.known_install(name)
+        hint = f" (install it with: {known})" if known else ""
         raise BackendError(f"unknown backend '{spec}': not a named backend, and no module "
-                           f"'{top}' is installed to use as an Array API namespace (install it "
-                           f"with: {_generic.install_hint(name)}); choose one of: {SPEC_HELP}")
+                           f"'{top}' is installed to use as an Array API namespace{hint}; "
+                           f"choose one of: {SPEC_HELP}")
 
 
 def require(spec: str) -> None:

@@ -88,9 +88,14 @@ def is_module_name(name: str) -> bool:
     return bool(_MODULE.fullmatch(name))
 
 
+def known_install(name: str) -> str:
+    """How to install the library of module `name`, where anynet knows it; else empty."""
+    return _INSTALL.get(name.split(".")[0], "")
+
+
 def install_hint(name: str) -> str:
-    top = name.split(".")[0]
-    return _INSTALL.get(top, f"pip install {top}")
+    """How to install the library of module `name` (pip's name guessed from the module's)."""
+    return known_install(name) or f"pip install {name.split('.')[0]}"
 
 
 def check_device(device: str | None) -> str | None:
