@@ -109,6 +109,30 @@ def test_devices_that_never_compare_equal_are_the_same_by_name():
     assert not _generic.same_device(_Sycl(), "cpu")
 
 
+class _OnlyToDevice:  # no DLPack of its own: to_device("cpu") is the next way to the host
+    def to_device(self, device):
+        assert device == "cpu"
+        return np.arange(3.0)
+
+
+class _NeitherWay:  # neither: NumPy's own conversion is the last
+    def __array__(self, dtype=None, copy=None):
+        return np.arange(2.0)
+
+
+def test_the_ways_to_the_host_are_tried_in_order():
+    host = np.arange(4.0)
+    copied = _generic.to_host(host)
+    assert copied is not host and np.array_equal(copied, host)  # DLPack, a copy
+    np.testing.assert_array_equal(_generic.to_host(_OnlyToDevice()), [0, 1, 2])
+    np.testing.assert_array_equal(_generic.to_host(_NeitherWay()), [0, 1])
+
+
+def test_eager_arrays_are_not_materialised():
+    arrays = [np.zeros(2), np.ones(3)]
+    assert all(a is b for a, b in zip(_generic.materialise(arrays), arrays, strict=True))
+
+
 def test_a_library_that_cannot_train_is_refused_in_one_line(lacking, capsys):
     with pytest.raises(BackendError, match=r"lacks .*: take, arange$"):
         get_namespace(lacking)
