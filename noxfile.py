@@ -23,7 +23,8 @@ import nox
 
 nox.options.error_on_missing_interpreters = False
 nox.options.sessions = ["lint", "minimal", "numpy", "array-api-strict", "array-api-strict-device1",
-                        "torch", "jax", "cupy", "torch-cuda", "interop", "sweep"]
+                        "torch", "jax", "cupy", "torch-cuda", "interop", "sweep", "dask", "mlx",
+                        "dpnp", "ndonnx"]
 
 ROOT = Path(__file__).parent
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -162,3 +163,51 @@ def gpu(session: nox.Session) -> None:
     script (--dry-run, --prepare, --out DIR)."""
     session.run(sys.executable, str(ROOT / "bench" / "gpu_check.py"), *session.posargs,
                 external=True)
+
+
+# Any other Array API library, by its module (`--backend dask.array`): the assignment's examples,
+# the gradient checks, a short training held to NumPy's with the same seed, and the command line,
+# on four libraries anynet has no module of its own for. A slow library runs the `portable` subset.
+PORTABLE_TESTS = ("tests/test_any_namespace.py", "tests/test_examples.py",
+                  "tests/test_gradients.py", "tests/test_functional.py", "tests/test_network.py",
+                  "tests/test_seam.py")
+
+
+def _any_namespace(session: nox.Session, spec: str, *packages: str, marked: bool = False,
+                   env: dict[str, str] | None = None) -> None:
+    session.install(".[test]", *packages)
+    session.run("pytest", "-p", "no:cacheprovider", *PORTABLE_TESTS,
+                *(["-m", "portable"] if marked else []), *session.posargs,
+                env=_env(spec, backend_only=True) | (env or {}))
+
+
+@nox.session
+def dask(session: nox.Session) -> None:
+    """The Array API tests on dask.array (lazy: parameters persisted every step), and pydata
+    sparse refused at start for what it lacks."""
+    _any_namespace(session, "dask.array", "dask[array]>=2024.1", "sparse>=0.15")
+
+
+@nox.session
+def mlx(session: nox.Session) -> None:
+    """The Array API tests on mlx.core (lazy: evaluated every step; float64 exp and log only
+    float32-accurate, so float32's tolerances). On Linux the CPU build, mlx[cpu]."""
+    _any_namespace(session, "mlx.core", "mlx[cpu]>=0.25" if sys.platform == "linux" else "mlx")
+
+
+@nox.session
+def dpnp(session: nox.Session) -> None:
+    """The Array API tests on dpnp (Intel's SYCL arrays) on its OpenCL CPU device. The wheel's
+    OpenCL ICD file names a placeholder path: OCL_ICD_FILENAMES points at the real driver."""
+    session.install("dpnp>=0.16", "intel-opencl-rt")
+    driver = next(Path(session.virtualenv.location).glob("lib*/libintelocl.so"), None)
+    if driver is None:
+        session.skip("intel-opencl-rt installed no libintelocl.so (not Linux x86-64?)")
+    _any_namespace(session, "dpnp", env={"OCL_ICD_FILENAMES": str(driver)})
+
+
+@nox.session
+def ndonnx(session: nox.Session) -> None:
+    """The portable subset on ndonnx (ONNX arrays whose values are propagated op by op, 0.4 s a
+    training step: the whole set would take an hour)."""
+    _any_namespace(session, "ndonnx", "ndonnx>=0.23", marked=True)

@@ -75,6 +75,9 @@ GRAD_EXPECTED = np.array([
 SOFTMAX_RTOL = 1e-7
 LOSS_ATOL = 1e-9
 GRAD_ATOL = 1e-9
+# A library whose float64 exp and log are only float32-accurate (MLX's; the backend measures it,
+# `Backend.capabilities["float64 accurate"]`) is held to what float32 can promise instead.
+FLOAT32_ACCURATE = {"softmax": 1e-5, "loss": 1e-6, "grad": 1e-6}
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ def run_examples(backend: str | Backend = "numpy") -> list[ExampleResult]:
     """Compute every worked example on `backend` in float64 and compare with the assignment."""
     b = get_namespace(backend)
     xp = b.xp
+    softmax_rtol, loss_atol, grad_atol = SOFTMAX_RTOL, LOSS_ATOL, GRAD_ATOL
+    if not b.capabilities["float64 accurate"]:
+        softmax_rtol, loss_atol, grad_atol = FLOAT32_ACCURATE.values()
 
     def on(a, dtype="float64"):
         return b.asarray(a, dtype)
@@ -120,24 +126,24 @@ def run_examples(backend: str | Backend = "numpy") -> list[ExampleResult]:
 
     p = b.to_numpy(F.softmax(on(SOFTMAX_LOGITS)))
     rel = np.max(np.abs(p - SOFTMAX_EXPECTED) / SOFTMAX_EXPECTED)
-    results.append(ExampleResult("softmax", p, SOFTMAX_EXPECTED, float(rel), SOFTMAX_RTOL,
+    results.append(ExampleResult("softmax", p, SOFTMAX_EXPECTED, float(rel), softmax_rtol,
                                  "relative"))
 
     P, t = on(LOSS_PROBS), on(LOSS_LABELS, "int64")
     loss = float(b.to_numpy(F.cross_entropy(P, t)))
     results.append(ExampleResult(
         "cross_entropy", np.array(loss), np.array(LOSS_EXPECTED), abs(loss - LOSS_EXPECTED),
-        LOSS_ATOL, "absolute"))
+        loss_atol, "absolute"))
     # the same loss from logits: log P are logits whose softmax is P (each row of P sums to 1)
     from_logits = float(b.to_numpy(F.softmax_cross_entropy(xp.log(P), t)))
     results.append(ExampleResult(
         "softmax_cross_entropy(log P)", np.array(from_logits), np.array(LOSS_EXPECTED),
-        abs(from_logits - LOSS_EXPECTED), LOSS_ATOL, "absolute"))
+        abs(from_logits - LOSS_EXPECTED), loss_atol, "absolute"))
 
     dZ = b.to_numpy(F.softmax_cross_entropy_grad(P, t))
     results.append(ExampleResult(
         "softmax_cross_entropy_grad", dZ, GRAD_EXPECTED, float(np.max(np.abs(dZ - GRAD_EXPECTED))),
-        GRAD_ATOL, "absolute"))
+        grad_atol, "absolute"))
     return results
 
 

@@ -116,9 +116,18 @@ def one_hot(labels: Array, num_classes: int, dtype: Any = None) -> Array:
     (default float64).
     """
     xp = array_namespace(labels)
-    classes = xp.arange(num_classes, dtype=labels.dtype, device=device_of(labels))
+    classes = xp.arange(num_classes, dtype=labels.dtype, **_on_device_of(labels))
     Y = labels[:, None] == classes[None, :]
     return xp.astype(Y, dtype if dtype is not None else xp.float64)
+
+
+def _on_device_of(x: Array) -> dict:
+    """`device=` for a creation function, to make an array beside `x`; nothing where the
+    library's arrays have no device (MLX: one memory, and no `device=` keyword either)."""
+    try:
+        return {"device": device_of(x)}
+    except AttributeError:
+        return {}
 
 
 def cross_entropy(P: Array, labels: Array) -> Array:

@@ -13,8 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, is_array_api_obj
-from array_api_compat import device as device_of
 
 from anynet import functional as F
 from anynet.backend import Backend, get_namespace, to_numpy
@@ -167,10 +165,10 @@ class TwoLayerNet:
 
     def _is_own(self, array: Any) -> bool:
         """Whether `array` is already an array of this net's library, on its device (NumPy
-        arrays count as the host's unless the backend is NumPy)."""
-        if not is_array_api_obj(array) or isinstance(array, np.generic):
-            return False
-        return array_namespace(array) is self.xp and device_of(array) == self.backend.device
+        arrays count as the host's unless the backend is NumPy). Devices are compared by the
+        seam (`Backend.holds`): MLX's arrays have none, dpnp's device objects never compare
+        equal."""
+        return self.backend.holds(array)
 
     def _own(self, array: Any) -> Any:
         """`array` as an array of this net's backend and device: kept as it is when it already
@@ -202,7 +200,8 @@ class TwoLayerNet:
             X = xp.reshape(X, (1, -1))
         if xp.isdtype(X.dtype, "integral"):
             return pixels_to_inputs(X, self.backend.dtype(self.dtype))
-        return xp.astype(X, self.backend.dtype(self.dtype), copy=False)
+        dtype = self.backend.dtype(self.dtype)
+        return X if X.dtype == dtype else xp.astype(X, dtype)  # MLX refuses astype's copy=
 
     def labels(self, t: Any) -> Any:
         """Integer class labels (N,) as an int64 array of this net's backend."""

@@ -10,7 +10,9 @@ One step, for every parameter p with gradient g (the PyTorch convention):
     v <- momentum * v + g                     velocity (only when momentum > 0)
     d <- g + momentum * v  if nesterov  else  v
     p <- p - lr * d
-With momentum = 0 this is plain SGD, p <- p - lr * g, and there is no state.
+With momentum = 0 this is plain SGD, p <- p - lr * g, and there is no state. On a lazy library
+(Dask, MLX) the new parameters and state are computed before they are returned
+(`anynet.backend.materialise`), so a loop's graph never grows.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from array_api_compat import array_namespace
+
+from anynet.backend import materialise as materialise_arrays
 
 SCHEDULES = ("constant", "step", "cosine")
 
@@ -50,11 +54,14 @@ class SGD:
         return {k: array_namespace(v).zeros_like(v) for k, v in params.items()}
 
     def step(
-        self, params: dict, grads: dict, state: dict, lr: float | None = None
+        self, params: dict, grads: dict, state: dict, lr: float | None = None, *,
+        materialise: bool = True,
     ) -> tuple[dict, dict]:
         """One update: returns (new params, new state); the inputs are left as they were.
 
-        `lr` overrides the learning rate for this step (a schedule's value).
+        `lr` overrides the learning rate for this step (a schedule's value). `materialise=False`
+        leaves a lazy library's results unevaluated, for a caller that evaluates them together
+        with more (the training step, with the loss: one Dask `persist` a step instead of two).
         """
         lr = self.lr if lr is None else lr
         mu, wd = self.momentum, self.weight_decay
@@ -68,7 +75,13 @@ class SGD:
                 new_state[k] = v
                 g = g + mu * v if self.nesterov else v
             new_params[k] = p - lr * g
-        return new_params, new_state
+        # a lazy library (Dask, MLX) computes them now, so the next step starts from values and
+        # a loop's graph never grows; for every other library this hands them back as they are
+        if not materialise:
+            return new_params, new_state
+        arrays = materialise_arrays([*new_params.values(), *new_state.values()])
+        return (dict(zip(new_params, arrays[:len(new_params)], strict=True)),
+                dict(zip(new_state, arrays[len(new_params):], strict=True)))
 
 
 def make_schedule(name: str, base_lr: float, total_steps: int) -> Callable[[int], float]:

@@ -164,8 +164,15 @@ class ArrayAPIStep:
             X = xp.take(self.images, idx, axis=0)
             t = xp.take(self.labels, idx, axis=0)
         loss, grads = self.net.loss_and_grads_array(X, t)
-        self.net.params, self.velocity = self.optimizer.step(
-            self.net.params, grads, self.velocity, lr=lr)
+        params, velocity = self.optimizer.step(self.net.params, grads, self.velocity, lr=lr,
+                                               materialise=False)
+        # a lazy library (Dask, MLX) computes the loss and the new parameters now, together (the
+        # shared forward pass once), so the next step starts from values and the graph never
+        # grows; elsewhere this hands the arrays back as they are
+        loss, *arrays = self.net.backend.materialise([loss, *params.values(),
+                                                      *velocity.values()])
+        self.net.params = dict(zip(params, arrays[:len(params)], strict=True))
+        self.velocity = dict(zip(velocity, arrays[len(params):], strict=True))
         return loss
 
     @property

@@ -88,6 +88,15 @@ def backend(backend_name):
 
 
 @pytest.fixture(scope="session")
+def tol(backend):
+    """A float64 tolerance as the backend can meet it: `tol(t)` is t where the library computes
+    float64 to float64 accuracy, and at least float32's 1e-5 where its exp and log are only
+    float32-accurate (MLX's; `Backend.capabilities["float64 accurate"]` measures it)."""
+    accurate = backend.capabilities["float64 accurate"]
+    return lambda t: t if accurate else max(t, 1e-5)
+
+
+@pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """A folder with genuine MNIST, found the way the tool finds it: $ANYNET_DATA_DIR, else the
     cache (`anynet data` fills it; checked against the pinned SHA-256 once per session), else

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from anynet.backend import to_numpy
-from anynet.gradcheck import check_gradients, numerical_gradient, relative_error
+from anynet.gradcheck import (
+    check_gradients,
+    eps_and_tolerance,
+    numerical_gradient,
+    relative_error,
+)
 from anynet.network import TwoLayerNet
 
 
@@ -19,15 +24,25 @@ def test_central_differences_every_entry_of_every_parameter(backend):
     # a narrower input keeps the check of every entry quick on every backend
     X, t = batch(0, n=6, d=40)
     net = TwoLayerNet(40, 6, 10, backend=backend, dtype="float64", seed=1)
-    errors = check_gradients(net, X, t)
+    eps, tolerance = eps_and_tolerance(backend)  # 1e-6; float32's where float64 is only as good
+    errors = check_gradients(net, X, t, eps=eps)
     assert set(errors) == {"W1", "b1", "W2", "b2"}
     for name, err in errors.items():
-        assert err < 1e-6, (name, err)
+        assert err < tolerance, (name, err)
 
 
 def test_central_differences_full_size_sample(backend):
     X, t = batch(1)
     net = TwoLayerNet(n_hidden=30, backend=backend, dtype="float64", seed=2)
+    if not backend.capabilities["float64 accurate"]:
+        # float32-accurate exp and log (MLX) drown a 784-wide network's central differences
+        # (3e-2 at the best eps): its analytic gradients are held to NumPy's float64 ones
+        reference = TwoLayerNet(n_hidden=30, dtype="float64", seed=2)
+        _, expected = reference.loss_and_grads(X, t)
+        _, grads = net.loss_and_grads(X, t)
+        for k, g in expected.items():
+            np.testing.assert_allclose(to_numpy(grads[k]), g, rtol=1e-5, atol=1e-8)
+        return
     errors = check_gradients(net, X, t, max_entries=40, seed=3)
     assert max(errors.values()) < 1e-6, errors
 

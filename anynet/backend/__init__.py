@@ -17,9 +17,15 @@ A backend is chosen by a spec, `NAME[:DEVICE]`:
     array-api-strict, array-api-strict:device1, array-api-strict:device2
     auto                           cupy when it imports and a CUDA device answers, else numpy
 
+    MODULE, MODULE:DEVICE          any other Array API namespace, by its module: dask.array,
+                                   mlx.core, dpnp, ndonnx (`_generic`: the standard alone)
+
 `parse_spec` checks a spec's form without importing anything (the command line uses it for
-`--backend`); `get_namespace` imports the library and opens the device. A library is imported
-only when asked for, so `import anynet` works with NumPy alone.
+`--backend`); `require` says in one line which package is missing, before anything imports it;
+`get_namespace` imports the library and opens the device. In Python, `get_namespace` (and so
+`TwoLayerNet(backend=...)`) also takes a namespace module as users import it (`dask.array`,
+`mlx.core`) or an array of one. A library is imported only when asked for, so `import anynet`
+works with NumPy alone.
 """
 
 from __future__ import annotations
@@ -37,12 +43,25 @@ NAMES = ("numpy", "cupy", "torch", "jax", "array-api-strict", "auto")
 _MODULES = {"numpy": "_numpy", "cupy": "_cupy", "torch": "_torch", "jax": "_jax",
             "array-api-strict": "_strict"}
 SPEC_HELP = ("numpy, cupy[:N], torch[:cpu|cuda[:N]|mps], jax[:cpu|gpu[:N]], "
-             "array-api-strict[:device1|device2], auto")
+             "array-api-strict[:device1|device2], auto, or any Array API module[:DEVICE] "
+             "(dask.array, mlx.core, dpnp, ndonnx)")
+# the module each named backend imports, for `require`
+_IMPORTS = {"numpy": "numpy", "cupy": "cupy", "torch": "torch", "jax": "jax",
+            "array-api-strict": "array_api_strict"}
+# a namespace module's top-level package -> the named backend that serves it
+_NAMED_BY_PACKAGE = {"numpy": "numpy", "cupy": "cupy", "torch": "torch", "jax": "jax",
+                     "jaxlib": "jax", "array_api_strict": "array-api-strict"}
 
 
 def library(name: str) -> ModuleType:
-    """The seam module of backend `name` ("numpy", "torch", ...); imports no array library."""
-    return importlib.import_module(f"anynet.backend.{_MODULES[name]}")
+    """The seam module of backend `name` ("numpy", "torch", ...; `_generic` for any other
+    module name); imports no array library."""
+    return importlib.import_module(f"anynet.backend.{_MODULES.get(name, '_generic')}")
+
+
+def is_named(name: str) -> bool:
+    """Whether `name` is one of the named backends (with a module of its own in the seam)."""
+    return name in _MODULES
 
 
 def import_or_explain(module: str, backend: str, install: str) -> ModuleType:
@@ -77,6 +96,10 @@ class Backend:
     def spec(self) -> str:
         """The spec that opens this backend again, device included: 'torch:cuda:0'."""
         device = self.device_name
+        if not is_named(self.name):  # the library's default device goes unnamed
+            default = self._lib.pick_device(self.name, self.xp, None)
+            return self.name if device == self._lib.device_name(default) else \
+                f"{self.name}:{device}"
         return self.name if device in ("cpu", "CPU_DEVICE") else f"{self.name}:{device}"
 
     @property
@@ -123,6 +146,41 @@ class Backend:
         capture = getattr(self._lib, "graph_capture", None)
         return capture(self) if capture else None
 
+    @property
+    def capabilities(self) -> dict[str, bool]:
+        """What the library can do, each tried once on a tiny array of this device (see
+        `_generic.capabilities`): take, integer indexing, in-place, arange, math, lazy,
+        float64, float64 accurate."""
+        from anynet.backend import _generic
+
+        return _generic.cached_capabilities(self.xp, self.device, self.asarray, self.to_numpy)
+
+    def materialise(self, arrays: list) -> list:
+        """`arrays` with their values computed where the library is lazy (Dask: persisted,
+        MLX: evaluated), so that work built on them never drags their history along; the
+        arrays themselves elsewhere. Called on the parameters after every training step."""
+        if is_named(self.name):
+            return arrays
+        return self._lib.materialise(arrays)
+
+    def holds(self, array: Any) -> bool:
+        """Whether `array` is an array of this backend's namespace on its device."""
+        from array_api_compat import array_namespace, is_array_api_obj
+
+        from anynet.backend import _generic
+
+        if isinstance(array, np.generic) or not (is_array_api_obj(array) or
+                                                 hasattr(array, "__array_namespace__")):
+            return False
+        try:
+            if array_namespace(array) is not self.xp:
+                return False
+        except TypeError:
+            return False
+        device = _generic.device_of(array)
+        # arrays without a device (MLX's) live in the library's one memory: any device reads them
+        return device is None or _generic.same_device(device, self.device)
+
     def dtype(self, name: str) -> Any:
         """The namespace's dtype object for a dtype name such as "float32"."""
         return getattr(self.xp, name)
@@ -140,7 +198,10 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     """
     name, _, device = str(spec).strip().partition(":")
     if name not in NAMES:
-        raise BackendError(f"unknown backend '{spec}'; choose one of: {SPEC_HELP}")
+        _check_module_name(spec, name)
+        if ":" in spec and not device:
+            raise BackendError(f"backend '{spec}': empty device after ':'")
+        return name, device or None
     if name == "auto":
         if device:
             raise BackendError("backend 'auto' takes no device; name one instead, e.g. cupy:1")
@@ -149,6 +210,47 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         raise BackendError(f"backend '{spec}': empty device after ':'")
     library(name).check_device(device or None)
     return name, device or None
+
+
+def _check_module_name(spec: str, name: str) -> None:
+    """A backend that is not one of the named: the form of a module path whose top-level package
+    is installed (found without importing it), else BackendError."""
+    import importlib.util
+
+    from anynet.backend import _generic
+
+    if not _generic.is_module_name(name):
+        raise BackendError(f"unknown backend '{spec}'; choose one of: {SPEC_HELP}")
+    top = name.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        known = _generic.known_install(name)
+        hint = f" (install it with: {known})" if known else ""
+        raise BackendError(f"unknown backend '{spec}': not a named backend, and no module "
+                           f"'{top}' is installed to use as an Array API namespace{hint}; "
+                           f"choose one of: {SPEC_HELP}")
+
+
+def require(spec: str) -> None:
+    """Raise BackendError, in one line naming the package and how to install it, where the
+    library of backend `spec` cannot be imported. Call it before anything imports the library
+    (thread setting does): a missing library is the user's to fix, not a traceback."""
+    name, _ = parse_spec(spec)
+    if name == "auto":
+        return
+    if is_named(name):
+        install = getattr(library(name), "INSTALL", f"pip install {_IMPORTS[name]}")
+        import_or_explain(_IMPORTS[name], name, install)
+        return
+    from anynet.backend import _generic
+
+    reason = _generic.probe_module(name)
+    if reason:
+        raise BackendError(f"backend '{name}' cannot be used: {reason}; install it with: "
+                           f"{_generic.install_hint(name)}")
 
 
 def spec_for(name: str, kind: str) -> str:
@@ -168,17 +270,25 @@ def spec_for(name: str, kind: str) -> str:
 
 def probe(name: str) -> str:
     """Empty when backend `name` can be used here; otherwise the reason it cannot."""
+    if not is_named(name):
+        return library(name).probe_module(name)
     return library(name).probe()
 
 
-def get_namespace(spec: str | Backend = "numpy") -> Backend:
-    """Resolve a backend spec ("torch:cuda", see the module docstring) to a `Backend`.
+def get_namespace(spec: Any = "numpy") -> Backend:
+    """Resolve a backend to a `Backend`: a spec ("torch:cuda", "dask.array", see the module
+    docstring), a namespace module as users import it (`numpy`, `dask.array`, `mlx.core`), or an
+    array of any library (its namespace, on its device). A `Backend` passes through unchanged.
 
-    Raises `BackendError` naming the package (or extra) to install, or the device that is
-    missing, when the backend cannot be used. A `Backend` passes through unchanged.
+    Raises `BackendError` naming the package (or extra) to install, the device that is
+    missing, or what of the standard a library lacks to train anynet.
     """
     if isinstance(spec, Backend):
         return spec
+    if isinstance(spec, ModuleType):
+        return _from_module(spec)
+    if not isinstance(spec, str):
+        return _from_array(spec)
     name, device = parse_spec(spec)
     if name == "auto":
         reason = probe("cupy")
@@ -187,8 +297,65 @@ def get_namespace(spec: str | Backend = "numpy") -> Backend:
             return Backend("cupy", xp, dev, note="auto chose cupy: a CUDA device answered")
         xp, dev = library("numpy").open(None)
         return Backend("numpy", xp, dev, note=f"auto chose numpy: {reason}")
+    if not is_named(name):
+        return _generic_backend(name, *library(name).open_module(name, device))
     xp, dev = library(name).open(device)
     return Backend(name, xp, dev)
+
+
+def _generic_backend(name: str, xp: ModuleType, device: Any) -> Backend:
+    library(name).check_trainable(name, xp, device)
+    return Backend(name, xp, device)
+
+
+def _module_name(module: ModuleType) -> str:
+    """'dask.array' for dask.array and for array-api-compat's wrapper of it."""
+    return module.__name__.removeprefix("array_api_compat.")
+
+
+def _from_module(module: ModuleType) -> Backend:
+    name = _module_name(module)
+    named = _NAMED_BY_PACKAGE.get(name.split(".")[0])
+    if named is not None:
+        return get_namespace(named)
+    from anynet.backend import _generic
+
+    xp = _generic.namespace_of(module)
+    return _generic_backend(name, xp, _generic.pick_device(name, xp, None))
+
+
+def _from_array(array: Any) -> Backend:
+    """The backend of an array: its namespace, on its device."""
+    from array_api_compat import array_namespace
+
+    from anynet.backend import _generic
+
+    try:
+        xp = array_namespace(array)
+    except TypeError:
+        raise BackendError("not a backend, a namespace module or an array of one: "
+                           f"{type(array).__name__}") from None
+    name = _module_name(xp)
+    named = _NAMED_BY_PACKAGE.get(name.split(".")[0])
+    device = _generic.device_of(array)
+    if named is None:
+        if device is None:
+            device = _generic.pick_device(name, xp, None)
+        return _generic_backend(name, xp, device)
+    if named == "numpy":
+        return get_namespace("numpy")
+    xp, _ = library(named).open(None)
+    return Backend(named, xp, device)
+
+
+def materialise(arrays: list) -> list:
+    """The arrays with their values computed where their library is lazy (Dask: persisted; MLX:
+    evaluated), the arrays themselves elsewhere (also inside a trace, such as jax.jit's).
+    `SGD.step` calls it on the parameters it returns, so a training loop's graph never grows,
+    whoever writes the loop."""
+    from anynet.backend import _generic
+
+    return _generic.materialise(arrays)
 
 
 def to_numpy(array: Any) -> np.ndarray:
@@ -203,5 +370,7 @@ def to_numpy(array: Any) -> np.ndarray:
             return lib.to_host(array)
     if module.startswith(("builtins", "numpy")):
         return np.asarray(array)
-    # another Array API library: DLPack is the standard's own way across
-    return np.from_dlpack(array)
+    # another Array API library: DLPack, to_device("cpu"), then the library's documented way
+    from anynet.backend import _generic
+
+    return _generic.to_host(array)

@@ -115,11 +115,17 @@ def set_threads(backend, n: int | None = None) -> int:
     change any more).
 
     For JAX call it before `get_namespace` (which creates JAX's client): with a spec string.
-    Limits are process-wide and stay until set again.
+    Limits are process-wide and stay until set again. A spec whose library cannot be imported
+    raises BackendError naming the package to install (`anynet.backend.require`), before
+    anything tries to import it.
     """
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"the thread count must be an integer >= 1, not {n!r}")
     name = _name(backend)
+    if isinstance(backend, str):  # nothing imported it yet: a missing library is one line
+        from anynet.backend import require
+
+        require(backend)
     if name == "torch":
         import torch  # before threadpoolctl, so that it sees torch's OpenMP pool
 

@@ -40,10 +40,11 @@ def open_backend(args: argparse.Namespace, spec: str | None = None, *, announce:
     `announce`, what `auto` chose is said on stderr (stdout may be JSON)."""
     import sys
 
-    from anynet.backend import get_namespace
+    from anynet.backend import get_namespace, require
     from anynet.backend.threads import set_threads
 
     spec = spec if spec is not None else args.backend or "numpy"
+    require(spec)  # a library that is not installed: one line naming it, before any import
     asked = getattr(args, "threads", None)
     if spec == "auto":
         backend = get_namespace(spec)

@@ -3,7 +3,8 @@
 Builds a network (784 inputs, --hidden units, 10 classes) and a random batch, and compares the
 analytic gradient of each parameter with (J(w + eps) - J(w - eps)) / 2 eps, entry by entry.
 Prints the largest relative error per parameter; exits 1 if any exceeds the tolerance (1e-6) or
-is not finite (nan: the differences overflowed or were undefined)."""
+is not finite (nan: the differences overflowed or were undefined). A library whose float64 is
+only float32-accurate (MLX) is checked with eps 3e-3 to a tolerance of 1e-3."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from anynet.gradcheck import DEFAULT_EPS, TOLERANCE, check_gradients
+    from anynet.gradcheck import TOLERANCE as FLOAT64_TOLERANCE
+    from anynet.gradcheck import check_gradients, eps_and_tolerance
     from anynet.network import TwoLayerNet
 
     net = TwoLayerNet(n_hidden=args.hidden, backend=open_backend(args), dtype="float64",
@@ -59,24 +61,28 @@ def run(args) -> int:
     rng = np.random.default_rng(args.seed)
     X = rng.random((args.batch_size, 784))
     labels = rng.integers(0, 10, args.batch_size)
-    eps = args.eps or DEFAULT_EPS
+    default_eps, tolerance = eps_and_tolerance(net.backend)
+    eps = args.eps or default_eps
     D, H, K = net.sizes
     scope = "all entries" if args.entries is None else f"{args.entries} random entries each"
     print(f"gradcheck: {D}-{H}-{K} network, batch of {args.batch_size}, float64, "
           f"{net.backend.describe()}, eps {eps:g}, {scope}")
+    if tolerance != FLOAT64_TOLERANCE:
+        print(f"  (this library computes float64 exp and log to float32 accuracy only: "
+              f"tolerance {tolerance:.0e})")
     errors = check_gradients(net, X, labels, eps=eps, max_entries=args.entries, seed=args.seed)
     for name, err in errors.items():
         shape = "x".join(str(s) for s in net.params[name].shape)
         print(f"  {name:3s} ({shape:>7s})  largest relative error {err:.2e}  "
-              f"{'ok' if err <= TOLERANCE else 'FAIL'}")
+              f"{'ok' if err <= tolerance else 'FAIL'}")
     broken = [name for name, err in errors.items() if not math.isfinite(err)]
     if broken:
         print(f"FAILED: the relative error of {', '.join(broken)} is not finite: the finite "
               f"differences overflowed or were undefined at eps {eps:g}; try a smaller --eps")
         return 1
     worst = max(errors.values())
-    if worst > TOLERANCE:
-        print(f"FAILED: largest relative error {worst:.2e} > {TOLERANCE:.0e}")
+    if worst > tolerance:
+        print(f"FAILED: largest relative error {worst:.2e} > {tolerance:.0e}")
         return 1
-    print(f"passed: every relative error <= {TOLERANCE:.0e}")
+    print(f"passed: every relative error <= {tolerance:.0e}")
     return 0
