@@ -174,7 +174,7 @@ def model_file(tmp_path):
 
 @pytest.mark.parametrize("library", ["torch", "jax"])
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict", "serve", "gradcheck",
-                                     "examples"])
+                                     "examples", "sweep"])
 def test_a_backend_that_is_not_installed_is_one_line(monkeypatch, capsys, tmp_path, model_file,
                                                      library, command):
     monkeypatch.setitem(sys.modules, library, None)  # `import torch` now raises ImportError
@@ -182,10 +182,12 @@ def test_a_backend_that_is_not_installed_is_one_line(monkeypatch, capsys, tmp_pa
     args = {"train": ["--epochs", "1", "--out", str(tmp_path / "new.npz")],
             "evaluate": [str(model_file)],
             "predict": [str(model_file), str(tmp_path / "digit.npy")],
-            "serve": [str(model_file), "--port", "0"], "gradcheck": [], "examples": []}[command]
+            "serve": [str(model_file), "--port", "0"], "gradcheck": [], "examples": [],
+            "sweep": ["--out", str(tmp_path / "sweep"), "--lr", "0.1,0.2"]}[command]
     assert main([command, *args, "--backend", library]) == 2
     line = one_line(capsys)
     assert f"needs the package '{library}'" in line and "install it with: pip install" in line
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_resuming_a_torch_cuda_checkpoint_without_torch_is_one_line(monkeypatch, capsys,

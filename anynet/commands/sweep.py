@@ -141,7 +141,12 @@ def run(args) -> int:
         raise UserError("--workers sizes the local cluster; a --scheduler's cluster has its own "
                         "workers. Give one of them")
     if args.scheduler is None:
+        from anynet.backend import require
         from anynet.sweep_cluster import local_worker_limit
+
+        # the local workers import what this process can: a missing library is one line now,
+        # not a traceback in every run (a --scheduler's workers may have what the client lacks)
+        require(args.backend)
 
         limit, why = local_worker_limit()
         if args.workers is not None and args.workers > limit:
