@@ -339,16 +339,50 @@ def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
 def resample(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize an (H, W) float image to (height, width): area averaging to shrink, bilinear to grow.
 
-    Separable: the rows are resampled by one matrix and the columns by another, so the result is
-    `R_rows @ image @ R_cols.T` with R_rows (height, H) and R_cols (width, W).
+    Separable: the rows are resampled, then the columns, each as `resample_matrix` describes,
+    so the result equals `R_rows @ image @ R_cols.T` with R_rows (height, H) and R_cols
+    (width, W). Shrinking is computed from cumulative sums, never from the dense matrices: its
+    time and memory are O(H W) whatever the aspect ratio (a 1 x 8,000,000 picture's dense
+    (20, W) matrix took 2.8 GB and 8 s; this takes one float64 copy of the picture).
     """
-    rows = resample_matrix(image.shape[0], height)
-    cols = resample_matrix(image.shape[1], width)
-    return rows @ image @ cols.T
+    return _resample_axis(_resample_axis(image, height, axis=0), width, axis=1)
+
+
+def _resample_axis(image: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """`image` (a new float64 array) resampled to n_out pixels along `axis`.
+
+    Shrinking: output pixel i is the mean of the input over [a_i, a_(i+1)), a_i = i n_in / n_out,
+    i.e. (F(a_(i+1)) - F(a_i)) / s with F the integral of the line, piecewise linear between
+    the cumulative sums: F(x) = P[floor(x)] + frac(x) v[floor(x)], P[k] = v[0] + ... + v[k-1].
+    Growing (n_out > n_in, so the matrix is at most n_out x n_out): `resample_matrix`.
+    """
+    values = np.moveaxis(np.asarray(image, dtype=np.float64), axis, 0)  # (n_in, ...)
+    n_in = values.shape[0]
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"cannot resample {n_in} pixels to {n_out}")
+    if n_out > n_in:
+        result = np.tensordot(resample_matrix(n_in, n_out), values, axes=1)
+    elif n_out == n_in:
+        result = values.copy()
+    else:
+        s = n_in / n_out
+        prefix = np.zeros((n_in + 1,) + values.shape[1:])  # P (n_in + 1, ...)
+        np.cumsum(values, axis=0, out=prefix[1:])
+        edges = np.arange(n_out + 1) * s
+        edges[-1] = n_in  # exactly: the last interval ends at the last pixel's end
+        whole = np.minimum(np.floor(edges).astype(np.intp), n_in)
+        frac = (edges - whole).reshape((-1,) + (1,) * (values.ndim - 1))
+        # at x = n_in, frac is 0: any pixel will do for v[floor(x)]
+        integral = prefix[whole] + frac * values[np.minimum(whole, n_in - 1)]
+        result = (integral[1:] - integral[:-1]) / s
+    return np.moveaxis(result, 0, axis)
 
 
 def resample_matrix(n_in: int, n_out: int) -> np.ndarray:
     """The (n_out, n_in) matrix that resamples a line of n_in pixels to n_out; rows sum to 1.
+
+    The definition (and the naive reference) of what `resample` computes: dense, so its memory
+    is n_out x n_in; `resample` uses it only to grow, where n_in < n_out.
 
     Shrinking (n_out <= n_in) averages by area: output pixel i covers the input interval
     [i * s, (i + 1) * s) with s = n_in / n_out, and each input pixel [j, j + 1) counts by how
