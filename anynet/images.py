@@ -366,7 +366,7 @@ def _resample_axis(image: np.ndarray, n_out: int, axis: int) -> np.ndarray:
         result = values.copy()
     else:
         s = n_in / n_out
-        prefix = np.zeros((n_in + 1,) + values.shape[1:])  # P (n_in + 1, ...)
+        prefix = np.zeros((n_in + 1, *values.shape[1:]))  # P (n_in + 1, ...)
         np.cumsum(values, axis=0, out=prefix[1:])
         edges = np.arange(n_out + 1) * s
         edges[-1] = n_in  # exactly: the last interval ends at the last pixel's end

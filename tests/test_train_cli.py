@@ -249,7 +249,15 @@ def test_model_round_trip_across_backends(tmp_path, train_args, synth, backend):
     (["--val-size", "5000"], "less than the 1100 training examples"),
     (["--augment", "swirl"], "invalid choice: 'swirl'"),
     (["--recipe", "h1000"], "invalid choice: 'h1000'"),
-    (["--augment", "affine", "--rotate", "200"], "expected at most 180, got 200"),
+    (["--augment", "affine", "--rotate", "200"], "<= 180, got '200'"),
+    # each option's bound keeps time and memory bounded (before: 57 s and 18.9 GB at 1e8, a
+    # MemoryError at 1e9, an OverflowError, an IndexError)
+    (["--augment", "elastic", "--sigma", "1e8"], "--sigma: expected a finite number > 0"),
+    (["--augment", "elastic", "--sigma", "1e300"], "> 0 and <= 100, got '1e300'"),
+    (["--augment", "affine", "--shear", "1e308"], "--shear: expected a finite number >= 0"),
+    (["--augment", "elastic", "--alpha", "1e308"], "--alpha: expected a finite number >= 0 and"),
+    (["--epochs", "100000"], "--epochs: expected at most 10000"),
+    (["--batch-size", "10000000", "--hidden", "30"], "batch_size x hidden must be at most"),
 ])
 def test_bad_train_options_exit_2(tmp_path, train_args, capsys, argv, message):
     assert main(train_args(tmp_path / "m.npz", *argv)) == 2

@@ -110,7 +110,7 @@ def add_distortion_options(parser: argparse.ArgumentParser, kind: str | None = "
     option defaults to None, so that a command can tell what was given (train: over a recipe,
     or against a checkpoint), and the help shows `Distortion`'s defaults.
     `distortion_from_args` turns them into a `Distortion`."""
-    from anynet.augment import KINDS, Distortion
+    from anynet.augment import KINDS, LIMITS, Distortion
 
     d = Distortion()
     given = kind is None
@@ -122,22 +122,41 @@ def add_distortion_options(parser: argparse.ArgumentParser, kind: str | None = "
                                   "image drawn uniformly within the ranges)")
     g.add_argument(kind_option, choices=KINDS, default=kind, metavar="KIND",
                    help=f"{', '.join(KINDS)} (default: {kind or d.kind})")
-    g.add_argument("--rotate", type=at_most(nonnegative_float, 180), default=default(d.rotate),
-                   metavar="DEG", help=f"largest rotation either way, degrees (default: "
-                   f"{d.rotate:g})")
-    g.add_argument("--scale", type=at_most(nonnegative_float, 0.99), default=default(d.scale),
-                   metavar="F", help=f"largest relative change of size (default: {d.scale:g}: "
-                   f"{1 - d.scale:g} to {1 + d.scale:g})")
-    g.add_argument("--shear", type=nonnegative_float, default=default(d.shear), metavar="K",
-                   help=f"largest slant k, columns shifted k pixels per row (default: "
-                   f"{d.shear:g})")
-    g.add_argument("--shift", type=at_most(nonnegative_float, 28), default=default(d.shift),
-                   metavar="PX", help=f"largest shift along each axis, pixels (default: "
-                   f"{d.shift:g})")
-    g.add_argument("--alpha", type=nonnegative_float, default=default(d.alpha), metavar="PX",
-                   help=f"elastic strength, pixels (default: {d.alpha:g}, Simard 2003)")
-    g.add_argument("--sigma", type=positive_float, default=default(d.sigma), metavar="PX",
-                   help=f"elastic smoothness, pixels (default: {d.sigma:g}, Simard 2003)")
+    g.add_argument("--rotate", type=distortion_value("rotate"), default=default(d.rotate),
+                   metavar="DEG", help=f"largest rotation either way, degrees, at most "
+                   f"{LIMITS['rotate'][2]:g} (default: {d.rotate:g})")
+    g.add_argument("--scale", type=distortion_value("scale"), default=default(d.scale),
+                   metavar="F", help=f"largest relative change of size, at most "
+                   f"{LIMITS['scale'][2]:g} (default: {d.scale:g}: {1 - d.scale:g} to "
+                   f"{1 + d.scale:g})")
+    g.add_argument("--shear", type=distortion_value("shear"), default=default(d.shear),
+                   metavar="K", help=f"largest slant k, columns shifted k pixels per row, at "
+                   f"most {LIMITS['shear'][2]:g} (default: {d.shear:g})")
+    g.add_argument("--shift", type=distortion_value("shift"), default=default(d.shift),
+                   metavar="PX", help=f"largest shift along each axis, pixels, at most "
+                   f"{LIMITS['shift'][2]:g} (default: {d.shift:g})")
+    g.add_argument("--alpha", type=distortion_value("alpha"), default=default(d.alpha),
+                   metavar="PX", help=f"elastic strength, pixels, at most "
+                   f"{LIMITS['alpha'][2]:g} (default: {d.alpha:g}, Simard 2003)")
+    g.add_argument("--sigma", type=distortion_value("sigma"), default=default(d.sigma),
+                   metavar="PX", help=f"elastic smoothness, pixels, above 0 and at most "
+                   f"{LIMITS['sigma'][2]:g} (default: {d.sigma:g}, Simard 2003)")
+
+
+def distortion_value(name: str):
+    """An argparse type: a number in the range of distortion option `name`
+    (anynet.augment.LIMITS, the one table of those ranges)."""
+    from anynet.augment import check_option, range_text
+
+    def parse(text: str) -> float:
+        try:
+            return check_option(name, float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {range_text(name)}, got {text!r}") from None
+
+    parse.__name__ = f"a number {range_text(name)}"
+    return parse
 
 
 def distortion_from_args(args: argparse.Namespace):

@@ -37,7 +37,7 @@ from anynet.commands._common import (
     positive_float,
     positive_int,
 )
-from anynet.config import TrainConfig
+from anynet.config import MAX_BATCH_UNITS, MAX_EPOCHS, TrainConfig
 
 HELP = "train the network on MNIST and save the model"
 DEFAULTS = TrainConfig()
@@ -68,10 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("network and optimizer")
     g.add_argument("--hidden", type=at_most(positive_int, MAX_HIDDEN), metavar="H",
                    help=f"hidden units, at most {MAX_HIDDEN:,} (default: {d.hidden})")
-    g.add_argument("--epochs", type=positive_int,
-                   help=f"passes over the data (default: {d.epochs})")
+    g.add_argument("--epochs", type=at_most(positive_int, MAX_EPOCHS),
+                   help=f"passes over the data, at most {MAX_EPOCHS:,} (default: {d.epochs})")
     g.add_argument("--batch-size", type=positive_int, metavar="N",
-                   help=f"examples per SGD step (default: {d.batch_size})")
+                   help=f"examples per SGD step; batch size x hidden units at most "
+                   f"{MAX_BATCH_UNITS:,} (default: {d.batch_size})")
     g.add_argument("--lr", type=at_most(positive_float, MAX_LR),
                    help=f"learning rate, at most {MAX_LR:g} (default: {d.lr})")
     g.add_argument("--momentum", type=nonnegative_float,
@@ -146,7 +147,7 @@ def _config(args, checkpoint_record: dict | None) -> TrainConfig:
 
         SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
             weight_decay=config.weight_decay)
-        config.distortion()
+        config = TrainConfig.from_dict(config.to_dict())  # its ranges and costs, as a file's
     except ValueError as e:
         raise UserError(str(e)) from None
     return config
