@@ -332,7 +332,7 @@ def test_an_existing_model_is_kept_unless_forced(tmp_path, train_args, capsys):
     argv[argv.index("--data-dir") + 1] = str(tmp_path / "no-data-here")
     assert main(argv) == 2
     line = _one_line(capsys.readouterr().err)
-    assert line == (f"anynet: error: {out} exists; use --force to replace it, "
+    assert line == (f"anynet: error: --out {out} exists; use --force to replace it, "
                     "or --out another name")
     assert out.read_bytes() == b"a 30-epoch model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]  # no lock, no temporary

@@ -64,6 +64,44 @@ def add_data_dir_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_force_option(parser: argparse.ArgumentParser, what: str = "the output file") -> None:
+    """--force: replace `what` if it exists (without it, an existing file stops the command)."""
+    parser.add_argument("--force", action="store_true",
+                        help=f"replace {what} if it exists (without it, an existing file stops "
+                        "the command before it starts)")
+
+
+def check_output(option: str, path, *, force: bool, example: str | None = None) -> None:
+    """Refuse, before any slow work and in one line, an output file `option` PATH that could not
+    be written (a folder, a parent that is a file, a folder that takes no new files, a name too
+    long), or that exists and `force` is not given: nothing already saved is replaced unasked.
+    `example` ("model.npz") completes the advice when PATH is a folder."""
+    from pathlib import Path
+
+    from anynet.errors import UserError
+    from anynet.fileio import output_problem
+
+    path = Path(path)
+    problem = output_problem(path)
+    if problem == "is a folder, not a file":
+        advice = f"; name a file, e.g. {path / example}" if example else "; name a file"
+        raise UserError(f"{option} {path} is a folder{advice}")
+    if problem:
+        raise UserError(f"{option} {path}: {problem}")
+    if path.exists() and not force:
+        raise UserError(f"{option} {path} exists; use --force to replace it, or {option} "
+                        "another name")
+
+
+def output_error(option: str, path, error: OSError):
+    """The one-line UserError for an output that failed while being written (a full disk)."""
+    from anynet.errors import UserError
+    from anynet.fileio import reason, remedy
+
+    return UserError(f"{option} {path}: cannot write it ({reason(error)}); {remedy(error)}, then "
+                     "run the command again (nothing was replaced)")
+
+
 def _number(kind: type, minimum: float, strict: bool, wording: str):
     """An argparse type: a finite `kind` (int or float) above `minimum` (or equal, if not
     `strict`), rejecting anything else with a message that says what was expected."""

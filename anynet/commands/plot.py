@@ -21,7 +21,9 @@ import math
 from anynet.commands._common import (
     add_data_dir_option,
     add_distortion_options,
+    add_force_option,
     at_most,
+    check_output,
     nonnegative_int,
     positive_int,
 )
@@ -85,12 +87,14 @@ def _add_out_option(parser: argparse.ArgumentParser, example: str) -> None:
         "--out", metavar="FILE", required=True,
         help=f"image file to write, .png, .svg or .pdf (e.g. {example})",
     )
+    add_force_option(parser, "--out")
 
 
 def run(args: argparse.Namespace) -> int:
     from anynet.plots import figure_format
 
     figure_format(args.out)  # a wrong suffix fails before any slow work
+    check_output("--out", args.out, force=args.force, example="plot.png")
     return args._plot(args)
 
 

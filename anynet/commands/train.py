@@ -8,11 +8,12 @@ uninterrupted run, and writes to the model file the checkpoint records unless --
 otherwise. After a kill -9, resume from the last epoch's checkpoint the same way.
 
 Files: every output (model, metrics, plot) is checked before the data is even loaded, and a
-missing parent folder is created. An existing model file is never replaced unless --force says
-so. One run at a time per model file: a second run naming the same --out is refused while the
-first holds the lock `.MODEL.lock` beside the model. Every write is atomic (complete or absent);
-a write that fails (a full disk) is one line, and the checkpoint, which still holds the trained
-parameters, is removed only once the model, metrics and plot are all written.
+missing parent folder is created. An existing model, metrics or plot file is never replaced
+unless --force says so. One run at a time per model file: a second run naming the same --out is
+refused while the first holds the lock `.MODEL.lock` beside the model. Every write is atomic
+(complete or absent); a write that fails (a full disk) is one line, and the checkpoint, which
+still holds the trained parameters, is removed only once the model, metrics and plot are all
+written.
 
 Exit codes: 0 trained; 2 a bad option, file or data, or a file that cannot be written; 3 training
 diverged (lower --lr); 130/143 interrupted by SIGINT/SIGTERM, with a checkpoint written."""
@@ -31,6 +32,7 @@ from anynet.commands._common import (
     add_data_dir_option,
     add_distortion_options,
     at_most,
+    check_output,
     nonnegative_float,
     nonnegative_int,
     open_backend,
@@ -105,8 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"where to write the model (default: {DEFAULT_OUT}; with --resume, the "
                    "checkpoint's own)")
     g.add_argument("--force", action="store_true",
-                   help="replace the model file if it exists (without it, an existing model "
-                   "stops the run before it starts)")
+                   help="replace the model, metrics and plot files if they exist (without it, "
+                   "an existing one stops the run before it starts)")
     g.add_argument("--metrics", type=_file_name, metavar="FILE.json",
                    help="write per-epoch metrics as JSON (for anynet plot curves)")
     g.add_argument("--plot", type=_file_name, metavar="FILE.png",
@@ -174,19 +176,13 @@ def _check_outputs(args, out: Path, checkpoint: Path) -> None:
 
     The model's own checks (exists without --force) come later, under the run's lock."""
     from anynet.errors import UserError
-    from anynet.fileio import output_problem
 
     named = [("--out", out), ("--metrics", args.metrics), ("--plot", args.plot)]
+    examples = {"--out": DEFAULT_OUT.name, "--metrics": "metrics.json", "--plot": "curves.png"}
     for option, path in named:
-        if path is None:
-            continue
-        problem = output_problem(path)
-        if problem == "is a folder, not a file":
-            example = {"--out": DEFAULT_OUT.name, "--metrics": "metrics.json"}.get(option,
-                                                                                "curves.png")
-            raise UserError(f"{option} {path} is a folder; name a file, e.g. {path / example}")
-        if problem:
-            raise UserError(f"{option} {path}: {problem}")
+        if path is not None:  # the model's own "exists" is checked under the run's lock
+            check_output(option, path, force=args.force or option == "--out",
+                         example=examples[option])
     seen = {_same_file_key(checkpoint): "the checkpoint"}
     for option, path in named:
         if path is None:
@@ -257,8 +253,7 @@ def run(args) -> int:
             except OSError as e:
                 raise UserError(f"--out {out}: cannot write in {path.parent} ({reason(e)})") \
                     from None
-        if out.exists() and not args.force:
-            raise UserError(f"{out} exists; use --force to replace it, or --out another name")
+        check_output("--out", out, force=args.force, example=DEFAULT_OUT.name)
         outputs = [p for p in (out, checkpoint_path_for(out), checkpoint, args.metrics, args.plot)
                    if p is not None]
         for folder in {p.parent for p in outputs}:  # what a killed run's writes left behind
