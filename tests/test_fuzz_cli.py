@@ -120,6 +120,9 @@ EXTREMES = [
     (["plot", "augment", "--out", "a.png", "--alpha", "1e308"], "--alpha: expected"),
     (["sweep", "--augment", "elastic", "--sigma", "4,1e8", "--out", "runs"], "sigma"),
     (["sweep", "--epochs", "1,1000000", "--out", "runs"], "epochs must be at most"),
+    # before: torch's thread pool crashed (SIGSEGV) at 100,000, failed at 20,000 (exit 1)
+    (["train", "--threads", "100000"], "--threads: expected at most 1024"),
+    (["predict", "m.npz", "x.png", "--threads", "100000"], "--threads: expected at most 1024"),
     (["gradcheck", "--batch-size", "1000000000"], "--batch-size: expected at most"),
     (["gradcheck", "--hidden", "100000"], "multiply-adds one check may cost"),  # before: days
     (["evaluate", "m.npz", "--wrong", "1000000000"], "--wrong: expected at most 100"),
@@ -129,7 +132,8 @@ EXTREMES = [
 
 
 @pytest.mark.parametrize("argv, words", EXTREMES, ids=[
-    " ".join(w for w in a if w not in ("--out", "a.png", "w.png", "runs", "m.npz", "--augment"))
+    " ".join(w for w in a if w not in ("--out", "a.png", "w.png", "runs", "m.npz", "x.png",
+                                       "--augment"))
     for a, _ in EXTREMES])
 def test_option_extremes_are_refused_at_once(tmp_path, argv, words):
     argv = [*argv, "--data-dir", str(tmp_path / "no-data")] if argv[0] in (

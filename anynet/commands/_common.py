@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+# Threads beyond the cores only wait, and each costs a stack: PyTorch's OpenMP pool failed to
+# start 20,000 (a libgomp message, exit 1) and crashed at 100,000 (SIGSEGV). 1,024 is more than
+# the hardware threads of any machine anynet is meant for, and starts in a second.
+MAX_THREADS = 1024
+
 
 def backend_spec(text: str) -> str:
     """An argparse type: a backend spec NAME[:DEVICE], its form checked by the backend seam."""
@@ -28,9 +33,10 @@ def add_backend_option(parser: argparse.ArgumentParser, default: str | None = "n
         f"{default or 'numpy'}; auto = cupy if a GPU answers, else numpy)",
     )
     g.add_argument(
-        "--threads", type=positive_int, default=None, metavar="N",
-        help="CPU threads for the array library (default: one per core that no other process "
-        "keeps busy, sampled at start; pin it for bit-identical reruns)",
+        "--threads", type=at_most(positive_int, MAX_THREADS), default=None, metavar="N",
+        help=f"CPU threads for the array library, at most {MAX_THREADS:,} (default: one per "
+        "core that no other process keeps busy, sampled at start; pin it for bit-identical "
+        "reruns)",
     )
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from anynet.commands._common import (
     MAX_HIDDEN,
+    MAX_THREADS,
     add_backend_option,
     add_data_dir_option,
     add_distortion_options,
@@ -282,7 +283,8 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
     from anynet.fileio import reason, remedy
     from anynet.training import Trainer
 
-    if args.threads is None and record is not None and _is_count(record.get("threads")):
+    if (args.threads is None and record is not None and _is_count(record.get("threads"))
+            and record["threads"] <= MAX_THREADS):
         args.threads = record["threads"]  # a resumed run computes as it did: same sums
     backend = open_backend(args, config.backend, announce=False)
     config = dataclasses.replace(config, backend=backend.spec)
