@@ -120,9 +120,14 @@ class NonFiniteOutputs(ValueError):
 def ranked_classes(net, pixels: Any) -> list[list[dict]]:
     """Every example's classes, most probable first, for pictures to classify:
     pixels (N, D) -> N lists of K {"class", "probability"} (a stable order: ties keep the lower
-    class first). Raises NonFiniteOutputs naming the first example whose outputs overflow."""
+    class first), computed `chunk_size(H)` examples at a time. Raises NonFiniteOutputs naming
+    the first example whose outputs overflow."""
+    n, chunk = int(pixels.shape[0]), chunk_size(net.sizes[1])
     with np.errstate(over="ignore", invalid="ignore"):
-        probabilities = net.backend.to_numpy(net.predict_proba(pixels)).astype(np.float64)
+        parts = [net.backend.to_numpy(net.predict_proba(pixels[start:min(start + chunk, n), ...]))
+                 for start in range(0, n, chunk)]
+    probabilities = (np.concatenate(parts) if parts
+                     else np.zeros((0, net.sizes[2]))).astype(np.float64)
     unusable = ~np.all(np.isfinite(probabilities), axis=1)
     if unusable.any():
         raise NonFiniteOutputs(int(np.argmax(unusable)))
