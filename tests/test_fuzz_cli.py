@@ -21,9 +21,11 @@ from hypothesis import strategies as st
 from anynet.cli import main
 
 NUMERIC = ["--lr", "--momentum", "--weight-decay", "--seed", "--epochs", "--batch-size",
-           "--hidden", "--val-size", "--threads"]
+           "--hidden", "--val-size", "--threads",
+           "--rotate", "--scale", "--shear", "--shift", "--alpha", "--sigma"]
 PATHS = ["--out", "--metrics", "--plot", "--resume", "--data-dir"]
 CHOICES = {"--schedule": ["constant", "step", "cosine", "linear", ""],
+           "--augment": ["none", "affine", "elastic", "affine+elastic", "swirl"],
            "--dtype": ["float32", "float64", "float16", "int8"],
            "--backend": ["numpy", "numpy:cpu", "nump", "numpy:gpu:7", "", "auto:x"]}
 FLAGS = ["--nesterov", "--force", "--quiet", "--no-verify", "--bogus", "--lrr", "-x", "--"]
