@@ -107,7 +107,7 @@ def _check_costs(config: TrainConfig) -> None:
     if config.epochs > MAX_EPOCHS:
         raise ValueError(f"epochs must be at most {MAX_EPOCHS:,} (a model file records every "
                          f"epoch), got {short_repr(config.epochs)}")
-    if config.batch_size * config.hidden > MAX_BATCH_UNITS:
+    if int(config.batch_size) * int(config.hidden) > MAX_BATCH_UNITS:  # no int64 wrap-around
         raise ValueError(f"batch_size x hidden must be at most {MAX_BATCH_UNITS:,} (a step holds "
                          f"(batch, hidden) arrays), got {short_repr(config.batch_size)} x "
                          f"{config.hidden}; choose a smaller batch or fewer hidden units")
