@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 
 import numpy as np
@@ -547,6 +548,21 @@ def test_resume_writes_where_the_run_was_going_and_the_hint_says_all(tmp_path, t
     assert main(["train", "--resume", str(ckpt), "--data-dir", str(synth), "--no-verify",
                  "--quiet"]) == 0
     assert out.exists() and not ckpt.exists() and not list(elsewhere.iterdir())
+
+
+def test_a_run_told_to_replace_its_metrics_resumes_with_force(tmp_path, train_args, monkeypatch,
+                                                               capsys, synth):
+    # the metrics file exists and --force said to replace it: the resume command says so too
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text("an old run's metrics")
+    signal_during_step(monkeypatch, 32 + 3, signal.SIGINT)
+    out = tmp_path / "m.npz"
+    assert main(train_args(out, "--quiet", "--metrics", str(metrics), "--force")) == 130
+    hint = capsys.readouterr().out.split("resume with: ")[1].strip()
+    assert hint.endswith("--force") and f"--metrics {metrics}" in hint
+    monkeypatch.undo()
+    assert main([*shlex.split(hint)[1:], "--quiet"]) == 0
+    assert json.loads(metrics.read_text())["format"] == "anynet-metrics"
 
 
 # ----------------------------------------------------------------------------- numbers

@@ -199,6 +199,12 @@ def _same_file_key(path: Path) -> str:
     return os.path.normcase(os.path.abspath(path))
 
 
+def _must_force(args, out: Path) -> bool:
+    """Whether the command that resumes this run needs --force: an output it will write exists
+    (the model, or the metrics or plot that this run was told to replace)."""
+    return out.exists() or any(p is not None and p.exists() for p in (args.metrics, args.plot))
+
+
 def _resume_command(args, checkpoint: Path, *, force: bool) -> str:
     """The command that continues this run from `checkpoint`: everything it needs, no more
     (the checkpoint records the configuration and the model file)."""
@@ -331,7 +337,7 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
             raise
         except OSError as e:  # fit's only writes are checkpoints
             kept = (f"the previous checkpoint is kept: {remedy(e)}, then resume with: "
-                    f"{_resume_command(args, checkpoint, force=out.exists())}"
+                    f"{_resume_command(args, checkpoint, force=_must_force(args, out))}"
                     if checkpoint.exists()
                     else f"no checkpoint was written: {remedy(e)}, then run again")
             raise UserError(f"training stopped: cannot write the checkpoint {checkpoint} "
@@ -344,7 +350,7 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
             state = result.state
             print(f"interrupted ({result.stop_reason}) at epoch {state.epoch + 1}, batch "
                   f"{state.batch}/{trainer.n_batches}; checkpoint written to {checkpoint}\n"
-                  f"resume with: {_resume_command(args, checkpoint, force=out.exists())}")
+                  f"resume with: {_resume_command(args, checkpoint, force=_must_force(args, out))}")
             return 128 + received[0] if received else 130
         _save_outputs(args, config, mnist, result, out, checkpoint, record, elapsed, say)
         return 0
