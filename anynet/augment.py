@@ -69,15 +69,50 @@ RNG_STREAM = 2  # the Generator of a chunk is default_rng([seed, RNG_STREAM, *ke
 
 # --- the options ------------------------------------------------------------------------------
 
-# field: (lowest, whether the lowest is allowed, highest, whether the highest is allowed, meaning)
-_LIMITS = {
-    "rotate": (0.0, True, 180.0, True, "degrees, the largest rotation either way"),
-    "scale": (0.0, True, 1.0, False, "the largest relative change of size"),
-    "shear": (0.0, True, math.inf, False, "the largest slant k: columns shift k pixels per row"),
-    "shift": (0.0, True, float(SIDE), True, "pixels, the largest shift along each axis"),
-    "alpha": (0.0, True, math.inf, False, "pixels, the strength of elastic displacements"),
-    "sigma": (0.0, False, math.inf, False, "pixels, the smoothness of elastic displacements"),
+# Every option's range, in one table (the command lines' options and sweeps' grids are checked
+# against it): field -> (lowest, whether the lowest is allowed, highest, meaning). The highest is
+# allowed. Each upper bound keeps the work and the numbers bounded:
+#   scale <= 0.99: the smallest size factor, 1 - scale, stays >= 0.01, so the backward map's
+#       1 / s is at most 100 and every coordinate finite;
+#   shear <= 28 (SIDE): a slant of k moves row r by k (r - 13.5) columns, so beyond 28 every row
+#       but the middle one has left the image; with 1 / s <= 100 the coordinates stay below
+#       10**5, finite in float32 (1e308 overflowed: OverflowError);
+#   alpha <= 10,000: displacements are at most alpha pixels (G U G^T lies in [-1, 1]), finite
+#       in float32 and resolved to 1/1000 pixel; 1e308 made nan coordinates (IndexError);
+#   sigma <= 100: the Gaussian's 2 round(4 sigma) + 1 taps are built on the host, so time and
+#       memory grow with sigma (1e8: 57 s and 18.9 GB; 1e9 a MemoryError); at 100 it has 801
+#       taps, far wider than the 28-pixel image (beyond about 7 a wider one only flattens the
+#       field further).
+MAX_SHEAR = float(SIDE)
+MAX_ALPHA = 10_000.0
+MAX_SIGMA = 100.0
+LIMITS = {
+    "rotate": (0.0, True, 180.0, "degrees, the largest rotation either way"),
+    "scale": (0.0, True, 0.99, "the largest relative change of size"),
+    "shear": (0.0, True, MAX_SHEAR, "the largest slant k: columns shift k pixels per row"),
+    "shift": (0.0, True, float(SIDE), "pixels, the largest shift along each axis"),
+    "alpha": (0.0, True, MAX_ALPHA, "pixels, the strength of elastic displacements"),
+    "sigma": (0.0, False, MAX_SIGMA, "pixels, the smoothness of elastic displacements"),
 }
+
+
+def range_text(name: str) -> str:
+    """The range of option `name` in words: '>= 0 and <= 180'."""
+    low, low_ok, high, _meaning = LIMITS[name]
+    return f"{'>=' if low_ok else '>'} {low:g} and <= {high:g}"
+
+
+def check_option(name: str, value: Any) -> float:
+    """`value` as the float option `name` (a field of `LIMITS`); ValueError naming the field,
+    its range and meaning unless it is a finite real number in that range."""
+    low, low_ok, high, meaning = LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"distortion {name} must be a number ({meaning}); got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and (value >= low if low_ok else value > low) and value <= high):
+        raise ValueError(f"distortion {name} must be a finite number {range_text(name)} "
+                         f"({meaning}); got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -104,20 +139,8 @@ class Distortion:
         if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise ValueError(f"distortion kind must be one of {', '.join(KINDS)}; "
                              f"got {self.kind!r}")
-        for name, (low, low_ok, high, high_ok, meaning) in _LIMITS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ValueError(f"distortion {name} must be a number ({meaning}); "
-                                 f"got {value!r}")
-            value = float(value)
-            above = value >= low if low_ok else value > low
-            below = value <= high if high_ok else value < high
-            if not (math.isfinite(value) and above and below):
-                bound = f"{'>=' if low_ok else '>'} {low:g}" + (
-                    "" if high == math.inf else f" and {'<=' if high_ok else '<'} {high:g}")
-                raise ValueError(f"distortion {name} must be a finite number {bound} "
-                                 f"({meaning}); got {value!r}")
-            object.__setattr__(self, name, value)
+        for name in LIMITS:
+            object.__setattr__(self, name, check_option(name, getattr(self, name)))
 
     @property
     def affine(self) -> bool:

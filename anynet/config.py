@@ -18,6 +18,13 @@ import sys
 from dataclasses import asdict, dataclass, fields
 
 DTYPES = ("float32", "float64")
+# Bounds on what a run may cost (the README's "What anynet promises"). Every epoch adds about
+# 250 characters to the record a model file and each checkpoint carry, which a reader accepts
+# up to 4 Mi characters (anynet.modelio.MAX_METADATA_CHARS): 10,000 epochs stay inside it.
+MAX_EPOCHS = 10_000
+# A training step holds a few (batch_size, hidden) arrays: at most 2**25 elements each (128 MB
+# in float32), e.g. all 55,000 training examples in one batch with up to 610 hidden units.
+MAX_BATCH_UNITS = 2**25
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,7 @@ class TrainConfig:
             raise ValueError(f"backend must be a backend's name, "
                              f"got {short_repr(given['backend'])}")
         config = cls(**given)
+        _check_costs(config)
         if config.nesterov and config.momentum == 0:
             raise ValueError("nesterov needs momentum > 0 (it is a kind of momentum)")
         config.distortion()  # its own checks: ValueError naming the field
@@ -105,6 +113,17 @@ def _python_scalar(value):
     if numpy is not None and isinstance(value, numpy.generic) and value.dtype.kind in "biufU":
         return value.item()
     return value
+
+
+def _check_costs(config: TrainConfig) -> None:
+    """The bounds on a run's length and memory (MAX_EPOCHS, MAX_BATCH_UNITS)."""
+    if config.epochs > MAX_EPOCHS:
+        raise ValueError(f"epochs must be at most {MAX_EPOCHS:,} (a model file records every "
+                         f"epoch), got {short_repr(config.epochs)}")
+    if int(config.batch_size) * int(config.hidden) > MAX_BATCH_UNITS:  # no int64 wrap-around
+        raise ValueError(f"batch_size x hidden must be at most {MAX_BATCH_UNITS:,} (a step holds "
+                         f"(batch, hidden) arrays), got {short_repr(config.batch_size)} x "
+                         f"{config.hidden}; choose a smaller batch or fewer hidden units")
 
 
 def _check_int(values: dict, name: str, minimum: int) -> None:

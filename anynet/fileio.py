@@ -181,19 +181,32 @@ def output_problem(path: str | os.PathLike) -> str | None:
     Creates nothing that stays: missing parent folders are made by `atomic_write` when it writes.
     """
     path = Path(path)
-    if path.is_dir():
-        return "is a folder, not a file"
-    folder = next(p for p in path.parents if p.exists() or p == p.parent)
-    if not folder.is_dir():
-        return f"{folder} is a file, not a folder"
+    try:
+        if path.is_dir():
+            return "is a folder, not a file"
+        folder = next(p for p in path.parents if p.exists() or p == p.parent)
+        if not folder.is_dir():
+            return f"{folder} is a file, not a folder"
+    except OSError as e:  # a name too long, a loop of links: stat itself refuses
+        return _name_problem(e) or f"cannot use this path ({reason(e)})"
     try:
         fd, probe = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp",
                                      dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        return f"cannot write in {folder} ({reason(e)})"
+        return _name_problem(e) or f"cannot write in {folder} ({reason(e)})"
     return None
+
+
+def _name_problem(error: OSError) -> str | None:
+    """The words for a name the file system refuses as too long, else None."""
+    if error.errno != errno.ENAMETOOLONG:
+        return None
+    extra = len(_temporary_prefix("")) + len("XXXXXXXX.tmp")
+    return (f"the name is too long for the file system (a file name, and the temporary "
+            f"written beside it, {extra} bytes longer, must fit in 255 bytes); choose a "
+            "shorter one")
 
 
 def reason(error: OSError) -> str:

@@ -63,6 +63,14 @@ MIN_CONTRAST = 0.1
 # 12000 x 12000 used to cost 5.7 GB. Pillow's own limit (89 million, only a warning below twice
 # that) is looser, so this one is checked first, from the header.
 MAX_PIXELS = 40_000_000
+# A progressive JPEG is decoded scan by scan, each scan a pass over the blocks of the picture:
+# a 2000 x 2000 picture whose last scan was repeated 5,000 times (970 kB) took 8.8 s, and 40,000
+# scans 96 s. Encoders write 1 to 4 scans (baseline) or 6 to 10 (libjpeg's progression), and
+# libjpeg-turbo's own tools refuse more than 500 (-limitscans). So a JPEG may have at most
+# MAX_JPEG_SCANS scans, and scans x pixels at most MAX_JPEG_SCAN_PIXELS (about 2 s of
+# decoding): 100 scans at MAX_PIXELS. Counted (the SOS markers) before anything is decoded.
+MAX_JPEG_SCANS = 500
+MAX_JPEG_SCAN_PIXELS = 100 * MAX_PIXELS
 
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_MAX_HEADER = 10_000  # bytes of .npy header (np.load's own default limit)
@@ -205,6 +213,8 @@ def _read_with_pillow(path: Path) -> np.ndarray:
                         f"{path}: the picture is {width} x {height} = {width * height:,} pixels, "
                         f"more than the {MAX_PIXELS:,} anynet reads; scale it down"
                     )
+                if image.format == "JPEG":
+                    _check_jpeg_scans(path, width * height)
                 image.load()  # decode now, so a truncated file fails here and not later
                 image = ImageOps.exif_transpose(image)  # phone photos store their rotation
                 values = _pillow_to_array(image, path)
@@ -224,6 +234,26 @@ def _read_with_pillow(path: Path) -> np.ndarray:
     return _to_gray(values)
 
 
+def _check_jpeg_scans(path: Path, pixels: int) -> None:
+    """Refuse a JPEG with more scans than MAX_JPEG_SCANS, or MAX_JPEG_SCAN_PIXELS / pixels.
+
+    Scans are counted by their SOS markers (FF DA): inside entropy-coded data every FF byte is
+    followed by 00 or a restart marker, so FF DA only starts a scan (or sits in an embedded
+    thumbnail, which only counts a few too many). Read in chunks: memory stays small.
+    """
+    allowed = min(MAX_JPEG_SCANS, MAX_JPEG_SCAN_PIXELS // max(pixels, 1))
+    scans, previous = 0, b""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            scans += (previous + chunk).count(b"\xff\xda")
+            previous = chunk[-1:]  # a marker split between two chunks is counted once
+            if scans > allowed:
+                raise UserError(
+                    f"{path}: the JPEG has more than {allowed:,} scans (a progressive JPEG has "
+                    f"about 10), more than anynet decodes for {pixels:,} pixels; save it again "
+                    "as a baseline JPEG or a PNG")
+
+
 def _pillow_to_array(image, path: Path) -> np.ndarray:
     """Pillow image -> float64 (H, W) grey or (H, W, 4) RGBA, in [0, 1]."""
     if image.mode in ("I;16", "I;16B", "I;16L"):  # 16-bit grey (some PNGs)
@@ -237,7 +267,9 @@ def _pillow_to_array(image, path: Path) -> np.ndarray:
         return values / high if high > 1 else values
     has_alpha = "A" in image.getbands() or "transparency" in image.info
     image = image.convert("RGBA" if has_alpha else "L")
-    return np.asarray(image, dtype=np.float64) / 255.0
+    values = np.asarray(image, dtype=np.float64)  # a new array: scaled in place
+    values /= 255.0
+    return values
 
 
 def _to_gray(values: np.ndarray) -> np.ndarray:
@@ -271,16 +303,21 @@ def preprocess_digit(gray: np.ndarray, *, source: str = "image") -> np.ndarray:
     gray = np.asarray(gray)
     if gray.ndim != 2 or gray.shape[0] == 0 or gray.shape[1] == 0:
         raise ValueError(f"expected a non-empty 2-D grey image (H, W), got shape {gray.shape}")
-    values = gray / 255.0 if gray.dtype == np.uint8 else gray.astype(np.float64)
+    # float64 grey as given (no copy): every step below makes its own arrays or works in place on
+    # them, so that the peak is a few float64 copies of the picture whatever its shape
+    values = gray / 255.0 if gray.dtype == np.uint8 else np.asarray(gray, dtype=np.float64)
 
     # 1-2. White ink on black, background at 0 and the strongest ink at 1.
     background = float(np.median(_border(values)))
-    ink = 1.0 - values if background > 0.5 else values
+    ink = 1.0 - values if background > 0.5 else values.copy()
+    del values
     background = min(background, 1.0 - background)
     contrast = float(ink.max()) - background
     if contrast < MIN_CONTRAST:
         raise UserError(f"{source}: no digit found, the image is blank (a single colour)")
-    ink = np.clip((ink - background) / contrast, 0.0, 1.0)
+    ink -= background
+    ink /= contrast
+    np.clip(ink, 0.0, 1.0, out=ink)
     ink[ink < NOISE_FLOOR] = 0.0
 
     # 3. Crop to the ink.
@@ -315,8 +352,12 @@ def load_digits(paths: Iterable[str | os.PathLike]) -> np.ndarray:
 
 
 def _border(values: np.ndarray) -> np.ndarray:
-    """The pixels along the edge of an (H, W) image, as one flat array."""
-    return np.concatenate([values[0], values[-1], values[:, 0], values[:, -1]])
+    """The pixels along the edge of an (H, W) image, as one flat array, each pixel once (the
+    border of a picture one pixel high is that row, not twice as many pixels)."""
+    height, width = values.shape
+    if height <= 2 or width <= 2:
+        return values.ravel()
+    return np.concatenate([values[0], values[-1], values[1:-1, 0], values[1:-1, -1]])
 
 
 def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
@@ -339,16 +380,51 @@ def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
 def resample(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize an (H, W) float image to (height, width): area averaging to shrink, bilinear to grow.
 
-    Separable: the rows are resampled by one matrix and the columns by another, so the result is
-    `R_rows @ image @ R_cols.T` with R_rows (height, H) and R_cols (width, W).
+    Separable: the rows are resampled, then the columns, each as `resample_matrix` describes,
+    so the result equals `R_rows @ image @ R_cols.T` with R_rows (height, H) and R_cols
+    (width, W). Shrinking is computed from cumulative sums, never from the dense matrices: its
+    time and memory are O(H W) whatever the aspect ratio (a 1 x 8,000,000 picture's dense
+    (20, W) matrix took 2.8 GB and 8 s; this takes one float64 copy of the picture).
     """
-    rows = resample_matrix(image.shape[0], height)
-    cols = resample_matrix(image.shape[1], width)
-    return rows @ image @ cols.T
+    result = _resample_axis(_resample_axis(image, height, axis=0), width, axis=1)
+    return result.copy() if np.may_share_memory(result, image) else result
+
+
+def _resample_axis(image: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """`image` (a new float64 array) resampled to n_out pixels along `axis`.
+
+    Shrinking: output pixel i is the mean of the input over [a_i, a_(i+1)), a_i = i n_in / n_out,
+    i.e. (F(a_(i+1)) - F(a_i)) / s with F the integral of the line, piecewise linear between
+    the cumulative sums: F(x) = P[floor(x)] + frac(x) v[floor(x)], P[k] = v[0] + ... + v[k-1].
+    Growing (n_out > n_in, so the matrix is at most n_out x n_out): `resample_matrix`.
+    """
+    values = np.moveaxis(np.asarray(image, dtype=np.float64), axis, 0)  # (n_in, ...)
+    n_in = values.shape[0]
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"cannot resample {n_in} pixels to {n_out}")
+    if n_out > n_in:
+        result = np.tensordot(resample_matrix(n_in, n_out), values, axes=1)
+    elif n_out == n_in:
+        result = values  # the same pixels; `resample` copies at the end if need be
+    else:
+        s = n_in / n_out
+        prefix = np.zeros((n_in + 1, *values.shape[1:]))  # P (n_in + 1, ...)
+        np.cumsum(values, axis=0, out=prefix[1:])
+        edges = np.arange(n_out + 1) * s
+        edges[-1] = n_in  # exactly: the last interval ends at the last pixel's end
+        whole = np.minimum(np.floor(edges).astype(np.intp), n_in)
+        frac = (edges - whole).reshape((-1,) + (1,) * (values.ndim - 1))
+        # at x = n_in, frac is 0: any pixel will do for v[floor(x)]
+        integral = prefix[whole] + frac * values[np.minimum(whole, n_in - 1)]
+        result = (integral[1:] - integral[:-1]) / s
+    return np.moveaxis(result, 0, axis)
 
 
 def resample_matrix(n_in: int, n_out: int) -> np.ndarray:
     """The (n_out, n_in) matrix that resamples a line of n_in pixels to n_out; rows sum to 1.
+
+    The definition (and the naive reference) of what `resample` computes: dense, so its memory
+    is n_out x n_in; `resample` uses it only to grow, where n_in < n_out.
 
     Shrinking (n_out <= n_in) averages by area: output pixel i covers the input interval
     [i * s, (i + 1) * s) with s = n_in / n_out, and each input pixel [j, j + 1) counts by how

@@ -3,7 +3,9 @@
 A clean ending is exit 0, or exit 2 (3 for divergence) with exactly one line on stderr that
 starts with "anynet: error:", and never a traceback. `run_cli_bounded` runs the command line in
 a child process under a wall-clock limit and an address-space limit (RLIMIT_AS), so a case that
-hangs or tries to allocate gigabytes fails the test instead of the machine.
+hangs or tries to allocate gigabytes fails the test instead of the machine, and reports the
+child's peak resident memory (`peak_mb`, from its own /proc/self/status), for tests that bound
+what a case may cost.
 
 The fuzz tests' depth is set by hypothesis profiles, chosen with ANYNET_FUZZ (default "ci"):
     ci    a few dozen examples per property, seeded (derandomized): CI stays fast and repeatable
@@ -12,9 +14,11 @@ The fuzz tests' depth is set by hypothesis profiles, chosen with ANYNET_FUZZ (de
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
@@ -36,11 +40,22 @@ settings.load_profile(os.environ.get("ANYNET_FUZZ", "ci"))
 
 # The child limits its own address space before it imports anything, then runs `python -m
 # anynet`. (Not a preexec_fn: that forces a fork of this process, which may hold JAX's threads,
-# and a forked multithreaded process can deadlock.)
+# and a forked multithreaded process can deadlock.) At exit it writes its peak resident memory
+# (VmHWM, which belongs to its own address space) to the file named second: the rusage that
+# wait4 reports would count the memory of this process, which the child started as a copy of.
 _BOUNDED_MAIN = """
-import resource, runpy, sys
+import atexit, resource, runpy, sys
 limit = int(sys.argv.pop(1)) << 20
+report = sys.argv.pop(1)
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+def _peak():
+    with open("/proc/self/status") as f:
+        kb = next((line.split()[1] for line in f if line.startswith("VmHWM:")), "")
+    with open(report, "w") as f:
+        f.write(kb)
+
+atexit.register(_peak)
 sys.argv[0] = "anynet"
 runpy.run_module("anynet", run_name="__main__", alter_sys=True)
 """
@@ -49,20 +64,29 @@ runpy.run_module("anynet", run_name="__main__", alter_sys=True)
 def run_cli_bounded(argv: list[str], *, cwd: str | os.PathLike | None = None,
                     env: dict | None = None, timeout: float = TIME_LIMIT_S,
                     memory_mb: int = MEMORY_LIMIT_MB) -> subprocess.CompletedProcess:
-    """Run `python -m anynet ARGV` in a child limited in time and memory; return its result.
+    """Run `python -m anynet ARGV` in a child limited in time and memory; return its result,
+    with `peak_mb` added: the child's peak resident memory (inf where it could not say, as
+    after a kill), so a test can assert what a case really cost, not only that it stayed
+    under the limit.
 
     A child that outlives `timeout` is killed and the test fails, naming the command.
     """
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
         "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    try:
-        return subprocess.run([sys.executable, "-c", _BOUNDED_MAIN, str(memory_mb), *argv],
-                              cwd=cwd, env=full_env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"anynet {' '.join(argv)} ran past {timeout:.0f} s (a hang?)") \
-            from None
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "peak"
+        try:
+            result = subprocess.run(
+                [sys.executable, "-c", _BOUNDED_MAIN, str(memory_mb), str(report), *argv],
+                cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+                stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"anynet {' '.join(argv)} ran past {timeout:.0f} s "
+                                 "(a hang?)") from None
+        text = report.read_text() if report.exists() else ""
+    result.peak_mb = int(text) / 1024 if text.isdigit() else math.inf
+    return result
 
 
 def assert_clean_ending(result, *, allowed=(0, 2)) -> None:

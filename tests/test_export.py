@@ -124,7 +124,16 @@ DAMAGED = {
     "not JSON": (lambda p, net: _write(p, b"{not json"), "not valid JSON"),
     "not UTF-8": (lambda p, net: _write(p, b"\xff\xfe"), "not valid JSON"),
     "a list": (lambda p, net: _write(p, [1, 2]), "not an object"),
-    "deep": (lambda p, net: _write(p, b"[" * 100_000 + b"]" * 100_000), "nests deeper"),
+    "deep": (lambda p, net: _write(p, b'{"a":' * 300 + b"1" + b"}" * 300), "nests deeper"),
+    # more than a model needs, refused before json.loads builds it (a 25 MB header of {} x 8
+    # million took 11.7 s and 1.28 GB): brackets, strings, and anything else outside strings
+    "deeper": (lambda p, net: _write(p, b"[" * 100_000 + b"]" * 100_000), "strings and brackets"),
+    "many objects": (lambda p, net: _write(p, b"[" + b"{}," * 100_000 + b"{}]"),
+                     "more than 1,000 strings and brackets"),
+    "many keys": (lambda p, net: _write(p, b"{" + b'"k":"",' * 100_000 + b'"k":""}'),
+                  "more than 1,000 strings and brackets"),
+    "many numbers": (lambda p, net: _write(p, b'{"k":[' + b"1," * 100_000 + b"1]}"),
+                     "characters outside strings"),
     "no record": (lambda p, net: _write(p, *_good_header(net, __metadata__=None)),
                   "no __metadata__"),
     "record not JSON": (lambda p, net: _write(p, *_good_header(

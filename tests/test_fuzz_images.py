@@ -183,3 +183,87 @@ def test_predict_ends_cleanly_in_bounded_time_and_memory(tmp_path, model_path, c
     result = run_cli_bounded(["predict", str(model_path), str(path)])
     assert_clean_ending(result)
     assert (result.returncode == 0) == (case == "jpeg-intact"), result.stderr
+
+
+# --- pictures whose cost is not their pixel count: thin ones, scan-heavy JPEGs -------------------
+
+
+def _thin_png(width: int) -> bytes:
+    """A 1 x `width` PNG, a dark stroke over the middle half of light paper (compresses to KBs)."""
+    line = np.full((1, width), 230, np.uint8)
+    line[0, width // 4 : 3 * width // 4] = 20
+    buffer = io.BytesIO()
+    Image.fromarray(line).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_thin_picture_costs_what_its_pixels_cost(tmp_path, model_path):
+    # 1 x 8,000,000 (8 kB, inside the server's 8-megapixel limit): the dense (20, W) resampling
+    # matrices took 2.8 GB; an 8-megapixel picture's few float64 copies are ~300 MB
+    path = tmp_path / "thin.png"
+    path.write_bytes(_thin_png(8_000_000))
+    result = run_cli_bounded(["predict", str(model_path), str(path)])
+    assert_clean_ending(result)
+    assert result.returncode == 0, result.stderr
+    assert result.peak_mb < 600, f"{result.peak_mb:.0f} MB for an 8-megapixel picture"
+
+
+def _jpeg_scans(data: bytes) -> tuple[bytes, list[bytes], bytes]:
+    """A JPEG split into (what precedes the first scan, [each scan: its SOS segment, entropy
+    data, and any tables between it and the next], the EOI marker)."""
+    position, head_end, scans = 2, None, []
+    while True:
+        marker = data[position + 1]
+        if marker == 0xD9:  # EOI
+            return data[:head_end], scans, data[position:]
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        end = position + 2 + length
+        if marker == 0xDA:  # SOS: entropy-coded data up to the next marker (not FF00, not RSTn)
+            head_end = position if head_end is None else head_end
+            while not (data[end] == 0xFF and data[end + 1] != 0x00
+                       and not 0xD0 <= data[end + 1] <= 0xD7):
+                end += 1
+        if head_end is not None:
+            scans.append(data[position:end])
+        position = end
+
+
+def scan_heavy_jpeg(side: int, repeats: int) -> bytes:
+    """A progressive JPEG of a digit, side x side, its last scan repeated `repeats` times: each
+    repeat is a pass of the decoder over every block, for ~200 bytes of file."""
+    image = np.full((side, side), 230, np.uint8)
+    image[side // 4 : 3 * side // 4, side // 2 - side // 20 : side // 2 + side // 20] = 20
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", progressive=True, quality=90)
+    head, scans, tail = _jpeg_scans(buffer.getvalue())
+    return head + b"".join(scans) + scans[-1] * repeats + tail
+
+
+def test_a_progressive_jpeg_within_the_scan_limits_is_read(tmp_path):
+    path = tmp_path / "digit.jpg"
+    path.write_bytes(scan_heavy_jpeg(200, 20))  # 6 scans of its own, 26 in all
+    assert preprocess_digit(read_image(path)).shape == (784,)
+
+
+def test_a_scan_heavy_jpeg_is_refused_before_it_is_decoded(tmp_path, model_path):
+    # 2,000 x 2,000 with 5,000 scans (970 kB): 8.8 s of decoding; 40,000 scans took 96 s
+    path = tmp_path / "scans.jpg"
+    path.write_bytes(scan_heavy_jpeg(2000, 5000))
+    start = time.monotonic()
+    result = run_cli_bounded(["predict", str(model_path), str(path)])
+    assert_clean_ending(result)
+    assert result.returncode == 2 and "more than 500 scans" in result.stderr, result.stderr
+    assert result.peak_mb < 300, f"{result.peak_mb:.0f} MB"
+    assert time.monotonic() - start < 30  # generous: the refusal reads the file, decodes nothing
+
+
+def test_the_scan_limit_shrinks_as_the_picture_grows(tmp_path, monkeypatch):
+    # scans x pixels is bounded too: a picture 100 times larger may have 100 times fewer scans
+    import anynet.images as images
+
+    path = tmp_path / "scans.jpg"
+    path.write_bytes(scan_heavy_jpeg(100, 30))  # 36 scans of 10,000 pixels
+    assert read_image(path).shape == (100, 100)
+    monkeypatch.setattr(images, "MAX_JPEG_SCAN_PIXELS", 35 * 100 * 100)
+    with pytest.raises(UserError, match=r"more than 35 scans .* for 10,000 pixels"):
+        read_image(path)

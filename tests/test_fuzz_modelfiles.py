@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 import time
@@ -465,3 +466,52 @@ def test_command_line_ends_cleanly(cli_world, argv, model, expected):
     result = run_cli_bounded(argv(cli_world, model))
     assert_clean_ending(result)
     assert result.returncode == expected, result.stderr
+
+
+# --- safetensors headers that cost more than their length says ---------------------------------
+
+
+def _safetensors_with_header(path: Path, header: bytes) -> Path:
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    return path
+
+
+@pytest.mark.parametrize("shape, header", [
+    # 25 MB, under the header length limit: 8 million objects (11.7 s and 1.28 GB in evaluate)
+    ("objects", b'{"a":[' + b"{}," * 8_333_000 + b"{}]}"),
+    ("lists", b'{"a":[' + b"[]," * 8_333_000 + b"[]]}"),
+    ("numbers", b'{"a":[' + b"1," * 12_500_000 + b"1]}"),
+    ("keys", b'{"__metadata__":{' + b'"k":"",' * 3_500_000 + b'"k":""}}'),
+])
+def test_a_header_full_of_structure_is_refused_before_it_is_parsed(tmp_path, shape, header):
+    path = _safetensors_with_header(tmp_path / "model.safetensors", header)
+    result = run_cli_bounded(["evaluate", str(path), "--data-dir", str(tmp_path / "none")])
+    assert_clean_ending(result)
+    assert result.returncode == 2 and "a model's tensors need" in result.stderr, result.stderr
+    assert result.peak_mb < 300, f"{result.peak_mb:.0f} MB for a {len(header):,}-byte header"
+
+
+# --- a wide model (valid, within MAX_PARAM_ELEMENTS) is evaluated in bounded memory -----------
+
+
+def test_wide_models_are_evaluated_in_smaller_chunks_with_the_same_result(monkeypatch):
+    # a 784-100000-10 model took 12.2 GB and 79 s in `anynet evaluate` (chunks of 10,000 rows of
+    # 100,000 hidden units); now each (chunk, H) array holds at most MAX_BATCH_UNITS elements
+    import anynet.config
+    from anynet import evaluation
+
+    assert evaluation.chunk_size(30) == evaluation.EVAL_CHUNK
+    assert evaluation.chunk_size(100_000) * 100_000 <= anynet.config.MAX_BATCH_UNITS
+    assert evaluation.chunk_size(10**9) == 1
+    images, labels = synthetic_mnist(50, seed=5)
+    images = images.reshape(50, 784)
+    net = TwoLayerNet(n_hidden=40, seed=2)
+    whole = evaluation.evaluate(net, images, labels, confusion=True, n_wrong=5)
+    monkeypatch.setattr(anynet.config, "MAX_BATCH_UNITS", 7 * 40)  # chunks of 7 rows
+    assert evaluation.chunk_size(40) == 7
+    chunked = evaluation.evaluate(net, images, labels, confusion=True, n_wrong=5)
+    assert chunked.accuracy == whole.accuracy
+    assert math.isclose(chunked.loss, whole.loss, rel_tol=1e-6)
+    assert (chunked.confusion == whole.confusion).all()
+    assert [w["index"] for w in chunked.wrong] == [w["index"] for w in whole.wrong]

@@ -126,6 +126,32 @@ def test_resample_matrix_rows_are_averages_and_shrinking_keeps_the_mean(n_in, n_
         np.testing.assert_allclose(matrix.sum(axis=0), n_out / n_in)
 
 
+@settings(max_examples=60, deadline=None)
+@given(shape=st.tuples(st.integers(1, 60), st.integers(1, 60)),
+       out=st.tuples(st.integers(1, 40), st.integers(1, 40)), seed=st.integers(0, 2**32 - 1))
+def test_resample_equals_the_dense_matrices(shape, out, seed):
+    # resample shrinks through cumulative sums; the dense matrices are the definition
+    image = np.random.default_rng(seed).random(shape)
+    expected = resample_matrix(shape[0], out[0]) @ image @ resample_matrix(shape[1], out[1]).T
+    np.testing.assert_allclose(resample(image, *out), expected, atol=1e-12)
+
+
+def test_resample_of_a_thin_line_costs_one_copy():
+    # 1 x 4,000,000 to 1 x 20: the dense (20, W) matrix alone would be 640 MB
+    import tracemalloc
+
+    line = np.zeros((1, 4_000_000))
+    line[0, 1_000_000:3_000_000] = 1.0
+    tracemalloc.start()
+    try:
+        small = resample(line, 1, 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(small, [[0] * 5 + [1] * 10 + [0] * 5], atol=1e-9)
+    assert peak < 4 * line.nbytes, f"{peak:,} bytes for a {line.nbytes:,}-byte picture"
+
+
 def test_resample_image_block_means():
     image = np.arange(36, dtype=float).reshape(6, 6)
     small = resample(image, 2, 3)  # 3x2 blocks

@@ -567,8 +567,10 @@ def test_cli_plot_augment_mistakes(capsys, tmp_path, synthetic_dir):
                               "--data-dir", empty), r"data dir .*empty: no train-images")
     assert_one_line_error(cli(capsys, "plot", "augment", "--out", tmp_path / "a.jpg",
                               "--data-dir", empty), r"a\.jpg: a plot file must end in \.png")
-    for option, value, words in [("--sigma", "0", "positive"), ("--scale", "1", "at most"),
+    for option, value, words in [("--sigma", "0", "> 0 and <= 100"), ("--scale", "1", "<= 0.99"),
                                  ("--rotate", "nan", "finite"), ("--kind", "blur", "invalid"),
+                                 ("--sigma", "1e9", "<= 100"), ("--shear", "1e308", "<= 28"),
+                                 ("--alpha", "1e308", "<= 10000"),
                                  ("--rows", "0", "positive"), ("--columns", "31", "at most")]:
         code, out, err = cli(capsys, "plot", "augment", "--out", tmp_path / "a.png", option,
                              value, "--data-dir", synthetic_dir, "--no-verify")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 
 import numpy as np
@@ -249,7 +250,15 @@ def test_model_round_trip_across_backends(tmp_path, train_args, synth, backend):
     (["--val-size", "5000"], "less than the 1100 training examples"),
     (["--augment", "swirl"], "invalid choice: 'swirl'"),
     (["--recipe", "h1000"], "invalid choice: 'h1000'"),
-    (["--augment", "affine", "--rotate", "200"], "expected at most 180, got 200"),
+    (["--augment", "affine", "--rotate", "200"], "<= 180, got '200'"),
+    # each option's bound keeps time and memory bounded (before: 57 s and 18.9 GB at 1e8, a
+    # MemoryError at 1e9, an OverflowError, an IndexError)
+    (["--augment", "elastic", "--sigma", "1e8"], "--sigma: expected a finite number > 0"),
+    (["--augment", "elastic", "--sigma", "1e300"], "> 0 and <= 100, got '1e300'"),
+    (["--augment", "affine", "--shear", "1e308"], "--shear: expected a finite number >= 0"),
+    (["--augment", "elastic", "--alpha", "1e308"], "--alpha: expected a finite number >= 0 and"),
+    (["--epochs", "100000"], "--epochs: expected at most 10000"),
+    (["--batch-size", "10000000", "--hidden", "30"], "batch_size x hidden must be at most"),
 ])
 def test_bad_train_options_exit_2(tmp_path, train_args, capsys, argv, message):
     assert main(train_args(tmp_path / "m.npz", *argv)) == 2
@@ -324,7 +333,7 @@ def test_an_existing_model_is_kept_unless_forced(tmp_path, train_args, capsys):
     argv[argv.index("--data-dir") + 1] = str(tmp_path / "no-data-here")
     assert main(argv) == 2
     line = _one_line(capsys.readouterr().err)
-    assert line == (f"anynet: error: {out} exists; use --force to replace it, "
+    assert line == (f"anynet: error: --out {out} exists; use --force to replace it, "
                     "or --out another name")
     assert out.read_bytes() == b"a 30-epoch model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]  # no lock, no temporary
@@ -539,6 +548,21 @@ def test_resume_writes_where_the_run_was_going_and_the_hint_says_all(tmp_path, t
     assert main(["train", "--resume", str(ckpt), "--data-dir", str(synth), "--no-verify",
                  "--quiet"]) == 0
     assert out.exists() and not ckpt.exists() and not list(elsewhere.iterdir())
+
+
+def test_a_run_told_to_replace_its_metrics_resumes_with_force(tmp_path, train_args, monkeypatch,
+                                                               capsys, synth):
+    # the metrics file exists and --force said to replace it: the resume command says so too
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text("an old run's metrics")
+    signal_during_step(monkeypatch, 32 + 3, signal.SIGINT)
+    out = tmp_path / "m.npz"
+    assert main(train_args(out, "--quiet", "--metrics", str(metrics), "--force")) == 130
+    hint = capsys.readouterr().out.split("resume with: ")[1].strip()
+    assert hint.endswith("--force") and f"--metrics {metrics}" in hint
+    monkeypatch.undo()
+    assert main([*shlex.split(hint)[1:], "--quiet"]) == 0
+    assert json.loads(metrics.read_text())["format"] == "anynet-metrics"
 
 
 # ----------------------------------------------------------------------------- numbers

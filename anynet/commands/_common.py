@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+# Threads beyond the cores only wait, and each costs a stack: PyTorch's OpenMP pool failed to
+# start 20,000 (a libgomp message, exit 1) and crashed at 100,000 (SIGSEGV). 1,024 is more than
+# the hardware threads of any machine anynet is meant for, and starts in a second.
+MAX_THREADS = 1024
+
 
 def backend_spec(text: str) -> str:
     """An argparse type: a backend spec NAME[:DEVICE], its form checked by the backend seam."""
@@ -28,9 +33,10 @@ def add_backend_option(parser: argparse.ArgumentParser, default: str | None = "n
         f"{default or 'numpy'}; auto = cupy if a GPU answers, else numpy)",
     )
     g.add_argument(
-        "--threads", type=positive_int, default=None, metavar="N",
-        help="CPU threads for the array library (default: one per core that no other process "
-        "keeps busy, sampled at start; pin it for bit-identical reruns)",
+        "--threads", type=at_most(positive_int, MAX_THREADS), default=None, metavar="N",
+        help=f"CPU threads for the array library, at most {MAX_THREADS:,} (default: one per "
+        "core that no other process keeps busy, sampled at start; pin it for bit-identical "
+        "reruns)",
     )
 
 
@@ -63,6 +69,44 @@ def add_data_dir_option(parser: argparse.ArgumentParser) -> None:
         help="folder holding the four MNIST files, gzip'd or raw (default: $ANYNET_DATA_DIR, "
         "else the cache, else download)",
     )
+
+
+def add_force_option(parser: argparse.ArgumentParser, what: str = "the output file") -> None:
+    """--force: replace `what` if it exists (without it, an existing file stops the command)."""
+    parser.add_argument("--force", action="store_true",
+                        help=f"replace {what} if it exists (without it, an existing file stops "
+                        "the command before it starts)")
+
+
+def check_output(option: str, path, *, force: bool, example: str | None = None) -> None:
+    """Refuse, before any slow work and in one line, an output file `option` PATH that could not
+    be written (a folder, a parent that is a file, a folder that takes no new files, a name too
+    long), or that exists and `force` is not given: nothing already saved is replaced unasked.
+    `example` ("model.npz") completes the advice when PATH is a folder."""
+    from pathlib import Path
+
+    from anynet.errors import UserError
+    from anynet.fileio import output_problem
+
+    path = Path(path)
+    problem = output_problem(path)
+    if problem == "is a folder, not a file":
+        advice = f"; name a file, e.g. {path / example}" if example else "; name a file"
+        raise UserError(f"{option} {path} is a folder{advice}")
+    if problem:
+        raise UserError(f"{option} {path}: {problem}")
+    if path.exists() and not force:
+        raise UserError(f"{option} {path} exists; use --force to replace it, or {option} "
+                        "another name")
+
+
+def output_error(option: str, path, error: OSError):
+    """The one-line UserError for an output that failed while being written (a full disk)."""
+    from anynet.errors import UserError
+    from anynet.fileio import reason, remedy
+
+    return UserError(f"{option} {path}: cannot write it ({reason(error)}); {remedy(error)}, then "
+                     "run the command again (nothing was replaced)")
 
 
 def _number(kind: type, minimum: float, strict: bool, wording: str):
@@ -111,7 +155,7 @@ def add_distortion_options(parser: argparse.ArgumentParser, kind: str | None = "
     option defaults to None, so that a command can tell what was given (train: over a recipe,
     or against a checkpoint), and the help shows `Distortion`'s defaults.
     `distortion_from_args` turns them into a `Distortion`."""
-    from anynet.augment import KINDS, Distortion
+    from anynet.augment import KINDS, LIMITS, Distortion
 
     d = Distortion()
     given = kind is None
@@ -123,22 +167,41 @@ def add_distortion_options(parser: argparse.ArgumentParser, kind: str | None = "
                                   "image drawn uniformly within the ranges)")
     g.add_argument(kind_option, choices=KINDS, default=kind, metavar="KIND",
                    help=f"{', '.join(KINDS)} (default: {kind or d.kind})")
-    g.add_argument("--rotate", type=at_most(nonnegative_float, 180), default=default(d.rotate),
-                   metavar="DEG", help=f"largest rotation either way, degrees (default: "
-                   f"{d.rotate:g})")
-    g.add_argument("--scale", type=at_most(nonnegative_float, 0.99), default=default(d.scale),
-                   metavar="F", help=f"largest relative change of size (default: {d.scale:g}: "
-                   f"{1 - d.scale:g} to {1 + d.scale:g})")
-    g.add_argument("--shear", type=nonnegative_float, default=default(d.shear), metavar="K",
-                   help=f"largest slant k, columns shifted k pixels per row (default: "
-                   f"{d.shear:g})")
-    g.add_argument("--shift", type=at_most(nonnegative_float, 28), default=default(d.shift),
-                   metavar="PX", help=f"largest shift along each axis, pixels (default: "
-                   f"{d.shift:g})")
-    g.add_argument("--alpha", type=nonnegative_float, default=default(d.alpha), metavar="PX",
-                   help=f"elastic strength, pixels (default: {d.alpha:g}, Simard 2003)")
-    g.add_argument("--sigma", type=positive_float, default=default(d.sigma), metavar="PX",
-                   help=f"elastic smoothness, pixels (default: {d.sigma:g}, Simard 2003)")
+    g.add_argument("--rotate", type=distortion_value("rotate"), default=default(d.rotate),
+                   metavar="DEG", help=f"largest rotation either way, degrees, at most "
+                   f"{LIMITS['rotate'][2]:g} (default: {d.rotate:g})")
+    g.add_argument("--scale", type=distortion_value("scale"), default=default(d.scale),
+                   metavar="F", help=f"largest relative change of size, at most "
+                   f"{LIMITS['scale'][2]:g} (default: {d.scale:g}: {1 - d.scale:g} to "
+                   f"{1 + d.scale:g})")
+    g.add_argument("--shear", type=distortion_value("shear"), default=default(d.shear),
+                   metavar="K", help=f"largest slant k, columns shifted k pixels per row, at "
+                   f"most {LIMITS['shear'][2]:g} (default: {d.shear:g})")
+    g.add_argument("--shift", type=distortion_value("shift"), default=default(d.shift),
+                   metavar="PX", help=f"largest shift along each axis, pixels, at most "
+                   f"{LIMITS['shift'][2]:g} (default: {d.shift:g})")
+    g.add_argument("--alpha", type=distortion_value("alpha"), default=default(d.alpha),
+                   metavar="PX", help=f"elastic strength, pixels, at most "
+                   f"{LIMITS['alpha'][2]:g} (default: {d.alpha:g}, Simard 2003)")
+    g.add_argument("--sigma", type=distortion_value("sigma"), default=default(d.sigma),
+                   metavar="PX", help=f"elastic smoothness, pixels, above 0 and at most "
+                   f"{LIMITS['sigma'][2]:g} (default: {d.sigma:g}, Simard 2003)")
+
+
+def distortion_value(name: str):
+    """An argparse type: a number in the range of distortion option `name`
+    (anynet.augment.LIMITS, the one table of those ranges)."""
+    from anynet.augment import check_option, range_text
+
+    def parse(text: str) -> float:
+        try:
+            return check_option(name, float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {range_text(name)}, got {text!r}") from None
+
+    parse.__name__ = f"a number {range_text(name)}"
+    return parse
 
 
 def distortion_from_args(args: argparse.Namespace):

@@ -9,9 +9,13 @@ from pathlib import Path
 from anynet.commands._common import (
     add_backend_option,
     add_data_dir_option,
+    add_force_option,
+    at_most,
+    check_output,
     open_backend,
     positive_int,
 )
+from anynet.plots import MAX_DRAWN  # matplotlib itself is imported only to draw
 
 HELP = "test accuracy, per-class accuracy and confusion matrix of a model"
 
@@ -21,8 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",
                         help="draw the confusion matrix and the most confidently wrong images")
-    parser.add_argument("--wrong", type=positive_int, default=20, metavar="N",
-                        help="how many confidently wrong images to list and draw (default: 20)")
+    add_force_option(parser, "the --plot file")
+    parser.add_argument("--wrong", type=at_most(positive_int, MAX_DRAWN), default=20,
+                        metavar="N", help=f"how many confidently wrong images to list and draw, "
+                        f"at most {MAX_DRAWN} (default: 20)")
     add_backend_option(parser)
     add_data_dir_option(parser)
     parser.add_argument("--no-verify", action="store_true",
@@ -42,6 +48,7 @@ def run(args) -> int:
         from anynet.plots import figure_format
 
         figure_format(args.plot)
+        check_output("--plot", args.plot, force=args.force, example="confusion.png")
     net, record = load_model(args.model, backend=open_backend(args))
     mnist = load_mnist(args.data_dir, verify=not args.no_verify)
     D, H, K = net.sizes

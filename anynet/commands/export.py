@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from anynet.commands._common import add_force_option, check_output, output_error
+
 HELP = "write a model as ONNX or safetensors, for other tools"
 
 FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors"}
@@ -27,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what to write: onnx or safetensors")
     parser.add_argument("--out", required=True, type=Path, metavar="FILE",
                         help="where to write it (FILE.onnx or FILE.safetensors)")
+    add_force_option(parser, "--out")
     parser.add_argument("--input", choices=("uint8", "float32"), default="uint8",
                         help="ONNX only: the graph's input, uint8 pixels 0..255 (default) or "
                         "float32 pixels already in [0, 1]")
@@ -42,15 +45,19 @@ def run(args) -> int:
                         f"*{suffix}")
     if args.input != "uint8" and args.format != "onnx":
         raise UserError("--input is for --format onnx only")
+    check_output("--out", args.out, force=args.force, example=f"model{suffix}")
     net, record = load_model(args.model)
     # the record as trained, with the format fields of the file being written
     extra = {k: v for k, v in record.items() if k not in model_record(net)}
-    if args.format == "onnx":
-        from anynet.export import save_onnx
+    try:
+        if args.format == "onnx":
+            from anynet.export import save_onnx
 
-        save_onnx(args.out, net, model_record(net, **extra), input=args.input)
-    else:
-        save_model_safetensors(args.out, net, extra)
+            save_onnx(args.out, net, model_record(net, **extra), input=args.input)
+        else:
+            save_model_safetensors(args.out, net, extra)
+    except OSError as e:  # written atomically: whatever was there is untouched
+        raise output_error("--out", args.out, e) from None
     D, H, K = net.sizes
     print(f"wrote {args.out}: {args.format}, the {D}-{H}-{K} network of {args.model}")
     return 0

@@ -22,6 +22,13 @@ from anynet.commands._common import (
 )
 
 HELP = "check the analytic gradients against central differences (float64)"
+# What one check may cost. Every entry checked costs two forward passes over the batch, each
+# batch x (784 H + 10 H) multiply-adds, and about 0.2 ms of overhead: the default (784-5-10,
+# a batch of 8, all 3,985 entries) is 2.5e8 multiply-adds, under a second. The bounds allow
+# about a minute on one core, and keep the (batch, H) float64 arrays small.
+MAX_ENTRIES = 100_000
+MAX_MULTIPLY_ADDS = 2 * 10**10
+MAX_BATCH = 1000
 
 
 def finite_difference_step(text: str) -> float:
@@ -38,8 +45,8 @@ def finite_difference_step(text: str) -> float:
 def add_arguments(parser) -> None:
     parser.add_argument("--hidden", type=at_most(positive_int, MAX_HIDDEN), default=5,
                         help="hidden units of the network checked (default: 5)")
-    parser.add_argument("--batch-size", type=positive_int, default=8,
-                        help="examples in the random batch (default: 8)")
+    parser.add_argument("--batch-size", type=at_most(positive_int, MAX_BATCH), default=8,
+                        help=f"examples in the random batch, at most {MAX_BATCH:,} (default: 8)")
     parser.add_argument("--entries", type=positive_int, default=None, metavar="N",
                         help="check a random sample of N entries per parameter (default: all)")
     parser.add_argument("--eps", type=finite_difference_step, default=None,
@@ -49,6 +56,22 @@ def add_arguments(parser) -> None:
     add_backend_option(parser)
 
 
+def _check_cost(args) -> None:
+    """Refuse, in one line, a check that would run past MAX_ENTRIES or MAX_MULTIPLY_ADDS."""
+    from anynet.errors import UserError
+
+    D, H, K = 784, args.hidden, 10
+    sizes = (D * H, H, H * K, K)  # W1, b1, W2, b2
+    entries = sum(sizes if args.entries is None else (min(args.entries, n) for n in sizes))
+    work = 2 * entries * args.batch_size * (D * H + H * K)
+    if entries > MAX_ENTRIES or work > MAX_MULTIPLY_ADDS:
+        raise UserError(f"gradcheck of a {D}-{H}-{K} network on a batch of {args.batch_size}: "
+                        f"{entries:,} entries, {work:.1e} multiply-adds, more than the "
+                        f"{MAX_ENTRIES:,} entries and {MAX_MULTIPLY_ADDS:.0e} multiply-adds "
+                        "one check may cost; give --entries N (e.g. 100), or a smaller "
+                        "--hidden or --batch-size")
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -56,6 +79,7 @@ def run(args) -> int:
     from anynet.gradcheck import check_gradients, eps_and_tolerance
     from anynet.network import TwoLayerNet
 
+    _check_cost(args)
     net = TwoLayerNet(n_hidden=args.hidden, backend=open_backend(args), dtype="float64",
                       seed=args.seed)
     rng = np.random.default_rng(args.seed)

@@ -21,10 +21,13 @@ import math
 from anynet.commands._common import (
     add_data_dir_option,
     add_distortion_options,
+    add_force_option,
     at_most,
+    check_output,
     nonnegative_int,
     positive_int,
 )
+from anynet.plots import MAX_DRAWN  # matplotlib itself is imported only to draw
 
 HELP = ("plot a model's hidden-unit weights, a training run's curves, or distorted digits "
         "(needs the 'plot' extra)")
@@ -43,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     weights.add_argument("model", metavar="MODEL", help="model file written by anynet train")
     _add_out_option(weights, "hidden.png")
     weights.add_argument(
-        "--max-units", metavar="N", type=positive_int, default=None,
-        help="draw only the first N hidden units (default: all)",
+        "--max-units", metavar="N", type=at_most(positive_int, MAX_DRAWN), default=None,
+        help=f"draw only the first N hidden units, at most {MAX_DRAWN} (default: all, or the "
+        f"first {MAX_DRAWN})",
     )
     weights.set_defaults(_plot=_plot_weights)
 
@@ -83,12 +87,14 @@ def _add_out_option(parser: argparse.ArgumentParser, example: str) -> None:
         "--out", metavar="FILE", required=True,
         help=f"image file to write, .png, .svg or .pdf (e.g. {example})",
     )
+    add_force_option(parser, "--out")
 
 
 def run(args: argparse.Namespace) -> int:
     from anynet.plots import figure_format
 
     figure_format(args.out)  # a wrong suffix fails before any slow work
+    check_output("--out", args.out, force=args.force, example="plot.png")
     return args._plot(args)
 
 
@@ -106,7 +112,7 @@ def _plot_weights(args: argparse.Namespace) -> int:
             "image; plot weights draws square inputs only (784 = 28x28 for MNIST)"
         )
     plot_weights(W1, args.out, max_units=args.max_units)
-    shown = W1.shape[1] if args.max_units is None else min(args.max_units, W1.shape[1])
+    shown = min(W1.shape[1], MAX_DRAWN if args.max_units is None else args.max_units)
     print(f"wrote {args.out}: input weights of {shown} of {W1.shape[1]} hidden units")
     return 0
 

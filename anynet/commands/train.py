@@ -8,11 +8,12 @@ uninterrupted run, and writes to the model file the checkpoint records unless --
 otherwise. After a kill -9, resume from the last epoch's checkpoint the same way.
 
 Files: every output (model, metrics, plot) is checked before the data is even loaded, and a
-missing parent folder is created. An existing model file is never replaced unless --force says
-so. One run at a time per model file: a second run naming the same --out is refused while the
-first holds the lock `.MODEL.lock` beside the model. Every write is atomic (complete or absent);
-a write that fails (a full disk) is one line, and the checkpoint, which still holds the trained
-parameters, is removed only once the model, metrics and plot are all written.
+missing parent folder is created. An existing model, metrics or plot file is never replaced
+unless --force says so. One run at a time per model file: a second run naming the same --out is
+refused while the first holds the lock `.MODEL.lock` beside the model. Every write is atomic
+(complete or absent); a write that fails (a full disk) is one line, and the checkpoint, which
+still holds the trained parameters, is removed only once the model, metrics and plot are all
+written.
 
 Exit codes: 0 trained; 2 a bad option, file or data, or a file that cannot be written; 3 training
 diverged (lower --lr); 130/143 interrupted by SIGINT/SIGTERM, with a checkpoint written."""
@@ -27,17 +28,19 @@ from pathlib import Path
 
 from anynet.commands._common import (
     MAX_HIDDEN,
+    MAX_THREADS,
     add_backend_option,
     add_data_dir_option,
     add_distortion_options,
     at_most,
+    check_output,
     nonnegative_float,
     nonnegative_int,
     open_backend,
     positive_float,
     positive_int,
 )
-from anynet.config import TrainConfig
+from anynet.config import MAX_BATCH_UNITS, MAX_EPOCHS, TrainConfig
 
 HELP = "train the network on MNIST and save the model"
 DEFAULTS = TrainConfig()
@@ -68,10 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("network and optimizer")
     g.add_argument("--hidden", type=at_most(positive_int, MAX_HIDDEN), metavar="H",
                    help=f"hidden units, at most {MAX_HIDDEN:,} (default: {d.hidden})")
-    g.add_argument("--epochs", type=positive_int,
-                   help=f"passes over the data (default: {d.epochs})")
+    g.add_argument("--epochs", type=at_most(positive_int, MAX_EPOCHS),
+                   help=f"passes over the data, at most {MAX_EPOCHS:,} (default: {d.epochs})")
     g.add_argument("--batch-size", type=positive_int, metavar="N",
-                   help=f"examples per SGD step (default: {d.batch_size})")
+                   help=f"examples per SGD step; batch size x hidden units at most "
+                   f"{MAX_BATCH_UNITS:,} (default: {d.batch_size})")
     g.add_argument("--lr", type=at_most(positive_float, MAX_LR),
                    help=f"learning rate, at most {MAX_LR:g} (default: {d.lr})")
     g.add_argument("--momentum", type=nonnegative_float,
@@ -104,8 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"where to write the model (default: {DEFAULT_OUT}; with --resume, the "
                    "checkpoint's own)")
     g.add_argument("--force", action="store_true",
-                   help="replace the model file if it exists (without it, an existing model "
-                   "stops the run before it starts)")
+                   help="replace the model, metrics and plot files if they exist (without it, "
+                   "an existing one stops the run before it starts)")
     g.add_argument("--metrics", type=_file_name, metavar="FILE.json",
                    help="write per-epoch metrics as JSON (for anynet plot curves)")
     g.add_argument("--plot", type=_file_name, metavar="FILE.png",
@@ -146,7 +150,7 @@ def _config(args, checkpoint_record: dict | None) -> TrainConfig:
 
         SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
             weight_decay=config.weight_decay)
-        config.distortion()
+        config = TrainConfig.from_dict(config.to_dict())  # its ranges and costs, as a file's
     except ValueError as e:
         raise UserError(str(e)) from None
     return config
@@ -173,19 +177,13 @@ def _check_outputs(args, out: Path, checkpoint: Path) -> None:
 
     The model's own checks (exists without --force) come later, under the run's lock."""
     from anynet.errors import UserError
-    from anynet.fileio import output_problem
 
     named = [("--out", out), ("--metrics", args.metrics), ("--plot", args.plot)]
+    examples = {"--out": DEFAULT_OUT.name, "--metrics": "metrics.json", "--plot": "curves.png"}
     for option, path in named:
-        if path is None:
-            continue
-        problem = output_problem(path)
-        if problem == "is a folder, not a file":
-            example = {"--out": DEFAULT_OUT.name, "--metrics": "metrics.json"}.get(option,
-                                                                                "curves.png")
-            raise UserError(f"{option} {path} is a folder; name a file, e.g. {path / example}")
-        if problem:
-            raise UserError(f"{option} {path}: {problem}")
+        if path is not None:  # the model's own "exists" is checked under the run's lock
+            check_output(option, path, force=args.force or option == "--out",
+                         example=examples[option])
     seen = {_same_file_key(checkpoint): "the checkpoint"}
     for option, path in named:
         if path is None:
@@ -199,6 +197,12 @@ def _check_outputs(args, out: Path, checkpoint: Path) -> None:
 
 def _same_file_key(path: Path) -> str:
     return os.path.normcase(os.path.abspath(path))
+
+
+def _must_force(args, out: Path) -> bool:
+    """Whether the command that resumes this run needs --force: an output it will write exists
+    (the model, or the metrics or plot that this run was told to replace)."""
+    return out.exists() or any(p is not None and p.exists() for p in (args.metrics, args.plot))
 
 
 def _resume_command(args, checkpoint: Path, *, force: bool) -> str:
@@ -256,8 +260,7 @@ def run(args) -> int:
             except OSError as e:
                 raise UserError(f"--out {out}: cannot write in {path.parent} ({reason(e)})") \
                     from None
-        if out.exists() and not args.force:
-            raise UserError(f"{out} exists; use --force to replace it, or --out another name")
+        check_output("--out", out, force=args.force, example=DEFAULT_OUT.name)
         outputs = [p for p in (out, checkpoint_path_for(out), checkpoint, args.metrics, args.plot)
                    if p is not None]
         for folder in {p.parent for p in outputs}:  # what a killed run's writes left behind
@@ -286,7 +289,8 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
     from anynet.fileio import reason, remedy
     from anynet.training import Trainer
 
-    if args.threads is None and record is not None and _is_count(record.get("threads")):
+    if (args.threads is None and record is not None and _is_count(record.get("threads"))
+            and record["threads"] <= MAX_THREADS):
         args.threads = record["threads"]  # a resumed run computes as it did: same sums
     backend = open_backend(args, config.backend, announce=False)
     config = dataclasses.replace(config, backend=backend.spec)
@@ -333,7 +337,7 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
             raise
         except OSError as e:  # fit's only writes are checkpoints
             kept = (f"the previous checkpoint is kept: {remedy(e)}, then resume with: "
-                    f"{_resume_command(args, checkpoint, force=out.exists())}"
+                    f"{_resume_command(args, checkpoint, force=_must_force(args, out))}"
                     if checkpoint.exists()
                     else f"no checkpoint was written: {remedy(e)}, then run again")
             raise UserError(f"training stopped: cannot write the checkpoint {checkpoint} "
@@ -346,7 +350,7 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
             state = result.state
             print(f"interrupted ({result.stop_reason}) at epoch {state.epoch + 1}, batch "
                   f"{state.batch}/{trainer.n_batches}; checkpoint written to {checkpoint}\n"
-                  f"resume with: {_resume_command(args, checkpoint, force=out.exists())}")
+                  f"resume with: {_resume_command(args, checkpoint, force=_must_force(args, out))}")
             return 128 + received[0] if received else 130
         _save_outputs(args, config, mnist, result, out, checkpoint, record, elapsed, say)
         return 0
