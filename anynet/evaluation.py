@@ -115,7 +115,7 @@ def may_overflow(net) -> bool:
         |Z2_k| <= |b2_k| + sum_j a_j |W2_jk| = c_k
     and softmax takes exp(Z2_k - max Z2) >= exp(-2 max c). With 4 max c below the dtype's largest
     number (a factor 2 to spare for rounding), nothing can overflow. The weights of a trained
-    model give bounds some 30 orders of magnitude below float32's largest number; a model is
+    model give bounds some 35 orders of magnitude below float32's largest number; a model is
     judged unusable only with weights many orders of magnitude beyond any training's.
     """
     params = {k: np.abs(v.astype(np.float64)) for k, v in net.host_params().items()}

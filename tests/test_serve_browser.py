@@ -330,6 +330,7 @@ def hostile_url(tmp_path_factory):
 def test_markup_in_a_model_file_is_shown_as_text(browser, hostile_url):
     """The record's trained_at holds a <meta refresh>, a password form and an <img onerror>: the
     page shows them as characters; none becomes an element, nothing runs, nothing navigates."""
+    browser.get_log("browser")  # drop what earlier tests' pages said
     browser.get(hostile_url)
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#bars li"))  # model described
     model = browser.find_element(By.ID, "model")

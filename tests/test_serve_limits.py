@@ -121,6 +121,21 @@ def until_closed(s: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def waiting(s: socket.socket) -> bytes | None:
+    """What the server has sent on `s` and closed, b"" if it reset it; None if it is still
+    open with nothing sent (a connection being served). Never waits."""
+    s.setblocking(False)
+    chunks = []
+    try:
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    except BlockingIOError:
+        return None if not chunks else b"".join(chunks)
+    except ConnectionResetError:
+        return b""
+    return b"".join(chunks)
+
+
 def trickle(address, head: bytes, data: bytes, every: float, out: dict, key: str) -> None:
     """Send `head` at once, then `data` a byte every `every` seconds until the server cuts the
     connection off; record (seconds from the first byte to the server's close, its answer)."""
@@ -182,7 +197,7 @@ def test_a_flood_of_connections_holds_bounded_threads_and_memory(model):
         threads0, rss0 = served.status("Threads"), served.status("VmRSS")
         head = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(30)))
-        sockets, refused, refusal_times = [], 0, []
+        sockets = []
         start = time.monotonic()
         try:
             for _ in range(flood):
@@ -195,25 +210,23 @@ def test_a_flood_of_connections_holds_bounded_threads_and_memory(model):
             opened = time.monotonic() - start
             held_threads = served.status("Threads")
             held_rss = served.status("VmRSS")
-            # the ones over the limit were answered 503 and closed at once
-            for s in sockets[limit:]:
-                s.settimeout(2.0)
-                t = time.monotonic()
-                answer = until_closed(s)
-                refusal_times.append(time.monotonic() - t)
-                if answer.startswith(b"HTTP/1.1 503 "):
-                    refused += 1
-                    assert b"Retry-After: 1" in answer
-            # while the first `limit` are held, a newcomer is refused, not queued for ever
-            status = predict(served.address, timeout=5)[0]
-            assert status == 503
+            # half a second on, every connection over the limit has been answered 503 and
+            # closed (or reset): none waits for its turn
+            time.sleep(0.5)
+            answers = [waiting(s) for s in sockets]
+            refused = sum(a.startswith(b"HTTP/1.1 503 ") for a in answers if a)
+            held = answers.count(None)
+            assert all(b"Retry-After: 1" in a for a in answers if a)
+            # while `limit` are held, a newcomer is refused, not queued for ever
+            with socket.create_connection(served.address, timeout=5) as s:
+                s.sendall(b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                assert until_closed(s).startswith(b"HTTP/1.1 503 ")
         finally:
             for s in sockets:
                 s.close()
-        assert held_threads <= threads0 + limit, (threads0, held_threads)
+        assert held <= limit and held_threads <= threads0 + limit, (held, threads0, held_threads)
         assert held_rss - rss0 < 64 * 1024, (rss0, held_rss)  # kB: under 64 MB
         assert refused >= (flood - limit) // 2  # most read their 503 (the rest a reset)
-        assert max(refusal_times) < 2.0  # nobody waited for an answer
         # the held ones are cut at their deadline: threads go back, the server serves again
         time.sleep(deadline + 0.5)
         assert predict(served.address, timeout=5)[0] == 200
@@ -222,8 +235,8 @@ def test_a_flood_of_connections_holds_bounded_threads_and_memory(model):
             time.sleep(0.1)
         assert served.status("Threads") <= threads0 + 1
         print(f"\n{flood} connections opened in {opened:.2f} s; threads {threads0} -> "
-              f"{held_threads}; RSS {rss0 / 1024:.0f} -> {held_rss / 1024:.0f} MB; "
-              f"{refused} answered 503, slowest refusal {max(refusal_times) * 1000:.0f} ms")
+              f"{held_threads}; RSS {rss0 / 1024:.0f} -> {held_rss / 1024:.0f} MB; {held} held, "
+              f"{refused} answered 503")
 
 
 HOSTILE = [  # what a client sends -> the status it gets
@@ -246,8 +259,11 @@ def test_hostile_requests_get_4xx_and_no_traceback(model):
     with serving(model) as served:
         for request_bytes, status in HOSTILE:
             with socket.create_connection(served.address, timeout=HANG) as s:
-                s.sendall(request_bytes)
-                s.shutdown(socket.SHUT_WR)
+                try:
+                    s.sendall(request_bytes)
+                    s.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass  # answered and closed before it was all sent
                 answer = until_closed(s)
             assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:300]
         assert predict(served.address)[0] == 200

@@ -72,8 +72,9 @@ def allowed_host(text: str) -> str:
 
     name = host_name(text)
     if name is None:
-        raise argparse.ArgumentTypeError(f"expected a host name or IP address (no scheme, path "
-                                         f"or port), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a host name or IP address, such as "
+                                         f"digits.lan or 192.168.1.20 (no scheme, no path), got "
+                                         f"{text!r}")
     return name
 
 
