@@ -615,6 +615,48 @@ def test_limits_out_of_range_are_usage_errors(capsys, bars_model, option, value)
     assert option in err and "Traceback" not in err
 
 
+def test_serve_options_fuzzed_parse_in_range_or_are_refused():
+    """Any text for serve's numeric and host options: parsed into its range, or a usage error
+    (SystemExit 2) naming the option; never another exception."""
+    import math
+
+    import fuzz_helpers  # noqa: F401  (its hypothesis profiles: ci, deep)
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from anynet.cli import build_parser
+
+    odd = st.sampled_from(["", " ", "nan", "inf", "-inf", "1e308", "-1", "0", "0.5", "1", "600",
+                           "601", "1024", "1025", "65535", "65536", "9" * 40, "\u0663", "\uff11",
+                           "0x10", "1_000", "localhost", "[::1]", "::1", "a b", "x" * 300,
+                           "http://a/", "\xb2"]) | st.text(max_size=20)
+    option = st.sampled_from(["--port", "--request-deadline", "--max-connections",
+                              "--allow-host", "--host"])
+    parser = build_parser()
+
+    @given(option, odd)
+    def check(name, value):
+        try:
+            args = parser.parse_args(["serve", "m.npz", name, value])
+        except SystemExit as e:
+            assert e.code == 2
+            return
+        if name == "--request-deadline":
+            assert 0 < args.request_deadline <= 600 and math.isfinite(args.request_deadline)
+        elif name == "--max-connections":
+            assert 1 <= args.max_connections <= 1024
+        elif name == "--port":
+            assert 0 <= args.port <= 65535
+        elif name == "--allow-host":
+            assert server_module.host_name(args.allow_host[0]) == args.allow_host[0]
+
+    import contextlib
+    import os
+
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+        check()
+
+
 def test_bad_port_is_a_usage_error(capsys, bars_model):
     assert main(["serve", str(bars_model), "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
