@@ -22,7 +22,9 @@ What one client can hold:
   accepting thread at once and closed, so threads and memory stay bounded however many come;
 - each request DEADLINE seconds from the moment the server waits for it (request line, headers
   and body: a client sending a byte a second is cut off with 408), silent TIMEOUT seconds at most
-  (then an idle connection is closed), and MAX_HEAD bytes of request line and headers.
+  (then an idle connection is closed), and MAX_HEAD bytes of request line and headers;
+- a closing connection LINGER seconds more, reading and dropping what the client still sends,
+  so that an early answer (408, 413, 414) reaches it rather than being lost to a reset.
 
 Not for: the open internet. There is no authentication and no TLS; it binds loopback unless
 told otherwise, and answers only requests whose Host names it (`allowed_hosts`).
@@ -51,6 +53,7 @@ MAX_HEAD = 32 * 2**10  # bytes of request line and headers (a browser sends well
 TIMEOUT = 10.0  # seconds a connection may stay silent (socket timeout)
 DEADLINE = 30.0  # seconds a whole request (line, headers, body) may take to arrive
 MAX_CONNECTIONS = 32  # connections served at once (a browser opens about 6 to one server)
+LINGER = 1.0  # seconds a closing connection drops what the client still sends (see Server)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")  # the Host names always answered
 _CHUNK = 1 << 16
 
@@ -494,10 +497,11 @@ class Server(http.server.ThreadingHTTPServer):
         try:
             request.setblocking(False)
             request.send(answer)
+            request.shutdown(socket.SHUT_WR)
             request.recv(MAX_HEAD)  # what already came: unread, closing would reset the answer
         except OSError:
             pass
-        self.shutdown_request(request)
+        self.close_request(request)
         self._refused += 1
         now = time.monotonic()
         if self.log and now - self._refusals_logged >= 10:  # one line in 10 s, not a flood
@@ -505,6 +509,24 @@ class Server(http.server.ThreadingHTTPServer):
             print(f"anynet serve: refused {self._refused:,} connection(s) so far with 503: more "
                   f"than {self.max_connections} at once (--max-connections)", file=sys.stderr,
                   flush=True)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        """Close a served connection, lingering: the answer goes out (FIN after it), then what
+        the client is still sending is read and dropped for at most LINGER seconds and MAX_BODY
+        bytes. Closed at once with unread bytes, the connection would be reset, and the client
+        could lose an answer such as 413 or 414 sent before its request was all in."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            end, dropped = time.monotonic() + LINGER, 0
+            while dropped < MAX_BODY and (left := end - time.monotonic()) > 0:
+                request.settimeout(left)
+                chunk = request.recv(_CHUNK)
+                if not chunk:
+                    break
+                dropped += len(chunk)
+        except OSError:
+            pass
+        self.close_request(request)
 
     def handle_error(self, request, client_address) -> None:
         if self.log:
