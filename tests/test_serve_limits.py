@@ -14,9 +14,11 @@ Linux only (/proc); the model is test_serve.py's hand-made bars model.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -275,3 +277,54 @@ def test_hostile_requests_get_4xx_and_no_traceback(model):
                 answer = until_closed(s)
             assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:300]
         assert predict(served.address)[0] == 200
+
+
+def scan_heavy_jpeg(side: int, scans: int) -> bytes:
+    """A side x side progressive JPEG of a bar whose last scan is repeated `scans` times: each
+    repeat is a few hundred bytes but costs the decoder a pass over every block."""
+    from PIL import Image
+
+    image = np.full((side, side), 255, np.uint8)
+    image[side // 4: 3 * side // 4, side // 2 - side // 20: side // 2 + side // 20] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    i, last_scan = 2, None
+    while data[i + 1] != 0xD9:  # segment by segment to the end of the image
+        j = i + 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+        if data[i + 1] == 0xDA:  # a scan: its entropy-coded data runs to the next marker
+            while not (data[j] == 0xFF and data[j + 1] not in (0x00, *range(0xD0, 0xD8))):
+                j += 1
+            last_scan = data[i:j]
+        i = j
+    return data[:i] + last_scan * scans + data[i:]
+
+
+def test_pictures_that_decode_slowly_hold_others_at_most_decode_wait(model):
+    """Two progressive JPEGs of 4,000 repeated scans (1 MB each, about half a minute of
+    decoding here) take both decode slots; a normal picture sent meanwhile is answered 503
+    after DECODE_WAIT (10 s), not after they finish (they held a normal request 62 s before).
+    If the reader refuses such pictures outright (a bound on scans), all the better: then the
+    normal picture is answered at once."""
+    from anynet.serve.predictor import DECODE_WAIT
+
+    heavy = scan_heavy_jpeg(2800, 4000)
+    assert len(heavy) < 2 * 2**20
+    with serving(model) as served:
+        senders = []
+        for _ in range(2):
+            s = socket.create_connection(served.address, timeout=HANG)
+            s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                      b"image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(heavy) + heavy)
+            senders.append(s)
+        time.sleep(1.0)  # both are decoding
+        start = time.monotonic()
+        status, answer = predict(served.address)
+        waited = time.monotonic() - start
+        for s in senders:
+            s.close()
+        assert status in (200, 503), answer
+        assert waited <= DECODE_WAIT + 3, waited
+        if status == 503:
+            assert "busy" in answer["error"] and waited >= DECODE_WAIT - 0.5
+        print(f"\na normal picture behind two scan-heavy ones: {status} after {waited:.1f} s")
