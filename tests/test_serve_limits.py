@@ -328,3 +328,36 @@ def test_pictures_that_decode_slowly_hold_others_at_most_decode_wait(model):
         if status == 503:
             assert "busy" in answer["error"] and waited >= DECODE_WAIT - 0.5
         print(f"\na normal picture behind two scan-heavy ones: {status} after {waited:.1f} s")
+
+
+def test_thin_pictures_cost_megabytes_not_gigabytes(model):
+    """Two 1 x 8,000,000 PNGs (8 KB each, inked across their width; within the 8 MP limit) at
+    once: answered in seconds, the server's peak memory under 1 GB (it was 2.8 GB for one: the
+    resampling built dense (20, W) matrices)."""
+    from PIL import Image
+
+    thin = np.full((1, 8_000_000), 255, np.uint8)
+    thin[0, ::2] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(thin).save(buffer, "PNG")
+    body = buffer.getvalue()
+    with serving(model) as served:
+        results: list = []
+
+        def send():
+            conn = http.client.HTTPConnection(*served.address, timeout=HANG)
+            conn.request("POST", "/api/predict", body, {"Content-Type": "image/png"})
+            response = conn.getresponse()
+            results.append((response.status, response.read()))
+            conn.close()
+
+        start = time.monotonic()
+        senders = [threading.Thread(target=send) for _ in range(2)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(HANG)
+        seconds, peak = time.monotonic() - start, served.status("VmHWM") / 1024
+        assert len(results) == 2 and all(200 <= status < 500 for status, _ in results), results
+        assert seconds < 20 and peak < 1024, (seconds, peak)
+        print(f"\ntwo thin pictures: {seconds:.1f} s, peak {peak:.0f} MB")
