@@ -117,6 +117,26 @@ class NonFiniteOutputs(ValueError):
         self.row = row
 
 
+def may_overflow(net) -> bool:
+    """Whether some picture could make the network's outputs non-finite (nan/inf), judged from
+    the weights alone, before any picture is seen (`anynet serve` refuses such a model at start).
+
+    Pixels x lie in [0, 1]^D (uint8 / 255), so every partial sum of the forward pass is bounded:
+        |Z1_j| <= |b1_j| + sum_i |W1_ij| = a_j         and 0 <= relu(Z1_j) <= a_j
+        |Z2_k| <= |b2_k| + sum_j a_j |W2_jk| = c_k
+    and softmax takes exp(Z2_k - max Z2) >= exp(-2 max c). With 4 max c below the dtype's largest
+    number (a factor 2 to spare for rounding), nothing can overflow. The weights of a trained
+    model give bounds some 35 orders of magnitude below float32's largest number; a model is
+    judged unusable only with weights many orders of magnitude beyond any training's.
+    """
+    params = {k: np.abs(v.astype(np.float64)) for k, v in net.host_params().items()}
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = params["b1"] + params["W1"].sum(axis=0)  # (H,)
+        c = params["b2"] + a @ params["W2"]  # (K,)
+        bound = 4 * float(np.max(c, initial=0.0))
+    return not bound < float(np.finfo(net.dtype).max)  # nan (inf * 0) counts as overflow
+
+
 def ranked_classes(net, pixels: Any) -> list[list[dict]]:
     """Every example's classes, most probable first, for pictures to classify:
     pixels (N, D) -> N lists of K {"class", "probability"} (a stable order: ties keep the lower

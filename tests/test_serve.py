@@ -181,6 +181,30 @@ def test_static_files_are_package_data():
     assert set(server_module.static_files()) == set(files)
 
 
+def test_page_cannot_be_framed_or_post_forms(served):
+    """The CSP forbids forms posting anywhere, framing by other sites, <base> and plugins."""
+    csp = call(served, "GET", "/")[1]["Content-Security-Policy"]
+    directives = {d.split()[0]: d.split()[1:] for d in csp.split(";") if d.strip()}
+    assert directives["form-action"] == ["'none'"]
+    assert directives["frame-ancestors"] == ["'none'"]
+    assert directives["base-uri"] == ["'none'"] and directives["object-src"] == ["'none'"]
+    for path in ("/", "/api/model", "/nope"):
+        assert call(served, "GET", path)[1]["X-Frame-Options"] == "DENY", path
+
+
+def test_page_script_never_builds_markup():
+    """app.js puts what the server sends into the page as text: none of the sinks that parse
+    HTML appear in its code (comments aside), so a model file cannot inject markup."""
+    import re
+
+    code = (ROOT / "anynet" / "serve" / "static" / "app.js").read_text()
+    code = "\n".join(line.split("//")[0] for line in code.splitlines())  # drop comments
+    sinks = re.findall(r"\b(innerHTML|outerHTML|insertAdjacentHTML|document\.write(?:ln)?|"
+                       r"createContextualFragment|DOMParser|srcdoc|eval|Function)\b", code)
+    assert sinks == []
+    assert "textContent" in code and "createElement" in code
+
+
 def test_model_description(served):
     status, headers, body = call(served, "GET", "/api/model")
     assert status == 200 and headers["Content-Type"] == "application/json"
@@ -269,8 +293,9 @@ def test_bad_pictures(served, body, ctype, status, words):
 
 
 def head(path: str = "/api/predict", lines: tuple = (), method: str = "POST") -> bytes:
-    return (f"{method} {path} HTTP/1.1\r\nHost: x\r\n" + "".join(f"{h}\r\n" for h in lines)
-            + "\r\n").encode()
+    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + "".join(f"{h}\r\n" for h in lines)
+            + "\r\n").encode("latin-1")
 
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
@@ -292,6 +317,114 @@ def test_malformed_requests(served, request_bytes, status):
     assert status_of(answer) == status, answer[:300]
     assert error_of(answer)
     assert_serving(served)
+
+
+@pytest.mark.parametrize(("lines", "status", "words"), [
+    # RFC 9112 6.3: two lengths, even equal ones, are a framing error
+    (("Content-Length: 5", "Content-Length: 6"), 400, "2 Content-Length headers"),
+    (("Content-Length: 5", "Content-Length: 5"), 400, "2 Content-Length headers"),
+    (("Content-Length: 5, 5",), 400, "bad Content-Length"),
+    (("Content-Length: 5", "Transfer-Encoding: chunked"), 400, "both"),
+    # digits, but not ASCII ones: superscript two, three and one (latin-1 0xB2, 0xB3, 0xB9)
+    (("Content-Length: \xb2",), 400, "ASCII digits"),
+    (("Content-Length: 1\xb3",), 400, "ASCII digits"),
+    (("Content-Length: \xb9",), 400, "ASCII digits"),
+    (("Content-Length: +5",), 400, "ASCII digits"),
+    (("Content-Length: 5 5",), 400, "ASCII digits"),
+    (("Content-Length: ",), 400, "ASCII digits"),
+    # a number too long to be a body this server takes is never parsed
+    (("Content-Length: " + "9" * 5000,), 413, "5,000 digits"),
+])
+@pytest.mark.parametrize("path", ["/api/predict", "/api/model"])
+def test_content_length_is_one_header_of_ascii_digits(served, lines, status, words, path):
+    """Checked on every path, before anything else; the connection is closed after."""
+    method = "POST" if path == "/api/predict" else "GET"
+    answer = raw(served, head(path, ("Content-Type: image/png", *lines), method) + b"abc")
+    assert status_of(answer) == status, answer[:300]
+    assert words in error_of(answer) and b"Connection: close" in answer
+    assert_serving(served)
+
+
+def test_content_length_with_leading_zeros_is_its_number(served):
+    answer = raw(served, head(lines=("Content-Type: image/png", "Content-Length: " + "0" * 5000
+                                     + "5")) + b"\x89PNG")
+    assert status_of(answer) == 400 and "ended after 4 of the 5 bytes" in error_of(answer)
+
+
+def rebound(served, name: str, path: str = "/api/model", method: str = "GET",
+            body: bytes = b"") -> bytes:
+    """A request as a browser sends it from a page of `name` once that name points here."""
+    port = served[1]
+    lines = (f"Origin: http://{name}:{port}", f"Content-Length: {len(body)}",
+             "Content-Type: image/png")
+    return raw(served, head(path, lines, method).replace(
+        b"Host: 127.0.0.1", f"Host: {name}:{port}".encode()) + body)
+
+
+@pytest.mark.parametrize("name", ["attacker.example", "127.0.0.1.nip.io", "xn--80ak6aa92e.com",
+                                  "localhost.attacker.example", "localtest.me"])
+def test_dns_rebinding_is_refused(served, name):
+    """A page of another site whose name was rebound to 127.0.0.1 is same-origin with what it
+    fetches, so only the Host header tells the request apart: 421, and no model, no answer."""
+    answer = rebound(served, name)
+    assert status_of(answer) == 421, answer[:300]
+    assert "--allow-host" in error_of(answer) and b"784-2-10" not in answer
+    answer = rebound(served, name, "/api/predict", "POST", png(bar(True)))
+    assert status_of(answer) == 421 and b"prediction" not in answer
+    assert_serving(served)
+
+
+@pytest.mark.parametrize(("host_lines", "status"), [
+    ((), 400),  # HTTP/1.1 requires a Host
+    (("Host: 127.0.0.1", "Host: attacker.example"), 400),
+    (("Host: 127.0.0.1", "Host: 127.0.0.1"), 400),
+    (("Host: a/b",), 400), (("Host: 127.0.0.1:80:80",), 400), (("Host: [::1",), 400),
+    (("Host: local host",), 400), (("Host: \xb2",), 400), (("Host: ..",), 400),
+    (("Host: localhost",), 200), (("Host: LOCALHOST.:8000",), 200), (("Host: 127.0.0.1:1",), 200),
+    (("Host: [::1]:8000",), 200), (("Host: 127.0.0.2",), 200),  # loopback, any port (tunnels)
+])
+def test_host_header_must_name_this_server(served, host_lines, status):
+    request = ("GET /api/model HTTP/1.1\r\n" + "".join(f"{h}\r\n" for h in host_lines)
+               + "Connection: close\r\n\r\n").encode("latin-1")
+    answer = raw(served, request)
+    assert status_of(answer) == status, answer[:300]
+    assert_serving(served)
+
+
+def test_allow_host_names_more(bars_model):
+    net, record = load_model(bars_model)
+    predictor = Predictor(net, record, bars_model)
+    with Server(("127.0.0.1", 0), predictor, log=False,
+                allowed_hosts=("Digits.LAN", "[fd00::7]")) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            here = server.server_address[:2]
+            for name, status in (("digits.lan", 200), ("DIGITS.lan.", 200), ("[fd00::7]", 200),
+                                 ("[FD00:0::7]:9", 200), ("other.lan", 421)):
+                answer = raw(here, head("/api/model", method="GET").replace(
+                    b"127.0.0.1", name.encode()))
+                assert status_of(answer) == status, (name, answer[:200])
+        finally:
+            server.shutdown()
+            predictor.close()
+
+
+def test_every_address_answers_addresses_but_only_allowed_names():
+    """Bound to 0.0.0.0 the machine's addresses are not known, and an IP address cannot be
+    rebound: any is answered; names still need --allow-host. (No socket is bound here.)"""
+    class Bound:
+        answers_to = Server.answers_to
+
+        def __init__(self, address, names):
+            self.server_address = (address, 8000)
+            self.allowed_hosts = {server_module.host_name(n) for n in names}
+
+    wildcard = Bound("0.0.0.0", ["localhost", "digits.lan"])
+    assert all(map(wildcard.answers_to, ["192.168.1.20", "10.0.0.1", "::1", "digits.lan"]))
+    assert not wildcard.answers_to("attacker.example")
+    loopback = Bound("127.0.0.1", ["localhost"])
+    assert loopback.answers_to("127.0.0.5") and not loopback.answers_to("192.168.1.20")
 
 
 def test_ten_megabyte_body_is_refused(served):
@@ -336,7 +469,7 @@ def test_wrong_method(served, method, path, allow):
 def test_stalled_clients_time_out_without_holding_the_server(served, monkeypatch):
     monkeypatch.setattr(server_module.Handler, "timeout", 0.5)
     stalled = []
-    for partial in (b"POST /api/predict HTTP/1.1\r\nHost: x\r\n",  # headers never end
+    for partial in (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n",  # headers never end
                     head(lines=("Content-Type: image/png", "Content-Length: 5000")) + b"\x89PNG"):
         s = socket.create_connection(served, timeout=HANG)
         s.sendall(partial)
@@ -353,6 +486,34 @@ def test_stalled_clients_time_out_without_holding_the_server(served, monkeypatch
         for s in stalled:
             s.close()
     assert_serving(served)
+
+
+def test_a_busy_server_says_so(served, bars_model, monkeypatch):
+    """Requests wait for a decode slot DECODE_WAIT seconds at most, then get 503: a few slow
+    pictures cannot keep every other request waiting without end."""
+    from anynet.serve import predictor as predictor_module
+
+    net, record = load_model(bars_model)
+    predictor = Predictor(net, record, bars_model)
+    monkeypatch.setattr(predictor_module, "DECODE_WAIT", 0.2)
+    with Server(("127.0.0.1", 0), predictor, log=False) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            for _ in range(predictor_module.DECODE_SLOTS):  # every slot held
+                predictor._decode.acquire()
+            conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+            conn.request("POST", "/api/predict", png(bar(True)), {"Content-Type": "image/png"})
+            response = conn.getresponse()
+            assert response.status == 503 and response.getheader("Retry-After") == "1"
+            assert "busy" in json.loads(response.read())["error"]
+            for _ in range(predictor_module.DECODE_SLOTS):
+                predictor._decode.release()
+            conn.request("POST", "/api/predict", png(bar(True)), {"Content-Type": "image/png"})
+            assert json.loads(conn.getresponse().read())["prediction"] == 1  # and it goes on
+            conn.close()
+        finally:
+            server.shutdown()
+            predictor.close()
 
 
 # --- load: many clients at once, every answer right ------------------------------------------
@@ -395,6 +556,107 @@ def test_missing_model_is_one_line(capsys, tmp_path):
     assert err.startswith("anynet: error: ") and "does not exist" in err
 
 
+def overflowing_params(where: str) -> dict:
+    """The bars model made unusable: weights so large (but finite) that float32 outputs overflow
+    for any bar ("everywhere"), or only for ink in the top-left corner, which a centred digit
+    never has ("corner")."""
+    params = {k: v.astype(np.float32) for k, v in bars_params().items()}
+    if where == "everywhere":
+        params["W1"] *= np.float32(1e30)
+        params["W2"] *= np.float32(1e30)
+    else:
+        params["W1"][0, 0] = params["W2"][0, 1] = np.float32(3e38)
+    return params
+
+
+@pytest.mark.parametrize("where", ["everywhere", "corner"])
+def test_model_that_cannot_predict_is_refused_at_start(capsys, tmp_path, where):
+    """As `evaluate` and `predict` refuse it: one line, exit 2, before listening."""
+    from anynet.evaluation import may_overflow
+
+    model = tmp_path / "huge.npz"
+    save_model(model, TwoLayerNet.from_params(overflowing_params(where)))
+    assert may_overflow(load_model(model)[0])
+    code = main(["serve", str(model), "--port", "0"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("anynet: error: ") and "non-finite (nan/inf)" in err
+    if where == "everywhere":  # predict refuses it too (the corner never gets ink there)
+        picture = tmp_path / "bar.png"
+        picture.write_bytes(png(bar(True)))
+        assert main(["predict", str(model), str(picture)]) == 2
+        assert "not finite (nan/inf)" in capsys.readouterr().err
+
+
+def test_may_overflow_judges_by_the_dtype(bars_model):
+    """A bound from the weights alone: trained-size weights pass far from it, float64 holds
+    what float32 cannot, and a weight that is already inf or nan never passes."""
+    from anynet.evaluation import may_overflow
+
+    assert not may_overflow(load_model(bars_model)[0])
+    huge = overflowing_params("everywhere")
+    assert may_overflow(TwoLayerNet.from_params(huge))
+    assert not may_overflow(TwoLayerNet.from_params({k: v.astype(np.float64)
+                                                     for k, v in huge.items()}))
+    params = {k: v.astype(np.float32) for k, v in bars_params().items()}
+    params["b2"][3] = np.float32(1.5e38)  # 4 x 1.5e38 is past float32's 3.4e38
+    assert may_overflow(TwoLayerNet.from_params(params))
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--allow-host", "http://digits.lan/"), ("--allow-host", "a/b"), ("--allow-host", ""),
+    ("--allow-host", "digits.lan:8000x"), ("--request-deadline", "0"),
+    ("--request-deadline", "601"), ("--request-deadline", "nan"), ("--request-deadline", "inf"),
+    ("--max-connections", "0"), ("--max-connections", "1025"), ("--max-connections", "1e9"),
+])
+def test_limits_out_of_range_are_usage_errors(capsys, bars_model, option, value):
+    assert main(["serve", str(bars_model), option, value]) == 2
+    err = capsys.readouterr().err
+    assert option in err and "Traceback" not in err
+
+
+def test_serve_options_fuzzed_parse_in_range_or_are_refused():
+    """Any text for serve's numeric and host options: parsed into its range, or a usage error
+    (SystemExit 2) naming the option; never another exception."""
+    import math
+
+    import fuzz_helpers  # noqa: F401  (its hypothesis profiles: ci, deep)
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from anynet.cli import build_parser
+
+    odd = st.sampled_from(["", " ", "nan", "inf", "-inf", "1e308", "-1", "0", "0.5", "1", "600",
+                           "601", "1024", "1025", "65535", "65536", "9" * 40, "\u0663", "\uff11",
+                           "0x10", "1_000", "localhost", "[::1]", "::1", "a b", "x" * 300,
+                           "http://a/", "\xb2"]) | st.text(max_size=20)
+    option = st.sampled_from(["--port", "--request-deadline", "--max-connections",
+                              "--allow-host", "--host"])
+    parser = build_parser()
+
+    @given(option, odd)
+    def check(name, value):
+        try:
+            args = parser.parse_args(["serve", "m.npz", name, value])
+        except SystemExit as e:
+            assert e.code == 2
+            return
+        if name == "--request-deadline":
+            assert 0 < args.request_deadline <= 600 and math.isfinite(args.request_deadline)
+        elif name == "--max-connections":
+            assert 1 <= args.max_connections <= 1024
+        elif name == "--port":
+            assert 0 <= args.port <= 65535
+        elif name == "--allow-host":
+            assert server_module.host_name(args.allow_host[0]) == args.allow_host[0]
+
+    import contextlib
+    import os
+
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+        check()
+
+
 def test_bad_port_is_a_usage_error(capsys, bars_model):
     assert main(["serve", str(bars_model), "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
@@ -418,7 +680,7 @@ def test_other_addresses_are_warned_about(capsys, bars_model, monkeypatch):
     class Stub:
         url = "http://0.0.0.0:8000/"
 
-        def __init__(self, address, predictor, log):
+        def __init__(self, address, predictor, log, **limits):
             bound.append(address)
 
         def __enter__(self):

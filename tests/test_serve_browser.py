@@ -288,3 +288,61 @@ def test_model_description_and_errors_on_the_page(page, tmp_path):
     wait(page, lambda d: d.find_element(By.ID, "message").text)
     assert "blank" in page.find_element(By.ID, "message").text
     assert page.find_element(By.ID, "prediction").text == "–"
+
+
+# --- a model file from a stranger: its record is shown as text, never as markup ---------------
+
+HOSTILE_RECORD = {
+    "trained_at": '<meta http-equiv="refresh" content="0; url=/api/model">'
+                  '<form id="phish" action="/steal"><input type="password" name="pw"></form>'
+                  '<img src="/nope" onerror="document.body.dataset.pwned = 1">',
+    "metrics": {"test_accuracy": 0.5, "epochs": 1},
+    "data": {"source": "<script>document.body.dataset.pwned = 1</script>"},
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_url(tmp_path_factory):
+    """A server for a small model whose record holds markup (no MNIST needed)."""
+    import numpy as np
+
+    from anynet.modelio import save_model
+    from anynet.network import TwoLayerNet
+
+    path = tmp_path_factory.mktemp("hostile") / "hostile.npz"
+    rng = np.random.default_rng(0)
+    params = {"W1": rng.normal(0, 0.05, (784, 4)), "b1": np.zeros(4),
+              "W2": rng.normal(0, 0.5, (4, 10)), "b2": np.zeros(10)}
+    save_model(path, TwoLayerNet.from_params({k: v.astype(np.float32) for k, v in params.items()}),
+               HOSTILE_RECORD)
+    net, record = load_model(path)
+    predictor = Predictor(net, record, path)
+    server = Server(("127.0.0.1", 0), predictor, log=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.url
+    server.shutdown()
+    server.server_close()
+    predictor.close()
+    thread.join(HANG)
+
+
+def test_markup_in_a_model_file_is_shown_as_text(browser, hostile_url):
+    """The record's trained_at holds a <meta refresh>, a password form and an <img onerror>: the
+    page shows them as characters; none becomes an element, nothing runs, nothing navigates."""
+    browser.get_log("browser")  # drop what earlier tests' pages said
+    browser.get(hostile_url)
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#bars li"))  # model described
+    model = browser.find_element(By.ID, "model")
+    assert '<meta http-equiv="refresh"' in model.text and "<form" in model.text
+    assert model.find_elements(By.CSS_SELECTOR, "*") == model.find_elements(By.TAG_NAME, "b")
+    for selector in ("meta[http-equiv]", "form", "input[type=password]", "img"):
+        assert browser.find_elements(By.CSS_SELECTOR, selector) == [], selector
+    # a round trip to the server later, the page is still where it was: no refresh happened
+    page = browser.current_url
+    browser.find_element(By.ID, "file").send_keys(str(DIGITS / "seven.png"))
+    wait(browser, lambda d: shown(d) not in ("", "–"))
+    assert browser.current_url == page
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-pwned") is None
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []

@@ -6,20 +6,30 @@ and the 28x28 image the network was given, after the same MNIST-style preprocess
 `anynet predict`. A PNG or JPEG dropped on the page (or chosen) is read the same way.
 
 The server binds 127.0.0.1 (this machine only) unless --host says otherwise; it has no
-authentication, so another address lets anyone on that network use it. Ctrl-C stops it
-(exit 130; SIGTERM: 143).
+authentication, so another address lets anyone on that network use it. It answers only requests
+whose Host header names it (localhost, 127.0.0.1, ::1, the --host address, or an --allow-host
+name; any other gets 421), so a web page elsewhere cannot reach it through DNS rebinding. Each
+request must arrive within --request-deadline seconds (408), and at most --max-connections
+are served at once (the next gets 503). Ctrl-C stops it (exit 130; SIGTERM: 143).
 
 API: GET /api/model (the model's description, JSON); POST /api/predict with a PNG or JPEG body
 (Content-Type image/png or image/jpeg, at most 2 MiB and 8 million pixels) -> JSON
 {"prediction": 7, "top": [{"class": 7, "probability": 0.98}, ...], "input": [[28 x 28 floats]]}.
-Errors are JSON {"error": "..."} with a 4xx status.
+Errors are JSON {"error": "..."} with a 4xx status (503 when busy).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from anynet.commands._common import add_backend_option, at_most, nonnegative_int, open_backend
+from anynet.commands._common import (
+    add_backend_option,
+    at_most,
+    nonnegative_int,
+    open_backend,
+    positive_float,
+    positive_int,
+)
 
 HELP = "draw digits in a web page and watch the model read them (a local web server)"
 
@@ -36,10 +46,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=at_most(nonnegative_int, 65535), default=8000,
         help="TCP port (default: 8000; 0 = any free port)",
     )
+    parser.add_argument(
+        "--allow-host", metavar="NAME", action="append", default=[], type=allowed_host,
+        help="also answer requests sent to NAME (a host name or IP address this server is "
+        "reached by, e.g. through a proxy or from another machine); repeatable",
+    )
+    parser.add_argument(
+        "--request-deadline", metavar="SECONDS", type=at_most(positive_float, 600),
+        default=None, help="seconds a request (headers and body) may take to arrive "
+        "(default: 30; at most 600)",
+    )
+    parser.add_argument(
+        "--max-connections", metavar="N", type=at_most(positive_int, 1024), default=None,
+        help="connections served at once; more are refused with 503 (default: 32; at most 1024)",
+    )
     parser.add_argument("--open", action="store_true", help="open the page in a web browser")
     parser.add_argument("--quiet", action="store_true",
                         help="do not log failed requests on stderr")
     add_backend_option(parser)
+
+
+def allowed_host(text: str) -> str:
+    """An argparse type: a host name or IP address, as a Host header would name it."""
+    from anynet.serve.server import host_name
+
+    name = host_name(text)
+    if name is None:
+        raise argparse.ArgumentTypeError(f"expected a host name or IP address, such as "
+                                         f"digits.lan or 192.168.1.20 (no scheme, no path), got "
+                                         f"{text!r}")
+    return name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from anynet.errors import UserError
     from anynet.fileio import reason
     from anynet.modelio import load_model
+    from anynet.serve import server as served
     from anynet.serve.predictor import Predictor
-    from anynet.serve.server import Server
 
     net, record = load_model(args.model, backend=open_backend(args))
     predictor = Predictor(net, record, args.model)
@@ -61,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         try:
-            server = Server((args.host, args.port), predictor, log=not args.quiet)
+            server = served.Server(
+                (args.host, args.port), predictor, log=not args.quiet,
+                allowed_hosts=tuple(args.allow_host),
+                deadline=args.request_deadline or served.DEADLINE,
+                max_connections=args.max_connections or served.MAX_CONNECTIONS)
         except OSError as e:
             raise UserError(f"cannot listen on {args.host} port {args.port} ({reason(e)}); "
                             "choose another --port or --host") from None
@@ -74,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
                 loopback = False
             if not loopback:
                 print(f"anynet: warning: listening on {args.host}: anyone who can reach this "
-                      "machine on the network can use this server (it has no password)",
+                      "machine on the network can use this server (it has no password); "
+                      "names other than its addresses need --allow-host",
                       file=sys.stderr, flush=True)
             if args.open:
                 import webbrowser

@@ -33,8 +33,10 @@ _SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg"}
 # canvas is well under a million pixels, and a few requests decoding at once must not hold
 # gigabytes (a picture costs ~30 bytes a pixel at the peak of reading and preprocessing).
 MAX_PIXELS = 8_000_000
-# Pictures decoded at once; more requests wait their turn (bounds the memory above).
+# Pictures decoded at once; more requests wait their turn (bounds the memory above), but no
+# longer than DECODE_WAIT seconds: then they are told the server is busy (HTTP 503).
 DECODE_SLOTS = 2
+DECODE_WAIT = 10.0
 
 
 class BadImage(UserError):
@@ -49,20 +51,30 @@ class UnsupportedType(UserError):
     """A content type other than CONTENT_TYPES (HTTP 415)."""
 
 
+class Busy(UserError):
+    """Every decode slot stayed taken for DECODE_WAIT seconds (HTTP 503)."""
+
+
 class Predictor:
     """A loaded model that classifies pictures given as bytes; safe to call from many threads.
 
     `net` is a TwoLayerNet (784-H-K) on any backend, `record` its model file's JSON record,
-    `path` the model file (named in `describe`).
+    `path` the model file (named in `describe`). A model that cannot classify every picture
+    (the wrong input size, or weights so large that some picture's outputs overflow to nan/inf)
+    is refused here, with a UserError: a server must not start only to fail each request.
     """
 
     def __init__(self, net: Any, record: dict, path: str | os.PathLike):
+        from anynet.evaluation import may_overflow
         from anynet.images import FIELD
 
         n_in, _hidden, _classes = net.sizes
         if n_in != FIELD * FIELD:
             raise UserError(f"{path}: the model takes {n_in} inputs, but a picture becomes "
                             f"{FIELD * FIELD} ({FIELD}x{FIELD}) pixels")
+        if may_overflow(net):
+            raise UserError(f"{path}: the model's outputs can be non-finite (nan/inf): its "
+                            f"weights are too large to compute with in {net.dtype}; retrain it")
         self.net, self.record, self.path = net, record, Path(path)
         self._decode = threading.BoundedSemaphore(DECODE_SLOTS)
         self._model = threading.Lock()  # not every backend promises thread-safe compute
@@ -109,14 +121,19 @@ class Predictor:
         from anynet.evaluation import NonFiniteOutputs, ranked_classes
         from anynet.images import FIELD
 
-        with self._decode:
+        if not self._decode.acquire(timeout=DECODE_WAIT):
+            raise Busy(f"the server is busy reading other pictures (waited {DECODE_WAIT:g} s); "
+                       "try again in a moment")
+        try:
             pixels = self.preprocess(body, content_type)  # (784,) uint8
+        finally:
+            self._decode.release()
         try:
             with self._model:
                 (classes,) = ranked_classes(self.net, pixels[None, :])
-        except NonFiniteOutputs:
-            raise RuntimeError("the model's outputs are not finite (nan/inf): its weights are "
-                               "too large to compute with; retrain it") from None
+        except NonFiniteOutputs:  # a bug: may_overflow, checked at start, rules this out
+            raise RuntimeError("the model's outputs are not finite (nan/inf), though "
+                               "may_overflow found they could not be") from None
         return {
             "prediction": classes[0]["class"],
             "top": classes,

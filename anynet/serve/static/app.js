@@ -4,6 +4,11 @@
 //
 // For tests and scripts: <body data-busy> is "1" while a stroke or a request is under way,
 // "0" when the page shows the answer for what is on the canvas; data-shown counts answers.
+//
+// Nothing the server sends is ever parsed as markup: the model's description comes from a model
+// file, which may come from a stranger. Text goes in with textContent and elements are made
+// with createElement; no innerHTML, outerHTML, insertAdjacentHTML or document.write (a test
+// reads this file for them).
 "use strict";
 
 const THROTTLE_MS = 150;  // at most one prediction this often while drawing
@@ -156,11 +161,19 @@ function makeBars(classes) {
   for (let k = 0; k < classes; k++) {
     const li = document.createElement("li");
     li.dataset.class = String(k);
-    li.innerHTML = '<span class="label"></span><span class="track"><span class="fill">' +
-                   '</span></span><span class="pct"></span>';
-    li.querySelector(".label").textContent = String(k);
+    const track = element("span", "track");
+    track.append(element("span", "fill"));
+    li.append(element("span", "label", String(k)), track, element("span", "pct"));
     bars.appendChild(li);
   }
+}
+
+// <tag class="className">text</tag>, the text as text whatever it holds
+function element(tag, className, text = "") {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  el.textContent = text;
+  return el;
 }
 
 function percent(p) {
@@ -255,11 +268,17 @@ async function describeModel() {
   const el = document.getElementById("model");
   try {
     const m = await (await fetch("/api/model")).json();
-    const parts = [`<b>${m.architecture}</b> network`];
-    if (m.test_accuracy !== null) parts.push(`test accuracy <b>${(100 * m.test_accuracy).toFixed(2)}%</b>`);
-    if (m.epochs !== null) parts.push(`${m.epochs} epochs`);
-    if (m.trained_at) parts.push(`trained ${m.trained_at.replace("T", " ").replace("Z", " UTC")}`);
-    el.innerHTML = parts.join(" · ");
+    // each part: text, and a bold value (both text: they come from the model file)
+    const parts = [[element("b", "", String(m.architecture)), " network"]];
+    if (typeof m.test_accuracy === "number") {
+      parts.push(["test accuracy ", element("b", "", (100 * m.test_accuracy).toFixed(2) + "%")]);
+    }
+    if (typeof m.epochs === "number") parts.push([`${m.epochs} epochs`]);
+    if (typeof m.trained_at === "string") {
+      parts.push([`trained ${m.trained_at.replace("T", " ").replace("Z", " UTC")}`]);
+    }
+    el.textContent = "";
+    parts.forEach((part, i) => el.append(...(i ? [" · "] : []), ...part));
     el.title = `${m.file}, ${m.dtype}, on ${m.backend}`;
     makeBars(m.classes);
   } catch (error) {
