@@ -61,6 +61,20 @@ runpy.run_module("anynet", run_name="__main__", alter_sys=True)
 """
 
 
+def bounded_cli_argv(argv: list[str], memory_mb: int, report: Path) -> list[str]:
+    """The command line of a child running `anynet ARGV` under a `memory_mb` address-space limit
+    that writes its peak resident memory (kB) to `report` as it exits (`read_peak_mb`), for a
+    test that starts the process itself (to interrupt it)."""
+    return [sys.executable, "-c", _BOUNDED_MAIN, str(memory_mb), str(report), *argv]
+
+
+def read_peak_mb(report: Path) -> float:
+    """What a `bounded_cli_argv` child reported as its peak memory, in MB; inf where it could
+    not say (killed)."""
+    text = report.read_text() if report.exists() else ""
+    return int(text) / 1024 if text.isdigit() else math.inf
+
+
 def run_cli_bounded(argv: list[str], *, cwd: str | os.PathLike | None = None,
                     env: dict | None = None, timeout: float = TIME_LIMIT_S,
                     memory_mb: int = MEMORY_LIMIT_MB) -> subprocess.CompletedProcess:
@@ -78,14 +92,13 @@ def run_cli_bounded(argv: list[str], *, cwd: str | os.PathLike | None = None,
         report = Path(folder) / "peak"
         try:
             result = subprocess.run(
-                [sys.executable, "-c", _BOUNDED_MAIN, str(memory_mb), str(report), *argv],
+                bounded_cli_argv(argv, memory_mb, report),
                 cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
                 stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"anynet {' '.join(argv)} ran past {timeout:.0f} s "
                                  "(a hang?)") from None
-        text = report.read_text() if report.exists() else ""
-    result.peak_mb = int(text) / 1024 if text.isdigit() else math.inf
+        result.peak_mb = read_peak_mb(report)
     return result
 
 
