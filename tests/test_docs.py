@@ -199,3 +199,37 @@ def test_console_examples_on_mnist(path, tmp_path, mnist_dir):
     cache.mkdir(parents=True)
     (cache / "mnist").symlink_to(Path(mnist_dir).resolve(), target_is_directory=True)
     run_blocks([b for b in blocks(path) if b.kind == "mnist"], tmp_path, env)
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = heading.strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    inside, found = False, set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif not inside and line.startswith("#"):
+            found.add(_anchor(line.lstrip("#")))
+    return found
+
+
+@pytest.mark.parametrize("path", DOCS, ids=_ids(DOCS))
+def test_links_reach_a_file_and_heading(path):
+    broken = []
+    for target in LINK.findall(path.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue                               # https:, mailto: ...
+        file, _, anchor = target.partition("#")
+        linked = (path.parent / file).resolve() if file else path
+        if not linked.exists():
+            broken.append(f"{target}: no file {linked}")
+        elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+            broken.append(f"{target}: no heading #{anchor} in {linked.name}")
+    assert not broken, f"{path.relative_to(ROOT)}: " + "; ".join(broken)
