@@ -137,7 +137,7 @@ def workspace(tmp: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("ANYNET_", "XDG_"))}
     env.update(HOME=str(home), PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
-               PYTHONPATH=str(ROOT), COLUMNS="100", LC_ALL="C.UTF-8")
+               PYTHONPATH=str(ROOT), COLUMNS="100", PYTHONIOENCODING="utf-8")
     return env
 
 
