@@ -25,6 +25,7 @@ model as safetensors, `anynet.modelio.checkpoints` the checkpoints. The .npy mem
 `anynet.npyzip`, the one bounded .npy reader (pictures use it too). Every public name of these
 modules is importable from `anynet.modelio`.
 """
+
 from __future__ import annotations
 
 import io
