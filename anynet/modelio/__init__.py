@@ -163,6 +163,10 @@ def _check_param_header(name: str, dtype: np.dtype, shape: tuple) -> None:
     """Refuse a parameter that is not float32 or float64, or larger than MAX_PARAM_ELEMENTS."""
     if dtype.kind != "f" or dtype.itemsize not in (4, 8) or dtype.fields is not None:
         raise Unreadable(f"parameter {name} is {dtype}, not float32 or float64")
+    _check_elements(name, shape)
+
+
+def _check_elements(name: str, shape: tuple | list) -> None:
     if math.prod(shape) > MAX_PARAM_ELEMENTS:
         raise Unreadable(f"parameter {name} declares the shape {short_repr(shape)}, more than "
                          f"the {MAX_PARAM_ELEMENTS:,} elements anynet reads")

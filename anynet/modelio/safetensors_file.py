@@ -38,8 +38,8 @@ from anynet.errors import ModelFileError, one_line
 from anynet.fileio import atomic_write_bytes
 from anynet.modelio import (
     MAX_METADATA_CHARS,
-    MAX_PARAM_ELEMENTS,
     MODEL_FORMAT,
+    _check_elements,
     _check_format,
     _check_total,
     _json_object,
@@ -196,10 +196,8 @@ def _safetensors_entries(header: dict, data_bytes: int) -> dict[str, tuple]:
         if not (isinstance(shape, list) and len(shape) <= 2
                 and all(type(d) is int and d >= 0 for d in shape)):
             raise Unreadable(f"tensor {name} declares the shape {short_repr(shape)}")
+        _check_elements(name, shape)
         count = math.prod(shape)
-        if count > MAX_PARAM_ELEMENTS:
-            raise Unreadable(f"parameter {name} declares the shape {short_repr(shape)}, more "
-                              f"than the {MAX_PARAM_ELEMENTS:,} elements anynet reads")
         if not (isinstance(offsets, list) and len(offsets) == 2
                 and all(type(o) is int for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= data_bytes):
