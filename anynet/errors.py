@@ -42,3 +42,13 @@ class DivergenceError(UserError):
     (`anynet.training.DIVERGENCE_LOSS`). The last good checkpoint is kept. Exit code 3."""
 
     exit_code = 3
+
+
+def one_line(what: object, limit: int | None = None) -> str:
+    """`what` (an exception, or any text) as one line for a message: every run of whitespace
+    (newlines included) made one space, an exception without words named by its type, and cut
+    to `limit` characters (with "...") when a limit is given."""
+    text = " ".join(str(what).split())
+    if not text and isinstance(what, BaseException):
+        text = type(what).__name__
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."

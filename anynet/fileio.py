@@ -60,15 +60,35 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+# How `open_regular` and `input_error` word a refusal: {path}; {what}, what was expected ("an
+# IDX file", "checkpoint"); {why}, the system's reason or the kind of file found instead.
+INPUT_WORDS = {
+    "missing": "{path}: no such file",
+    "folder": "{path}: is a folder, not {what}",
+    "special": "{path}: not a regular file ({why}); give the path of {what}",
+    "unreadable": "{path}: cannot read ({why})",
+}
+# The same refusals for a model file or checkpoint ("checkpoint run.npz does not exist").
+MODEL_FILE_WORDS = {
+    "missing": "{what} {path} does not exist",
+    "folder": "{what} {path} is a folder, not a file",
+    "special": "{what} {path} is not a regular file ({why}); give the path of a file anynet "
+               "train wrote",
+    "unreadable": "{what} {path} cannot be read ({why})",
+}
+
+
 def input_error(path: str | os.PathLike, error: OSError, what: str,
-                kind: type[UserError] = UserError) -> UserError:
+                kind: type[UserError] = UserError, words: dict = INPUT_WORDS) -> UserError:
     """The one-line error for a file a user named that could not be opened or read:
     no such file, a folder instead of `what` ("an image file"), or the system's reason."""
     if isinstance(error, FileNotFoundError):
-        return kind(f"{path}: no such file")
-    if isinstance(error, IsADirectoryError):
-        return kind(f"{path}: is a folder, not {what}")
-    return kind(f"{path}: cannot read ({error.strerror or error})")
+        key = "missing"
+    elif isinstance(error, IsADirectoryError):
+        key = "folder"
+    else:
+        key = "unreadable"
+    return kind(words[key].format(path=path, what=what, why=error.strerror or error))
 
 
 def file_kind(mode: int) -> str:
@@ -82,22 +102,32 @@ def file_kind(mode: int) -> str:
     return "not a plain file"
 
 
-def open_regular(path: str | os.PathLike, what: str,
-                 kind: type[UserError] = UserError) -> BinaryIO:
+def open_regular(path: str | os.PathLike, what: str, kind: type[UserError] = UserError,
+                 words: dict = INPUT_WORDS) -> BinaryIO:
     """Open a file a user named, for reading bytes, refusing anything but a regular file: a
     named pipe or a device would block or never end. `what` ("an IDX file") names what was
-    expected; every failure is one line of `kind` (`input_error`)."""
+    expected; every failure is one line of `kind`, worded by `words` (`input_error`)."""
     try:
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
-        if not stat.S_ISREG(info.st_mode):
-            raise kind(f"{path}: not a regular file ({file_kind(info.st_mode)}); give the path "
-                       f"of {what}")
+        _refuse_special(path, info.st_mode, what, kind, words)
         # O_NONBLOCK: should the path become a pipe after the check, opening it does not hang
-        return os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
+        f = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
     except OSError as e:
-        raise input_error(path, e, what, kind) from None
+        raise input_error(path, e, what, kind, words) from None
+    try:  # what was opened, should the path have changed since the check
+        _refuse_special(path, os.fstat(f.fileno()).st_mode, what, kind, words)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _refuse_special(path: str | os.PathLike, mode: int, what: str, kind: type[UserError],
+                    words: dict) -> None:
+    if not stat.S_ISREG(mode):
+        raise kind(words["special"].format(path=path, what=what, why=file_kind(mode)))
 
 
 def _umask() -> int:
@@ -128,7 +158,8 @@ def _temporary_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}."
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists (this one included; one owned by another user too)."""
     if pid == os.getpid():
         return True
     try:
@@ -160,7 +191,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: list[str],
         return removed
     for entry in entries:
         match = _TEMPORARY.fullmatch(entry.name)
-        if match is None or match["name"] not in wanted or _process_alive(int(match["pid"])):
+        if match is None or match["name"] not in wanted or process_alive(int(match["pid"])):
             continue
         with contextlib.suppress(OSError):
             if entry.stat(follow_symlinks=False).st_mtime < older_than:

@@ -37,15 +37,15 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tokenize
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from anynet.errors import MissingExtraError, UserError
+from anynet.errors import MissingExtraError, UserError, one_line
 from anynet.fileio import input_error, open_regular
+from anynet.npyzip import Unreadable, read_npy_data, read_npy_header
 
 FIELD = 28  # side of the MNIST image
 BOX = 20  # side of the box the digit is scaled to fit, as in MNIST
@@ -73,7 +73,6 @@ MAX_JPEG_SCANS = 500
 MAX_JPEG_SCAN_PIXELS = 100 * MAX_PIXELS
 
 _NPY_MAGIC = b"\x93NUMPY"
-_NPY_MAX_HEADER = 10_000  # bytes of .npy header (np.load's own default limit)
 # Pillow's luminance weights (ITU-R 601-2), so that .npy colour and PNG colour agree.
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -85,7 +84,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a picture from `path` as a 2-D float64 array of grey levels in [0, 1] (0 = black).
 
     PNG, JPEG, BMP (and anything else Pillow opens) go through Pillow; `.npy` files (told by
-    their magic bytes, whatever their suffix) through `np.load(allow_pickle=False)`. A `.npy`
+    their magic bytes, whatever their suffix) through `anynet.npyzip` (never pickle). A `.npy`
     may hold a grey image (H, W), a colour one (H, W, 3) or (H, W, 4) RGBA, or a flat (784,)
     MNIST row; uint8 values are 0..255, floats either [0, 1] or 0..255.
 
@@ -112,33 +111,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    """Read a .npy picture: its header is parsed and checked (shape, dtype, that the file holds
-    what the header promises) before the array is allocated."""
-    fmt = np.lib.format
-    try:
-        with open(path, "rb") as f:
-            version = fmt.read_magic(f)
-            if version == (1, 0):
-                shape, _fortran, dtype = fmt.read_array_header_1_0(f, _NPY_MAX_HEADER)
-            elif version == (2, 0):
-                shape, _fortran, dtype = fmt.read_array_header_2_0(f, _NPY_MAX_HEADER)
-            else:
-                raise UserError(
-                    f"{path}: .npy format version {version[0]}.{version[1]} is not supported "
-                    "(save the picture with np.save)"
-                )
-            data_start = f.tell()
-            size = os.fstat(f.fileno()).st_size
-            _check_npy_header(path, shape, dtype, size - data_start)
-            f.seek(0)
-            array = fmt.read_array(f, allow_pickle=False, max_header_size=_NPY_MAX_HEADER)
-    except UserError:
-        raise
-    except (ValueError, SyntaxError, TypeError, OverflowError, tokenize.TokenError) as e:
-        # object arrays (would need pickle), damaged or hostile headers
-        raise UserError(f"{path}: not a usable .npy image ({_one_line(e)})") from None
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path}: damaged .npy file ({_one_line(e)})") from None
+    """Read a .npy picture through `anynet.npyzip`'s bounded reader: its header is parsed and
+    checked (shape, dtype, that the file holds what the header promises) before the array is
+    allocated."""
+    with open_regular(path, "an image file") as f:
+        try:
+            header = read_npy_header(f, "the file")
+            _check_npy_header(path, header.shape, header.dtype,
+                              os.fstat(f.fileno()).st_size - header.size)
+            array = read_npy_data(f, header, "the file")
+        except Unreadable as e:  # damaged or hostile headers
+            raise UserError(f"{path}: not a usable .npy image ({e})") from None
+        except OSError as e:
+            raise UserError(f"{path}: damaged .npy file ({one_line(e)})") from None
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     if array.ndim == 1:  # one MNIST row
@@ -187,11 +172,6 @@ def _check_npy_header(path: Path, shape: tuple, dtype: np.dtype, data_bytes: int
         )
 
 
-def _one_line(error: BaseException) -> str:
-    """An exception's message with its whitespace (newlines included) collapsed."""
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def _read_with_pillow(path: Path) -> np.ndarray:
     try:
         from PIL import Image, ImageOps, UnidentifiedImageError
@@ -223,12 +203,12 @@ def _read_with_pillow(path: Path) -> np.ndarray:
             f"{path}: not an image file anynet can read (PNG, JPEG, BMP or .npy)"
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UserError(f"{path}: image too large to read safely ({_one_line(e)})") from None
+        raise UserError(f"{path}: image too large to read safely ({one_line(e)})") from None
     except UserError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError) as e:
         # truncated or corrupt image data (MemoryError: a damaged header's absurd sizes)
-        raise UserError(f"{path}: damaged image file ({_one_line(e)})") from None
+        raise UserError(f"{path}: damaged image file ({one_line(e)})") from None
     if values.shape[0] == 0 or values.shape[1] == 0:
         raise UserError(f"{path}: the image is empty")
     return _to_gray(values)

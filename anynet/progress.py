@@ -88,3 +88,19 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class NullProgress:
+    """A `Progress` that shows nothing: for work asked to be quiet."""
+
+    def __enter__(self) -> NullProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, text: str) -> None:
+        pass

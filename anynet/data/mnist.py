@@ -280,9 +280,9 @@ def _load_cache(
     files: dict[str, Path] = {}
     removed: list[str] = []
     if folder.is_dir():  # what a killed download left behind goes, whether or not we fetch
-        from anynet.data.download import remove_stale_temporaries
+        from anynet.data.download import remove_abandoned_downloads
 
-        remove_stale_temporaries(folder)
+        remove_abandoned_downloads(folder)
     for spec in catalog.MNIST_FILES:
         path = catalog.find_file(folder, spec.stem) if folder.is_dir() else None
         if path is None:
