@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass, fields
 
 DTYPES = ("float32", "float64")
-# Bounds on what a run may cost (the README's "What anynet promises"). Every epoch adds about
+# Bounds on what a run may cost (docs/promises.md). Every epoch adds about
 # 250 characters to the record a model file and each checkpoint carry, which a reader accepts
 # up to 4 Mi characters (anynet.modelio.MAX_METADATA_CHARS): 10,000 epochs stay inside it.
 MAX_EPOCHS = 10_000
