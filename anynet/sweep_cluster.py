@@ -77,7 +77,7 @@ def train_run(run: dict, data_dir: str | None = None, verify: bool = True) -> di
     from anynet.backend.threads import set_threads
     from anynet.config import TrainConfig
     from anynet.data import split_validation
-    from anynet.training import Trainer, evaluate
+    from anynet.training import Trainer, loss_and_accuracy
 
     outcome = {"worker": _worker_name(), "threads": run["threads"], "seconds": None}
     started = time.perf_counter()
@@ -100,7 +100,8 @@ def train_run(run: dict, data_dir: str | None = None, verify: bool = True) -> di
             if not all(np.all(np.isfinite(v)) for v in params.values()):
                 raise DivergenceError(f"the weights overflowed to inf/nan with learning rate "
                                       f"{config.lr:g} although every loss was finite")
-            test_loss, test_accuracy = evaluate(result.net, mnist.test_images, mnist.test_labels)
+            test_loss, test_accuracy = loss_and_accuracy(result.net, mnist.test_images,
+                                                         mnist.test_labels)
     except DivergenceError as e:
         return {**outcome, "status": "diverged", "message": str(e),
                 "seconds": time.perf_counter() - started}

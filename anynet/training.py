@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,7 @@ class FitResult:
     stop_reason: str = ""
 
 
-def evaluate(net: TwoLayerNet, images: Any, labels: Any) -> tuple[float, float]:
+def loss_and_accuracy(net: TwoLayerNet, images: Any, labels: Any) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `net` on a dataset (`anynet.evaluation.evaluate`).
 
     images uint8 (N, D), labels (N,), host or backend arrays -> (loss, accuracy in [0, 1]).
@@ -106,18 +106,43 @@ def evaluate(net: TwoLayerNet, images: Any, labels: Any) -> tuple[float, float]:
     return result.loss, result.accuracy
 
 
+def resumed_config(checkpoint_config: dict, asked: dict) -> TrainConfig:
+    """The config a run resumed from a checkpoint trains with: the checkpoint's own. A resumed
+    run is the same run, so only where it computes (`backend`) may differ from what `asked`
+    (the options given, by field name) says; ValueError names the options that differ."""
+    config = TrainConfig.from_dict(checkpoint_config)
+    differing = [f"--{k.replace('_', '-')} {v} (checkpoint: {getattr(config, k)})"
+                 for k, v in asked.items() if k != "backend" and getattr(config, k) != v]
+    if differing:
+        raise ValueError("a resumed run keeps its checkpoint's configuration; these options "
+                         f"differ: {', '.join(differing)}. Drop them, or start a new run")
+    return replace(config, backend=asked["backend"]) if "backend" in asked else config
+
+
+def checkpoint_path_for(model_path: str | Path) -> Path:
+    """Where the checkpoints of a run writing `model_path` go: MODEL.checkpoint.npz beside it."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ".checkpoint.npz")
+
+
 class Trainer:
     """Trains a `TwoLayerNet` as `config` says on the given training (and validation) data.
 
-    images uint8 (N, D) and labels (N,) are host NumPy arrays; they are moved to the backend once.
-    `checkpoint_path`: where checkpoints go (None: none are written).
+    images (N, D) (uint8 pixels, or features as floats) and labels (N,) in 0 .. K - 1 are host
+    NumPy arrays; they are moved to the backend once. The network is D-H-K: D from the images,
+    K = `n_classes` (None: the largest training label + 1). `config` is a `TrainConfig`, which
+    checked itself when it was made. `checkpoint_path`: where checkpoints go (None: none are
+    written).
     """
 
     def __init__(self, config: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,
                  val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None, *,
                  backend: str | Backend | None = None, checkpoint_path: str | Path | None = None,
                  callbacks: list[Callback] | tuple = (), data_sha256: dict | None = None,
-                 record_extra: dict | None = None, fast: bool = True):
+                 record_extra: dict | None = None, fast: bool = True,
+                 n_classes: int | None = None):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config, self.fast = config, fast
         self.backend = get_namespace(backend if backend is not None else config.backend)
         self.optimizer = SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
@@ -125,6 +150,8 @@ class Trainer:
         self.n_train = int(train_images.shape[0])
         if self.n_train == 0:
             raise ValueError("no training examples")
+        self.n_in = int(train_images.shape[1])
+        self.n_classes = int(n_classes if n_classes is not None else np.max(train_labels) + 1)
         self.n_batches = math.ceil(self.n_train / config.batch_size)
         self.schedule = make_schedule(config.schedule, config.lr, config.epochs * self.n_batches)
         b = self.backend
@@ -145,7 +172,8 @@ class Trainer:
     # --- state ---------------------------------------------------------------------------------
 
     def initial_state(self) -> TrainState:
-        net = TwoLayerNet(n_hidden=self.config.hidden, backend=self.backend,
+        net = TwoLayerNet(n_in=self.n_in, n_hidden=self.config.hidden, n_out=self.n_classes,
+                          backend=self.backend,
                           dtype=self.config.dtype, seed=self.config.seed)
         return TrainState(params=net.params, velocity=self.optimizer.init(net.params))
 
@@ -244,10 +272,11 @@ class Trainer:
 
     def _epoch_metrics(self, net: TwoLayerNet, state: TrainState, seconds: float) -> dict:
         sample = min(self.n_train, TRAIN_ACCURACY_SAMPLE)
-        _, train_acc = evaluate(net, self.train_images[:sample, ...], self.train_labels[:sample])
+        _, train_acc = loss_and_accuracy(net, self.train_images[:sample, ...],
+                                         self.train_labels[:sample])
         val_loss = val_acc = None
         if self.val_images is not None and self.val_images.shape[0] > 0:
-            val_loss, val_acc = evaluate(net, self.val_images, self.val_labels)
+            val_loss, val_acc = loss_and_accuracy(net, self.val_images, self.val_labels)
         return {"epoch": state.epoch + 1, "train_loss": state.loss_sum / self.n_batches,
                 "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc,
                 "lr": self.schedule(max(state.step - 1, 0)), "seconds": seconds}

@@ -71,6 +71,12 @@ def add_data_dir_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_no_verify_option(parser, help: str | None = None) -> None:
+    """--no-verify: accept MNIST-format files that are not genuine MNIST (`help` says more)."""
+    parser.add_argument("--no-verify", action="store_true", help=help or (
+        "accept MNIST-format files that are not genuine MNIST (own IDX files)"))
+
+
 def add_force_option(parser: argparse.ArgumentParser, what: str = "the output file") -> None:
     """--force: replace `what` if it exists (without it, an existing file stops the command)."""
     parser.add_argument("--force", action="store_true",

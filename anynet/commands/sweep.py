@@ -40,6 +40,7 @@ from anynet.commands._common import (
     MAX_HIDDEN,
     add_backend_option,
     add_data_dir_option,
+    add_no_verify_option,
     at_most,
     positive_float,
     positive_int,
@@ -114,8 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "(default: 60)")
     g = parser.add_argument_group("data and files")
     add_data_dir_option(g)
-    g.add_argument("--no-verify", action="store_true",
-                   help="accept MNIST-format files that are not genuine MNIST (own IDX files)")
+    add_no_verify_option(g)
     g.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for results.jsonl and runs/ (new, empty, or an earlier sweep's)")
     g.add_argument("--summary", type=Path, metavar="DIR",

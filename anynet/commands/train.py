@@ -32,6 +32,7 @@ from anynet.commands._common import (
     add_backend_option,
     add_data_dir_option,
     add_distortion_options,
+    add_no_verify_option,
     at_most,
     check_output,
     nonnegative_float,
@@ -102,8 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_option(parser, default=None)
     g = parser.add_argument_group("data and files")
     add_data_dir_option(g)
-    g.add_argument("--no-verify", action="store_true",
-                   help="accept MNIST-format files that are not genuine MNIST (own IDX files)")
+    add_no_verify_option(g)
     g.add_argument("--out", type=_file_name, metavar="MODEL",
                    help=f"where to write the model (default: {DEFAULT_OUT}; with --resume, the "
                    "checkpoint's own)")
@@ -131,33 +131,15 @@ def _requested(args) -> dict:
 
 def _config(args, checkpoint_record: dict | None) -> TrainConfig:
     from anynet.errors import UserError
+    from anynet.training import resumed_config
 
     asked = _requested(args)
-    if checkpoint_record is None:
-        config = dataclasses.replace(DEFAULTS, **asked)
-    else:
-        config = TrainConfig.from_dict(checkpoint_record["config"])
-        # a resumed run is the same run: only where it computes may change
-        differing = [f"--{k.replace('_', '-')} {v} (checkpoint: {getattr(config, k)})"
-                     for k, v in asked.items() if k != "backend" and getattr(config, k) != v]
-        if differing:
-            raise UserError("a resumed run keeps its checkpoint's configuration; these options "
-                            f"differ: {', '.join(differing)}. Drop them, or start a new run")
-        if "backend" in asked:
-            config = dataclasses.replace(config, backend=asked["backend"])
     try:
-        from anynet.optim import SGD
-
-        SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-            weight_decay=config.weight_decay)
-        config = TrainConfig.from_dict(config.to_dict())  # its ranges and costs, as a file's
+        if checkpoint_record is None:
+            return TrainConfig.from_dict(asked)
+        return resumed_config(checkpoint_record["config"], asked)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return config
-
-
-def checkpoint_path_for(model_path: Path) -> Path:
-    return model_path.with_name(model_path.stem + ".checkpoint.npz")
 
 
 def _model_path(args, record: dict | None) -> Path:
@@ -228,6 +210,7 @@ def run(args) -> int:
     from anynet.errors import MissingExtraError, UserError
     from anynet.fileio import LockedError, exclusive_lock, reason, remove_stale_temporaries
     from anynet.modelio import load_checkpoint
+    from anynet.training import checkpoint_path_for
 
     started = time.time()
     record = params = velocity = None
@@ -371,7 +354,7 @@ def _save_outputs(args, config: TrainConfig, mnist, result, out: Path, checkpoin
     from anynet.errors import DivergenceError, UserError
     from anynet.fileio import atomic_write_text, reason, remedy
     from anynet.modelio import save_model
-    from anynet.training import evaluate
+    from anynet.training import loss_and_accuracy
 
     host = result.net.host_params()
     if not all(np.all(np.isfinite(v)) for v in host.values()):
@@ -379,7 +362,7 @@ def _save_outputs(args, config: TrainConfig, mnist, result, out: Path, checkpoin
                               f"learning rate {config.lr:g} although every loss was finite. "
                               f"Lower the learning rate (try --lr {config.lr / 10:g})")
     with _quiet_math():
-        test_loss, test_acc = evaluate(result.net, mnist.test_images, mnist.test_labels)
+        test_loss, test_acc = loss_and_accuracy(result.net, mnist.test_images, mnist.test_labels)
     history = result.state.history
     final = {"test_loss": test_loss, "test_accuracy": test_acc,
              "val_accuracy": history[-1]["val_accuracy"], "train_loss": history[-1]["train_loss"],
