@@ -6,10 +6,14 @@ batch: gather the uint8 pixels on the backend, compute the loss and gradients
 holds that step, and NumPy's faster arrangement of the same math. Pixels stay uint8 on the
 device; each batch becomes floats only when it is used.
 
-The loop reports through callbacks (`Callback`) and never prints. It writes a checkpoint at the
-end of every epoch and when asked to stop (`Trainer.request_stop`, which the command line calls on
+The loop reports through callbacks (`Callback`) and never prints; `ConsoleReporter` is the
+callback that prints (a progress bar per epoch, a line per epoch). It writes a checkpoint at the
+end of every epoch and when asked to stop (`Trainer.request_stop`; `StopOnSignals` asks on
 Ctrl-C or SIGTERM), at the exact batch it reached; `fit(resume=...)` continues from one, and the
-finished model equals that of an uninterrupted run.
+finished model equals that of an uninterrupted run. The rules of resuming sit here too: a
+checkpoint's position must fit the data (`Trainer.state_from_checkpoint`), a resumed run keeps
+its checkpoint's config (`resumed_config`), and checkpoints go beside the model
+(`checkpoint_path_for`). Turning a finished run into a model file is anynet.fit's.
 
 The batch losses stay on the device and are read a window of SYNC_EVERY batches at a time (and
 at epoch ends, checkpoints and stop requests): one synchronisation per window instead of one per
