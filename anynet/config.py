@@ -6,8 +6,11 @@ The defaults train the assignment's 784-30-10 network with SGD (no momentum) to 
 test accuracy (seeds 0-3) in about 5 seconds on a laptop CPU; they were chosen by a small search
 recorded in docs/tuning.md. Without the weight decay the same run reaches about 97.1%.
 
-`TrainConfig.from_dict` is the one place that decides which values are valid (types and ranges);
-a file's record and the command line both go through it. It is not for checking that a config
+A `TrainConfig` checks itself when it is made (`__post_init__`): direct construction,
+`dataclasses.replace` and `TrainConfig.from_dict` (a file's record, the command line's options)
+all go through the same checks, so a `TrainConfig` that exists is a valid one. The optimizer's
+rules (`check_sgd`) are written here once and shared with `anynet.optim.SGD`. It is not for
+checking that a config
 fits a particular dataset or parameter file: `anynet.modelio` and the training loop do that.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 DTYPES = ("float32", "float64")
 # Bounds on what a run may cost (docs/promises.md). Every epoch adds about
@@ -50,6 +54,29 @@ class TrainConfig:
     alpha: float = 34.0         # elastic strength, pixels (Simard 2003)
     sigma: float = 4.0          # elastic smoothness, pixels (Simard 2003)
 
+    def __post_init__(self):
+        """Check every field (ValueError naming the first bad one); NumPy scalars become the
+        Python values they hold and ints given for floats become floats."""
+        from anynet.optim import SCHEDULES
+
+        values = {f.name: _python_scalar(getattr(self, f.name)) for f in fields(self)}
+        for name in ("hidden", "epochs", "batch_size"):
+            _check_int(values, name, minimum=1)
+        for name in ("seed", "val_size"):
+            _check_int(values, name, minimum=0)
+        check_sgd(values)
+        for name, choices in (("schedule", SCHEDULES), ("dtype", DTYPES)):
+            if values[name] not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, "
+                                 f"got {short_repr(values[name])}")
+        if not (isinstance(values["backend"], str) and values["backend"]):
+            raise ValueError(f"backend must be a backend's name, "
+                             f"got {short_repr(values['backend'])}")
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        _check_costs(self)
+        self.distortion()  # its own checks: ValueError naming the field
+
     def distortion(self):
         """The `anynet.augment.Distortion` these fields describe."""
         from anynet.augment import Distortion
@@ -75,35 +102,26 @@ class TrainConfig:
         choices; backend a name; the distortion fields as `anynet.augment.Distortion` checks
         them. Raises ValueError naming the first bad field.
         """
-        from anynet.optim import SCHEDULES
-
         if not isinstance(values, dict):
             raise ValueError(f"the config must be a mapping of field names to values, got "
                              f"{type(values).__name__}")
         names = {f.name for f in fields(cls)}
-        given = {k: _python_scalar(v) for k, v in values.items() if k in names}
-        for name in ("hidden", "epochs", "batch_size"):
-            _check_int(given, name, minimum=1)
-        for name in ("seed", "val_size"):
-            _check_int(given, name, minimum=0)
-        _check_float(given, "lr", lambda x: x > 0, "a finite number > 0")
-        _check_float(given, "momentum", lambda x: 0 <= x < 1, "a number in [0, 1)")
-        _check_float(given, "weight_decay", lambda x: x >= 0, "a finite number >= 0")
-        if "nesterov" in given and not isinstance(given["nesterov"], bool):
-            raise ValueError(f"nesterov must be true or false, got {short_repr(given['nesterov'])}")
-        for name, choices in (("schedule", SCHEDULES), ("dtype", DTYPES)):
-            if name in given and given[name] not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}, "
-                                 f"got {short_repr(given[name])}")
-        if "backend" in given and not (isinstance(given["backend"], str) and given["backend"]):
-            raise ValueError(f"backend must be a backend's name, "
-                             f"got {short_repr(given['backend'])}")
-        config = cls(**given)
-        _check_costs(config)
-        if config.nesterov and config.momentum == 0:
-            raise ValueError("nesterov needs momentum > 0 (it is a kind of momentum)")
-        config.distortion()  # its own checks: ValueError naming the field
-        return config
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def check_sgd(values: dict[str, Any]) -> None:
+    """The optimizer's rules, for `TrainConfig` and `anynet.optim.SGD` alike: lr a finite
+    number > 0, momentum in [0, 1), weight_decay a finite number >= 0 (ints become floats in
+    `values`), nesterov a bool, and only with momentum. Raises ValueError naming the field."""
+    for name in ("lr", "momentum", "weight_decay", "nesterov"):
+        values[name] = _python_scalar(values[name])
+    _check_float(values, "lr", lambda x: x > 0, "a finite number > 0")
+    _check_float(values, "momentum", lambda x: 0 <= x < 1, "a number in [0, 1)")
+    _check_float(values, "weight_decay", lambda x: x >= 0, "a finite number >= 0")
+    if not isinstance(values["nesterov"], bool):
+        raise ValueError(f"nesterov must be true or false, got {short_repr(values['nesterov'])}")
+    if values["nesterov"] and values["momentum"] == 0:
+        raise ValueError("nesterov needs momentum > 0 (it is a kind of momentum)")
 
 
 def _python_scalar(value):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from array_api_compat import array_namespace
 
 from anynet.backend import materialise as materialise_arrays
+from anynet.config import check_sgd
 
 SCHEDULES = ("constant", "step", "cosine")
 
@@ -38,14 +39,11 @@ class SGD:
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"learning rate must be a positive finite number, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("Nesterov momentum needs momentum > 0")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        values = {name: getattr(self, name) for name in ("lr", "momentum", "nesterov",
+                                                         "weight_decay")}
+        check_sgd(values)  # the same rules as TrainConfig's (ValueError naming the field)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
     def init(self, params: dict) -> dict:
         """Optimizer state for `params`: a zero velocity per parameter; {} without momentum."""

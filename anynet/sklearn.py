@@ -9,7 +9,7 @@ of `anynet.config.TrainConfig`, checked by it at `fit`), fitted state ends in an
 it works in `Pipeline`, `GridSearchCV` and `cross_val_score`. Any label values (`classes_`, via
 a `LabelEncoder`), any number of features D (the network is D-H-K with K = len(classes_)).
 
-Training is anynet's own: `anynet.training.Trainer` with the reference step
+Training is anynet's own: `anynet.fit.train_model` (a `Trainer`) with the reference step
 (`anynet.steps.ArrayAPIStep`: `TwoLayerNet.loss_and_grads_array` then `SGD.step`), on the
 estimator's `backend`. SGD with one learning rate for every feature needs inputs of unit
 scale, so by default (`standardize=True`) each feature is standardized with the mean and
@@ -46,8 +46,8 @@ from array_api_compat import device as device_of
 from anynet import functional as F
 from anynet.backend import parse_spec, to_numpy
 from anynet.config import TrainConfig
-from anynet.network import TwoLayerNet
-from anynet.training import Trainer, TrainState
+from anynet.fit import train_model
+from anynet.training import TrainState
 
 _DEFAULTS = TrainConfig()
 
@@ -86,18 +86,11 @@ class TwoLayerClassifier(ClassifierMixin, BaseEstimator):
                  weight_decay: float = _DEFAULTS.weight_decay,
                  schedule: str = _DEFAULTS.schedule, seed: int = _DEFAULTS.seed,
                  backend: str = "numpy", dtype: str = "float64", standardize: bool = True):
-        self.hidden = hidden
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.momentum = momentum
-        self.nesterov = nesterov
-        self.weight_decay = weight_decay
-        self.schedule = schedule
-        self.seed = seed
-        self.backend = backend
-        self.dtype = dtype
-        self.standardize = standardize
+        # stored as given (scikit-learn's rule); fit checks them, through TrainConfig
+        self.hidden, self.epochs, self.batch_size = hidden, epochs, batch_size
+        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
+        self.weight_decay, self.schedule, self.seed = weight_decay, schedule, seed
+        self.backend, self.dtype, self.standardize = backend, dtype, standardize
 
     # --- training ------------------------------------------------------------------------------
 
@@ -163,15 +156,11 @@ class TwoLayerClassifier(ClassifierMixin, BaseEstimator):
 
     def _train(self, config: TrainConfig, X: np.ndarray, t: np.ndarray,
                state: TrainState | None) -> None:
-        """Train `net_` (a new one when `state` is None) with anynet's Trainer."""
-        trainer = Trainer(config, X, t, backend=config.backend, fast=False)
-        if state is None:
-            net = TwoLayerNet(n_in=X.shape[1], n_hidden=config.hidden,
-                              n_out=len(self.classes_), backend=trainer.backend,
-                              dtype=config.dtype, seed=config.seed)
-            state = TrainState(params=net.params, velocity=trainer.optimizer.init(net.params))
+        """Train `net_` (a new one, D-H-K with K = len(classes_), when `state` is None) with
+        anynet's library path (`anynet.fit.train_model`)."""
         try:
-            result = trainer.fit(resume=state)
+            result = train_model(config, X, t, resume=state, n_classes=len(self.classes_),
+                                 backend=config.backend, fast=False)
         except DivergenceError as e:
             if self.standardize:
                 raise

@@ -1,12 +1,13 @@
 """Hyperparameter sweeps, the pure part: value lists, the grid, run ids, results and summaries.
 
 `anynet sweep` (anynet/commands/sweep.py) trains every configuration of a grid on Dask workers
-(anynet/sweep_cluster.py); everything here is plain Python on plain data, testable without Dask:
+(anynet/sweep_cluster.py) into a folder (anynet/sweep_folder.py); everything here is plain
+Python on plain data, testable without Dask:
 
 - `parse_values(field, text)`: one option's values, "30,100,800", "0-4" (integers, inclusive),
   "0.1,0.3", "constant,cosine", "false,true";
 - `expand_grid(base, swept)`: the product of the swept values over a base configuration, each
-  checked by `TrainConfig.from_dict` (the one place that decides what is valid);
+  checked by `TrainConfig` (which checks itself);
 - `run_id(run)`: a hash of everything that determines a run's model, so re-running a sweep skips
   the runs already done;
 - `read_results(path)` / `result_line(record)`: OUT/results.jsonl, one JSON object a line,

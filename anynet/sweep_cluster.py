@@ -14,6 +14,7 @@ so Dask does not retry them. A worker that dies mid-run (killed, out of memory) 
 handle: the scheduler gives its runs to another worker, up to `distributed.scheduler.
 allowed-failures` times.
 
+`RunQueue` keeps a few of a sweep's runs on the cluster at a time and hands back each outcome.
 `start_cluster` opens a LocalCluster of worker processes bound to 127.0.0.1 (no dashboard), at
 most `local_worker_limit()` of them, or connects to a running scheduler and waits a bounded time
 for a worker there. `cluster_problem` says when a cluster can no longer run anything (the
@@ -69,15 +70,14 @@ def train_run(run: dict, data_dir: str | None = None, verify: bool = True) -> di
 
     Always returns: {"status": "ok" | "diverged" | "error", "message", "worker", "seconds" (the
     task's time here), "threads", and for "ok": "params" (host NumPy arrays W1, b1, W2, b2),
-    "history", "test_loss", "test_accuracy", "val_loss", "val_accuracy", "train_loss", "epochs",
-    "train_seconds" (the epochs' time), "data"}.
+    "record" (the model record of `anynet.fit.train_model`), its metrics ("test_loss",
+    "test_accuracy", "val_loss", "val_accuracy", "train_loss", "epochs", "train_seconds": the
+    epochs' time), "history" and "data"}.
     """
-    import numpy as np
-
     from anynet.backend.threads import set_threads
     from anynet.config import TrainConfig
-    from anynet.data import split_validation
-    from anynet.training import Trainer, evaluate
+    from anynet.data.mnist import K
+    from anynet.fit import describe_data, train_model
 
     outcome = {"worker": _worker_name(), "threads": run["threads"], "seconds": None}
     started = time.perf_counter()
@@ -85,22 +85,9 @@ def train_run(run: dict, data_dir: str | None = None, verify: bool = True) -> di
         config = TrainConfig.from_dict(run["config"])
         outcome["threads"] = set_threads(config.backend, run["threads"])
         mnist = _load(data_dir, verify)
-        train_images, train_labels = mnist.train_images, mnist.train_labels
-        val_images = val_labels = None
-        if config.val_size:
-            train_images, train_labels, val_images, val_labels = split_validation(
-                train_images, train_labels, config.val_size, config.seed)
-        if run["train_size"] is not None:
-            train_images = train_images[: run["train_size"]]
-            train_labels = train_labels[: run["train_size"]]
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            trainer = Trainer(config, train_images, train_labels, val_images, val_labels)
-            result = trainer.fit()
-            params = result.net.host_params()
-            if not all(np.all(np.isfinite(v)) for v in params.values()):
-                raise DivergenceError(f"the weights overflowed to inf/nan with learning rate "
-                                      f"{config.lr:g} although every loss was finite")
-            test_loss, test_accuracy = evaluate(result.net, mnist.test_images, mnist.test_labels)
+        data = _run_data(mnist, config, run["train_size"])
+        trained = train_model(config, *data, test=(mnist.test_images, mnist.test_labels),
+                              data=describe_data(mnist), n_classes=K)
     except DivergenceError as e:
         return {**outcome, "status": "diverged", "message": str(e),
                 "seconds": time.perf_counter() - started}
@@ -108,18 +95,28 @@ def train_run(run: dict, data_dir: str | None = None, verify: bool = True) -> di
         where = f"worker {outcome['worker']}"
         return {**outcome, "status": "error", "message": f"{where}: {e}",
                 "seconds": time.perf_counter() - started}
-    history = result.state.history
+    record = trained.record
     return {
-        **outcome, "status": "ok", "message": "", "params": params, "history": history,
-        "test_loss": test_loss, "test_accuracy": test_accuracy,
-        "val_loss": history[-1]["val_loss"], "val_accuracy": history[-1]["val_accuracy"],
-        "train_loss": history[-1]["train_loss"], "epochs": len(history),
-        "train_seconds": sum(h["seconds"] for h in history),
+        **outcome, "status": "ok", "message": "", "params": trained.net.host_params(),
+        "record": record, **record["metrics"], "history": record["history"],
+        "data": record["data"],
         "seconds": time.perf_counter() - started,  # the whole task: data, training, scoring
-        "data": {"source": mnist.source, "sha256": mnist.sha256, "genuine": mnist.all_genuine,
-                 "train_examples": int(train_images.shape[0]),
-                 "val_examples": 0 if val_images is None else int(val_images.shape[0])},
     }
+
+
+def _run_data(mnist, config, train_size: int | None) -> tuple:
+    """(train images, train labels, val images, val labels) of a run: its validation split
+    (None without one), then its first `train_size` training examples."""
+    from anynet.data import split_validation
+
+    train_images, train_labels = mnist.train_images, mnist.train_labels
+    val_images = val_labels = None
+    if config.val_size:
+        train_images, train_labels, val_images, val_labels = split_validation(
+            train_images, train_labels, config.val_size, config.seed)
+    if train_size is not None:
+        train_images, train_labels = train_images[:train_size], train_labels[:train_size]
+    return train_images, train_labels, val_images, val_labels
 
 
 def available_memory_mb() -> int | None:
@@ -155,6 +152,17 @@ def local_worker_limit() -> tuple[int, str]:
         why = (f"each needs about {WORKER_MEMORY_MB} MB and {memory:,} MB are available "
                f"({cores} cores)")
     return limit, why
+
+
+def local_workers(requested: int | None) -> int:
+    """The size of a local cluster: `requested` (--workers), or `local_worker_limit()` when
+    None; UserError when more are requested than that limit allows."""
+    limit, why = local_worker_limit()
+    if requested is not None and requested > limit:
+        raise UserError(f"--workers {requested}: at most {limit} local worker process"
+                        f"{'es' if limit != 1 else ''} ({why}); give --workers {limit} or "
+                        "fewer, or run on a cluster with --scheduler")
+    return requested or limit
 
 
 def check_scheduler_address(address: str) -> None:
@@ -305,3 +313,89 @@ def cluster_problem(client, scheduler: str | None, since: dict, wait_s: float) -
     else:
         since.pop("no_workers", None)
     return None
+
+
+IN_FLIGHT_PER_WORKER = 2  # one running and one waiting on each worker: none idles between runs
+MIN_IN_FLIGHT = 2
+
+
+class RunQueue:
+    """A sweep's runs on a Dask cluster, a few at a time: IN_FLIGHT_PER_WORKER per worker (at
+    least MIN_IN_FLIGHT), more as each finishes, so the client's memory and the scheduler's
+    stay the same for 10 runs or 100,000. `workers`: the local cluster's size (None: ask the
+    scheduler). Each run is `train_run` on a worker, with `data_dir` and `verify`."""
+
+    def __init__(self, client, runs: list, data_dir: str | None, verify: bool,
+                 workers: int | None):
+        from distributed import as_completed
+
+        self.client, self.total = client, len(runs)
+        self._pending = iter(runs)
+        self._task = (data_dir, verify)
+        self._workers = workers
+        self._by_key: dict = {}  # the runs on the cluster now: key -> (run, future)
+        self._queue = as_completed()
+
+    @property
+    def busy(self) -> bool:
+        """Whether some run is still on the cluster."""
+        return bool(self._by_key)
+
+    def has_ready(self) -> bool:
+        return self._queue.has_ready()
+
+    def submit_more(self) -> None:
+        workers = self._workers if self._workers is not None else worker_count(self.client)
+        wanted = max(MIN_IN_FLIGHT, IN_FLIGHT_PER_WORKER * (workers or 0))
+        while len(self._by_key) < wanted:
+            run = next(self._pending, None)
+            if run is None:
+                return
+            future = self.client.submit(train_run, run.to_dict(), *self._task,
+                                        key=f"anynet-run-{run.id}")
+            self._by_key[future.key] = (run, future)
+            self._queue.add(future)
+
+    def finished(self):
+        """Yield (run, outcome) for each run finished now (`outcome_of`); an outcome of None
+        (the scheduler lost) leaves the run on the queue, to be cancelled."""
+        for future in self._queue.next_batch(block=False):
+            if future.key not in self._by_key:
+                continue
+            outcome = outcome_of(future, self.client)
+            if outcome is None:
+                yield self._by_key[future.key][0], None
+                continue
+            run, _ = self._by_key.pop(future.key)
+            future.release()  # the parameters are ours now: the cluster may forget them
+            yield run, outcome
+
+    def cancel(self) -> None:
+        """Cancel the runs still on the cluster, if the cluster is still there to hear it."""
+        if self.client.status == "running":
+            try:
+                self.client.cancel([f for _, f in self._by_key.values()])
+            except Exception:  # the scheduler went away meanwhile: nothing left to cancel
+                pass
+
+
+def outcome_of(future, client) -> dict | None:
+    """What a finished future holds: train_run's dict, or an error for a run Dask gave up on;
+    None for a run cancelled because the scheduler was lost (not a result: it is not recorded,
+    and the sweep ends saying the scheduler is gone)."""
+    if future.status == "cancelled" and client.status != "running":
+        return None
+    try:
+        return future.result(timeout=30)
+    except Exception as e:  # the task itself failed: a worker killed too often, anynet missing
+        name = type(e).__name__
+        if client.status != "running":
+            return None
+        if name == "KilledWorker":
+            message = ("the workers running it died again and again (killed? out of memory?); "
+                       "Dask gave up on it")
+        else:
+            message = f"{name}: {' '.join(str(e).split())[:300]}"
+        return {"status": "error", "message": message, "worker": None, "seconds": None,
+                "threads": None}
+

@@ -6,10 +6,14 @@ batch: gather the uint8 pixels on the backend, compute the loss and gradients
 holds that step, and NumPy's faster arrangement of the same math. Pixels stay uint8 on the
 device; each batch becomes floats only when it is used.
 
-The loop reports through callbacks (`Callback`) and never prints. It writes a checkpoint at the
-end of every epoch and when asked to stop (`Trainer.request_stop`, which the command line calls on
+The loop reports through callbacks (`Callback`) and never prints; `ConsoleReporter` is the
+callback that prints (a progress bar per epoch, a line per epoch). It writes a checkpoint at the
+end of every epoch and when asked to stop (`Trainer.request_stop`; `StopOnSignals` asks on
 Ctrl-C or SIGTERM), at the exact batch it reached; `fit(resume=...)` continues from one, and the
-finished model equals that of an uninterrupted run.
+finished model equals that of an uninterrupted run. The rules of resuming sit here too: a
+checkpoint's position must fit the data (`Trainer.state_from_checkpoint`), a resumed run keeps
+its checkpoint's config (`resumed_config`), and checkpoints go beside the model
+(`checkpoint_path_for`). Turning a finished run into a model file is anynet.fit's.
 
 The batch losses stay on the device and are read a window of SYNC_EVERY batches at a time (and
 at epoch ends, checkpoints and stop requests): one synchronisation per window instead of one per
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +63,97 @@ class Callback:
     def on_batch_end(self, epoch: int, batch: int, loss: float) -> None: ...
     def on_epoch_end(self, epoch: int, metrics: dict) -> None: ...
     def on_checkpoint(self, path: Path, state: TrainState) -> None: ...
+
+
+class ConsoleReporter(Callback):
+    """Prints a progress bar per epoch (on a terminal) and one line per finished epoch; with
+    `resumed_from` (a checkpoint's path), first the point the run resumes from. `quiet`: none
+    of these."""
+
+    def __init__(self, epochs: int, quiet: bool = False, resumed_from: str | Path | None = None):
+        self.epochs, self.quiet, self.resumed_from = epochs, quiet, resumed_from
+        self.bar = None
+        self.running = 0.0
+
+    def on_train_begin(self, trainer: Trainer, state: TrainState) -> None:
+        if self.resumed_from is not None and not self.quiet:
+            print(f"resuming from {self.resumed_from}: epoch {state.epoch + 1}, "
+                  f"batch {state.batch}/{trainer.n_batches}")
+
+    def on_epoch_begin(self, epoch: int, n_batches: int, first_batch: int) -> None:
+        if self.quiet:
+            return
+        from anynet.progress import Progress
+
+        self.bar = Progress(n_batches, f"epoch {epoch + 1}/{self.epochs}", unit="batch")
+        self.bar.update(first_batch)
+        self.running = 0.0
+
+    def on_batch_end(self, epoch: int, batch: int, loss: float) -> None:
+        if self.bar is None:
+            return
+        # an exponential moving average: a steady figure to watch, cheap to keep
+        self.running = loss if self.running == 0.0 else 0.98 * self.running + 0.02 * loss
+        self.bar.update(1)
+        if batch % 50 == 0:
+            self.bar.set_postfix(f"loss {self.running:.4f}")
+
+    def on_epoch_end(self, epoch: int, m: dict) -> None:
+        self.close()
+        if self.quiet:
+            return
+        val = (f"val acc {100 * m['val_accuracy']:.2f}%" if m["val_accuracy"] is not None
+               else f"train acc {100 * m['train_accuracy']:.2f}%")
+        print(f"epoch {epoch + 1:>3}/{self.epochs}  train loss {m['train_loss']:.4f}  {val}  "
+              f"lr {m['lr']:.3g}  {m['seconds']:.2f} s", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class StopOnSignals(Callback):
+    """While its `with` block runs, SIGINT and SIGTERM ask the trainer to stop after the
+    current batch, writing a checkpoint (`Trainer.request_stop`); a second one raises
+    KeyboardInterrupt at once. `received` lists the signals that came. Keep the block open
+    until the outputs are written: a signal then lets them complete."""
+
+    def __init__(self):
+        self.received: list[int] = []
+        self._trainer: Trainer | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopOnSignals:
+        import signal
+
+        self._previous = {s: signal.signal(s, self._on_signal)
+                          for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.received:  # a second Ctrl-C: stop now, without waiting for the batch
+            raise KeyboardInterrupt
+        self.received.append(signum)
+        if self._trainer is not None:
+            self._trainer.request_stop(self._name(signum))
+
+    @staticmethod
+    def _name(signum: int) -> str:
+        import signal
+
+        return signal.Signals(signum).name
+
+    def on_train_begin(self, trainer: Trainer, state: TrainState) -> None:
+        self._trainer = trainer
+        if self.received:  # a signal that came before the loop began
+            trainer.request_stop(self._name(self.received[0]))
 
 
 @dataclass
@@ -97,7 +192,7 @@ class FitResult:
     stop_reason: str = ""
 
 
-def evaluate(net: TwoLayerNet, images: Any, labels: Any) -> tuple[float, float]:
+def loss_and_accuracy(net: TwoLayerNet, images: Any, labels: Any) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `net` on a dataset (`anynet.evaluation.evaluate`).
 
     images uint8 (N, D), labels (N,), host or backend arrays -> (loss, accuracy in [0, 1]).
@@ -106,18 +201,43 @@ def evaluate(net: TwoLayerNet, images: Any, labels: Any) -> tuple[float, float]:
     return result.loss, result.accuracy
 
 
+def resumed_config(checkpoint_config: dict, asked: dict) -> TrainConfig:
+    """The config a run resumed from a checkpoint trains with: the checkpoint's own. A resumed
+    run is the same run, so only where it computes (`backend`) may differ from what `asked`
+    (the options given, by field name) says; ValueError names the options that differ."""
+    config = TrainConfig.from_dict(checkpoint_config)
+    differing = [f"--{k.replace('_', '-')} {v} (checkpoint: {getattr(config, k)})"
+                 for k, v in asked.items() if k != "backend" and getattr(config, k) != v]
+    if differing:
+        raise ValueError("a resumed run keeps its checkpoint's configuration; these options "
+                         f"differ: {', '.join(differing)}. Drop them, or start a new run")
+    return replace(config, backend=asked["backend"]) if "backend" in asked else config
+
+
+def checkpoint_path_for(model_path: str | Path) -> Path:
+    """Where the checkpoints of a run writing `model_path` go: MODEL.checkpoint.npz beside it."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ".checkpoint.npz")
+
+
 class Trainer:
     """Trains a `TwoLayerNet` as `config` says on the given training (and validation) data.
 
-    images uint8 (N, D) and labels (N,) are host NumPy arrays; they are moved to the backend once.
-    `checkpoint_path`: where checkpoints go (None: none are written).
+    images (N, D) (uint8 pixels, or features as floats) and labels (N,) in 0 .. K - 1 are host
+    NumPy arrays; they are moved to the backend once. The network is D-H-K: D from the images,
+    K = `n_classes` (None: the largest training label + 1). `config` is a `TrainConfig`, which
+    checked itself when it was made. `checkpoint_path`: where checkpoints go (None: none are
+    written).
     """
 
     def __init__(self, config: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,
                  val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None, *,
                  backend: str | Backend | None = None, checkpoint_path: str | Path | None = None,
                  callbacks: list[Callback] | tuple = (), data_sha256: dict | None = None,
-                 record_extra: dict | None = None, fast: bool = True):
+                 record_extra: dict | None = None, fast: bool = True,
+                 n_classes: int | None = None):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config, self.fast = config, fast
         self.backend = get_namespace(backend if backend is not None else config.backend)
         self.optimizer = SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
@@ -125,6 +245,8 @@ class Trainer:
         self.n_train = int(train_images.shape[0])
         if self.n_train == 0:
             raise ValueError("no training examples")
+        self.n_in = int(train_images.shape[1])
+        self.n_classes = int(n_classes if n_classes is not None else np.max(train_labels) + 1)
         self.n_batches = math.ceil(self.n_train / config.batch_size)
         self.schedule = make_schedule(config.schedule, config.lr, config.epochs * self.n_batches)
         b = self.backend
@@ -145,7 +267,8 @@ class Trainer:
     # --- state ---------------------------------------------------------------------------------
 
     def initial_state(self) -> TrainState:
-        net = TwoLayerNet(n_hidden=self.config.hidden, backend=self.backend,
+        net = TwoLayerNet(n_in=self.n_in, n_hidden=self.config.hidden, n_out=self.n_classes,
+                          backend=self.backend,
                           dtype=self.config.dtype, seed=self.config.seed)
         return TrainState(params=net.params, velocity=self.optimizer.init(net.params))
 
@@ -244,10 +367,11 @@ class Trainer:
 
     def _epoch_metrics(self, net: TwoLayerNet, state: TrainState, seconds: float) -> dict:
         sample = min(self.n_train, TRAIN_ACCURACY_SAMPLE)
-        _, train_acc = evaluate(net, self.train_images[:sample, ...], self.train_labels[:sample])
+        _, train_acc = loss_and_accuracy(net, self.train_images[:sample, ...],
+                                         self.train_labels[:sample])
         val_loss = val_acc = None
         if self.val_images is not None and self.val_images.shape[0] > 0:
-            val_loss, val_acc = evaluate(net, self.val_images, self.val_labels)
+            val_loss, val_acc = loss_and_accuracy(net, self.val_images, self.val_labels)
         return {"epoch": state.epoch + 1, "train_loss": state.loss_sum / self.n_batches,
                 "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc,
                 "lr": self.schedule(max(state.step - 1, 0)), "seconds": seconds}

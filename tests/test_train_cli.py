@@ -241,8 +241,8 @@ def test_model_round_trip_across_backends(tmp_path, train_args, synth, backend):
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "-1"], "expected a positive finite number"),
     (["--lr", "fast"], "expected a positive finite number, got 'fast'"),
-    (["--momentum", "1.5"], "momentum must be in [0, 1)"),
-    (["--nesterov"], "Nesterov momentum needs momentum > 0"),
+    (["--momentum", "1.5"], "momentum must be a number in [0, 1)"),
+    (["--nesterov"], "nesterov needs momentum > 0"),
     (["--hidden", "0"], "expected a positive integer"),
     (["--schedule", "linear"], "invalid choice"),
     (["--plot", "curves.txt"], "must end in .png, .svg or .pdf"),

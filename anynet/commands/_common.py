@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 # Threads beyond the cores only wait, and each costs a stack: PyTorch's OpenMP pool failed to
 # start 20,000 (a libgomp message, exit 1) and crashed at 100,000 (SIGSEGV). 1,024 is more than
@@ -71,6 +72,33 @@ def add_data_dir_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_no_verify_option(parser, help: str | None = None) -> None:
+    """--no-verify: accept MNIST-format files that are not genuine MNIST (`help` says more)."""
+    parser.add_argument("--no-verify", action="store_true", help=help or (
+        "accept MNIST-format files that are not genuine MNIST (own IDX files)"))
+
+
+def add_plot_option(group, what: str, type=Path) -> None:
+    """--plot FILE.png: a figure of `what` (needs matplotlib: anynet[plot]);
+    `check_plot_option` checks it before the work."""
+    group.add_argument("--plot", type=type, metavar="FILE.png",
+                       help=f"plot {what} (needs matplotlib: anynet[plot])")
+
+
+def check_plot_option(path, command: str) -> None:
+    """Refuse now, not after the work, a plot that could not be drawn: a file name without a
+    figure's suffix (`anynet.plots.figure_format`), or no matplotlib (MissingExtraError naming
+    `command`, e.g. "train --plot")."""
+    from anynet.errors import MissingExtraError
+    from anynet.plots import figure_format
+
+    figure_format(path)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("matplotlib", "plot", command) from None
+
+
 def add_force_option(parser: argparse.ArgumentParser, what: str = "the output file") -> None:
     """--force: replace `what` if it exists (without it, an existing file stops the command)."""
     parser.add_argument("--force", action="store_true",
@@ -83,8 +111,6 @@ def check_output(option: str, path, *, force: bool, example: str | None = None) 
     be written (a folder, a parent that is a file, a folder that takes no new files, a name too
     long), or that exists and `force` is not given: nothing already saved is replaced unasked.
     `example` ("model.npz") completes the advice when PATH is a folder."""
-    from pathlib import Path
-
     from anynet.errors import UserError
     from anynet.fileio import output_problem
 
@@ -167,25 +193,27 @@ def add_distortion_options(parser: argparse.ArgumentParser, kind: str | None = "
                                   "image drawn uniformly within the ranges)")
     g.add_argument(kind_option, choices=KINDS, default=kind, metavar="KIND",
                    help=f"{', '.join(KINDS)} (default: {kind or d.kind})")
-    g.add_argument("--rotate", type=distortion_value("rotate"), default=default(d.rotate),
-                   metavar="DEG", help=f"largest rotation either way, degrees, at most "
-                   f"{LIMITS['rotate'][2]:g} (default: {d.rotate:g})")
-    g.add_argument("--scale", type=distortion_value("scale"), default=default(d.scale),
-                   metavar="F", help=f"largest relative change of size, at most "
-                   f"{LIMITS['scale'][2]:g} (default: {d.scale:g}: {1 - d.scale:g} to "
-                   f"{1 + d.scale:g})")
-    g.add_argument("--shear", type=distortion_value("shear"), default=default(d.shear),
-                   metavar="K", help=f"largest slant k, columns shifted k pixels per row, at "
-                   f"most {LIMITS['shear'][2]:g} (default: {d.shear:g})")
-    g.add_argument("--shift", type=distortion_value("shift"), default=default(d.shift),
-                   metavar="PX", help=f"largest shift along each axis, pixels, at most "
-                   f"{LIMITS['shift'][2]:g} (default: {d.shift:g})")
-    g.add_argument("--alpha", type=distortion_value("alpha"), default=default(d.alpha),
-                   metavar="PX", help=f"elastic strength, pixels, at most "
-                   f"{LIMITS['alpha'][2]:g} (default: {d.alpha:g}, Simard 2003)")
-    g.add_argument("--sigma", type=distortion_value("sigma"), default=default(d.sigma),
-                   metavar="PX", help=f"elastic smoothness, pixels, above 0 and at most "
-                   f"{LIMITS['sigma'][2]:g} (default: {d.sigma:g}, Simard 2003)")
+    for name, (metavar, text) in _DISTORTION_HELP.items():
+        value = getattr(d, name)
+        g.add_argument(f"--{name}", type=distortion_value(name), default=default(value),
+                       metavar=metavar, help=text.format(
+                           most=f"{LIMITS[name][2]:g}", d=f"{value:g}",
+                           low=f"{1 - value:g}", high=f"{1 + value:g}"))
+
+
+# Each range option's metavar and help: {most} its bound, {d} its default (for scale, {low} to
+# {high} the sizes that default allows).
+_DISTORTION_HELP = {
+    "rotate": ("DEG", "largest rotation either way, degrees, at most {most} (default: {d})"),
+    "scale": ("F", "largest relative change of size, at most {most} (default: {d}: {low} to "
+                   "{high})"),
+    "shear": ("K", "largest slant k, columns shifted k pixels per row, at most {most} "
+                   "(default: {d})"),
+    "shift": ("PX", "largest shift along each axis, pixels, at most {most} (default: {d})"),
+    "alpha": ("PX", "elastic strength, pixels, at most {most} (default: {d}, Simard 2003)"),
+    "sigma": ("PX", "elastic smoothness, pixels, above 0 and at most {most} (default: {d}, "
+                    "Simard 2003)"),
+}
 
 
 def distortion_value(name: str):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from anynet.commands._common import add_data_dir_option
+from anynet.commands._common import add_data_dir_option, add_no_verify_option
 
 HELP = "find or download MNIST, verify it, and print a summary"
 
@@ -25,12 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="verify the MNIST files in DIR (gzip'd or raw) and summarize them; nothing is cached "
         "or downloaded",
     )
-    parser.add_argument(
-        "--no-verify", action="store_true",
-        help="accept well-formed IDX files that are not genuine MNIST (Fashion-MNIST, test data): "
-        "skip only the SHA-256 comparison, the structural checks still run; the cache is "
-        "always verified",
-    )
+    add_no_verify_option(
+        parser, "accept well-formed IDX files that are not genuine MNIST (Fashion-MNIST, test "
+        "data): skip only the SHA-256 comparison, the structural checks still run; the cache is "
+        "always verified")
     parser.add_argument(
         "--no-download", action="store_true",
         help="never touch the network: fail if MNIST is not in the data dir or the cache",

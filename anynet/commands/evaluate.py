@@ -10,6 +10,7 @@ from anynet.commands._common import (
     add_backend_option,
     add_data_dir_option,
     add_force_option,
+    add_no_verify_option,
     at_most,
     check_output,
     open_backend,
@@ -31,8 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"at most {MAX_DRAWN} (default: 20)")
     add_backend_option(parser)
     add_data_dir_option(parser)
-    parser.add_argument("--no-verify", action="store_true",
-                        help="accept MNIST-format files that are not genuine MNIST")
+    add_no_verify_option(parser, "accept MNIST-format files that are not genuine MNIST")
 
 
 def run(args) -> int:

@@ -22,6 +22,7 @@ from anynet.commands._common import (
     add_data_dir_option,
     add_distortion_options,
     add_force_option,
+    add_no_verify_option,
     at_most,
     check_output,
     nonnegative_int,
@@ -77,8 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="chooses the digits and draws the distortions (default: 0)")
     add_distortion_options(augment, kind="affine+elastic")
     add_data_dir_option(augment)
-    augment.add_argument("--no-verify", action="store_true",
-                         help="accept MNIST-format files that are not genuine MNIST")
+    add_no_verify_option(augment, "accept MNIST-format files that are not genuine MNIST")
     augment.set_defaults(_plot=_plot_augment)
 
 

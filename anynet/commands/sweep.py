@@ -40,7 +40,10 @@ from anynet.commands._common import (
     MAX_HIDDEN,
     add_backend_option,
     add_data_dir_option,
+    add_no_verify_option,
+    add_plot_option,
     at_most,
+    check_plot_option,
     positive_float,
     positive_int,
 )
@@ -114,14 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "(default: 60)")
     g = parser.add_argument_group("data and files")
     add_data_dir_option(g)
-    g.add_argument("--no-verify", action="store_true",
-                   help="accept MNIST-format files that are not genuine MNIST (own IDX files)")
+    add_no_verify_option(g)
     g.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for results.jsonl and runs/ (new, empty, or an earlier sweep's)")
     g.add_argument("--summary", type=Path, metavar="DIR",
                    help="print the summary of the sweep in DIR and train nothing")
-    g.add_argument("--plot", type=Path, metavar="FILE.png",
-                   help="plot accuracy against the swept options (needs anynet[plot])")
+    add_plot_option(g, "accuracy against the swept options")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
@@ -142,18 +143,12 @@ def run(args) -> int:
                         "workers. Give one of them")
     if args.scheduler is None:
         from anynet.backend import require
-        from anynet.sweep_cluster import local_worker_limit
+        from anynet.sweep_cluster import local_workers
 
         # the local workers import what this process can: a missing library is one line now,
         # not a traceback in every run (a --scheduler's workers may have what the client lacks)
         require(args.backend)
-
-        limit, why = local_worker_limit()
-        if args.workers is not None and args.workers > limit:
-            raise UserError(f"--workers {args.workers}: at most {limit} local worker process"
-                            f"{'es' if limit != 1 else ''} ({why}); give --workers {limit} or "
-                            "fewer, or run on a cluster with --scheduler")
-        args.workers = args.workers or limit
+        args.workers = local_workers(args.workers)
     runs = _grid(args)
     _check_plot(args.plot)
     from anynet.sweep_cluster import check_scheduler_address
@@ -166,37 +161,24 @@ def run(args) -> int:
 def _check_plot(path: Path | None) -> None:
     if path is None:
         return
-    from anynet.errors import MissingExtraError, UserError
+    from anynet.errors import UserError
     from anynet.fileio import output_problem
-    from anynet.plots import figure_format
 
-    figure_format(path)
+    check_plot_option(path, "sweep --plot")
     problem = output_problem(path)
     if problem:
         raise UserError(f"--plot {path}: {problem}")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise MissingExtraError("matplotlib", "plot", "sweep --plot") from None
-
-
-def recipe_base(name: str) -> dict:
-    """The settings of recipe `name` (`anynet.recipes`): the base every run of the grid
-    starts from."""
-    from anynet.errors import UserError
-    from anynet.recipes import RECIPES, recipe
-
-    if name not in RECIPES:
-        raise UserError(f"--recipe: unknown recipe {name!r}; choose one of: "
-                        f"{', '.join(RECIPES)}")
-    return recipe(name)
 
 
 def _grid(args) -> list:
     from anynet.errors import UserError
+    from anynet.recipes import RECIPES, recipe
     from anynet.sweep import expand_grid
 
-    base = recipe_base(args.recipe) if args.recipe else {}
+    if args.recipe and args.recipe not in RECIPES:
+        raise UserError(f"--recipe: unknown recipe {args.recipe!r}; choose one of: "
+                        f"{', '.join(RECIPES)}")
+    base = recipe(args.recipe) if args.recipe else {}  # the base every run starts from
     base["backend"] = args.backend
     swept = {field: getattr(args, field) for field in SWEEPABLE
              if getattr(args, field) is not None}
@@ -209,61 +191,16 @@ def _grid(args) -> list:
 # --- OUT -----------------------------------------------------------------------------------------
 
 
-def _own_names() -> set[str]:
-    from anynet.fileio import lock_path_for
-    from anynet.sweep import MANIFEST_NAME, RESULTS_NAME, RUNS_FOLDER
-
-    return {MANIFEST_NAME, RESULTS_NAME, RUNS_FOLDER, lock_path_for(Path(MANIFEST_NAME)).name}
-
-
-def _prepare_out(out: Path) -> None:
-    """Make OUT, or accept it as an earlier sweep's folder; refuse anything else (exit 2)."""
-    import json
-
-    from anynet.errors import UserError
-    from anynet.fileio import atomic_write_text, reason
-    from anynet.sweep import MANIFEST_FORMAT, MANIFEST_NAME
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; name a folder for the sweep (new or empty)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        entries = {e.name for e in os.scandir(out)}
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot make or read the folder ({reason(e)})") from None
-    manifest = out / MANIFEST_NAME
-    if MANIFEST_NAME in entries:
-        try:
-            ours = json.loads(manifest.read_text()).get("format") == MANIFEST_FORMAT
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            raise UserError(f"--out {out}: {manifest} is not an anynet sweep's; choose another "
-                            "folder")
-        return
-    foreign = sorted(n for n in entries if n not in _own_names() and not n.endswith(".tmp"))
-    if foreign:
-        raise UserError(f"--out {out} holds files that are not an anynet sweep's "
-                        f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
-                        "choose a new or empty folder")
-    from anynet import __version__
-
-    try:
-        atomic_write_text(manifest, json.dumps({"format": MANIFEST_FORMAT, "version": 1,
-                                                "anynet_version": __version__}) + "\n")
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write in it ({reason(e)})") from None
-
-
 def _sweep(args, runs: list) -> int:
     import contextlib
 
     from anynet.errors import UserError
     from anynet.fileio import LockedError, exclusive_lock, reason
     from anynet.sweep import MANIFEST_NAME
+    from anynet.sweep_folder import prepare_folder
 
     out = args.out
-    _prepare_out(out)
+    prepare_folder(out)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(exclusive_lock(out / MANIFEST_NAME))
@@ -277,40 +214,17 @@ def _sweep(args, runs: list) -> int:
 
 
 def _train_missing(args, runs: list, out: Path, stack) -> int:
-    import time
-
     from anynet.errors import MissingExtraError
-    from anynet.fileio import atomic_write_bytes, remove_stale_temporaries
-    from anynet.sweep import (
-        FINISHED,
-        RESULTS_NAME,
-        RUNS_FOLDER,
-        latest_by_run,
-    )
+    from anynet.sweep import RESULTS_NAME
+    from anynet.sweep_folder import runs_to_train
 
     say = (lambda *a, **k: None) if args.quiet else print
     results_path = out / RESULTS_NAME
     skipped: list = []
     records, complete = _read(results_path, skipped)
     _warn_skipped(results_path, skipped, ("its run counts", "their runs count"), "as not done")
-    if results_path.exists() and complete < results_path.stat().st_size:
-        # a line torn by a killed client: cut it off, so the next line starts on its own
-        atomic_write_bytes(results_path, results_path.read_bytes()[:complete])
-    (out / RUNS_FOLDER).mkdir(exist_ok=True)
-    # what a killed client's writes left behind
-    remove_stale_temporaries(out, [RESULTS_NAME], older_than=time.time())
-    remove_stale_temporaries(out / RUNS_FOLDER, [f"{run.id}.npz" for run in runs],
-                             older_than=time.time())
-    done = latest_by_run(records)
-
-    def finished(run) -> bool:
-        record = done.get(run.id)
-        return (record is not None and record.get("status") in FINISHED
-                and (record["status"] != "ok" or (out / RUNS_FOLDER / f"{run.id}.npz").exists()))
-
-    todo = [run for run in runs if not finished(run)]
+    todo = runs_to_train(out, runs, records, complete)
     del records  # read again at the end: never two copies of a large file's records at once
-    done.clear()
     say(f"anynet sweep: {len(runs)} run{'s' if len(runs) != 1 else ''} into {out}: "
         f"{len(runs) - len(todo)} done before, {len(todo)} to train")
     failed = 0
@@ -345,48 +259,23 @@ class _Stopped(Exception):
 def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) -> int:
     """Train `todo` on the cluster, recording each run as it finishes; return how many failed.
 
-    The runs go to the cluster a few at a time (IN_FLIGHT_PER_WORKER per worker, at least
-    MIN_IN_FLIGHT), more as each finishes: the client's memory and the scheduler's stay the
-    same for 10 runs or 100,000. Every POLL_S the cluster is looked at; one that can no longer
-    run anything (`anynet.sweep_cluster.cluster_problem`) ends the sweep with one line, exit 2,
-    every run recorded so far kept.
+    The runs go to the cluster a few at a time (`anynet.sweep_cluster.RunQueue`), more as each
+    finishes. Every POLL_S the cluster is looked at; one that can no longer run anything
+    (`anynet.sweep_cluster.cluster_problem`) ends the sweep with one line, exit 2, every run
+    recorded so far kept.
     """
     import signal
-    import time
-
-    from distributed import as_completed
 
     from anynet.errors import UserError
-    from anynet.fileio import reason, remedy
     from anynet.progress import Progress
-    from anynet.sweep_cluster import (
-        cluster_problem,
-        no_workers_message,
-        start_cluster,
-        train_run,
-        worker_count,
-    )
+    from anynet.sweep_cluster import RunQueue, start_cluster
 
     client = start_cluster(stack, args.scheduler, args.workers, say, args.wait_for_workers)
     data_dir = os.path.abspath(args.data_dir) if args.data_dir is not None else None
-    pending = iter(todo)
-    by_key: dict = {}  # the runs on the cluster now: key -> (run, future)
-    queue = as_completed()
-
-    def submit_more() -> None:
-        workers = worker_count(client) if args.scheduler else args.workers
-        wanted = max(MIN_IN_FLIGHT, IN_FLIGHT_PER_WORKER * (workers or 0))
-        while len(by_key) < wanted:
-            run = next(pending, None)
-            if run is None:
-                return
-            future = client.submit(train_run, run.to_dict(), data_dir, not args.no_verify,
-                                   key=f"anynet-run-{run.id}")
-            by_key[future.key] = (run, future)
-            queue.add(future)
-
+    queue = RunQueue(client, todo, data_dir, not args.no_verify,
+                     workers=None if args.scheduler else args.workers)
     # A signal stops the sweep, but never between a run's model and its line: it waits for both.
-    state = {"writing": False, "signal": None}
+    state = {"writing": False, "signal": None, "finished": 0, "failed": 0}
 
     def on_signal(signum, frame):
         state["signal"] = signum
@@ -394,93 +283,95 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
             raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    failed = finished = 0
     progress = _Silent() if args.quiet else Progress(len(todo), "sweep", unit="runs",
                                                      interval=0.0, leave=True)
-    where = args.scheduler or "the local cluster"
-
-    def lost(cause: str) -> str:
-        return (f"{cause}; {_runs(finished)} finished here and kept in {out}; run the same "
-                f"command again to train the other {len(todo) - finished}")
-
-    since: dict = {}
-    looked = 0.0
     try:
-        submit_more()
-        while by_key:
-            if not queue.has_ready():
-                if time.monotonic() - looked >= POLL_S:
-                    looked = time.monotonic()
-                    problem = cluster_problem(client, args.scheduler, since,
-                                              args.wait_for_workers)
-                    if problem is not None:
-                        raise UserError(lost(
-                            f"lost the Dask scheduler at {where}" if problem == "lost"
-                            else no_workers_message(where, args.wait_for_workers, started=True)))
-                time.sleep(0.05)
-                continue
-            for future in queue.next_batch(block=False):
-                if future.key not in by_key:
-                    continue
-                outcome = _outcome(future, client)
-                if outcome is None:  # cancelled with the scheduler's loss: not a result
-                    raise UserError(lost(f"lost the Dask scheduler at {where}"))
-                run, _ = by_key.pop(future.key)
-                future.release()  # the parameters are ours now: the cluster may forget them
-                state["writing"] = True
-                try:
-                    record = _record(run, outcome, out)
-                    _append(results_path, record)
-                except OSError as e:  # a full disk: every run recorded so far stays
-                    raise UserError(f"cannot write run {run.id}'s results into {out} "
-                                    f"({reason(e)}); {remedy(e)}, then run the same command "
-                                    f"again: the {finished} runs recorded here are kept") \
-                        from None
-                state["writing"] = False
-                finished += 1
-                failed += record["status"] == "error"
-                if record["status"] == "error":
-                    print(f"run {run.id} failed: {record['message']}", file=sys.stderr)
-                progress.set_postfix(_describe(run, record))
-                progress.update(1)
-                if state["signal"] is not None:
-                    raise KeyboardInterrupt
-            submit_more()
+        _collect(args, queue, out, results_path, progress, state)
     except KeyboardInterrupt:
         progress.close()
-        _cancel(client, by_key)
+        queue.cancel()
         signum = state["signal"] or signal.SIGINT
-        print(f"anynet sweep: interrupted ({signal.Signals(signum).name}): {finished} of "
-              f"{len(todo)} runs finished here and are kept in {out}; run the same command "
+        print(f"anynet sweep: interrupted ({signal.Signals(signum).name}): {state['finished']} "
+              f"of {len(todo)} runs finished here and are kept in {out}; run the same command "
               "again to train the rest", file=sys.stderr)
         raise _Stopped(128 + signum) from None
     except UserError:
         progress.close()
-        _cancel(client, by_key)
+        queue.cancel()
         raise
     finally:
         progress.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return failed
+    return state["failed"]
+
+
+def _collect(args, queue, out: Path, results_path: Path, progress, state: dict) -> None:
+    """Keep the queue's runs going and record each as it finishes, until none is left;
+    UserError when the cluster can no longer run anything."""
+    import time
+
+    from anynet.errors import UserError
+    from anynet.sweep_cluster import cluster_problem, no_workers_message
+
+    where = args.scheduler or "the local cluster"
+
+    def lost(cause: str) -> str:
+        return (f"{cause}; {_runs(state['finished'])} finished here and kept in {out}; run the "
+                f"same command again to train the other {queue.total - state['finished']}")
+
+    since: dict = {}
+    looked = 0.0
+    queue.submit_more()
+    while queue.busy:
+        if not queue.has_ready():
+            if time.monotonic() - looked >= POLL_S:
+                looked = time.monotonic()
+                problem = cluster_problem(queue.client, args.scheduler, since,
+                                          args.wait_for_workers)
+                if problem is not None:
+                    raise UserError(lost(
+                        f"lost the Dask scheduler at {where}" if problem == "lost"
+                        else no_workers_message(where, args.wait_for_workers, started=True)))
+            time.sleep(0.05)
+            continue
+        for run, outcome in queue.finished():
+            if outcome is None:  # cancelled with the scheduler's loss: not a result
+                raise UserError(lost(f"lost the Dask scheduler at {where}"))
+            _record(run, outcome, out, results_path, progress, state)
+            if state["signal"] is not None:
+                raise KeyboardInterrupt
+        queue.submit_more()
+
+
+def _record(run, outcome: dict, out: Path, results_path: Path, progress, state: dict) -> None:
+    """Write a finished run's model and its results line (no signal stops between the two)."""
+    from anynet.errors import UserError
+    from anynet.fileio import reason, remedy
+    from anynet.sweep_folder import append_result, run_record
+
+    state["writing"] = True
+    try:
+        record = run_record(run, outcome, out)
+        append_result(results_path, record)
+    except OSError as e:  # a full disk: every run recorded so far stays
+        raise UserError(f"cannot write run {run.id}'s results into {out} ({reason(e)}); "
+                        f"{remedy(e)}, then run the same command again: the "
+                        f"{state['finished']} runs recorded here are kept") from None
+    state["writing"] = False
+    state["finished"] += 1
+    state["failed"] += record["status"] == "error"
+    if record["status"] == "error":
+        print(f"run {run.id} failed: {record['message']}", file=sys.stderr)
+    progress.set_postfix(_describe(run, record))
+    progress.update(1)
 
 
 def _runs(n: int) -> str:
     return f"{n} run{'s' if n != 1 else ''}"
 
 
-IN_FLIGHT_PER_WORKER = 2  # one running and one waiting on each worker: none idles between runs
-MIN_IN_FLIGHT = 2
 POLL_S = 1.0  # how often a sweep waiting for results looks at the cluster
-
-
-def _cancel(client, by_key: dict) -> None:
-    """Cancel the runs still on the cluster, if the cluster is still there to hear it."""
-    if client.status == "running":
-        try:
-            client.cancel([f for _, f in by_key.values()])
-        except Exception:  # the scheduler went away meanwhile: nothing left to cancel
-            pass
 
 
 class _Silent:
@@ -489,76 +380,6 @@ class _Silent:
     def update(self, n: int = 1) -> None: ...
     def set_postfix(self, text: str) -> None: ...
     def close(self) -> None: ...
-
-
-def _outcome(future, client) -> dict | None:
-    """What a finished future holds: train_run's dict, or an error for a run Dask gave up on;
-    None for a run cancelled because the scheduler was lost (not a result: it is not recorded,
-    and the sweep ends saying the scheduler is gone)."""
-    if future.status == "cancelled" and client.status != "running":
-        return None
-    try:
-        return future.result(timeout=30)
-    except Exception as e:  # the task itself failed: a worker killed too often, anynet missing
-        name = type(e).__name__
-        if client.status != "running":
-            return None
-        if name == "KilledWorker":
-            message = ("the workers running it died again and again (killed? out of memory?); "
-                       "Dask gave up on it")
-        else:
-            message = f"{name}: {' '.join(str(e).split())[:300]}"
-        return {"status": "error", "message": message, "worker": None, "seconds": None,
-                "threads": None}
-
-
-def _record(run, outcome: dict, out: Path) -> dict:
-    """Write the run's model (if it trained) and return its results.jsonl record."""
-    from datetime import datetime, timezone
-
-    from anynet import __version__
-    from anynet.modelio import save_model
-    from anynet.network import TwoLayerNet
-    from anynet.sweep import RUNS_FOLDER
-
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-    record = {"run_id": run.id, "status": outcome["status"], "message": outcome["message"],
-              "config": run.config.to_dict(), "train_size": run.train_size,
-              "threads": outcome["threads"], "worker": outcome["worker"],
-              "seconds": outcome["seconds"], "anynet_version": __version__, "finished_at": now,
-              "model": None}
-    metric_names = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_loss",
-                    "epochs", "train_seconds")
-    for name in metric_names:
-        record[name] = outcome.get(name)
-    if outcome["status"] != "ok":
-        return record
-    model = Path(RUNS_FOLDER) / f"{run.id}.npz"
-    net = TwoLayerNet.from_params(outcome["params"], backend="numpy")
-    metrics = {name: outcome[name] for name in metric_names}
-    save_model(out / model, net, {
-        "config": run.config.to_dict(), "seed": run.config.seed, "backend": run.config.backend,
-        "threads": outcome["threads"], "trained_at": now,
-        "data": outcome["data"], "metrics": metrics,
-        "history": outcome["history"],
-        "sweep": {"run_id": run.id, "train_size": run.train_size, "worker": outcome["worker"]},
-    })
-    record["model"] = model.as_posix()
-    record["data_genuine"] = outcome["data"]["genuine"]
-    return record
-
-
-def _append(path: Path, record: dict) -> None:
-    """Append one line in one write, and flush it to disk: a line is there whole or not at all
-    (a client killed mid-write can tear it; read_results drops a torn last line)."""
-    from anynet.sweep import result_line
-
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        os.write(fd, result_line(record).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _describe(run, record: dict) -> str:

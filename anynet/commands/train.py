@@ -32,8 +32,11 @@ from anynet.commands._common import (
     add_backend_option,
     add_data_dir_option,
     add_distortion_options,
+    add_no_verify_option,
+    add_plot_option,
     at_most,
     check_output,
+    check_plot_option,
     nonnegative_float,
     nonnegative_int,
     open_backend,
@@ -102,8 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_option(parser, default=None)
     g = parser.add_argument_group("data and files")
     add_data_dir_option(g)
-    g.add_argument("--no-verify", action="store_true",
-                   help="accept MNIST-format files that are not genuine MNIST (own IDX files)")
+    add_no_verify_option(g)
     g.add_argument("--out", type=_file_name, metavar="MODEL",
                    help=f"where to write the model (default: {DEFAULT_OUT}; with --resume, the "
                    "checkpoint's own)")
@@ -112,8 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "an existing one stops the run before it starts)")
     g.add_argument("--metrics", type=_file_name, metavar="FILE.json",
                    help="write per-epoch metrics as JSON (for anynet plot curves)")
-    g.add_argument("--plot", type=_file_name, metavar="FILE.png",
-                   help="plot the training curves (needs matplotlib: anynet[plot])")
+    add_plot_option(g, "the training curves", type=_file_name)
     g.add_argument("--resume", type=_file_name, metavar="CHECKPOINT",
                    help="continue an interrupted run from its checkpoint")
     parser.add_argument("--quiet", action="store_true", help="print only the final result")
@@ -131,33 +132,15 @@ def _requested(args) -> dict:
 
 def _config(args, checkpoint_record: dict | None) -> TrainConfig:
     from anynet.errors import UserError
+    from anynet.training import resumed_config
 
     asked = _requested(args)
-    if checkpoint_record is None:
-        config = dataclasses.replace(DEFAULTS, **asked)
-    else:
-        config = TrainConfig.from_dict(checkpoint_record["config"])
-        # a resumed run is the same run: only where it computes may change
-        differing = [f"--{k.replace('_', '-')} {v} (checkpoint: {getattr(config, k)})"
-                     for k, v in asked.items() if k != "backend" and getattr(config, k) != v]
-        if differing:
-            raise UserError("a resumed run keeps its checkpoint's configuration; these options "
-                            f"differ: {', '.join(differing)}. Drop them, or start a new run")
-        if "backend" in asked:
-            config = dataclasses.replace(config, backend=asked["backend"])
     try:
-        from anynet.optim import SGD
-
-        SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-            weight_decay=config.weight_decay)
-        config = TrainConfig.from_dict(config.to_dict())  # its ranges and costs, as a file's
+        if checkpoint_record is None:
+            return TrainConfig.from_dict(asked)
+        return resumed_config(checkpoint_record["config"], asked)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return config
-
-
-def checkpoint_path_for(model_path: Path) -> Path:
-    return model_path.with_name(model_path.stem + ".checkpoint.npz")
 
 
 def _model_path(args, record: dict | None) -> Path:
@@ -225,9 +208,10 @@ def run(args) -> int:
     import contextlib
     import time
 
-    from anynet.errors import MissingExtraError, UserError
+    from anynet.errors import UserError
     from anynet.fileio import LockedError, exclusive_lock, reason, remove_stale_temporaries
     from anynet.modelio import load_checkpoint
+    from anynet.training import checkpoint_path_for
 
     started = time.time()
     record = params = velocity = None
@@ -238,13 +222,7 @@ def run(args) -> int:
     checkpoint = args.resume if args.resume is not None else checkpoint_path_for(out)
     _check_outputs(args, out, checkpoint)
     if args.plot is not None:  # find out now, not after the training
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise MissingExtraError("matplotlib", "plot", "train --plot") from None
-        from anynet.plots import figure_format
-
-        figure_format(args.plot)
+        check_plot_option(args.plot, "train --plot")
 
     # One run per model file (and per checkpoint, when resuming one kept elsewhere).
     locked = [out] + ([checkpoint] if checkpoint != checkpoint_path_for(out) else [])
@@ -272,22 +250,13 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _quiet_math():
-    """A run that blows up is reported once, as divergence (exit 3), not by NumPy's warnings."""
-    import numpy as np
-
-    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
-
-
 def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, params,
            velocity) -> int:
-    import signal
     import time
 
     from anynet.data import load_mnist
     from anynet.errors import DataError, UserError
-    from anynet.fileio import reason, remedy
-    from anynet.training import Trainer
+    from anynet.training import ConsoleReporter, StopOnSignals
 
     if (args.threads is None and record is not None and _is_count(record.get("threads"))
             and record["threads"] <= MAX_THREADS):
@@ -306,118 +275,104 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
                         "data folder whose t10k files hold at least one")
 
     say(_describe(config, backend, mnist, out, checkpoint, args.threads))
-    reporter = ConsoleReporter(config.epochs, quiet=args.quiet)
-    trainer = Trainer(config, mnist.train_images, mnist.train_labels, mnist.val_images,
-                      mnist.val_labels, backend=backend, checkpoint_path=checkpoint,
-                      callbacks=[reporter], data_sha256=mnist.sha256,
-                      record_extra={"out": os.path.abspath(out), "threads": args.threads,
-                                    "recipe": args.recipe or (record or {}).get("recipe")})
-    resume_state = None
-    if record is not None:
-        resume_state = trainer.state_from_checkpoint(params, velocity, record)
-        say(f"resuming from {args.resume}: epoch {resume_state.epoch + 1}, "
-            f"batch {resume_state.batch}/{trainer.n_batches}")
-
-    received = []
-
-    def on_signal(signum, frame):
-        if received:  # a second Ctrl-C: stop now, without waiting for the batch
-            raise KeyboardInterrupt
-        received.append(signum)
-        trainer.request_stop(signal.Signals(signum).name)
-
+    reporter = ConsoleReporter(config.epochs, quiet=args.quiet, resumed_from=args.resume)
+    recipe = args.recipe or (record or {}).get("recipe")
     # Installed until the end: a signal while the outputs are written lets them complete.
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with StopOnSignals() as stopper:
         started = time.perf_counter()
         try:
-            with _quiet_math():
-                result = trainer.fit(resume=resume_state)
-        except BrokenPipeError:
-            raise
-        except OSError as e:  # fit's only writes are checkpoints
-            kept = (f"the previous checkpoint is kept: {remedy(e)}, then resume with: "
-                    f"{_resume_command(args, checkpoint, force=_must_force(args, out))}"
-                    if checkpoint.exists()
-                    else f"no checkpoint was written: {remedy(e)}, then run again")
-            raise UserError(f"training stopped: cannot write the checkpoint {checkpoint} "
-                            f"({reason(e)}); {kept}") from None
+            trained = _fit(args, config, mnist, backend, out, checkpoint,
+                           None if record is None else (params, velocity, record),
+                           [reporter, stopper], recipe)
         finally:
             reporter.close()
         elapsed = time.perf_counter() - started
-
-        if result.status == "stopped":
-            state = result.state
-            print(f"interrupted ({result.stop_reason}) at epoch {state.epoch + 1}, batch "
-                  f"{state.batch}/{trainer.n_batches}; checkpoint written to {checkpoint}\n"
+        if trained.status == "stopped":
+            state = trained.state
+            print(f"interrupted ({trained.stop_reason}) at epoch {state.epoch + 1}, batch "
+                  f"{state.batch}/{trained.n_batches}; checkpoint written to {checkpoint}\n"
                   f"resume with: {_resume_command(args, checkpoint, force=_must_force(args, out))}")
-            return 128 + received[0] if received else 130
-        _save_outputs(args, config, mnist, result, out, checkpoint, record, elapsed, say)
+            return 128 + stopper.received[0] if stopper.received else 130
+        _report(trained, elapsed, resumed=record is not None)
+        _save_outputs(args, trained, out, checkpoint, say)
         return 0
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
-def _save_outputs(args, config: TrainConfig, mnist, result, out: Path, checkpoint: Path,
-                  record, elapsed: float, say) -> None:
-    """Evaluate the trained network; write the model, metrics and plot; then (only then) remove
-    the checkpoint, which holds the trained parameters until every output is written."""
-    import json
-    from datetime import datetime, timezone
+def _fit(args, config: TrainConfig, mnist, backend, out: Path, checkpoint: Path, resume,
+         callbacks: list, recipe):
+    """`anynet.fit.train_model` on MNIST, with a failed checkpoint write as one line."""
+    from anynet.data.mnist import K
+    from anynet.errors import UserError
+    from anynet.fileio import reason, remedy
+    from anynet.fit import describe_data, train_model
 
-    import numpy as np
+    extra = {"threads": args.threads, "recipe": recipe}
+    try:
+        return train_model(
+            config, mnist.train_images, mnist.train_labels, mnist.val_images, mnist.val_labels,
+            test=(mnist.test_images, mnist.test_labels), data=describe_data(mnist),
+            resume=resume, record=extra, n_classes=K, backend=backend,
+            checkpoint_path=checkpoint, callbacks=callbacks, data_sha256=mnist.sha256,
+            record_extra={"out": os.path.abspath(out), **extra})
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # training's only writes are checkpoints
+        kept = (f"the previous checkpoint is kept: {remedy(e)}, then resume with: "
+                f"{_resume_command(args, checkpoint, force=_must_force(args, out))}"
+                if checkpoint.exists()
+                else f"no checkpoint was written: {remedy(e)}, then run again")
+        raise UserError(f"training stopped: cannot write the checkpoint {checkpoint} "
+                        f"({reason(e)}); {kept}") from None
 
-    from anynet.errors import DivergenceError, UserError
-    from anynet.fileio import atomic_write_text, reason, remedy
-    from anynet.modelio import save_model
-    from anynet.training import evaluate
 
-    host = result.net.host_params()
-    if not all(np.all(np.isfinite(v)) for v in host.values()):
-        raise DivergenceError(f"training diverged: the weights overflowed to inf/nan with "
-                              f"learning rate {config.lr:g} although every loss was finite. "
-                              f"Lower the learning rate (try --lr {config.lr / 10:g})")
-    with _quiet_math():
-        test_loss, test_acc = evaluate(result.net, mnist.test_images, mnist.test_labels)
-    history = result.state.history
-    final = {"test_loss": test_loss, "test_accuracy": test_acc,
-             "val_accuracy": history[-1]["val_accuracy"], "train_loss": history[-1]["train_loss"],
-             "epochs": len(history), "train_seconds": sum(h["seconds"] for h in history)}
+def _report(trained, elapsed: float, resumed: bool) -> None:
+    final = trained.metrics
     spent = (f"{final['train_seconds']:.1f} s of training ({elapsed:.1f} s in all)"
-             if record is None else f"{final['train_seconds']:.1f} s of training over both "
+             if not resumed else f"{final['train_seconds']:.1f} s of training over both "
              f"runs (this one took {elapsed:.1f} s)")
-    print(f"test accuracy {100 * test_acc:.2f}% (loss {test_loss:.4f}) after {len(history)} "
-          f"epochs, {spent}")
+    print(f"test accuracy {100 * final['test_accuracy']:.2f}% (loss {final['test_loss']:.4f}) "
+          f"after {final['epochs']} epochs, {spent}")
+
+
+def _save_outputs(args, trained, out: Path, checkpoint: Path, say) -> None:
+    """Write the model, metrics and plot; then (only then) remove the checkpoint, which holds
+    the trained parameters until every output is written."""
+    from anynet.errors import UserError
+    from anynet.fileio import reason, remedy
+    from anynet.fit import write_model
 
     try:
-        save_model(out, result.net, {
-            "config": config.to_dict(), "seed": config.seed, "backend": config.backend,
-            "threads": args.threads,
-            "recipe": args.recipe or (record or {}).get("recipe"),
-            "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")
-            .replace("+00:00", "Z"),
-            "data": {"source": mnist.source, "sha256": mnist.sha256, "genuine": mnist.all_genuine,
-                     "train_examples": int(mnist.train_images.shape[0]),
-                     "val_examples": int(mnist.val_images.shape[0])},
-            "metrics": final, "history": history,
-        })
+        write_model(out, trained.net, trained.record)
     except OSError as e:
         raise UserError(f"cannot write the model to {out} ({reason(e)}); the checkpoint "
                         f"{checkpoint} holds the trained model: {remedy(e)}, then finish with: "
                         f"{_resume_command(args, checkpoint, force=False)}") from None
     print(f"model written to {out}")
+    _save_curves(args, trained.record, out, checkpoint, say)
+    if checkpoint.exists() and checkpoint != out:
+        try:
+            checkpoint.unlink()  # the model now holds everything the checkpoint did
+        except OSError as e:
+            say(f"note: could not remove the checkpoint {checkpoint} ({reason(e)})")
+
+
+def _save_curves(args, record: dict, out: Path, checkpoint: Path, say) -> None:
+    """The --metrics and --plot files; a failure keeps the checkpoint and says how to finish."""
+    import json
+
+    from anynet.errors import UserError
+    from anynet.fileio import atomic_write_text, reason, remedy
+    from anynet.fit import metrics_document
 
     def kept(problem: str, fix: str) -> UserError:
         return UserError(f"the model is written to {out}, but {problem}; the checkpoint "
                          f"{checkpoint} is kept: {fix}, then write it with: "
                          f"{_resume_command(args, checkpoint, force=True)}")
 
-    metrics_doc = {"format": "anynet-metrics", "version": 1, "config": config.to_dict(),
-                   "epochs": history, "test_loss": test_loss, "test_accuracy": test_acc}
+    document = metrics_document(record)
     if args.metrics is not None:
         try:
-            atomic_write_text(args.metrics, json.dumps(metrics_doc, indent=2) + "\n")
+            atomic_write_text(args.metrics, json.dumps(document, indent=2) + "\n")
         except OSError as e:
             raise kept(f"cannot write the metrics to {args.metrics} ({reason(e)})",
                        remedy(e)) from None
@@ -426,17 +381,12 @@ def _save_outputs(args, config: TrainConfig, mnist, result, out: Path, checkpoin
         from anynet.plots import plot_curves
 
         try:
-            plot_curves(metrics_doc, args.plot)
+            plot_curves(document, args.plot)
         except UserError as e:  # the plot's own one-line error for a failed write
             cause = e.__context__
             raise kept(str(e), remedy(cause) if isinstance(cause, OSError) else "fix that") \
                 from None
         say(f"curves plotted to {args.plot}")
-    if checkpoint.exists() and checkpoint != out:
-        try:
-            checkpoint.unlink()  # the model now holds everything the checkpoint did
-        except OSError as e:
-            say(f"note: could not remove the checkpoint {checkpoint} ({reason(e)})")
 
 
 def _describe(config: TrainConfig, backend, mnist, out: Path, checkpoint: Path,
@@ -460,50 +410,3 @@ def _describe(config: TrainConfig, backend, mnist, out: Path, checkpoint: Path,
         *lines,
         f"  model: {out}  (checkpoints: {checkpoint})",
     ])
-
-
-class ConsoleReporter:
-    """Turns training callbacks into a progress bar per epoch and one line per finished epoch."""
-
-    def __init__(self, epochs: int, quiet: bool = False):
-        self.epochs, self.quiet = epochs, quiet
-        self.bar = None
-        self.running = 0.0
-
-    def on_train_begin(self, trainer, state) -> None:
-        pass
-
-    def on_epoch_begin(self, epoch: int, n_batches: int, first_batch: int) -> None:
-        if self.quiet:
-            return
-        from anynet.progress import Progress
-
-        self.bar = Progress(n_batches, f"epoch {epoch + 1}/{self.epochs}", unit="batch")
-        self.bar.update(first_batch)
-        self.running = 0.0
-
-    def on_batch_end(self, epoch: int, batch: int, loss: float) -> None:
-        if self.bar is None:
-            return
-        # an exponential moving average: a steady figure to watch, cheap to keep
-        self.running = loss if self.running == 0.0 else 0.98 * self.running + 0.02 * loss
-        self.bar.update(1)
-        if batch % 50 == 0:
-            self.bar.set_postfix(f"loss {self.running:.4f}")
-
-    def on_epoch_end(self, epoch: int, m: dict) -> None:
-        self.close()
-        if self.quiet:
-            return
-        val = (f"val acc {100 * m['val_accuracy']:.2f}%" if m["val_accuracy"] is not None
-               else f"train acc {100 * m['train_accuracy']:.2f}%")
-        print(f"epoch {epoch + 1:>3}/{self.epochs}  train loss {m['train_loss']:.4f}  {val}  "
-              f"lr {m['lr']:.3g}  {m['seconds']:.2f} s", flush=True)
-
-    def on_checkpoint(self, path, state) -> None:
-        pass
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
