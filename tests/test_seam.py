@@ -133,3 +133,55 @@ def test_the_seam_runs_on_the_strict_second_device():
     assert net.forward(np.zeros((2, 784), np.uint8)).device == b.device
     with pytest.raises(Exception, match="device"):  # what the seam exists to avoid
         np.asarray(net.params["W1"])
+
+
+# The written contract (anynet/backend/contract.py): mypy proves it in nox's lint session; this
+# checks at run time that every member is there, so it holds where mypy is not installed.
+NAMED_MODULES = ["_numpy", "_cupy", "_torch", "_jax", "_strict"]
+
+
+@pytest.mark.parametrize("module", [*NAMED_MODULES, "_generic"])
+def test_every_backend_module_keeps_the_contract(module):
+    import importlib
+
+    from anynet.backend import contract
+
+    lib = importlib.import_module(f"anynet.backend.{module}")  # imports no array library
+    protocol = contract.GenericLibrary if module == "_generic" else contract.NamedLibrary
+    wanted = contract.members(protocol)
+    assert len(wanted) > 12
+    assert sorted(wanted - set(dir(lib))) == []
+    for name in wanted:
+        value = getattr(lib, name)
+        assert callable(value) or name.isupper(), f"{module}.{name} is not a function"
+
+
+def test_every_fused_ops_class_keeps_the_contract():
+    from anynet.backend import _numpy, _torch, contract  # the classes import no library
+
+    wanted = contract.members(contract.FusedOps)
+    assert len(wanted) > 25
+    for cls in (_numpy.UfuncOps, _torch.TorchOps):
+        assert sorted(n for n in wanted if not callable(getattr(cls, n, None))) == [], cls
+
+
+def test_the_backend_fused_ops_keep_the_contract(backend):
+    from anynet.backend import contract
+
+    ops = backend.fused_ops()
+    if ops is None:
+        return
+    missing = sorted(n for n in contract.members(contract.FusedOps)
+                     if not callable(getattr(ops, n, None)))
+    assert missing == []  # CuPy's class is made inside fused_ops: checked here, on its session
+
+
+def test_the_contract_check_would_catch_a_missing_member():
+    from anynet.backend import contract
+
+    class Partial:
+        def empty(self, shape, dtype):
+            return None
+
+    assert "mm" in {n for n in contract.members(contract.FusedOps)
+                    if not callable(getattr(Partial(), n, None))}

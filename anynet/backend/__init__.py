@@ -143,8 +143,7 @@ class Backend:
         """Where the device is CUDA (CuPy, PyTorch), `capture(fn) -> replay`: `fn` (a step
         over buffers that never move) run once to warm up, then recorded as a CUDA graph that
         `replay()` launches as one unit. None elsewhere."""
-        capture = getattr(self._lib, "graph_capture", None)
-        return capture(self) if capture else None
+        return self._lib.graph_capture(self)
 
     @property
     def capabilities(self) -> dict[str, bool]:
@@ -242,8 +241,7 @@ def require(spec: str) -> None:
     if name == "auto":
         return
     if is_named(name):
-        install = getattr(library(name), "INSTALL", f"pip install {_IMPORTS[name]}")
-        import_or_explain(_IMPORTS[name], name, install)
+        import_or_explain(_IMPORTS[name], name, library(name).INSTALL)
         return
     from anynet.backend import _generic
 

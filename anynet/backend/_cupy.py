@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from anynet.backend._common import compile as compile
 from anynet.errors import BackendError
 
 NAME = "cupy"
-DEVICES = "N (GPU number)"
 INSTALL = ("pip install 'anynet[cupy-cuda12]' (or anynet[cupy-cuda13]; nvidia-smi shows your "
            "CUDA version)")
 
 # the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
-KIND_DEVICES = {"gpu": "0"}
+KIND_DEVICES: dict[str, str | None] = {"gpu": "0"}
 COMPILES = False
 
 
@@ -98,10 +98,6 @@ def sync(array: Any = None) -> None:
     import cupy
 
     cupy.cuda.get_current_stream().synchronize()
-
-
-def compile(fn):
-    return fn
 
 
 def graph_capture(backend):

@@ -11,15 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from anynet.backend._common import check_form, probe_import
+from anynet.backend._common import fused_ops as fused_ops  # immutable arrays: none
+from anynet.backend._common import graph_capture as graph_capture
 from anynet.errors import BackendError
 
 NAME = "jax"
-DEVICES = "cpu|gpu[:N]"
 INSTALL = "pip install 'anynet[jax]'"
 _DEVICE = re.compile(r"(cpu|gpu|cuda|rocm|tpu)(:\d+)?")
 
 # the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
-KIND_DEVICES = {"cpu": "cpu", "gpu": "gpu"}
+KIND_DEVICES: dict[str, str | None] = {"cpu": "cpu", "gpu": "gpu"}
 COMPILES = True
 
 
@@ -28,18 +30,11 @@ def device_name(device: Any) -> str:
 
 
 def check_device(device: str | None) -> str | None:
-    if device is not None and not _DEVICE.fullmatch(device):
-        raise BackendError(f"backend 'jax': unknown device '{device}'; use jax:cpu, jax:gpu "
-                           "or jax:gpu:N")
-    return device
+    return check_form(NAME, device, _DEVICE, "use jax:cpu, jax:gpu or jax:gpu:N")
 
 
 def probe() -> str:
-    try:
-        import jax  # noqa: F401
-    except ImportError as e:
-        return f"JAX is not installed ({e})"
-    return ""
+    return probe_import("jax", "JAX")
 
 
 def open(device: str | None) -> tuple[Any, Any]:
@@ -91,7 +86,3 @@ def compile(fn):
     import jax
 
     return jax.jit(fn)
-
-
-def fused_ops(backend):
-    return None

@@ -11,15 +11,18 @@ from typing import Any
 
 import numpy as np
 
+from anynet.backend._common import compile as compile
+from anynet.backend._common import fused_ops as fused_ops  # the reference step only: this
+from anynet.backend._common import graph_capture as graph_capture  # backend tests the standard
+from anynet.backend._common import probe_import
 from anynet.errors import BackendError
 
 NAME = "array-api-strict"
-DEVICES = "CPU_DEVICE|device1|device2"
 INSTALL = "pip install array-api-strict"
 _KNOWN = ("CPU_DEVICE", "device1", "device2")
 
 # the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
-KIND_DEVICES = {"cpu": None}
+KIND_DEVICES: dict[str, str | None] = {"cpu": None}
 COMPILES = False
 
 
@@ -35,11 +38,7 @@ def check_device(device: str | None) -> str | None:
 
 
 def probe() -> str:
-    try:
-        import array_api_strict  # noqa: F401
-    except ImportError as e:
-        return f"array-api-strict is not installed ({e})"
-    return ""
+    return probe_import("array_api_strict", "array-api-strict")
 
 
 def open(device: str | None) -> tuple[Any, Any]:
@@ -65,11 +64,3 @@ def to_host(array: Any) -> np.ndarray:
 
 def sync(array: Any = None) -> None:
     """Computes eagerly, as NumPy."""
-
-
-def compile(fn):
-    return fn
-
-
-def fused_ops(backend):
-    return None  # the reference step only: this backend exists to test the standard

@@ -11,15 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from anynet.backend._common import check_form, probe_import
+from anynet.backend._common import compile as compile
 from anynet.errors import BackendError
 
 NAME = "torch"
-DEVICES = "cpu|cuda[:N]|mps"
 INSTALL = "pip install torch (see https://pytorch.org for the build that fits your machine)"
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
 
 # the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
-KIND_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
+KIND_DEVICES: dict[str, str | None] = {"cpu": "cpu", "gpu": "cuda"}
 COMPILES = False
 
 
@@ -28,18 +29,11 @@ def device_name(device: Any) -> str:
 
 
 def check_device(device: str | None) -> str | None:
-    if device is not None and not _DEVICE.fullmatch(device):
-        raise BackendError(f"backend 'torch': unknown device '{device}'; use torch:cpu, "
-                           "torch:cuda, torch:cuda:N or torch:mps")
-    return device
+    return check_form(NAME, device, _DEVICE, "use torch:cpu, torch:cuda, torch:cuda:N or torch:mps")
 
 
 def probe() -> str:
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:
-        return f"PyTorch is not installed ({e})"
-    return ""
+    return probe_import("torch", "PyTorch")
 
 
 def open(device: str | None) -> tuple[Any, Any]:
@@ -89,10 +83,6 @@ def sync(array: Any = None) -> None:
         torch.cuda.synchronize(array.device)
     elif array is None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
-
-
-def compile(fn):
-    return fn
 
 
 def graph_capture(backend):
