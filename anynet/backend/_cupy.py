@@ -67,7 +67,8 @@ def open(device: str | None) -> tuple[Any, Any]:
     import array_api_compat.cupy as xp
     import cupy
 
-    if check_device(device) is None:
+    device = check_device(device)
+    if device is None:
         return xp, cupy.cuda.Device()  # the current device, as the docs say
     index, count = int(device), cupy.cuda.runtime.getDeviceCount()
     if index >= count:

@@ -78,6 +78,8 @@ def busy_cores(sample_s: float = SAMPLE_S) -> float | None:
             return None
     time.sleep(sample_s)
     busy1, own1, t1 = machine_busy_s(), time.process_time(), time.perf_counter()
+    if busy1 is None:  # /proc/stat went away between the two reads
+        return None
     return max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
 
 
