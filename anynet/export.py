@@ -33,7 +33,6 @@ from anynet.network import TwoLayerNet, forward, pixels_to_inputs
 
 INPUTS = ("uint8", "float32")
 INPUT_NAME = "pixels"
-OUTPUT_NAMES = ("probabilities", "label")
 
 
 def _ndonnx():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anynet.backend import NAMES, get_namespace, parse_spec, to_numpy
+from anynet.backend import NAMES, get_backend, parse_spec, to_numpy
 from anynet.cli import main
 from anynet.errors import BackendError
 from anynet.network import TwoLayerNet
@@ -112,7 +112,7 @@ def test_transfers_are_device_true(backend):
 
 
 def test_a_spec_opens_the_same_backend_again(backend):
-    again = get_namespace(backend.spec)
+    again = get_backend(backend.spec)
     assert (again.name, again.device_name) == (backend.name, backend.device_name)
 
 
@@ -127,7 +127,7 @@ def test_from_params_keeps_arrays_on_their_device(backend):
 
 def test_the_seam_runs_on_the_strict_second_device():
     pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
-    b = get_namespace("array-api-strict:device1")
+    b = get_backend("array-api-strict:device1")
     assert b.describe() == "array-api-strict (device device1)"
     net = TwoLayerNet(n_hidden=3, backend=b)
     assert net.forward(np.zeros((2, 784), np.uint8)).device == b.device
@@ -185,3 +185,13 @@ def test_the_contract_check_would_catch_a_missing_member():
 
     assert "mm" in {n for n in contract.members(contract.FusedOps)
                     if not callable(getattr(Partial(), n, None))}
+
+
+def test_get_namespace_is_the_deprecated_name_of_get_backend():
+    import anynet
+    from anynet import backend
+
+    assert anynet.get_backend is backend.get_backend
+    assert "deprecated" in (backend.get_namespace.__doc__ or "").lower()
+    old, new = anynet.get_namespace("numpy"), anynet.get_backend("numpy")
+    assert (old.name, old.device_name, old.xp) == (new.name, new.device_name, new.xp)

@@ -5,8 +5,10 @@ package, one module per library (`_numpy`, `_cupy`, `_torch`, `_jax`, `_strict`)
 same small interface: the namespace and device (`open`), host transfers (`from_host`,
 `to_host`), synchronisation for timing (`sync`), compilation (`compile`: `jax.jit` on JAX), the
 in-place primitives of the fused training step (`fused_ops`), an availability probe (`probe`),
-and thread control (`anynet.backend.threads`). The rest of anynet receives arrays, asks
-`array_api_compat.array_namespace` for their namespace, and never names a library.
+and thread control (`anynet.backend.threads`). `anynet.backend.contract` writes that interface
+down as Protocols (checked by mypy); `_common` holds what several modules share. The rest of
+anynet receives arrays, asks `array_api_compat.array_namespace` for their namespace, and never
+names a library.
 
 A backend is chosen by a spec, `NAME[:DEVICE]`:
 
@@ -22,10 +24,10 @@ A backend is chosen by a spec, `NAME[:DEVICE]`:
 
 `parse_spec` checks a spec's form without importing anything (the command line uses it for
 `--backend`); `require` says in one line which package is missing, before anything imports it;
-`get_namespace` imports the library and opens the device. In Python, `get_namespace` (and so
-`TwoLayerNet(backend=...)`) also takes a namespace module as users import it (`dask.array`,
-`mlx.core`) or an array of one. A library is imported only when asked for, so `import anynet`
-works with NumPy alone.
+`get_backend` imports the library and opens the device (`get_namespace`: its deprecated old
+name). In Python, `get_backend` (and so `TwoLayerNet(backend=...)`) also takes a namespace
+module as users import it (`dask.array`, `mlx.core`) or an array of one. A library is imported
+only when asked for, so `import anynet` works with NumPy alone.
 """
 
 from __future__ import annotations
@@ -273,7 +275,7 @@ def probe(name: str) -> str:
     return library(name).probe()
 
 
-def get_namespace(spec: Any = "numpy") -> Backend:
+def get_backend(spec: Any = "numpy") -> Backend:
     """Resolve a backend to a `Backend`: a spec ("torch:cuda", "dask.array", see the module
     docstring), a namespace module as users import it (`numpy`, `dask.array`, `mlx.core`), or an
     array of any library (its namespace, on its device). A `Backend` passes through unchanged.
@@ -301,6 +303,12 @@ def get_namespace(spec: Any = "numpy") -> Backend:
     return Backend(name, xp, dev)
 
 
+def get_namespace(spec: Any = "numpy") -> Backend:
+    """Deprecated alias of `get_backend` (the name of anynet 0.1, kept for existing code): it
+    returns a `Backend`, whose `xp` is the namespace."""
+    return get_backend(spec)
+
+
 def _generic_backend(name: str, xp: ModuleType, device: Any) -> Backend:
     library(name).check_trainable(name, xp, device)
     return Backend(name, xp, device)
@@ -315,7 +323,7 @@ def _from_module(module: ModuleType) -> Backend:
     name = _module_name(module)
     named = _NAMED_BY_PACKAGE.get(name.split(".")[0])
     if named is not None:
-        return get_namespace(named)
+        return get_backend(named)
     from anynet.backend import _generic
 
     xp = _generic.namespace_of(module)
@@ -341,7 +349,7 @@ def _from_array(array: Any) -> Backend:
             device = _generic.pick_device(name, xp, None)
         return _generic_backend(name, xp, device)
     if named == "numpy":
-        return get_namespace("numpy")
+        return get_backend("numpy")
     xp, _ = library(named).open(None)
     return Backend(named, xp, device)
 

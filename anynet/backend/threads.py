@@ -116,7 +116,7 @@ def set_threads(backend, n: int | None = None) -> int:
     work: `n`, except for a JAX whose CPU client already existed (its pool size, which cannot
     change any more).
 
-    For JAX call it before `get_namespace` (which creates JAX's client): with a spec string.
+    For JAX call it before `get_backend` (which creates JAX's client): with a spec string.
     Limits are process-wide and stay until set again. A spec whose library cannot be imported
     raises BackendError naming the package to install (`anynet.backend.require`), before
     anything tries to import it.
