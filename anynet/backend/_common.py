@@ -12,21 +12,29 @@ from typing import Any
 from anynet.errors import BackendError
 
 
-def probe_import(module: str, label: str) -> str:
-    """Empty when `module` imports; else "`label` is not installed (the error)"."""
-    try:
-        importlib.import_module(module)
-    except ImportError as e:
-        return f"{label} is not installed ({e})"
-    return ""
+def import_probe(module: str, label: str) -> Callable[[], str]:
+    """A backend's `probe`: empty when `module` imports; else "`label` is not installed (why)"."""
+    def probe() -> str:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            return f"{label} is not installed ({e})"
+        return ""
+
+    return probe
 
 
-def check_form(name: str, device: str | None, pattern: re.Pattern, hint: str) -> str | None:
-    """`device` unchanged when None or when it matches `pattern` whole; else BackendError
-    "backend 'name': unknown device '...'; `hint`"."""
-    if device is not None and not pattern.fullmatch(device):
-        raise BackendError(f"backend '{name}': unknown device '{device}'; {hint}")
-    return device
+def device_check(name: str, pattern: str, hint: str) -> Callable[[str | None], str | None]:
+    """A backend's `check_device`: a device unchanged when None or when it matches `pattern`
+    whole; else BackendError "backend 'name': unknown device '...'; `hint`"."""
+    form = re.compile(pattern)
+
+    def check_device(device: str | None) -> str | None:
+        if device is not None and not form.fullmatch(device):
+            raise BackendError(f"backend '{name}': unknown device '{device}'; {hint}")
+        return device
+
+    return check_device
 
 
 def compile(fn: Callable) -> Callable:

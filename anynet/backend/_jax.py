@@ -6,19 +6,17 @@ training step runs as one XLA computation per batch. Arrays are immutable: no fu
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
-from anynet.backend._common import check_form, probe_import
+from anynet.backend._common import device_check, import_probe
 from anynet.backend._common import fused_ops as fused_ops  # immutable arrays: none
 from anynet.backend._common import graph_capture as graph_capture
 from anynet.errors import BackendError
 
 NAME = "jax"
 INSTALL = "pip install 'anynet[jax]'"
-_DEVICE = re.compile(r"(cpu|gpu|cuda|rocm|tpu)(:\d+)?")
 
 # the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
 KIND_DEVICES: dict[str, str | None] = {"cpu": "cpu", "gpu": "gpu"}
@@ -29,12 +27,9 @@ def device_name(device: Any) -> str:
     return f"{device.platform}:{device.id}"
 
 
-def check_device(device: str | None) -> str | None:
-    return check_form(NAME, device, _DEVICE, "use jax:cpu, jax:gpu or jax:gpu:N")
-
-
-def probe() -> str:
-    return probe_import("jax", "JAX")
+check_device = device_check(NAME, r"(cpu|gpu|cuda|rocm|tpu)(:\d+)?",
+                            "use jax:cpu, jax:gpu or jax:gpu:N")
+probe = import_probe("jax", "JAX")
 
 
 def open(device: str | None) -> tuple[Any, Any]:

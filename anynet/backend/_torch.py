@@ -6,18 +6,16 @@ Also the fused step's primitives for PyTorch (`TorchOps`); W -= A @ B there is o
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
-from anynet.backend._common import check_form, probe_import
 from anynet.backend._common import compile as compile
+from anynet.backend._common import device_check, import_probe
 from anynet.errors import BackendError
 
 NAME = "torch"
 INSTALL = "pip install torch (see https://pytorch.org for the build that fits your machine)"
-_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
 
 # the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
 KIND_DEVICES: dict[str, str | None] = {"cpu": "cpu", "gpu": "cuda"}
@@ -28,12 +26,9 @@ def device_name(device: Any) -> str:
     return str(device)
 
 
-def check_device(device: str | None) -> str | None:
-    return check_form(NAME, device, _DEVICE, "use torch:cpu, torch:cuda, torch:cuda:N or torch:mps")
-
-
-def probe() -> str:
-    return probe_import("torch", "PyTorch")
+check_device = device_check(NAME, r"cpu|cuda(:\d+)?|mps",
+                            "use torch:cpu, torch:cuda, torch:cuda:N or torch:mps")
+probe = import_probe("torch", "PyTorch")
 
 
 def open(device: str | None) -> tuple[Any, Any]:
