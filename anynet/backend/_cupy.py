@@ -15,12 +15,15 @@ No CUDA graph: CuPy refuses every cuBLAS call while a stream is capturing
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anynet.backend._common import compile as compile
 from anynet.errors import BackendError
+
+if TYPE_CHECKING:
+    from anynet.backend.contract import FusedOps
 
 NAME = "cupy"
 INSTALL = ("pip install 'anynet[cupy-cuda12]' (or anynet[cupy-cuda13]; nvidia-smi shows your "
@@ -150,7 +153,7 @@ def _kernels():
     return _KERNELS
 
 
-def fused_ops(backend):
+def fused_ops(backend) -> FusedOps:
     import cupy
 
     from anynet.backend._numpy import UfuncOps
