@@ -33,13 +33,17 @@ only when asked for, so `import anynet` works with NumPy alone.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anynet.errors import BackendError
+
+if TYPE_CHECKING:
+    from anynet.backend.contract import FusedOps, Library
 
 NAMES = ("numpy", "cupy", "torch", "jax", "array-api-strict", "auto")
 _MODULES = {"numpy": "_numpy", "cupy": "_cupy", "torch": "_torch", "jax": "_jax",
@@ -91,7 +95,7 @@ class Backend:
     note: str = ""
 
     @property
-    def _lib(self) -> ModuleType:
+    def _lib(self) -> Library:
         return library(self.name)
 
     @property
@@ -99,8 +103,10 @@ class Backend:
         """The spec that opens this backend again, device included: 'torch:cuda:0'."""
         device = self.device_name
         if not is_named(self.name):  # the library's default device goes unnamed
-            default = self._lib.pick_device(self.name, self.xp, None)
-            return self.name if device == self._lib.device_name(default) else \
+            from anynet.backend import _generic
+
+            default = _generic.pick_device(self.name, self.xp, None)
+            return self.name if device == _generic.device_name(default) else \
                 f"{self.name}:{device}"
         return self.name if device in ("cpu", "CPU_DEVICE") else f"{self.name}:{device}"
 
@@ -132,16 +138,16 @@ class Backend:
         """Whether `compile` does anything here (JAX: jax.jit)."""
         return self._lib.COMPILES
 
-    def compile(self, fn):
+    def compile(self, fn: Callable) -> Callable:
         """`fn` compiled for this backend (jax.jit on JAX); `fn` itself elsewhere."""
         return self._lib.compile(fn)
 
-    def fused_ops(self):
+    def fused_ops(self) -> FusedOps | None:
         """The in-place primitives of the fused training step, or None where there are none
         (immutable arrays, or a backend meant only for testing the standard)."""
         return self._lib.fused_ops(self)
 
-    def graph_capture(self):
+    def graph_capture(self) -> Callable[[Callable[[], None]], Callable] | None:
         """Where the device is CUDA (CuPy, PyTorch), `capture(fn) -> replay`: `fn` (a step
         over buffers that never move) run once to warm up, then recorded as a CUDA graph that
         `replay()` launches as one unit. None elsewhere."""
@@ -162,7 +168,9 @@ class Backend:
         arrays themselves elsewhere. Called on the parameters after every training step."""
         if is_named(self.name):
             return arrays
-        return self._lib.materialise(arrays)
+        from anynet.backend import _generic
+
+        return _generic.materialise(arrays)
 
     def holds(self, array: Any) -> bool:
         """Whether `array` is an array of this backend's namespace on its device."""
