@@ -121,7 +121,10 @@ class GenericLibrary(Library, Protocol):
 
 class FusedOps(Protocol):
     """The fused step's in-place primitives. A trailing `_` or an `out` argument: the result
-    is written into existing memory, nothing is allocated. Arrays are 2-D unless said."""
+    is written into existing memory, nothing is allocated. Arrays are 2-D unless said.
+
+    Optional: `momentum_(p, g, v, wd, mu, neg_lr, nesterov)`, one parameter's whole SGD update
+    in one kernel (CuPy's); the step uses it where present, else `axpy_` and friends."""
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
         """A new uninitialised array of `shape` and NumPy dtype `dtype` on the device."""
