@@ -334,8 +334,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class Server(BoundedServer):
     """The bounded server holding the Predictor and the static files for its handlers (the
-    keywords: `BoundedServer`'s)."""
+    keywords: see `BoundedServer`)."""
 
-    def __init__(self, address: tuple[str, int], predictor: Predictor, **limits: Any):
+    def __init__(self, address: tuple[str, int], predictor: Predictor, *, log: bool = True,
+                 allowed_hosts: tuple[str, ...] = (), deadline: float = DEADLINE,
+                 max_connections: int = MAX_CONNECTIONS):
         self.predictor, self.static = predictor, static_files()
-        super().__init__(address, Handler, **limits)
+        super().__init__(address, Handler, log=log, allowed_hosts=allowed_hosts,
+                         deadline=deadline, max_connections=max_connections)
