@@ -45,9 +45,12 @@ def _pytest(session: nox.Session, backend: str, backend_only: bool = True) -> No
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over the package, tests, benchmarks, examples and this file."""
-    session.install("ruff>=0.5")
+    """ruff over the package, tests, benchmarks, examples and this file; mypy over anynet/
+    (configured in pyproject.toml), which proves every backend module and fused-ops class
+    keeps the seam's Protocols (anynet/backend/contract.py)."""
+    session.install("ruff>=0.5", "mypy>=1.10", "numpy>=1.24")
     session.run("ruff", "check", "anynet", "tests", "bench", "examples", "noxfile.py")
+    session.run("mypy")
 
 
 @nox.session

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["SGD", "TwoLayerNet", "__version__", "get_namespace", "load_mnist"]
+__all__ = ["SGD", "TwoLayerNet", "__version__", "get_backend", "get_namespace", "load_mnist"]
 
 
 def __getattr__(name: str):
@@ -28,10 +28,10 @@ def __getattr__(name: str):
         from anynet.optim import SGD
 
         return SGD
-    if name == "get_namespace":
-        from anynet.backend import get_namespace
+    if name in ("get_backend", "get_namespace"):  # get_namespace: deprecated, get_backend's
+        import anynet.backend
 
-        return get_namespace
+        return getattr(anynet.backend, name)
     if name == "load_mnist":
         from anynet.data import load_mnist
 

@@ -359,7 +359,7 @@ class Distorter:
 
     def __init__(self, distortion: Distortion, backend: Any, seed: int,
                  dtype: str = "float32"):
-        from anynet.backend import get_namespace
+        from anynet.backend import get_backend
 
         if not isinstance(distortion, Distortion):
             raise TypeError(f"distortion must be a Distortion, got {type(distortion).__name__}")
@@ -368,7 +368,7 @@ class Distorter:
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.distortion = distortion
-        self.backend = get_namespace(backend)
+        self.backend = get_backend(backend)
         self.seed = int(seed)
         self.dtype = dtype
         self._xp_dtype = self.backend.dtype(dtype)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anynet import functional as F
-from anynet.backend import Backend, get_namespace
+from anynet.backend import Backend, get_backend
 
 RELU_INPUT = np.array([
     [0.24254239, -0.0093585, 0.06251788],
@@ -98,7 +98,7 @@ class ExampleResult:
 
 def run_examples(backend: str | Backend = "numpy") -> list[ExampleResult]:
     """Compute every worked example on `backend` in float64 and compare with the assignment."""
-    b = get_namespace(backend)
+    b = get_backend(backend)
     xp = b.xp
     softmax_rtol, loss_atol, grad_atol = SOFTMAX_RTOL, LOSS_ATOL, GRAD_ATOL
     if not b.capabilities["float64 accurate"]:

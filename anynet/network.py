@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from anynet import functional as F
-from anynet.backend import Backend, get_namespace, to_numpy
+from anynet.backend import Backend, get_backend, to_numpy
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 PIXEL_SCALE = 255  # uint8 pixels 0..255 become inputs in [0, 1]
@@ -140,7 +140,7 @@ class TwoLayerNet:
     ):
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', not {dtype!r}")
-        self.backend = get_namespace(backend)
+        self.backend = get_backend(backend)
         self.dtype = dtype
         host = init_params(n_in, n_hidden, n_out, seed, dtype)
         self.params = {k: self.backend.asarray(v) for k, v in host.items()}
@@ -152,7 +152,7 @@ class TwoLayerNet:
         The shapes must form one hidden layer (see `check_param_shapes`); the dtype, float32 or
         float64, is kept (all four must share it).
         """
-        backend = get_namespace(backend)
+        backend = get_backend(backend)
         check_param_shapes({k: tuple(params[k].shape) for k in PARAM_NAMES if k in params})
         net = cls.__new__(cls)
         net.backend = backend
@@ -257,6 +257,6 @@ class TwoLayerNet:
     def __setstate__(self, state: dict) -> None:
         """Reopen the pickled backend spec (a `BackendError` where it is not available here)
         and move the parameters onto it."""
-        self.backend = get_namespace(state["backend"])
+        self.backend = get_backend(state["backend"])
         self.dtype = state["dtype"]
         self.params = {k: self.backend.asarray(state["params"][k]) for k in PARAM_NAMES}

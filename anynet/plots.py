@@ -25,6 +25,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 
@@ -44,9 +45,8 @@ def figure_format(path: str | os.PathLike) -> str:
     """
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise UserError(
-            f"{path}: a plot file must end in .png, .svg or .pdf, not {suffix or 'no suffix'!r}"
-        )
+        raise UserError(f"{path}: a plot file must end in .png, .svg or .pdf, "
+                        f"not {suffix or 'no suffix'!r}")
     return FORMATS[suffix]
 
 
@@ -102,10 +102,8 @@ def plot_weights(W1: np.ndarray, path: str | os.PathLike, *, max_units: int | No
     n_in, n_hidden = W1.shape
     side = math.isqrt(n_in)
     if side * side != n_in or n_hidden == 0:
-        raise UserError(
-            f"cannot draw first-layer weights of shape {W1.shape} as images: "
-            "expected (D, H) with D a square number of pixels (784 = 28x28 for MNIST)"
-        )
+        raise UserError(f"cannot draw first-layer weights of shape {W1.shape} as images: "
+                        "expected (D, H) with D a square number of pixels (784 = 28x28 for MNIST)")
     if max_units is not None and not 1 <= max_units <= MAX_DRAWN:
         raise UserError(f"max_units must be at least 1 and at most {MAX_DRAWN}, got {max_units}")
     shown = min(n_hidden, MAX_DRAWN if max_units is None else max_units)
@@ -123,16 +121,12 @@ def plot_weights(W1: np.ndarray, path: str | os.PathLike, *, max_units: int | No
         ax.set_axis_off()
         if unit >= shown:
             continue
-        picture = ax.imshow(
-            weights[:, unit].reshape(side, side), cmap="RdBu_r", vmin=-limit, vmax=limit,
-            interpolation="nearest",
-        )
+        picture = ax.imshow(weights[:, unit].reshape(side, side), cmap="RdBu_r", vmin=-limit,
+                            vmax=limit, interpolation="nearest")
         if shown <= 100:
             ax.set_title(f"unit {unit}", fontsize=7, pad=2)
-    figure.colorbar(
-        picture, ax=axes.tolist(), shrink=0.9 if rows < 4 else 0.6,
-        label="weight from pixel\nred: ink excites, blue: inhibits",
-    )
+    figure.colorbar(picture, ax=axes.tolist(), shrink=0.9 if rows < 4 else 0.6,
+                    label="weight from pixel\nred: ink excites, blue: inhibits")
     if shown == n_hidden:
         which = f"all {n_hidden} hidden units" if n_hidden > 1 else "the hidden unit"
     else:
@@ -153,15 +147,11 @@ def check_metrics(metrics: object, *, source: str = "metrics") -> dict:
     fractions in [0, 1] and null where a figure was not measured.
     """
     if not isinstance(metrics, Mapping) or metrics.get("format") != METRICS_FORMAT:
-        raise UserError(
-            f"{source}: not an anynet metrics file (expected \"format\": \"{METRICS_FORMAT}\"; "
-            "write one with anynet train --metrics FILE.json)"
-        )
+        raise UserError(f"{source}: not an anynet metrics file (expected \"format\": "
+                        f"\"{METRICS_FORMAT}\"; write one with anynet train --metrics FILE.json)")
     if metrics.get("version") != METRICS_VERSION:
-        raise UserError(
-            f"{source}: metrics format version {metrics.get('version')!r} is not supported "
-            f"(this anynet reads version {METRICS_VERSION})"
-        )
+        raise UserError(f"{source}: metrics format version {metrics.get('version')!r} is not "
+                        f"supported (this anynet reads version {METRICS_VERSION})")
     epochs = metrics.get("epochs")
     if not isinstance(epochs, list) or not epochs:
         raise UserError(f"{source}: the metrics file has no epochs to plot")
@@ -171,10 +161,8 @@ def check_metrics(metrics: object, *, source: str = "metrics") -> dict:
         for key, value in row.items():
             if key != "epoch" and value is not None and not _is_number(value):
                 if key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
-                    raise UserError(
-                        f"{source}: epoch entry {i}: {key} must be a number or null, "
-                        f"not {value!r}"
-                    )
+                    raise UserError(f"{source}: epoch entry {i}: {key} must be a number or "
+                                    f"null, not {value!r}")
     for key in ("test_loss", "test_accuracy"):
         value = metrics.get(key)
         if value is not None and not _is_number(value):
@@ -182,17 +170,14 @@ def check_metrics(metrics: object, *, source: str = "metrics") -> dict:
     return dict(metrics)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _series(epochs: list, key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(epoch numbers, values) where `key` holds a finite number; nulls and NaN are skipped."""
-    points = [
-        (row["epoch"], row[key] * scale)
-        for row in epochs
-        if _is_number(row.get(key)) and math.isfinite(row[key])
-    ]
+    points = [(row["epoch"], row[key] * scale) for row in epochs
+              if _is_number(row.get(key)) and math.isfinite(row[key])]
     if not points:
         return np.zeros(0), np.zeros(0)
     x, y = zip(*points, strict=True)
@@ -226,10 +211,8 @@ def plot_curves(metrics: dict, path: str | os.PathLike) -> None:
             ax_acc.plot(x, y, style, markersize=3, label=f"{label} (last {y[-1]:.2f}%)")
     test_accuracy = metrics.get("test_accuracy")
     if _is_number(test_accuracy) and math.isfinite(test_accuracy):
-        ax_acc.axhline(
-            100 * test_accuracy, color="grey", linestyle="--",
-            label=f"test ({100 * test_accuracy:.2f}%)",
-        )
+        ax_acc.axhline(100 * test_accuracy, color="grey", linestyle="--",
+                       label=f"test ({100 * test_accuracy:.2f}%)")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
 
     for ax in (ax_loss, ax_acc):
@@ -295,24 +278,30 @@ def plot_confusion(
     except ImportError:
         raise MissingExtraError("matplotlib", "plot", "Plotting") from None
 
-    n_classes = confusion.shape[0]
-    per_row = 10
-    strip_rows = math.ceil(len(wrong) / per_row)
+    strip_rows = math.ceil(len(wrong) / _PER_ROW)
     figure = _new_figure(figsize=(7.5, 6.5 + 1.6 * strip_rows))
     if strip_rows:
         top, bottom = figure.subfigures(2, 1, height_ratios=[6.5, 1.6 * strip_rows])
+        _draw_wrong(bottom, wrong, strip_rows)
     else:
-        top, bottom = figure, None
+        top = figure
+    _draw_matrix(top, confusion, LogNorm)
+    _save(figure, path)
 
+
+_PER_ROW = 10  # wrong images per row under the confusion matrix
+
+
+def _draw_matrix(top, confusion: np.ndarray, LogNorm) -> None:
+    """The (K, K) counts on `top`, on a log colour scale, each cell labelled with its count."""
+    n_classes = confusion.shape[0]
     ax = top.subplots()
     total = int(confusion.sum())
     correct = int(np.trace(confusion))
     counts = np.ma.masked_equal(confusion, 0)  # zeros stay white: log(0) has no colour
-    picture = ax.imshow(
-        counts, cmap="Blues", norm=LogNorm(vmin=1, vmax=max(1, int(confusion.max()))),
-        interpolation="nearest",
-    )
     high = max(1, int(confusion.max()))
+    picture = ax.imshow(counts, cmap="Blues", norm=LogNorm(vmin=1, vmax=high),
+                        interpolation="nearest")
     for t in range(n_classes):
         for p in range(n_classes):
             count = int(confusion[t, p])
@@ -328,26 +317,21 @@ def plot_confusion(
     ax.set_title(f"Confusion matrix: {correct:,} of {total:,} right{accuracy}")
     top.colorbar(picture, ax=ax, label="images (log scale)", shrink=0.85)
 
-    if bottom is not None:
-        cells = np.atleast_1d(bottom.subplots(strip_rows, per_row, squeeze=False)).ravel()
-        for cell, item in zip(cells, wrong + [None] * (len(cells) - len(wrong)), strict=True):
-            cell.set_axis_off()
-            if item is None:
-                continue
-            image = np.asarray(item["image"])
-            side = math.isqrt(image.size)
-            cell.imshow(image.reshape(side, side), cmap="gray_r", vmin=0, vmax=255,
-                        interpolation="nearest")
-            # Two lines, so ten titles fit side by side.
-            cell.set_title(
-                f"true {int(item['label'])} -> {int(item['predicted'])}\n"
-                f"({float(item['probability']):.2f})",
-                fontsize=7, pad=2,
-            )
-        bottom.suptitle(
-            "Most confidently wrong: true class -> predicted (probability)", fontsize=9
-        )
-    _save(figure, path)
+
+def _draw_wrong(bottom, wrong: list[Mapping], strip_rows: int) -> None:
+    """The wrong images (dicts as `plot_confusion` takes) on `bottom`, `_PER_ROW` a row."""
+    cells = np.atleast_1d(bottom.subplots(strip_rows, _PER_ROW, squeeze=False)).ravel()
+    for cell in cells:
+        cell.set_axis_off()
+    for cell, item in zip(cells, wrong, strict=False):
+        image = np.asarray(item["image"])
+        side = math.isqrt(image.size)
+        cell.imshow(image.reshape(side, side), cmap="gray_r", vmin=0, vmax=255,
+                    interpolation="nearest")
+        # Two lines, so ten titles fit side by side.
+        cell.set_title(f"true {int(item['label'])} -> {int(item['predicted'])}\n"
+                       f"({float(item['probability']):.2f})", fontsize=7, pad=2)
+    bottom.suptitle("Most confidently wrong: true class -> predicted (probability)", fontsize=9)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -373,8 +357,8 @@ def plot_sweep(records: Sequence[Mapping], path: str | os.PathLike) -> None:
     if not names:
         ax = axes[0]
         text = "no finished runs" if not rows else "nothing swept but the seed"
-        if rows:
-            row = rows[0]
+        row = rows[0] if rows else None
+        if row is not None and row.test_mean is not None:
             text = f"test accuracy {100 * row.test_mean:.2f}% over {row.ok} seeds"
         ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
@@ -418,7 +402,7 @@ def plot_distortions(
     distorted: np.ndarray,
     path: str | os.PathLike,
     *,
-    labels: Sequence[int] | None = None,
+    labels: Sequence[int] | np.ndarray | None = None,
     title: str = "",
 ) -> None:
     """Draw rows of digits, each followed by several distortions of it.

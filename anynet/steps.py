@@ -551,7 +551,7 @@ def first_cause(error: BaseException) -> str:
     return text
 
 
-def fast_step_applies(net: TwoLayerNet, optimizer: SGD) -> bool:
+def fast_step_applies(net: TwoLayerNet) -> bool:
     """Whether `FusedStep` can run this training: a backend with in-place primitives (NumPy,
     CuPy, PyTorch on any device); any SGD (momentum, Nesterov, weight decay)."""
     return net.backend.fused_ops() is not None
@@ -563,7 +563,7 @@ def make_train_step(net: TwoLayerNet, optimizer: SGD, images, labels, batch_size
     (as a CUDA graph where the backend captures one), the compiled reference step where the
     backend compiles (JAX); else the reference."""
     args = (net, optimizer, images, labels, batch_size, velocity)
-    if fast and fast_step_applies(net, optimizer):
+    if fast and fast_step_applies(net):
         # distortions are drawn on the host a chunk at a time: no single graph per step
         capture = net.backend.graph_capture() if distorter is None else None
         if capture is not None:

@@ -77,7 +77,7 @@ def backend_spec(library: str, device: str) -> str:
 def _device_problem(library: str, device: str) -> str | None:
     """Why `library` cannot compute on `device` here, or None when it can (anynet's probe, then
     opening the device through anynet's backend seam)."""
-    from anynet.backend import get_namespace, probe
+    from anynet.backend import get_backend, probe
     from anynet.errors import BackendError
 
     try:
@@ -85,7 +85,7 @@ def _device_problem(library: str, device: str) -> str | None:
         reason = probe(library)
         if reason:
             return reason
-        get_namespace(spec)
+        get_backend(spec)
     except BackendError as e:
         return str(e)
     return None
@@ -160,14 +160,14 @@ def matmul(cfg: dict) -> dict:
     on one library, allocated and synchronised through anynet's backend seam."""
     import numpy as np
 
-    from anynet.backend import get_namespace
+    from anynet.backend import get_backend
 
     library, device, n = cfg["library"], cfg["device"], cfg["size"]
     threads = _set_threads(library, device, cfg["threads"])
     problem = _device_problem(library, device)
     if problem:
         return {"status": "skipped", "reason": problem}
-    backend = get_namespace(backend_spec(library, device))
+    backend = get_backend(backend_spec(library, device))
     rng = np.random.default_rng(0)
     a, b = (backend.asarray(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
 

@@ -156,13 +156,13 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from anynet.backend import get_namespace
+    from anynet.backend import get_backend
     from anynet.backend.threads import set_threads
     from anynet.data import load_mnist
 
     spec = backend_spec(args.backend, args.device)
     threads = set_threads(spec, args.threads)  # before the library opens (JAX sizes its pool)
-    backend = get_namespace(spec)
+    backend = get_backend(spec)
     mnist = load_mnist(args.data_dir, verify=not args.no_verify)
     images, labels = mnist.train_images[:args.images], mnist.train_labels[:args.images]
 

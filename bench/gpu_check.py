@@ -235,7 +235,7 @@ def replay_check(spec: str, graphed_expected: bool, small: bool = False) -> int:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from anynet.backend import get_namespace
+    from anynet.backend import get_backend
     from anynet.network import TwoLayerNet
     from anynet.optim import SGD
     from anynet.steps import (
@@ -247,7 +247,7 @@ def replay_check(spec: str, graphed_expected: bool, small: bool = False) -> int:
     )
 
     warnings.simplefilter("error", GraphCaptureUnavailable)
-    backend = get_namespace(spec)
+    backend = get_backend(spec)
     rng = np.random.default_rng(0)
     n, B, H, H_timed = (640, 64, 20, 50) if small else (6400, 64, 100, 800)
     images = backend.asarray(rng.integers(0, 256, (n, 784), dtype=np.uint8))

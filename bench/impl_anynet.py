@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from _worker import backend_spec
 
-from anynet.backend import get_namespace
+from anynet.backend import get_backend
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
 from anynet.steps import make_train_step
@@ -28,7 +28,7 @@ from anynet.steps import make_train_step
 class AnynetTrainer:
     def __init__(self, hidden, batch, lr, seed, train_images, train_labels, backend, device,
                  momentum):
-        self.backend = get_namespace(backend_spec(backend, device))
+        self.backend = get_backend(backend_spec(backend, device))
         self.net = TwoLayerNet(n_hidden=hidden, backend=self.backend, seed=seed)
         self.lr = lr
         self.n = len(train_labels)

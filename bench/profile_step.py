@@ -51,11 +51,11 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs (default: 3)")
     args = p.parse_args(argv)
 
-    from anynet.backend import get_namespace
+    from anynet.backend import get_backend
     from anynet.backend.threads import default_threads, set_threads
 
     threads = set_threads(args.backend, args.threads or default_threads())
-    backend = get_namespace(args.backend)
+    backend = get_backend(args.backend)
     from anynet.network import TwoLayerNet
     from anynet.optim import SGD
     from anynet.steps import make_train_step

@@ -77,14 +77,14 @@ def backend_name(request) -> str:
 @pytest.fixture(scope="session")
 def backend(backend_name):
     """The `anynet.backend.Backend` under test. The cupy session skips where no GPU answers."""
-    from anynet.backend import get_namespace, parse_spec, probe
+    from anynet.backend import get_backend, parse_spec, probe
 
     name, _ = parse_spec(backend_name)
     if name == "cupy":
         reason = probe("cupy")
         if reason:
             pytest.skip(f"cupy backend not testable here: {reason}")
-    return get_namespace(backend_name)
+    return get_backend(backend_name)
 
 
 @pytest.fixture(scope="session")

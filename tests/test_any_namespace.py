@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from data_helpers import make_mnist_dir, synthetic_mnist
 
-from anynet.backend import _generic, get_namespace, is_named, parse_spec, require, to_numpy
+from anynet.backend import _generic, get_backend, is_named, parse_spec, require, to_numpy
 from anynet.cli import main
 from anynet.config import TrainConfig
 from anynet.errors import BackendError
@@ -135,7 +135,7 @@ def test_eager_arrays_are_not_materialised():
 
 def test_a_library_that_cannot_train_is_refused_in_one_line(lacking, capsys):
     with pytest.raises(BackendError, match=r"lacks .*: take, arange$"):
-        get_namespace(lacking)
+        get_backend(lacking)
     assert main(["train", "--backend", lacking, "--epochs", "1"]) == 2
     line = one_line(capsys)
     assert f"backend '{lacking}' cannot train anynet" in line and "take, arange" in line
@@ -152,13 +152,13 @@ def test_pydata_sparse_is_refused_naming_what_it_lacks(capsys):
 def test_modules_and_arrays_of_the_named_libraries_open_the_named_backend():
     import array_api_compat.numpy as compat_numpy
 
-    assert get_namespace(np).name == "numpy" and get_namespace(compat_numpy).name == "numpy"
-    assert get_namespace(np.zeros(3)).name == "numpy"
+    assert get_backend(np).name == "numpy" and get_backend(compat_numpy).name == "numpy"
+    assert get_backend(np.zeros(3)).name == "numpy"
     strict = pytest.importorskip("array_api_strict")
-    b = get_namespace(strict.asarray([1.0], device=strict.Device("device1")))
+    b = get_backend(strict.asarray([1.0], device=strict.Device("device1")))
     assert (b.name, b.device_name) == ("array-api-strict", "device1")
     with pytest.raises(BackendError, match="not a backend"):
-        get_namespace(3.5)
+        get_backend(3.5)
 
 
 # --- missing libraries (#22 item 9): one line, exit 2, before anything imports them -------------
@@ -229,13 +229,13 @@ def test_require_passes_installed_libraries():
 @pytest.mark.portable
 def test_the_library_opens_from_its_module_and_from_its_arrays(backend):
     array = backend.asarray(np.arange(6.0).reshape(2, 3))
-    from_array = get_namespace(array)
+    from_array = get_backend(array)
     assert (from_array.name, from_array.device_name) == (backend.name, backend.device_name)
     if not is_named(backend.name):
         import importlib
 
         module = importlib.import_module(backend.name)
-        assert get_namespace(module).spec == backend.spec
+        assert get_backend(module).spec == backend.spec
         net = TwoLayerNet(n_hidden=3, backend=module)
         assert net.backend.holds(net.params["W1"])
     np.testing.assert_array_equal(to_numpy(array), np.arange(6.0).reshape(2, 3))

@@ -13,7 +13,7 @@ from data_helpers import synthetic_mnist
 
 from anynet import augment as A
 from anynet.augment import Distorter, Distortion
-from anynet.backend import get_namespace
+from anynet.backend import get_backend
 
 S = 28
 
@@ -311,7 +311,7 @@ def test_distorter_follows_the_formulas(backend, kind):
 @pytest.mark.parametrize("kind", ["affine", "elastic", "affine+elastic"])
 def test_every_backend_equals_numpy(backend, kind):
     X = digits(16, seed=3)
-    numpy = get_namespace("numpy")
+    numpy = get_backend("numpy")
     for dtype, atol in (("float32", 2e-5), ("float64", 1e-12)):
         here = Distorter(Distortion(kind), backend, seed=11, dtype=dtype)
         there = Distorter(Distortion(kind), numpy, seed=11, dtype=dtype)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anynet.backend import get_namespace, to_numpy
+from anynet.backend import get_backend, to_numpy
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
 
@@ -59,7 +59,7 @@ def test_backend_under_test_matches_numpy(backend, numpy_trajectory):
 @pytest.mark.parametrize("other", ["array-api-strict", "torch"])
 def test_reference_backends_match_numpy(other, numpy_trajectory):
     pytest.importorskip(other.replace("-", "_"), reason=f"{other} is not installed in this session")
-    assert_same(trajectory(get_namespace(other)), numpy_trajectory)
+    assert_same(trajectory(get_backend(other)), numpy_trajectory)
 
 
 def test_same_seed_same_model(backend):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anynet.backend import NAMES, get_namespace, parse_spec, to_numpy
+from anynet.backend import NAMES, get_backend, parse_spec, to_numpy
 from anynet.cli import main
 from anynet.errors import BackendError
 from anynet.network import TwoLayerNet
@@ -112,7 +112,7 @@ def test_transfers_are_device_true(backend):
 
 
 def test_a_spec_opens_the_same_backend_again(backend):
-    again = get_namespace(backend.spec)
+    again = get_backend(backend.spec)
     assert (again.name, again.device_name) == (backend.name, backend.device_name)
 
 
@@ -127,9 +127,71 @@ def test_from_params_keeps_arrays_on_their_device(backend):
 
 def test_the_seam_runs_on_the_strict_second_device():
     pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
-    b = get_namespace("array-api-strict:device1")
+    b = get_backend("array-api-strict:device1")
     assert b.describe() == "array-api-strict (device device1)"
     net = TwoLayerNet(n_hidden=3, backend=b)
     assert net.forward(np.zeros((2, 784), np.uint8)).device == b.device
     with pytest.raises(Exception, match="device"):  # what the seam exists to avoid
         np.asarray(net.params["W1"])
+
+
+# The written contract (anynet/backend/contract.py): mypy proves it in nox's lint session; this
+# checks at run time that every member is there, so it holds where mypy is not installed.
+NAMED_MODULES = ["_numpy", "_cupy", "_torch", "_jax", "_strict"]
+
+
+@pytest.mark.parametrize("module", [*NAMED_MODULES, "_generic"])
+def test_every_backend_module_keeps_the_contract(module):
+    import importlib
+
+    from anynet.backend import contract
+
+    lib = importlib.import_module(f"anynet.backend.{module}")  # imports no array library
+    protocol = contract.GenericLibrary if module == "_generic" else contract.NamedLibrary
+    wanted = contract.members(protocol)
+    assert len(wanted) > 12
+    assert sorted(wanted - set(dir(lib))) == []
+    for name in wanted:
+        value = getattr(lib, name)
+        assert callable(value) or name.isupper(), f"{module}.{name} is not a function"
+
+
+def test_every_fused_ops_class_keeps_the_contract():
+    from anynet.backend import _numpy, _torch, contract  # the classes import no library
+
+    wanted = contract.members(contract.FusedOps)
+    assert len(wanted) > 25
+    for cls in (_numpy.UfuncOps, _torch.TorchOps):
+        assert sorted(n for n in wanted if not callable(getattr(cls, n, None))) == [], cls
+
+
+def test_the_backend_fused_ops_keep_the_contract(backend):
+    from anynet.backend import contract
+
+    ops = backend.fused_ops()
+    if ops is None:
+        return
+    missing = sorted(n for n in contract.members(contract.FusedOps)
+                     if not callable(getattr(ops, n, None)))
+    assert missing == []  # CuPy's class is made inside fused_ops: checked here, on its session
+
+
+def test_the_contract_check_would_catch_a_missing_member():
+    from anynet.backend import contract
+
+    class Partial:
+        def empty(self, shape, dtype):
+            return None
+
+    assert "mm" in {n for n in contract.members(contract.FusedOps)
+                    if not callable(getattr(Partial(), n, None))}
+
+
+def test_get_namespace_is_the_deprecated_name_of_get_backend():
+    import anynet
+    from anynet import backend
+
+    assert anynet.get_backend is backend.get_backend
+    assert "deprecated" in (backend.get_namespace.__doc__ or "").lower()
+    old, new = anynet.get_namespace("numpy"), anynet.get_backend("numpy")
+    assert (old.name, old.device_name, old.xp) == (new.name, new.device_name, new.xp)

@@ -83,8 +83,7 @@ def test_fused_step_keeps_params_in_the_net():
 def test_which_step_runs(backend):
     net = TwoLayerNet(n_hidden=3, backend=backend)
     fused = backend.fused_ops() is not None
-    assert fast_step_applies(net, SGD(lr=0.1, weight_decay=1e-4)) == fused
-    assert fast_step_applies(net, SGD(lr=0.1, momentum=0.9, nesterov=True)) == fused
+    assert fast_step_applies(net) == fused  # whatever the SGD: momentum, Nesterov, decay
     args = (backend.asarray(np.zeros((4, 784), np.uint8)),
             backend.asarray(np.zeros(4, np.int64)), 2, {})
     graphs = fused and backend.graph_capture() is not None   # CUDA: PyTorch captures, CuPy not
@@ -576,7 +575,7 @@ def test_torch_cuda_n_captures_on_device_n(monkeypatch):
 def test_a_fused_momentum_primitive_computes_what_the_loop_does(monkeypatch, nesterov):
     """Where the seam offers `momentum_` (CuPy: one kernel a parameter), the fused step uses it;
     here it is the kernel's expression in NumPy, and the step still equals the reference."""
-    from anynet.backend import get_namespace
+    from anynet.backend import get_backend
     from anynet.backend._numpy import UfuncOps
 
     calls = []
@@ -588,7 +587,7 @@ def test_a_fused_momentum_primitive_computes_what_the_loop_does(monkeypatch, nes
         p += neg_lr * (gw + mu * v if nesterov else v)
 
     monkeypatch.setattr(UfuncOps, "momentum_", momentum_, raising=False)
-    backend = get_namespace("numpy")
+    backend = get_backend("numpy")
     kw = dict(momentum=0.9, nesterov=nesterov)
     fast_losses, fast = run_steps(FusedStep, "float64", 64, 1e-3, backend, **kw)
     ref_losses, ref = run_steps(ArrayAPIStep, "float64", 64, 1e-3, backend, **kw)

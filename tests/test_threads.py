@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from anynet.backend import get_namespace, threads
+from anynet.backend import get_backend, threads
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
@@ -35,7 +35,7 @@ def blas_threads() -> set[int]:
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_set_threads_limits_numpy_blas(n):
-    assert threads.set_threads(get_namespace("numpy"), n) == n
+    assert threads.set_threads(get_backend("numpy"), n) == n
     assert blas_threads() == {n}                      # NumPy's OpenBLAS (or MKL) itself
     assert threads.thread_counts()[next(p["internal_api"] for p in
                                         threadpoolctl.threadpool_info()
@@ -51,7 +51,7 @@ def test_set_threads_takes_a_spec_string_too():
 @pytest.mark.parametrize("n", [1, 2])
 def test_set_threads_limits_torch_and_its_openmp_pool(n):
     torch = pytest.importorskip("torch")
-    assert threads.set_threads(get_namespace("torch"), n) == n
+    assert threads.set_threads(get_backend("torch"), n) == n
     assert torch.get_num_threads() == n
     openmp = {p["num_threads"] for p in threadpoolctl.threadpool_info()
               if p["user_api"] == "openmp"}
@@ -64,7 +64,7 @@ def test_set_threads_limits_torch_and_its_openmp_pool(n):
 def test_set_threads_refuses_counts_that_are_not_positive_ints(bad):
     before = blas_threads()
     with pytest.raises(ValueError, match="integer >= 1"):
-        threads.set_threads(get_namespace("numpy"), bad)
+        threads.set_threads(get_backend("numpy"), bad)
     assert blas_threads() == before
 
 
@@ -91,7 +91,7 @@ def test_default_threads_follows_the_busy_cores_sampled(monkeypatch):
 
 def test_set_threads_none_means_the_default(monkeypatch):
     monkeypatch.setattr(threads, "default_threads", lambda: 1)
-    assert threads.set_threads(get_namespace("numpy")) == 1
+    assert threads.set_threads(get_backend("numpy")) == 1
     assert blas_threads() == {1}
 
 
@@ -111,11 +111,11 @@ def test_set_threads_sizes_jax_pool_before_its_client_starts_then_leaves_it():
     code = textwrap.dedent("""
         import json, os
         from anynet.backend import threads
-        from anynet.backend import get_namespace
+        from anynet.backend import get_backend
         allowed = os.sched_getaffinity(0)
         first = threads.set_threads("jax", 1)             # before the client: the pool is sized
-        get_namespace("jax")
-        again = threads.set_threads(get_namespace("jax"), 1)   # after: left as it is
+        get_backend("jax")
+        again = threads.set_threads(get_backend("jax"), 1)   # after: left as it is
         masks = {len(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}
         print(json.dumps({"first": first, "again": again, "masks": sorted(masks),
                           "allowed": len(allowed)}))

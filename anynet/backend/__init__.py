@@ -5,8 +5,10 @@ package, one module per library (`_numpy`, `_cupy`, `_torch`, `_jax`, `_strict`)
 same small interface: the namespace and device (`open`), host transfers (`from_host`,
 `to_host`), synchronisation for timing (`sync`), compilation (`compile`: `jax.jit` on JAX), the
 in-place primitives of the fused training step (`fused_ops`), an availability probe (`probe`),
-and thread control (`anynet.backend.threads`). The rest of anynet receives arrays, asks
-`array_api_compat.array_namespace` for their namespace, and never names a library.
+and thread control (`anynet.backend.threads`). `anynet.backend.contract` writes that interface
+down as Protocols (checked by mypy); `_common` holds what several modules share. The rest of
+anynet receives arrays, asks `array_api_compat.array_namespace` for their namespace, and never
+names a library.
 
 A backend is chosen by a spec, `NAME[:DEVICE]`:
 
@@ -22,22 +24,26 @@ A backend is chosen by a spec, `NAME[:DEVICE]`:
 
 `parse_spec` checks a spec's form without importing anything (the command line uses it for
 `--backend`); `require` says in one line which package is missing, before anything imports it;
-`get_namespace` imports the library and opens the device. In Python, `get_namespace` (and so
-`TwoLayerNet(backend=...)`) also takes a namespace module as users import it (`dask.array`,
-`mlx.core`) or an array of one. A library is imported only when asked for, so `import anynet`
-works with NumPy alone.
+`get_backend` imports the library and opens the device (`get_namespace`: its deprecated old
+name). In Python, `get_backend` (and so `TwoLayerNet(backend=...)`) also takes a namespace
+module as users import it (`dask.array`, `mlx.core`) or an array of one. A library is imported
+only when asked for, so `import anynet` works with NumPy alone.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anynet.errors import BackendError
+
+if TYPE_CHECKING:
+    from anynet.backend.contract import FusedOps, Library
 
 NAMES = ("numpy", "cupy", "torch", "jax", "array-api-strict", "auto")
 _MODULES = {"numpy": "_numpy", "cupy": "_cupy", "torch": "_torch", "jax": "_jax",
@@ -89,7 +95,7 @@ class Backend:
     note: str = ""
 
     @property
-    def _lib(self) -> ModuleType:
+    def _lib(self) -> Library:
         return library(self.name)
 
     @property
@@ -97,8 +103,10 @@ class Backend:
         """The spec that opens this backend again, device included: 'torch:cuda:0'."""
         device = self.device_name
         if not is_named(self.name):  # the library's default device goes unnamed
-            default = self._lib.pick_device(self.name, self.xp, None)
-            return self.name if device == self._lib.device_name(default) else \
+            from anynet.backend import _generic
+
+            default = _generic.pick_device(self.name, self.xp, None)
+            return self.name if device == _generic.device_name(default) else \
                 f"{self.name}:{device}"
         return self.name if device in ("cpu", "CPU_DEVICE") else f"{self.name}:{device}"
 
@@ -130,21 +138,20 @@ class Backend:
         """Whether `compile` does anything here (JAX: jax.jit)."""
         return self._lib.COMPILES
 
-    def compile(self, fn):
+    def compile(self, fn: Callable) -> Callable:
         """`fn` compiled for this backend (jax.jit on JAX); `fn` itself elsewhere."""
         return self._lib.compile(fn)
 
-    def fused_ops(self):
+    def fused_ops(self) -> FusedOps | None:
         """The in-place primitives of the fused training step, or None where there are none
         (immutable arrays, or a backend meant only for testing the standard)."""
         return self._lib.fused_ops(self)
 
-    def graph_capture(self):
+    def graph_capture(self) -> Callable[[Callable[[], None]], Callable] | None:
         """Where the device is CUDA (CuPy, PyTorch), `capture(fn) -> replay`: `fn` (a step
         over buffers that never move) run once to warm up, then recorded as a CUDA graph that
         `replay()` launches as one unit. None elsewhere."""
-        capture = getattr(self._lib, "graph_capture", None)
-        return capture(self) if capture else None
+        return self._lib.graph_capture(self)
 
     @property
     def capabilities(self) -> dict[str, bool]:
@@ -161,7 +168,9 @@ class Backend:
         arrays themselves elsewhere. Called on the parameters after every training step."""
         if is_named(self.name):
             return arrays
-        return self._lib.materialise(arrays)
+        from anynet.backend import _generic
+
+        return _generic.materialise(arrays)
 
     def holds(self, array: Any) -> bool:
         """Whether `array` is an array of this backend's namespace on its device."""
@@ -242,8 +251,7 @@ def require(spec: str) -> None:
     if name == "auto":
         return
     if is_named(name):
-        install = getattr(library(name), "INSTALL", f"pip install {_IMPORTS[name]}")
-        import_or_explain(_IMPORTS[name], name, install)
+        import_or_explain(_IMPORTS[name], name, library(name).INSTALL)
         return
     from anynet.backend import _generic
 
@@ -275,7 +283,7 @@ def probe(name: str) -> str:
     return library(name).probe()
 
 
-def get_namespace(spec: Any = "numpy") -> Backend:
+def get_backend(spec: Any = "numpy") -> Backend:
     """Resolve a backend to a `Backend`: a spec ("torch:cuda", "dask.array", see the module
     docstring), a namespace module as users import it (`numpy`, `dask.array`, `mlx.core`), or an
     array of any library (its namespace, on its device). A `Backend` passes through unchanged.
@@ -303,6 +311,12 @@ def get_namespace(spec: Any = "numpy") -> Backend:
     return Backend(name, xp, dev)
 
 
+def get_namespace(spec: Any = "numpy") -> Backend:
+    """Deprecated alias of `get_backend` (the name of anynet 0.1, kept for existing code): it
+    returns a `Backend`, whose `xp` is the namespace."""
+    return get_backend(spec)
+
+
 def _generic_backend(name: str, xp: ModuleType, device: Any) -> Backend:
     library(name).check_trainable(name, xp, device)
     return Backend(name, xp, device)
@@ -317,7 +331,7 @@ def _from_module(module: ModuleType) -> Backend:
     name = _module_name(module)
     named = _NAMED_BY_PACKAGE.get(name.split(".")[0])
     if named is not None:
-        return get_namespace(named)
+        return get_backend(named)
     from anynet.backend import _generic
 
     xp = _generic.namespace_of(module)
@@ -343,7 +357,7 @@ def _from_array(array: Any) -> Backend:
             device = _generic.pick_device(name, xp, None)
         return _generic_backend(name, xp, device)
     if named == "numpy":
-        return get_namespace("numpy")
+        return get_backend("numpy")
     xp, _ = library(named).open(None)
     return Backend(named, xp, device)
 

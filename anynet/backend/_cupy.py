@@ -15,19 +15,22 @@ No CUDA graph: CuPy refuses every cuBLAS call while a stream is capturing
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from anynet.backend._common import compile as compile
 from anynet.errors import BackendError
 
+if TYPE_CHECKING:
+    from anynet.backend.contract import FusedOps
+
 NAME = "cupy"
-DEVICES = "N (GPU number)"
 INSTALL = ("pip install 'anynet[cupy-cuda12]' (or anynet[cupy-cuda13]; nvidia-smi shows your "
            "CUDA version)")
 
 # the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
-KIND_DEVICES = {"gpu": "0"}
+KIND_DEVICES: dict[str, str | None] = {"gpu": "0"}
 COMPILES = False
 
 
@@ -67,7 +70,8 @@ def open(device: str | None) -> tuple[Any, Any]:
     import array_api_compat.cupy as xp
     import cupy
 
-    if check_device(device) is None:
+    device = check_device(device)
+    if device is None:
         return xp, cupy.cuda.Device()  # the current device, as the docs say
     index, count = int(device), cupy.cuda.runtime.getDeviceCount()
     if index >= count:
@@ -98,10 +102,6 @@ def sync(array: Any = None) -> None:
     import cupy
 
     cupy.cuda.get_current_stream().synchronize()
-
-
-def compile(fn):
-    return fn
 
 
 def graph_capture(backend):
@@ -153,7 +153,7 @@ def _kernels():
     return _KERNELS
 
 
-def fused_ops(backend):
+def fused_ops(backend) -> FusedOps:
     import cupy
 
     from anynet.backend._numpy import UfuncOps

@@ -35,10 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from anynet.backend._common import compile as compile
+from anynet.backend._common import fused_ops as fused_ops  # the named backends' only
+from anynet.backend._common import graph_capture as graph_capture
 from anynet.errors import BackendError
 
 COMPILES = False
-KIND_DEVICES: dict = {}  # unknown: the benchmark's CPU/GPU comparison names its libraries
+# unknown: the benchmark's CPU/GPU comparison names its libraries
+KIND_DEVICES: dict[str, str | None] = {}
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 # pip's name for a module's distribution where it differs from the module's top package
@@ -256,14 +260,6 @@ def sync(array: Any = None) -> None:
     """Wait for an array's value (timing): a lazy library computes it."""
     if array is not None:
         materialise([array])  # Dask persists on the calling thread: computed on return
-
-
-def compile(fn):
-    return fn
-
-
-def fused_ops(backend):
-    return None  # the fused step needs the named backends' in-place primitives
 
 
 _CAPABILITIES: dict = {}  # (namespace, device name) -> capabilities, tried once per process

@@ -6,20 +6,20 @@ training step runs as one XLA computation per batch. Arrays are immutable: no fu
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
+from anynet.backend._common import device_check, import_probe
+from anynet.backend._common import fused_ops as fused_ops  # immutable arrays: none
+from anynet.backend._common import graph_capture as graph_capture
 from anynet.errors import BackendError
 
 NAME = "jax"
-DEVICES = "cpu|gpu[:N]"
 INSTALL = "pip install 'anynet[jax]'"
-_DEVICE = re.compile(r"(cpu|gpu|cuda|rocm|tpu)(:\d+)?")
 
 # the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
-KIND_DEVICES = {"cpu": "cpu", "gpu": "gpu"}
+KIND_DEVICES: dict[str, str | None] = {"cpu": "cpu", "gpu": "gpu"}
 COMPILES = True
 
 
@@ -27,19 +27,9 @@ def device_name(device: Any) -> str:
     return f"{device.platform}:{device.id}"
 
 
-def check_device(device: str | None) -> str | None:
-    if device is not None and not _DEVICE.fullmatch(device):
-        raise BackendError(f"backend 'jax': unknown device '{device}'; use jax:cpu, jax:gpu "
-                           "or jax:gpu:N")
-    return device
-
-
-def probe() -> str:
-    try:
-        import jax  # noqa: F401
-    except ImportError as e:
-        return f"JAX is not installed ({e})"
-    return ""
+check_device = device_check(NAME, r"(cpu|gpu|cuda|rocm|tpu)(:\d+)?",
+                            "use jax:cpu, jax:gpu or jax:gpu:N")
+probe = import_probe("jax", "JAX")
 
 
 def open(device: str | None) -> tuple[Any, Any]:
@@ -91,7 +81,3 @@ def compile(fn):
     import jax
 
     return jax.jit(fn)
-
-
-def fused_ops(backend):
-    return None

@@ -10,13 +10,15 @@ from typing import Any
 
 import numpy as np
 
+from anynet.backend._common import compile as compile
+from anynet.backend._common import graph_capture as graph_capture
 from anynet.errors import BackendError
 
 NAME = "numpy"
-DEVICES = "cpu"
+INSTALL = "pip install numpy"
 
 # the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
-KIND_DEVICES = {"cpu": None}
+KIND_DEVICES: dict[str, str | None] = {"cpu": None}
 COMPILES = False
 
 
@@ -56,10 +58,6 @@ def to_host(array: Any) -> np.ndarray:
 
 def sync(array: Any = None) -> None:
     """NumPy computes eagerly on the calling thread: nothing to wait for."""
-
-
-def compile(fn):
-    return fn
 
 
 def fused_ops(backend) -> UfuncOps:

@@ -11,15 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from anynet.errors import BackendError
+from anynet.backend._common import compile as compile
+from anynet.backend._common import device_check, import_probe
+from anynet.backend._common import fused_ops as fused_ops
+from anynet.backend._common import graph_capture as graph_capture
 
 NAME = "array-api-strict"
-DEVICES = "CPU_DEVICE|device1|device2"
 INSTALL = "pip install array-api-strict"
 _KNOWN = ("CPU_DEVICE", "device1", "device2")
+# compile, fused_ops, graph_capture: _common's, none (the reference step only: this backend
+# exists to test the standard)
 
 # the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
-KIND_DEVICES = {"cpu": None}
+KIND_DEVICES: dict[str, str | None] = {"cpu": None}
 COMPILES = False
 
 
@@ -27,19 +31,8 @@ def device_name(device: Any) -> str:
     return str(device).split("'")[1]  # repr: Device('device1')
 
 
-def check_device(device: str | None) -> str | None:
-    if device is not None and device not in _KNOWN:
-        raise BackendError(f"backend 'array-api-strict': unknown device '{device}'; "
-                           f"choose one of: {', '.join(_KNOWN)}")
-    return device
-
-
-def probe() -> str:
-    try:
-        import array_api_strict  # noqa: F401
-    except ImportError as e:
-        return f"array-api-strict is not installed ({e})"
-    return ""
+check_device = device_check(NAME, "|".join(_KNOWN), f"choose one of: {', '.join(_KNOWN)}")
+probe = import_probe("array_api_strict", "array-api-strict")
 
 
 def open(device: str | None) -> tuple[Any, Any]:
@@ -65,11 +58,3 @@ def to_host(array: Any) -> np.ndarray:
 
 def sync(array: Any = None) -> None:
     """Computes eagerly, as NumPy."""
-
-
-def compile(fn):
-    return fn
-
-
-def fused_ops(backend):
-    return None  # the reference step only: this backend exists to test the standard

@@ -6,20 +6,19 @@ Also the fused step's primitives for PyTorch (`TorchOps`); W -= A @ B there is o
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
+from anynet.backend._common import compile as compile
+from anynet.backend._common import device_check, import_probe
 from anynet.errors import BackendError
 
 NAME = "torch"
-DEVICES = "cpu|cuda[:N]|mps"
 INSTALL = "pip install torch (see https://pytorch.org for the build that fits your machine)"
-_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
 
 # the device of each kind ("cpu", "gpu") this library computes on, as a spec's device; absent: none
-KIND_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
+KIND_DEVICES: dict[str, str | None] = {"cpu": "cpu", "gpu": "cuda"}
 COMPILES = False
 
 
@@ -27,19 +26,9 @@ def device_name(device: Any) -> str:
     return str(device)
 
 
-def check_device(device: str | None) -> str | None:
-    if device is not None and not _DEVICE.fullmatch(device):
-        raise BackendError(f"backend 'torch': unknown device '{device}'; use torch:cpu, "
-                           "torch:cuda, torch:cuda:N or torch:mps")
-    return device
-
-
-def probe() -> str:
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:
-        return f"PyTorch is not installed ({e})"
-    return ""
+check_device = device_check(NAME, r"cpu|cuda(:\d+)?|mps",
+                            "use torch:cpu, torch:cuda, torch:cuda:N or torch:mps")
+probe = import_probe("torch", "PyTorch")
 
 
 def open(device: str | None) -> tuple[Any, Any]:
@@ -89,10 +78,6 @@ def sync(array: Any = None) -> None:
         torch.cuda.synchronize(array.device)
     elif array is None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
-
-
-def compile(fn):
-    return fn
 
 
 def graph_capture(backend):

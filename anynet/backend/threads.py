@@ -78,6 +78,8 @@ def busy_cores(sample_s: float = SAMPLE_S) -> float | None:
             return None
     time.sleep(sample_s)
     busy1, own1, t1 = machine_busy_s(), time.process_time(), time.perf_counter()
+    if busy1 is None:  # /proc/stat went away between the two reads
+        return None
     return max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
 
 
@@ -114,7 +116,7 @@ def set_threads(backend, n: int | None = None) -> int:
     work: `n`, except for a JAX whose CPU client already existed (its pool size, which cannot
     change any more).
 
-    For JAX call it before `get_namespace` (which creates JAX's client): with a spec string.
+    For JAX call it before `get_backend` (which creates JAX's client): with a spec string.
     Limits are process-wide and stay until set again. A spec whose library cannot be imported
     raises BackendError naming the package to install (`anynet.backend.require`), before
     anything tries to import it.

@@ -61,6 +61,7 @@ def run(args) -> int:
         raise UserError(f"{args.model} gives non-finite outputs (its weights are too large for "
                         f"{net.dtype}): the model is unusable; train it again")
 
+    assert result.confusion is not None  # asked for above
     if args.json:
         print(json.dumps({
             "model": str(args.model), "backend": net.backend.name, "data": mnist.source,

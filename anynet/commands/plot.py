@@ -130,6 +130,7 @@ def _plot_augment(args: argparse.Namespace) -> int:
     import numpy as np
 
     from anynet.augment import Distorter
+    from anynet.backend import to_numpy
     from anynet.commands._common import distortion_from_args
     from anynet.data import load_mnist
     from anynet.errors import UserError
@@ -152,7 +153,7 @@ def _plot_augment(args: argparse.Namespace) -> int:
     originals = pixels_to_inputs(images[chosen], np.float32)  # (R, 784) in [0, 1]
     repeated = np.repeat(originals, args.columns, axis=0)     # (R C, 784): row i's C copies
     distort = Distorter(distortion, "numpy", seed=args.seed)
-    distorted = distort.backend.to_numpy(distort(repeated, (0,)))
+    distorted = to_numpy(distort(repeated, (0,)))
     distorted = distorted.reshape(args.rows, args.columns, -1)  # (R, C, 784)
     title = f"MNIST training digits, then distortions of each:\n{distortion.describe()}"
     plot_distortions(originals, distorted, args.out, labels=labels[chosen], title=title)

@@ -22,14 +22,7 @@ from __future__ import annotations
 
 import argparse
 
-from anynet.commands._common import (
-    add_backend_option,
-    at_most,
-    nonnegative_int,
-    open_backend,
-    positive_float,
-    positive_int,
-)
+from anynet.commands import _common as common
 
 HELP = "draw digits in a web page and watch the model read them (a local web server)"
 
@@ -43,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "network this machine is on)",
     )
     parser.add_argument(
-        "--port", type=at_most(nonnegative_int, 65535), default=8000,
+        "--port", type=common.at_most(common.nonnegative_int, 65535), default=8000,
         help="TCP port (default: 8000; 0 = any free port)",
     )
     parser.add_argument(
@@ -52,18 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "reached by, e.g. through a proxy or from another machine); repeatable",
     )
     parser.add_argument(
-        "--request-deadline", metavar="SECONDS", type=at_most(positive_float, 600),
+        "--request-deadline", metavar="SECONDS", type=common.at_most(common.positive_float, 600),
         default=None, help="seconds a request (headers and body) may take to arrive "
         "(default: 30; at most 600)",
     )
     parser.add_argument(
-        "--max-connections", metavar="N", type=at_most(positive_int, 1024), default=None,
+        "--max-connections", metavar="N", type=common.at_most(common.positive_int, 1024),
+        default=None,
         help="connections served at once; more are refused with 503 (default: 32; at most 1024)",
     )
     parser.add_argument("--open", action="store_true", help="open the page in a web browser")
     parser.add_argument("--quiet", action="store_true",
                         help="do not log failed requests on stderr")
-    add_backend_option(parser)
+    common.add_backend_option(parser)
 
 
 def allowed_host(text: str) -> str:
@@ -90,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from anynet.serve import server as served
     from anynet.serve.predictor import Predictor
 
-    net, record = load_model(args.model, backend=open_backend(args))
+    net, record = load_model(args.model, backend=common.open_backend(args))
     predictor = Predictor(net, record, args.model)
     previous = None
     if threading.current_thread() is threading.main_thread():

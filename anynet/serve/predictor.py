@@ -83,13 +83,15 @@ class Predictor:
     def close(self) -> None:
         self._tmp.cleanup()
 
+    def _section(self, key: str) -> dict:
+        """The record's dict under `key`; empty where it is missing or not a dict."""
+        value = self.record.get(key)
+        return value if isinstance(value, dict) else {}
+
     def describe(self) -> dict:
         """What `GET /api/model` answers: the architecture, test accuracy and training run."""
         D, H, K = self.net.sizes
-        metrics = self.record.get("metrics") if isinstance(self.record.get("metrics"), dict) \
-            else {}
-        config = self.record.get("config") if isinstance(self.record.get("config"), dict) else {}
-        data = self.record.get("data") if isinstance(self.record.get("data"), dict) else {}
+        metrics, config, data = (self._section(key) for key in ("metrics", "config", "data"))
         trained = self.record.get("trained_at")  # not in the record of anynet 0.1's models:
         if not isinstance(trained, str):  # then the file's time (train writes it at the end)
             try:

@@ -1,4 +1,4 @@
-"""The HTTP side of `anynet serve`: Python's standard library only (http.server).
+"""The HTTP side of `anynet serve`: routes and answers, Python's standard library only.
 
 Endpoints:
 
@@ -17,7 +17,7 @@ to (DNS rebinding: a page of another site whose name now points here); 503 too m
 or pictures at once (with Retry-After). 500 is a bug in anynet, never a client's doing: its
 traceback goes to the server's stderr, never to the client.
 
-What one client can hold:
+What one client can hold (enforced by `anynet.serve.limits`):
 - a connection's thread, and only MAX_CONNECTIONS at once: the next is answered 503 by the
   accepting thread at once and closed, so threads and memory stay bounded however many come;
 - each request DEADLINE seconds from the moment the server waits for it (request line, headers
@@ -34,28 +34,35 @@ from __future__ import annotations
 
 import http.server
 import io
-import ipaddress
 import json
 import re
-import socket
-import socketserver
 import sys
-import threading
-import time
 import traceback
 from importlib import resources
 from typing import Any
 
+from anynet.serve.limits import (
+    _CHUNK,
+    DEADLINE,
+    LINGER,
+    LOOPBACK_NAMES,
+    MAX_BODY,
+    MAX_CONNECTIONS,
+    MAX_HEAD,
+    TIMEOUT,
+    BoundedServer,
+    Clock,
+    HeadTooLarge,
+    Reply,
+    TooLate,
+    clip,
+    host_name,
+)
 from anynet.serve.predictor import BadImage, Busy, ImageTooLarge, Predictor, UnsupportedType
 
-MAX_BODY = 2 * 2**20  # bytes of a picture sent to /api/predict (2 MiB)
-MAX_HEAD = 32 * 2**10  # bytes of request line and headers (a browser sends well under 8 KiB)
-TIMEOUT = 10.0  # seconds a connection may stay silent (socket timeout)
-DEADLINE = 30.0  # seconds a whole request (line, headers, body) may take to arrive
-MAX_CONNECTIONS = 32  # connections served at once (a browser opens about 6 to one server)
-LINGER = 1.0  # seconds a closing connection drops what the client still sends (see Server)
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")  # the Host names always answered
-_CHUNK = 1 << 16
+# the limits, for those who read them here (tests, commands/serve.py)
+__all__ = ["DEADLINE", "LINGER", "LOOPBACK_NAMES", "MAX_BODY", "MAX_CONNECTIONS", "MAX_HEAD",
+           "TIMEOUT", "Handler", "Server", "host_name", "static_files"]
 
 _TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
           ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml",
@@ -71,6 +78,7 @@ _HEADERS = {
     "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
     "Cross-Origin-Resource-Policy": "same-origin",  # no other site embeds the answers
 }
+_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")  # answered (405 or not)
 _ROUTES = {"/": "GET", "/index.html": "GET", "/api/model": "GET", "/api/predict": "POST"}
 
 
@@ -88,80 +96,11 @@ def static_files() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-class _Reply(Exception):
-    """An error answer: HTTP `status` with JSON {"error": message}."""
-
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.headers = status, headers or {}
-
-
-class _TooLate(TimeoutError):
-    """The request did not arrive in time: its deadline passed, or the client fell silent."""
-
-
-class _HeadTooLarge(Exception):
-    """The request line and headers are over MAX_HEAD bytes."""
-
-
-class _Clock(io.RawIOBase):
-    """A connection's reads, each bounded by the request's deadline and the silence timeout.
-
-    http.server reads the request line and headers with readline, which keeps reading as long as
-    bytes trickle in: a socket timeout alone bounds only silence. Here every read of the socket
-    first sets the timeout to what is left of the request's deadline (at most `timeout`), so no
-    request holds its thread past the deadline, however it is sent. `start` arms the clock for
-    the next request; `head_done` and `stop` mark its phases.
-    """
-
-    def __init__(self, raw: io.RawIOBase, sock: socket.socket, timeout: float, deadline: float):
-        self._raw, self._sock, self.timeout, self.deadline = raw, sock, timeout, deadline
-        self._due, self._head_budget, self.received = float("inf"), None, 0
-
-    def start(self) -> None:
-        self._due, self._head_budget, self.received = time.monotonic() + self.deadline, 0, 0
-
-    def head_done(self) -> None:
-        self._head_budget = None
-
-    def stop(self) -> None:
-        """The request is in: what follows (the answer) is bounded by the timeout alone."""
-        self._due, self._head_budget = float("inf"), None
-        self._sock.settimeout(self.timeout)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int | None:
-        if self._head_budget is not None and self._head_budget >= MAX_HEAD:
-            raise _HeadTooLarge
-        left = self._due - time.monotonic()
-        if left <= 0:
-            raise _TooLate(f"the request did not arrive within {self.deadline:g} s")
-        self._sock.settimeout(min(self.timeout, left))
-        try:
-            n = self._raw.readinto(buffer)
-        except TimeoutError:
-            if left <= self.timeout:
-                raise _TooLate(f"the request did not arrive within {self.deadline:g} s") \
-                    from None
-            raise _TooLate(f"the request stopped arriving (silent for {self.timeout:g} s)") \
-                from None
-        if n:
-            self.received += n
-            if self._head_budget is not None:
-                self._head_budget += n
-        return n
-
-    def close(self) -> None:
-        super().close()
-        self._raw.close()
-
-
 class Handler(http.server.BaseHTTPRequestHandler):
     """One connection's requests. The server object carries `predictor`, `static`, `log`,
     `deadline` and `allowed_hosts`."""
 
+    server: Server
     protocol_version = "HTTP/1.1"  # keep-alive: a page drawing sends many requests
     server_version = "anynet"
     timeout = TIMEOUT  # socket timeout for every read and write of this connection
@@ -174,7 +113,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self._clock = _Clock(self.rfile.detach(), self.connection, self.timeout,
+        self._clock = Clock(self.rfile.detach(), self.connection, self.timeout,
                              getattr(self.server, "deadline", DEADLINE))
         self.rfile = io.BufferedReader(self._clock)
 
@@ -184,12 +123,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._clock.start()
         self.raw_requestline, self._error = b"", None
         # what parse_request sets, for an answer given before it runs
-        self.requestline, self.command = "", None
+        self.requestline, self.command = "", ""
         self.request_version = self.default_request_version
         try:
             try:
                 self.raw_requestline = self.rfile.readline(65537)
-            except _HeadTooLarge:
+            except HeadTooLarge:
                 return self.send_error(414, f"the request line is longer than {MAX_HEAD:,} bytes")
             if len(self.raw_requestline) > 65536:
                 return self.send_error(414)
@@ -199,46 +138,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
             try:
                 if not self.parse_request():
                     return  # parse_request has answered
-            except _HeadTooLarge:
+            except HeadTooLarge:
                 return self.send_error(431, f"the request line and headers are more than "
                                             f"{MAX_HEAD:,} bytes")
             self._clock.head_done()
-            method = getattr(self, "do_" + self.command, None)
-            if method is None:
-                return self.send_error(501, f"unsupported method {_clip(self.command)!r}")
-            method()
+            if self.command not in _METHODS:
+                return self.send_error(501, f"unsupported method {clip(self.command)!r}")
+            self._handle(self.command)
             self.wfile.flush()
-        except _TooLate as e:
+        except TooLate as e:
             self.close_connection = True
             if self._clock.received:  # a request began: say why it was cut off
                 self._error = str(e)
                 self.send_error(408, str(e))
             # else an idle keep-alive connection: closed without a word
-        except (ConnectionError, _HeadTooLarge):
+        except (ConnectionError, HeadTooLarge):
             self.close_connection = True
 
     # --- dispatch ------------------------------------------------------------------------------
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_HEAD(self) -> None:
-        self._handle("HEAD")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._handle("PATCH")
-
-    def do_OPTIONS(self) -> None:
-        self._handle("OPTIONS")
 
     def _handle(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
@@ -250,14 +167,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if path != "/api/predict" and (length or self.headers.get("Transfer-Encoding")):
                 self.close_connection = True  # a body nobody reads: the connection cannot go on
             self._check_host()
-            if path.startswith("/static/"):
-                allowed = "GET"
-            else:
-                allowed = _ROUTES.get(path)
-                if allowed is None:
-                    raise _Reply(404, f"no such page: {_clip(path)}")
+            allowed = "GET" if path.startswith("/static/") else _ROUTES.get(path)
+            if allowed is None:
+                raise Reply(404, f"no such page: {clip(path)}")
             if method not in (allowed, "HEAD" if allowed == "GET" else allowed):
-                raise _Reply(405, f"{path} takes {allowed} only", {"Allow": allowed})
+                raise Reply(405, f"{path} takes {allowed} only", {"Allow": allowed})
             if path == "/api/predict":
                 self._read_request_body(length)
                 self._predict()
@@ -266,13 +180,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             else:
                 name = "index.html" if path in ("/", "/index.html") else path[len("/static/"):]
                 if name not in self.server.static:
-                    raise _Reply(404, f"no such file: {_clip(path)}")
+                    raise Reply(404, f"no such file: {clip(path)}")
                 body, ctype = self.server.static[name]
                 self._send(200, body, ctype, {"Cache-Control": "no-cache"}, head=method == "HEAD")
-        except _Reply as e:
+        except Reply as e:
             self._error = str(e)  # for the log
             self._send_json(e.status, {"error": str(e)}, e.headers, head=method == "HEAD")
-        except _TooLate:
+        except TooLate:
             raise  # handle_one_request answers 408
         except (ConnectionError, TimeoutError):
             self.close_connection = True
@@ -291,17 +205,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not values:
             return None
         if len(values) > 1:
-            raise _Reply(400, f"{len(values)} Content-Length headers; send exactly one")
+            raise Reply(400, f"{len(values)} Content-Length headers; send exactly one")
         if self.headers.get("Transfer-Encoding"):
-            raise _Reply(400, "both Content-Length and Transfer-Encoding; send a Content-Length "
+            raise Reply(400, "both Content-Length and Transfer-Encoding; send a Content-Length "
                               "only")
         text = values[0].strip(" \t")
         if not re.fullmatch(r"[0-9]+", text):
-            raise _Reply(400, f"bad Content-Length {_clip(text)!r}: send the body's length in "
+            raise Reply(400, f"bad Content-Length {clip(text)!r}: send the body's length in "
                               "bytes, in ASCII digits")
         digits = text.lstrip("0") or "0"
         if len(digits) > len(str(MAX_BODY)):  # never parse an unbounded number
-            raise _Reply(413, f"the body is more than the {MAX_BODY:,} bytes this server takes "
+            raise Reply(413, f"the body is more than the {MAX_BODY:,} bytes this server takes "
                               f"(Content-Length has {len(digits):,} digits)")
         return int(digits)
 
@@ -313,18 +227,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         values, keep = self.headers.get_all("Host") or [], self.close_connection
         self.close_connection = True  # until the Host is known good: a stranger is not kept
         if len(values) > 1:
-            raise _Reply(400, f"{len(values)} Host headers; send exactly one")
+            raise Reply(400, f"{len(values)} Host headers; send exactly one")
         if not values and self.request_version == "HTTP/1.0":
             self.close_connection = keep
             return  # HTTP/1.0 had no Host; no browser sends such a request
         if not values:
-            raise _Reply(400, "no Host header; HTTP/1.1 requires one")
+            raise Reply(400, "no Host header; HTTP/1.1 requires one")
         name = host_name(values[0])
         if name is None:
-            raise _Reply(400, f"bad Host header {_clip(values[0])!r}")
+            raise Reply(400, f"bad Host header {clip(values[0])!r}")
         if not self.server.answers_to(name):
-            raise _Reply(421, f"this server does not answer to the name {_clip(name)!r}; start "
-                              f"it with --allow-host {_clip(name)} to use that name")
+            raise Reply(421, f"this server does not answer to the name {clip(name)!r}; start "
+                              f"it with --allow-host {clip(name)} to use that name")
         self.close_connection = keep
 
     # --- the prediction ------------------------------------------------------------------------
@@ -333,13 +247,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """Read the request body into self._body, or refuse it unread (closing the connection)."""
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
-            raise _Reply(411, "send the picture with a Content-Length, not chunked")
+            raise Reply(411, "send the picture with a Content-Length, not chunked")
         if length is None:
             self.close_connection = True
-            raise _Reply(411, "a Content-Length header is required")
+            raise Reply(411, "a Content-Length header is required")
         if length > MAX_BODY:
             self.close_connection = True  # the body is never read: the connection cannot go on
-            raise _Reply(413, f"the body is {length:,} bytes, more than the {MAX_BODY:,} this "
+            raise Reply(413, f"the body is {length:,} bytes, more than the {MAX_BODY:,} this "
                               "server takes")
         self._body = self._read_body(length)
 
@@ -348,12 +262,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         while left:
             try:
                 chunk = self.rfile.read1(min(left, _CHUNK))
-            except _TooLate as e:
+            except TooLate as e:
                 self.close_connection = True
-                raise _Reply(408, str(e)) from None
+                raise Reply(408, str(e)) from None
             if not chunk:
                 self.close_connection = True
-                raise _Reply(400, f"the body ended after {n - left:,} of the {n:,} bytes its "
+                raise Reply(400, f"the body ended after {n - left:,} of the {n:,} bytes its "
                                   "Content-Length promised")
             chunks.append(chunk)
             left -= len(chunk)
@@ -365,13 +279,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             answer = self.server.predictor.predict(self._body, ctype)
         except UnsupportedType as e:
-            raise _Reply(415, str(e)) from None
+            raise Reply(415, str(e)) from None
         except ImageTooLarge as e:
-            raise _Reply(413, str(e)) from None
+            raise Reply(413, str(e)) from None
         except BadImage as e:
-            raise _Reply(400, str(e)) from None
+            raise Reply(400, str(e)) from None
         except Busy as e:
-            raise _Reply(503, str(e), {"Retry-After": "1"}) from None
+            raise Reply(503, str(e), {"Retry-After": "1"}) from None
         self._send_json(200, answer)
 
     # --- answers -------------------------------------------------------------------------------
@@ -418,151 +332,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-class Server(http.server.ThreadingHTTPServer):
-    """A ThreadingHTTPServer holding the Predictor and the static files for its handlers.
-
-    `allowed_hosts`: Host names answered besides LOOPBACK_NAMES and the bound address (names or
-    IP addresses, as `host_name` gives them). `deadline`: seconds a request may take to arrive.
-    `max_connections`: connections served at once; one more is answered 503 and closed.
-    """
-
-    daemon_threads = True  # a stalled connection never keeps the process from exiting
-    request_queue_size = 128  # connections waiting to be accepted (socketserver's 5 drops some)
-    block_on_close = False
+class Server(BoundedServer):
+    """The bounded server holding the Predictor and the static files for its handlers (the
+    keywords: see `BoundedServer`)."""
 
     def __init__(self, address: tuple[str, int], predictor: Predictor, *, log: bool = True,
                  allowed_hosts: tuple[str, ...] = (), deadline: float = DEADLINE,
                  max_connections: int = MAX_CONNECTIONS):
-        self.predictor, self.static, self.log = predictor, static_files(), log
-        self.deadline, self.max_connections = deadline, max_connections
-        self.allowed_hosts = {name for h in (*LOOPBACK_NAMES, address[0], *allowed_hosts)
-                              if (name := host_name(h)) is not None}
-        self._open, self._refused, self._refusals_logged = 0, 0, 0.0
-        self._count = threading.Lock()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, Handler)
-
-    def server_bind(self) -> None:
-        """Bind, without http.server's reverse DNS lookup of the address (slow offline)."""
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def answers_to(self, name: str) -> bool:
-        """Whether a request whose Host names `name` (as `host_name` gives it) is answered: a name
-        of `allowed_hosts`, or an IP address that is loopback or this server's. When bound to
-        every address (0.0.0.0, ::) any IP address is: an address cannot be rebound (DNS
-        rebinding needs a name), and the machine's own addresses are not known here."""
-        if name in self.allowed_hosts:
-            return True
-        try:
-            address = ipaddress.ip_address(name)
-        except ValueError:
-            return False
-        bound = ipaddress.ip_address(self.server_address[0])
-        return address.is_loopback or bound.is_unspecified or address == bound
-
-    # --- a bounded number of connections -------------------------------------------------------
-
-    def process_request(self, request, client_address) -> None:
-        with self._count:
-            full = self._open >= self.max_connections
-            if not full:
-                self._open += 1
-        if full:
-            self._refuse(request)
-            return
-        try:
-            super().process_request(request, client_address)  # its thread
-        except BaseException:
-            with self._count:
-                self._open -= 1
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._count:
-                self._open -= 1
-
-    def _refuse(self, request: socket.socket) -> None:
-        """503 on a connection over the limit, from the accepting thread: without blocking (the
-        send fits an empty socket buffer), and closed at once."""
-        body = json.dumps({"error": f"more than {self.max_connections} connections at once; "
-                                    "try again in a moment"}).encode()
-        answer = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nCache-Control: no-store\r\n"
-                  f"Connection: close\r\n\r\n").encode() + body
-        try:
-            request.setblocking(False)
-            request.send(answer)
-            request.shutdown(socket.SHUT_WR)
-            request.recv(MAX_HEAD)  # what already came: unread, closing would reset the answer
-        except OSError:
-            pass
-        self.close_request(request)
-        self._refused += 1
-        now = time.monotonic()
-        if self.log and now - self._refusals_logged >= 10:  # one line in 10 s, not a flood
-            self._refusals_logged = now
-            print(f"anynet serve: refused {self._refused:,} connection(s) so far with 503: more "
-                  f"than {self.max_connections} at once (--max-connections)", file=sys.stderr,
-                  flush=True)
-
-    def shutdown_request(self, request: socket.socket) -> None:
-        """Close a served connection, lingering: the answer goes out (FIN after it), then what
-        the client is still sending is read and dropped for at most LINGER seconds and MAX_BODY
-        bytes. Closed at once with unread bytes, the connection would be reset, and the client
-        could lose an answer such as 413 or 414 sent before its request was all in."""
-        try:
-            request.shutdown(socket.SHUT_WR)
-            end, dropped = time.monotonic() + LINGER, 0
-            while dropped < MAX_BODY and (left := end - time.monotonic()) > 0:
-                request.settimeout(left)
-                chunk = request.recv(_CHUNK)
-                if not chunk:
-                    break
-                dropped += len(chunk)
-        except OSError:
-            pass
-        self.close_request(request)
-
-    def handle_error(self, request, client_address) -> None:
-        if self.log:
-            super().handle_error(request, client_address)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}/"
-
-
-# a Host header (RFC 9110 7.2): [IPv6] or a name of dot-separated labels (an IPv4 address is
-# one), with an optional trailing dot, then an optional port
-_HOST = re.compile(r"(?:\[(?P<ip6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_-]+(?:\.[a-z0-9_-]+)*)\.?)"
-                   r"(?::[0-9]{0,5})?")
-
-
-def host_name(text: str) -> str | None:
-    """The name in a Host header ("Example.org.:8000" -> "example.org", "[::1]:80" -> "::1"), or
-    in an --allow-host value (a bare IPv6 address too); None if it is not a valid one."""
-    text = text.strip(" \t").lower()
-    try:
-        return str(ipaddress.IPv6Address(text))  # a bare IPv6 address, as --host takes it
-    except ValueError:
-        pass
-    match = _HOST.fullmatch(text)
-    if match is None:
-        return None
-    if match["ip6"] is not None:
-        try:
-            return str(ipaddress.IPv6Address(match["ip6"]))
-        except ValueError:
-            return None
-    return match["name"]  # without a trailing dot: "localhost." is "localhost"
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
+        self.predictor, self.static = predictor, static_files()
+        super().__init__(address, Handler, log=log, allowed_hosts=allowed_hosts,
+                         deadline=deadline, max_connections=max_connections)
