@@ -104,3 +104,6 @@ class NullProgress:
 
     def set_postfix(self, text: str) -> None:
         pass
+
+    def close(self) -> None:
+        pass

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from anynet import evaluation
-from anynet.backend import Backend, get_namespace
+from anynet.backend import Backend, get_backend
 from anynet.config import TrainConfig
 from anynet.errors import DivergenceError, ModelFileError
 from anynet.modelio import save_checkpoint
@@ -239,7 +239,7 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config, self.fast = config, fast
-        self.backend = get_namespace(backend if backend is not None else config.backend)
+        self.backend = get_backend(backend if backend is not None else config.backend)
         self.optimizer = SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                              weight_decay=config.weight_decay)
         self.n_train = int(train_images.shape[0])

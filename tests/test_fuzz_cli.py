@@ -189,6 +189,9 @@ OUTPUTS = [
     (["evaluate", "model.npz", "--data-dir", "data", "--no-verify", "--plot", "photo.png"],
      "--plot photo.png exists"),
     (["plot", "weights", "model.npz", "--out", "photo.png"], "--out photo.png exists"),
+    (["sweep", "--summary", "earlier", "--plot", "photo.png"], "--plot photo.png exists"),
+    (["sweep", "--out", "sweep1", "--lr", "0.1,0.2", "--data-dir", "data", "--no-verify",
+      "--plot", "photo.png"], "--plot photo.png exists"),
 ]
 
 

@@ -47,18 +47,18 @@ def open_backend(args: argparse.Namespace, spec: str | None = None, *, announce:
     `announce`, what `auto` chose is said on stderr (stdout may be JSON)."""
     import sys
 
-    from anynet.backend import get_namespace, require
+    from anynet.backend import get_backend, require
     from anynet.backend.threads import set_threads
 
     spec = spec if spec is not None else args.backend or "numpy"
     require(spec)  # a library that is not installed: one line naming it, before any import
     asked = getattr(args, "threads", None)
     if spec == "auto":
-        backend = get_namespace(spec)
+        backend = get_backend(spec)
         args.threads = set_threads(backend, asked)
     else:
         args.threads = set_threads(spec, asked)  # before it opens: JAX sizes its pool then
-        backend = get_namespace(spec)
+        backend = get_backend(spec)
     if announce and backend.note:
         print(f"anynet: {backend.note}", file=sys.stderr)
     return backend

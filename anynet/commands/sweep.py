@@ -40,13 +40,16 @@ from anynet.commands._common import (
     MAX_HIDDEN,
     add_backend_option,
     add_data_dir_option,
+    add_force_option,
     add_no_verify_option,
     add_plot_option,
     at_most,
+    check_output,
     check_plot_option,
     positive_float,
     positive_int,
 )
+from anynet.progress import NullProgress
 from anynet.sweep import SWEEPABLE, option_name, parse_values
 
 MAX_WAIT_S = 7 * 24 * 3600  # --wait-for-workers: a week is a plan; more is a typo
@@ -123,6 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--summary", type=Path, metavar="DIR",
                    help="print the summary of the sweep in DIR and train nothing")
     add_plot_option(g, "accuracy against the swept options")
+    add_force_option(g, "the --plot file")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
@@ -134,7 +138,7 @@ def run(args) -> int:
         if asked or args.out is not None or args.scheduler or args.recipe:
             raise UserError("--summary DIR prints an earlier sweep's results and trains nothing; "
                             f"leave out {', '.join(asked) or '--out/--scheduler/--recipe'}")
-        _check_plot(args.plot)
+        _check_plot(args.plot, args.force)
         return _print_summary(args.summary, args.plot)
     if args.out is None:
         raise UserError("name the sweep's folder with --out DIR (e.g. --out sweep1/)")
@@ -150,7 +154,7 @@ def run(args) -> int:
         require(args.backend)
         args.workers = local_workers(args.workers)
     runs = _grid(args)
-    _check_plot(args.plot)
+    _check_plot(args.plot, args.force)
     from anynet.sweep_cluster import check_scheduler_address
 
     if args.scheduler is not None:
@@ -158,16 +162,11 @@ def run(args) -> int:
     return _sweep(args, runs)
 
 
-def _check_plot(path: Path | None) -> None:
+def _check_plot(path: Path | None, force: bool) -> None:
     if path is None:
         return
-    from anynet.errors import UserError
-    from anynet.fileio import output_problem
-
     check_plot_option(path, "sweep --plot")
-    problem = output_problem(path)
-    if problem:
-        raise UserError(f"--plot {path}: {problem}")
+    check_output("--plot", path, force=force)  # an existing picture is kept without --force
 
 
 def _grid(args) -> list:
@@ -283,7 +282,7 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
             raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    progress = _Silent() if args.quiet else Progress(len(todo), "sweep", unit="runs",
+    progress = NullProgress() if args.quiet else Progress(len(todo), "sweep", unit="runs",
                                                      interval=0.0, leave=True)
     try:
         _collect(args, queue, out, results_path, progress, state)
@@ -372,14 +371,6 @@ def _runs(n: int) -> str:
 
 
 POLL_S = 1.0  # how often a sweep waiting for results looks at the cluster
-
-
-class _Silent:
-    """A Progress that shows nothing (--quiet)."""
-
-    def update(self, n: int = 1) -> None: ...
-    def set_postfix(self, text: str) -> None: ...
-    def close(self) -> None: ...
 
 
 def _describe(run, record: dict) -> str:
