@@ -25,7 +25,7 @@ import struct
 import warnings
 import zipfile
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class NpyHeader:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def read_npy_header(stream: BinaryIO, subject: str) -> NpyHeader:
+def read_npy_header(stream: IO[bytes], subject: str) -> NpyHeader:
     """The header at the start of `stream`, checked; `subject` ("member W1.npy") begins every
     message."""
     prefix = stream.read(10)  # magic string (6), version (2), header length (2 or 4)
@@ -97,13 +97,13 @@ def read_npy_header(stream: BinaryIO, subject: str) -> NpyHeader:
     return NpyHeader(dtype, tuple(shape), bool(fortran), len(header.getvalue()))
 
 
-def read_npy_data(stream: BinaryIO, header: NpyHeader, subject: str) -> np.ndarray:
+def read_npy_data(stream: IO[bytes], header: NpyHeader, subject: str) -> np.ndarray:
     """The array after `header`, read in chunks of READ_CHUNK straight into its final memory
     (the caller has checked that its size is acceptable)."""
     nbytes = header.nbytes
     shape = header.shape[::-1] if header.fortran else header.shape
     array = np.empty(shape, dtype=header.dtype)
-    view = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+    view = array.reshape(-1).view(np.uint8).data if array.size else memoryview(b"")
     done = 0
     while done < nbytes:
         chunk = stream.read(min(READ_CHUNK, nbytes - done))
@@ -117,7 +117,7 @@ def read_npy_data(stream: BinaryIO, header: NpyHeader, subject: str) -> np.ndarr
 # --- zip archives ------------------------------------------------------------------------------
 
 
-def check_zip_directory(f: BinaryIO) -> None:
+def check_zip_directory(f: IO[bytes]) -> None:
     """Refuse a zip whose table of contents is larger than MAX_MEMBERS entries or
     MAX_DIRECTORY_BYTES, from its end records alone (zip64 too), before `zipfile` parses it.
     A file without an end record is left for `zipfile` to refuse."""
@@ -149,7 +149,7 @@ class NpyMember:
 
     name: str
     info: zipfile.ZipInfo
-    stream: BinaryIO
+    stream: IO[bytes]
     header: NpyHeader
 
     def read(self, label: str | None = None) -> np.ndarray:

@@ -59,7 +59,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
     velocity_names = [VELOCITY_PREFIX + k for k in PARAM_NAMES]
     arrays, record = _read_npz(path, CHECKPOINT_FORMAT, [*PARAM_NAMES, *velocity_names])
     params = _check_params(path, arrays)
-    config = _check_record(path, record, params)
+    config = _check_record(Path(path), record, params)
     velocity = {}
     if config.momentum > 0:
         missing = [n for n in velocity_names if n not in arrays]

@@ -62,7 +62,7 @@ MAX_SAFETENSORS_HEADER = 6 * MAX_METADATA_CHARS + 65536
 # objects; these bounds leave room for other writers' keys and refuse that before parsing.
 MAX_HEADER_TOKENS = 1000
 MAX_HEADER_OTHER = 65536
-_SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+_SAFETENSORS_DTYPES: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 
 
 def save_model_safetensors(path: str | Path, net: TwoLayerNet,
@@ -123,7 +123,7 @@ def _read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
             for name, (dtype, shape, begin, end) in entries.items():
                 array = np.empty(math.prod(shape), dtype=dtype)
                 f.seek(8 + n + begin)
-                if f.readinto(memoryview(array.view(np.uint8))) != end - begin:
+                if f.readinto(array.view(np.uint8).data) != end - begin:
                     raise Unreadable(f"tensor {name} ends early")
                 arrays[name] = array.reshape(shape).astype(dtype.newbyteorder("="), copy=False)
         except Unreadable as e:
@@ -171,7 +171,8 @@ def _check_header_shape(text: str) -> None:
                               "brackets, more than a model's tensors need")
         if match.group() == '"':
             try:
-                _text, position = json.decoder.scanstring(text, match.end())
+                _text, position = json.decoder.scanstring(  # type: ignore[attr-defined]
+                    text, match.end())
             except ValueError as e:
                 raise Unreadable(f"its header is not valid JSON ({one_line(e, 80)})") from None
         else:
@@ -188,7 +189,7 @@ def _safetensors_entries(header: dict, data_bytes: int) -> dict[str, tuple]:
         entry = header[name]
         if not isinstance(entry, dict):
             raise Unreadable(f"tensor {name}'s entry is {short_repr(entry)}, not an object")
-        dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        dtype = _SAFETENSORS_DTYPES.get(str(entry.get("dtype")))
         if dtype is None:
             raise Unreadable(f"parameter {name} is {short_repr(entry.get('dtype'))}, not F32 "
                               "or F64")
