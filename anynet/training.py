@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 
 from anynet import evaluation
-from anynet.backend import Backend, get_backend
-from anynet.config import TrainConfig
+from anynet.backend import Backend, get_backend, is_named, parse_spec
+from anynet.config import TrainConfig, short_repr
 from anynet.errors import DivergenceError, ModelFileError
 from anynet.modelio import save_checkpoint
 from anynet.network import TwoLayerNet
@@ -206,12 +206,31 @@ def resumed_config(checkpoint_config: dict, asked: dict) -> TrainConfig:
     run is the same run, so only where it computes (`backend`) may differ from what `asked`
     (the options given, by field name) says; ValueError names the options that differ."""
     config = TrainConfig.from_dict(checkpoint_config)
+    if "backend" not in asked and not is_named(parse_spec(config.backend)[0]):
+        # a module name read from a file is never imported (that would run the file's choice
+        # of code); the user names it
+        name = short_repr(config.backend)
+        raise ValueError(f"the checkpoint was trained on the backend {name}, which anynet "
+                         f"imports only when asked: give --backend {name} to resume on it")
     differing = [f"--{k.replace('_', '-')} {v} (checkpoint: {getattr(config, k)})"
                  for k, v in asked.items() if k != "backend" and getattr(config, k) != v]
     if differing:
         raise ValueError("a resumed run keeps its checkpoint's configuration; these options "
                          f"differ: {', '.join(differing)}. Drop them, or start a new run")
     return replace(config, backend=asked["backend"]) if "backend" in asked else config
+
+
+def _check_labels(name: str, labels: Any, n_classes: int) -> None:
+    """Host labels must be integer classes 0..n_classes-1 (ValueError): a float label would be
+    truncated, and one out of range gives a loss of 0 where it should give an error."""
+    if not isinstance(labels, np.ndarray) or labels.size == 0:
+        return  # backend arrays are the caller's; the fused step checks its own on the device
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"the {name} labels are {labels.dtype}, not integer classes")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= n_classes:
+        raise ValueError(f"the {name} labels run from {low} to {high}, outside the network's "
+                         f"classes 0..{n_classes - 1}")
 
 
 def checkpoint_path_for(model_path: str | Path) -> Path:
@@ -247,6 +266,8 @@ class Trainer:
             raise ValueError("no training examples")
         self.n_in = int(train_images.shape[1])
         self.n_classes = int(n_classes if n_classes is not None else np.max(train_labels) + 1)
+        for name, labels in (("training", train_labels), ("validation", val_labels)):
+            _check_labels(name, labels, self.n_classes)
         self.n_batches = math.ceil(self.n_train / config.batch_size)
         self.schedule = make_schedule(config.schedule, config.lr, config.epochs * self.n_batches)
         b = self.backend
@@ -361,7 +382,7 @@ class Trainer:
             self.write_checkpoint(state)
             for cb in self.callbacks:
                 cb.on_epoch_end(state.epoch - 1, metrics)
-            if self._stop_reason:
+            if self._stop_reason and state.epoch < self.config.epochs:  # else: finished
                 return FitResult("stopped", net, state, self._stop_reason)
         return FitResult("finished", net, state)
 

@@ -664,3 +664,44 @@ def test_the_model_records_when_it_was_trained(tmp_path, train_args):
     assert main(train_args(out, "--quiet", "--epochs", "1")) == 0
     trained = datetime.fromisoformat(load_model(out)[1]["trained_at"].replace("Z", "+00:00"))
     assert before <= trained <= datetime.now(timezone.utc) + timedelta(seconds=1)
+
+
+def test_a_new_run_keeps_an_interrupted_run_s_checkpoint(tmp_path, train_args, monkeypatch,
+                                                         capsys):
+    # before: the new run wrote over the checkpoint and deleted it when it finished
+    signal_during_step(monkeypatch, 3, signal.SIGTERM)
+    out = tmp_path / "model.npz"
+    assert main(train_args(out, "--quiet")) == 143
+    capsys.readouterr()
+    monkeypatch.undo()
+    ckpt = tmp_path / "model.checkpoint.npz"
+    kept = ckpt.read_bytes()
+    assert main(train_args(out, "--quiet")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"resume it with --resume {ckpt}" in err
+    assert ckpt.read_bytes() == kept and not out.exists()
+    assert main(train_args(out, "--quiet", "--force")) == 0  # asked for: a new run
+    assert out.exists() and not ckpt.exists()
+
+
+def test_a_checkpoint_never_makes_anynet_import_its_backend(tmp_path, train_args, monkeypatch,
+                                                           capsys):
+    # before: the checkpoint's backend was imported by name, running that module's code
+    from anynet.modelio import load_checkpoint, save_checkpoint
+
+    marker = tmp_path / "imported"
+    (tmp_path / "anynet_hostile_backend.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    signal_during_step(monkeypatch, 3, signal.SIGTERM)
+    out = tmp_path / "model.npz"
+    assert main(train_args(out, "--quiet")) == 143
+    capsys.readouterr()
+    ckpt = tmp_path / "model.checkpoint.npz"
+    params, velocity, record = load_checkpoint(ckpt)
+    record["config"]["backend"] = "anynet_hostile_backend"
+    save_checkpoint(ckpt, params, velocity, record)
+    assert main(["train", "--resume", str(ckpt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give --backend 'anynet_hostile_backend'" in err, err
+    assert not marker.exists()

@@ -175,3 +175,29 @@ def test_the_host_reads_the_device_once_per_window(monkeypatch):
         # many velocities)
         limit = epochs * (math.ceil(n_batches / SYNC_EVERY) + 2) + 8
         assert 0 < len(reads) <= limit, (momentum, len(reads), reads[:20])
+
+
+def test_a_stop_during_the_last_batch_lets_the_run_finish(monkeypatch):
+    # before: "stopped" at epoch 2, batch 0 of 2 epochs: the CLI exited 130 and wrote no model
+    images, labels = learnable(n=64)
+    trainer = None
+    stop_during_step(monkeypatch, lambda: trainer, 8)  # the last of 2 epochs x 4 batches
+    trainer = Trainer(TrainConfig(hidden=4, epochs=2, batch_size=16, val_size=0), images, labels)
+    result = trainer.fit()
+    assert (result.status, result.state.epoch, result.state.batch) == ("finished", 2, 0)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda t, v: (t, np.full_like(v, 9)), "the validation labels run from 9 to 9, outside "
+                                           "the network's classes 0..4"),
+    (lambda t, v: (t, v - 1), "the validation labels run from -1 to"),
+    (lambda t, v: (t.astype(np.float64) + 0.5, v), "the training labels are float64, not "
+                                                   "integer classes"),
+])
+def test_labels_that_are_not_the_network_s_classes_are_refused(change, words):
+    # before: validation labels out of range gave val_loss 0.0; float labels were truncated
+    images, labels = learnable(n=80)
+    train, val = change((labels[:64] % 5).astype(np.int64), (labels[64:] % 5).astype(np.int64))
+    config = TrainConfig(hidden=4, epochs=1, batch_size=16, val_size=0)
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(".", r"\.")):
+        Trainer(config, images[:64], train, images[64:], val, n_classes=5)

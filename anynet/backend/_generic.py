@@ -113,6 +113,8 @@ def probe_module(name: str) -> str:
         importlib.import_module(name)
     except ImportError as e:
         return f"{name} cannot be imported ({e})"
+    except Exception as e:  # a module that fails as it loads is not usable either: one line
+        return f"{name} failed as it was imported ({type(e).__name__}: {e})"
     return ""
 
 

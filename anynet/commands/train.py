@@ -239,6 +239,11 @@ def run(args) -> int:
                 raise UserError(f"--out {out}: cannot write in {path.parent} ({reason(e)})") \
                     from None
         check_output("--out", out, force=args.force, example=DEFAULT_OUT.name)
+        if args.resume is None and checkpoint.exists() and not args.force:
+            # an interrupted run's checkpoint: a new run would write over it and delete it
+            raise UserError(f"--out {out}: an interrupted run's checkpoint {checkpoint} is "
+                            f"beside it; resume it with --resume {checkpoint}, or use --force "
+                            "to start a new run over it")
         outputs = [p for p in (out, checkpoint_path_for(out), checkpoint, args.metrics, args.plot)
                    if p is not None]
         for folder in {p.parent for p in outputs}:  # what a killed run's writes left behind
