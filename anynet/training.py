@@ -265,6 +265,7 @@ class Trainer:
         if self.n_train == 0:
             raise ValueError("no training examples")
         self.n_in = int(train_images.shape[1])
+        self._classes_given = n_classes is not None
         self.n_classes = int(n_classes if n_classes is not None else np.max(train_labels) + 1)
         for name, labels in (("training", train_labels), ("validation", val_labels)):
             _check_labels(name, labels, self.n_classes)
@@ -298,6 +299,15 @@ class Trainer:
         holds, on this trainer's backend. Its position must fit this data: a batch within an
         epoch of `n_batches`, and step = epoch * n_batches + batch."""
         epoch, batch, step = record["epoch"], record["batch"], record["step"]
+        D, K = params["W1"].shape[0], params["W2"].shape[1]
+        # K inferred from the labels seen (no n_classes given) only says how many at least
+        fits = K == self.n_classes or (not self._classes_given and K > self.n_classes)
+        if D != self.n_in or not fits:
+            raise ModelFileError(
+                f"the checkpoint's network takes {D} inputs to {K} classes; this data has "
+                f"{self.n_in} inputs and {self.n_classes} classes: resume with the data it was "
+                "trained on")
+        self.n_classes = K
         if batch >= self.n_batches or step != epoch * self.n_batches + batch:
             raise ModelFileError(
                 f"the checkpoint's position (epoch {epoch + 1}, batch {batch}, step {step}) does "

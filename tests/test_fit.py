@@ -84,3 +84,23 @@ def test_the_trainer_takes_only_a_config():
     X, y = _blobs(10, 3, 2)
     with pytest.raises(TypeError, match="TrainConfig"):
         Trainer(TrainConfig().to_dict(), X, y)
+
+
+def test_checkpoints_of_any_data_resume_and_refuse_other_data(tmp_path):
+    # before: the Trainer sized 5-8-3 from the data, but load_checkpoint called it damaged for
+    # not being 784-8-10
+    from anynet.errors import ModelFileError
+    from anynet.modelio import load_checkpoint
+
+    X, y = _blobs(300, 5, 3)
+    config = TrainConfig(hidden=8, epochs=2, batch_size=16, lr=0.1, val_size=0)
+    ckpt = tmp_path / "blobs.checkpoint.npz"
+    whole = train_model(config, X, y, checkpoint_path=ckpt)
+    params, velocity, record = load_checkpoint(ckpt)
+    assert params["W1"].shape == (5, 8) and params["W2"].shape == (8, 3)
+    resumed = train_model(config, X, y, resume=(params, velocity, record))
+    np.testing.assert_array_equal(resumed.net.host_params()["W1"], whole.net.host_params()["W1"])
+    wider = np.hstack([X, X[:, :1]])
+    with pytest.raises(ModelFileError, match="takes 5 inputs to 3 classes; this data has 6 "
+                                             "inputs and 3 classes"):
+        train_model(config, wider, y, resume=(params, velocity, record))

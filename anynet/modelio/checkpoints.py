@@ -96,8 +96,6 @@ def _is_number(value: Any) -> bool:
 
 def _check_record(path: Path, record: dict, params: dict[str, np.ndarray]) -> TrainConfig:
     """The checkpoint record's config, after checking every field the training loop reads."""
-    from anynet.data.mnist import D, K
-
     def damaged(what: str) -> ModelFileError:
         return ModelFileError(f"{path}: {what}; the checkpoint is damaged (resume from another "
                               "checkpoint, or start the run again)")
@@ -117,9 +115,9 @@ def _check_record(path: Path, record: dict, params: dict[str, np.ndarray]) -> Tr
         raise damaged(f"its config is invalid: {e}") from None
     n_in, n_hidden = params["W1"].shape
     n_out = params["W2"].shape[1]
-    if (n_in, n_out) != (D, K) or n_hidden != config.hidden:
-        raise damaged(f"its parameters are {n_in}-{n_hidden}-{n_out}, not the 784-"
-                      f"{config.hidden}-10 network of its config")
+    if n_hidden != config.hidden:  # D and K are the data's: the Trainer checks them against it
+        raise damaged(f"its parameters are {n_in}-{n_hidden}-{n_out}, not the "
+                      f"{n_in}-{config.hidden}-{n_out} network of its config")
     if str(params["W1"].dtype) != config.dtype:
         raise damaged(f"its parameters are {params['W1'].dtype}, its config says {config.dtype}")
 
