@@ -7,7 +7,9 @@
 
 For every (implementation, H, batch) a fresh subprocess (`bench/_worker.py`) loads the same
 MNIST bytes (uint8, from `anynet.data.load_mnist`), imports one array library, trains
-784 -> H ReLU -> 10 softmax with plain SGD at one learning rate for all, runs `--warmup` untimed
+784 -> H ReLU -> 10 softmax with plain SGD at one learning rate for all (the +momentum and
++nesterov-wd columns: the same with momentum 0.9, or with the recipes' optimizer, Nesterov 0.9
+and weight decay 1e-4: what the optimizer costs), runs `--warmup` untimed
 epochs and `--epochs` timed ones (each includes its shuffle; `time.perf_counter`, device
 synchronised), then measures test accuracy and peak RSS.
 Another subprocess per library measures its float32 large-matrix-product rate, which gives each
@@ -60,6 +62,8 @@ class Impl:
     optional: bool = False             # run only when named with --impl (CPU: slow to compile)
 
 
+RECIPE_SGD = {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}  # the recipes' optimizer
+
 IMPLS = {
     "anynet-numpy": Impl("impl_anynet", "numpy", ("anynet.network",), ("cpu",),
                          {"backend": "numpy"}),
@@ -74,11 +78,23 @@ IMPLS = {
     "anynet-torch+momentum": Impl("impl_anynet", "torch", ("anynet.network", "torch"),
                                   ("cpu", "cuda"), {"backend": "torch", "momentum": 0.9},
                                   optional=True),
+    # the recipes' optimizer (every recipe above `default`): what it costs per epoch
+    "anynet-numpy+nesterov-wd": Impl("impl_anynet", "numpy", ("anynet.network",), ("cpu",),
+                                     {"backend": "numpy", **RECIPE_SGD}, optional=True),
+    "anynet-torch+nesterov-wd": Impl("impl_anynet", "torch", ("anynet.network", "torch"),
+                                     ("cpu", "cuda"), {"backend": "torch", **RECIPE_SGD},
+                                     optional=True),
+    "anynet-cupy+nesterov-wd": Impl("impl_anynet", "cupy", ("anynet.network", "cupy"),
+                                    ("cuda",), {"backend": "cupy", **RECIPE_SGD}),
     "numpy-naive": Impl("impl_numpy_naive", "numpy", ("numpy",)),
     "torch-module": Impl("impl_torch_module", "torch", ("torch",), ("cpu", "cuda")),
     "torch-compile": Impl("impl_torch_module", "torch", ("torch",), ("cpu", "cuda"),
                           {"compile": True}, optional=True,
                           note="torch.compile(nn.Module); the warm-up epoch compiles"),
+    "torch-module+nesterov-wd": Impl("impl_torch_module", "torch", ("torch",), ("cpu", "cuda"),
+                                     RECIPE_SGD, optional=True,
+                                     note="torch.optim.SGD(momentum=0.9, nesterov=True, "
+                                          "weight_decay=1e-4), its default (foreach) update"),
     "torch-noautograd": Impl("impl_torch_noautograd", "torch", ("torch",), ("cpu", "cuda")),
     "jax-jit": Impl("impl_jax_jit", "jax", ("jax",), ("cpu", "cuda")),
     "sklearn": Impl("impl_sklearn", "numpy", ("sklearn",)),
@@ -291,8 +307,8 @@ def parse_args(argv):
                         "--quick: 64)")
     p.add_argument("--impl", nargs="+", choices=list(IMPLS), metavar="NAME",
                    help=f"implementations to run (default: all that suit the device; on "
-                        f"cpu not torch-compile and the +momentum columns, which are slower to "
-                        f"run); choose from: {', '.join(IMPLS)}")
+                        f"cpu not torch-compile and the +momentum and +nesterov-wd columns, "
+                        f"which are slower to run); choose from: {', '.join(IMPLS)}")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="timed epochs per run; the median is reported (default: 5; --quick: 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs first (default: 1)")
