@@ -218,9 +218,11 @@ class TorchOps:
         else:
             y.add_(x, alpha=a)
 
-    @staticmethod
-    def gemm_acc_(C, A, B, beta, tmp):                  # C = beta * C + A @ B, one GEMM
-        C.addmm_(A, B, beta=beta)
+    def gemm_acc_(self, C, A, B, beta, tmp):            # C = beta * C + A @ B, one GEMM
+        if isinstance(beta, self.torch.Tensor):         # a rate in a device buffer (CUDA graph)
+            C.mul_(beta).addmm_(A, B)
+        else:
+            C.addmm_(A, B, beta=beta)
 
     @staticmethod
     def sub_mm_(W, A, B, tmp):
