@@ -279,13 +279,6 @@ class FusedStep:
             self._velocity = {"W1": self.vW1, "b1": self.vb1, "W2": self.vW2a[:H],
                               "b2": self.vW2a[H]}
             self.tmp = ops.empty(self.params_flat.shape, dtype)
-            # W1's update a panel of rows at a time where the seam asks (NumPy with BLAS, large
-            # H): (W1 rows, their velocities, room, first row, end row)
-            rows, tmp1 = ops.panel_rows(D, H, dtype), self.tmp[:D * H].reshape(D, H)
-            self.panels = None if rows is None else [
-                (self.W1[r:r + rows], self.vW1[r:r + rows], tmp1[r:r + rows], r, min(r + rows, D))
-                for r in range(0, D, rows)]
-            self.tmp_rest = self.tmp[D * H:]
             # A velocity whose gradient stays 0 (pixels always blank) decays as mu^t into the
             # subnormal floats, where x86 arithmetic takes ~100x as long (measured: NumPy at
             # H = 800 with momentum 0.9 and no weight decay, 4% of W1's velocity subnormal, an
@@ -419,31 +412,14 @@ class FusedStep:
             fused(self.params_flat, self.grads_flat, self.velocity_flat, wd, self.momentum,
                   rates.neg_lr, self.nesterov)
             return
-        if self.panels is None:   # every parameter at once, W1's gradient into its velocity
-            self._momentum_passes(self.params_flat, self.velocity_flat, self.tmp, rates,
-                                  (self.vW1, X.T, dZ1, self.dW1), others=True)
-            return
-        for W1, vW1, tmp, start, end in self.panels:  # W1 a panel of rows at a time, in cache
-            self._momentum_passes(W1, vW1, tmp, rates, (vW1, X[:, start:end].T, dZ1, tmp))
-        self._momentum_passes(self.params_rest, self.velocity_rest, self.tmp_rest, rates, None,
-                              others=True)
-
-    def _momentum_passes(self, P, V, T, rates: Rates, gemm: tuple | None,
-                         others: bool = False) -> None:
-        """`_momentum_update`'s passes over parameters P, their velocities V (room: T). `gemm`:
-        (C, A, dZ1, room) for W1's rows among them, C = beta C + A dZ1 (A: those rows of X^T);
-        `others`: whether b1 and [W2; b2] are among them, v = beta v + g from their buffer."""
-        o = self.ops
+        P, V, T = self.params_flat, self.velocity_flat, self.tmp
         if self.nesterov:
             o.axpy_(P, rates.lr_mu, V, T)              # q = p + lr mu v
-        if self.wd:
+        if wd:
             o.axpy_(V, rates.k, P, T)                  # v + k p (heavy ball), v + k q (Nesterov)
-        if gemm is not None:                           # v' = beta v + X^T dZ1 (W1's rows)
-            C, A, dZ1, room = gemm
-            o.gemm_acc_(C, A, dZ1, rates.beta, room)
-        if others:                                     # v' = beta v + g (b1, [W2; b2])
-            o.mul_(self.velocity_rest, rates.beta)
-            o.add_(self.velocity_rest, self.grads_rest)
+        o.gemm_acc_(self.vW1, X.T, dZ1, rates.beta, self.dW1)   # v' = beta v + X^T dZ1
+        o.mul_(self.velocity_rest, rates.beta)         # ... and for b1, [W2; b2]: v' = beta v + g
+        o.add_(self.velocity_rest, self.grads_rest)
         o.axpy_(P, rates.v_rate, V, T)                 # p' = p - lr v', or q - lr (1 + mu) v'
 
     @property

@@ -72,7 +72,6 @@ def fused_ops(backend) -> UfuncOps:
 
 
 BLAS_MIN_SIZE = 1 << 16  # elements: below it a ctypes call costs more than the ufuncs' passes
-PANEL_BYTES = 1 << 19     # a panel of W1's rows: with its velocity's, stays in a core's L2 cache
 
 
 class OpenBLAS:
@@ -153,19 +152,13 @@ class OpenBLAS:
 
 def _operand(M):
     """(CBLAS transpose flag, leading dimension) of a 2-D array as row-major BLAS reads it, or
-    None: rows of unit stride as it is (CblasNoTrans = 111), columns of unit stride as its
-    transpose (112), e.g. X[:, a:b].T, columns a..b-1 of a C-contiguous X, transposed."""
+    None: C-contiguous as it is (CblasNoTrans = 111), F-contiguous as its transpose (112)."""
     if type(M) is not np.ndarray or M.ndim != 2:
         return None
     if M.flags.c_contiguous:
         return 111, max(1, M.shape[1])
     if M.flags.f_contiguous:
         return 112, max(1, M.shape[0])
-    (rows, cols), (s0, s1), item = M.shape, M.strides, M.itemsize
-    if s1 == item and s0 % item == 0 and s0 // item >= cols:
-        return 111, s0 // item
-    if s0 == item and s1 % item == 0 and s1 // item >= rows:
-        return 112, s1 // item
     return None
 
 
@@ -272,15 +265,6 @@ class UfuncOps:
     def relu_backward_(self, dZ, Z, mask):              # dZ *= (Z > 0)
         self.lib.greater(Z, 0, out=mask)
         self.lib.multiply(dZ, mask, out=dZ)
-
-    def panel_rows(self, D, H, dtype) -> int | None:
-        """Rows of W1 (D, H) per panel for the momentum update, or None for W1 whole: with
-        BLAS, the update's three passes and its GEMM run a panel at a time, each panel
-        read from memory once instead of four times (`FusedStep._momentum_update`)."""
-        rows = PANEL_BYTES // (H * np.dtype(dtype).itemsize)
-        if self.blas is None or rows >= D or rows * H < BLAS_MIN_SIZE:
-            return None
-        return rows
 
     def zero_tiny_(self, a, tiny, tmp):                 # a[|a| < tiny] = 0
         tmp = tmp[:a.size].reshape(a.shape)

@@ -212,10 +212,6 @@ class TorchOps:
         self.torch.gt(Z, 0, out=mask)
         dZ.mul_(mask)
 
-    @staticmethod
-    def panel_rows(D, H, dtype):                        # W1 whole: one call each costs more
-        return None
-
     def zero_tiny_(self, a, tiny, tmp):                 # a[|a| < tiny] = 0
         a.masked_fill_(self.torch.abs(a, out=tmp[:a.numel()].view(a.shape)) < tiny, 0)
 
