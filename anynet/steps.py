@@ -17,11 +17,15 @@ gradients, and updates the parameters. `make_train_step` picks the implementatio
       784-wide contiguous buffer is faster than into a 785-wide one, by more than b1 costs);
     * the hidden layer in (N, H) layout, which suits BLAS best for narrow H; the output layer
       in (K, N) layout, where the softmax's reductions over K classes are fast;
+    * the parameters in one buffer [W1 | b1 | W2a], and so their velocities and gradients: an
+      update that is the same for every parameter is one operation over all of them;
     * for plain SGD, the learning rate folded into the small (K, N) output gradient before the
       weight-gradient products, so each weight update is one subtraction, and on PyTorch none
       at all: the update W1 -= X^T dZ1 is a single GEMM that accumulates into W1 (addmm_);
-      with momentum, gradients into buffers (W1's straight into its velocity), then
-      SGD.step's formulas in place;
+    * with momentum, SGD.step's formulas rearranged so that W1's gradient goes straight into
+      its velocity (v = beta v + X^T dZ1, one GEMM that accumulates) and the rest is two
+      passes over the parameters (three with Nesterov and weight decay), each one BLAS axpy or
+      PyTorch add_ (`_momentum_update` derives them);
     * no gradient with respect to the input images (the first layer needs none);
     * pixels gathered and converted to floats a chunk of ~1024 rows at a time, into buffers
       allocated once; every operation writes into preallocated memory.
@@ -47,6 +51,8 @@ loss into a buffer of the epoch's losses: a loss holds until the same batch of t
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -255,9 +261,8 @@ class FusedStep:
         self.distorter, self.epoch = distorter, 0
 
         p = {k: net.backend.to_numpy(v) for k, v in net.params.items()}
-        W2a = np.concatenate([p["W2"], p["b2"][None, :]])  # [W2; b2] (H+1, K)
-        self.W1, self.b1, self.W2a = ops.host(p["W1"], dtype), ops.host(p["b1"], dtype), \
-            ops.host(W2a, dtype)
+        # [W1 | b1 | W2a], W2a = [W2; b2] (H+1, K): one buffer, the parameters views into it
+        self.params_flat, (self.W1, self.b1, self.W2a) = one_buffer(ops, dtype, p)
         net.params = {"W1": self.W1, "b1": self.b1, "W2": self.W2a[:H], "b2": self.W2a[H]}
 
         B, R = batch_size, self.batches_per_chunk * batch_size
@@ -266,20 +271,31 @@ class FusedStep:
         # returned to the OS and faulted back in every time
         self.pixels = ops.empty((R, D), np.uint8)
         self.Y = ops.empty((self.batches_per_chunk, K, B), dtype)  # one-hot labels, (K, N)
-        self.dW1 = ops.empty((D, H), dtype)
-        self.db1 = ops.empty((H,), dtype)
-        self.dW2a = ops.empty((H + 1, K), dtype)
+        # the gradients in the same layout: [dW1 | db1 | dW2a]
+        self.grads_flat, (self.dW1, self.db1, self.dW2a) = one_buffer(
+            ops, dtype, {k: np.zeros_like(v) for k, v in p.items()})
+        # [b1 | W2a], the small parameters, and their gradients: flat[D H:]
+        self.params_rest, self.grads_rest = self.params_flat[D * H:], self.grads_flat[D * H:]
         self.eye = ops.host(np.eye(K), dtype)
         self._velocity = None
-        if self.momentum:  # velocities in the parameters' layout, and room for lr * v
+        if self.momentum:  # velocities in the parameters' layout, and room for a * v
             v = {k: net.backend.to_numpy(v) for k, v in (velocity or {}).items()}
             v = v or {k: np.zeros_like(p[k]) for k in p}
-            self.vW1, self.vb1 = ops.host(v["W1"], dtype), ops.host(v["b1"], dtype)
-            self.vW2a = ops.host(np.concatenate([v["W2"], v["b2"][None, :]]), dtype)
+            self.velocity_flat, (self.vW1, self.vb1, self.vW2a) = one_buffer(ops, dtype, v)
+            self.velocity_rest = self.velocity_flat[D * H:]
             self._velocity = {"W1": self.vW1, "b1": self.vb1, "W2": self.vW2a[:H],
                               "b2": self.vW2a[H]}
-            self.tmp = (ops.empty((D, H), dtype), ops.empty((H,), dtype),
-                        ops.empty((H + 1, K), dtype))
+            self.tmp = ops.empty(self.params_flat.shape, dtype)
+            # A velocity whose gradient stays 0 (pixels always blank) decays as mu^t into the
+            # subnormal floats, where x86 arithmetic takes ~100x as long (measured: NumPy at
+            # H = 800 with momentum 0.9 and no weight decay, 4% of W1's velocity subnormal, an
+            # epoch 1.9x a plain one). So every `flush_every` batches (as long as a velocity
+            # takes to decay from `tiny` to the subnormals) those below `tiny` are set to 0:
+            # what the CPU's flush-to-zero mode would do, sooner. They move a parameter by
+            # under lr * 2e-31 (float32); weight decay keeps velocities away from 0 anyway.
+            finfo = np.finfo(dtype)
+            self.tiny = float(finfo.tiny) * 2.0 ** 24
+            self.flush_every = max(1, int(24 * np.log(2) / -np.log(self.momentum)))
         # each batch's loss, where the step writes it: a batch's holds until the same batch of
         # the next epoch (the Trainer reads every window within its epoch)
         self.losses = ops.empty((self.n_batches,), dtype)
@@ -317,6 +333,8 @@ class FusedStep:
         chunk, j = divmod(batch, self.batches_per_chunk)
         if chunk != self.chunk:
             self._load_chunk(chunk)
+        if self.momentum and batch % self.flush_every == 0:
+            self.ops.zero_tiny_(self.velocity_flat, self.tiny, self.tmp)
         start, loss = j * self.B, self.losses[batch:batch + 1]
         if start + self.B <= self.rows_in_chunk:
             X, Y = self._batch_views[j]
@@ -326,10 +344,18 @@ class FusedStep:
             self._step(self.X[start:start + b], self.Y[j][:, :b], self._rates(lr, b), b, loss)
         return self.losses[batch]
 
-    def _rates(self, lr: float, b: int) -> tuple:
-        """The step's scalars from the learning rate: (c, the factor on dZ2 (lr / N for plain
-        SGD, 1 / N with momentum); 1 - lr * wd, weight decay's factor; -lr)."""
-        return (1.0 if self.momentum else lr) / b, 1 - lr * self.wd, -lr
+    def _rates(self, lr: float, b: int) -> Rates:
+        """The step's scalars for learning rate `lr` and a batch of b (see `Rates`)."""
+        mu, wd = self.momentum, self.wd
+        if not mu:
+            return Rates(lr / b, 1 - lr * wd, -lr, 0.0, 0.0, 0.0, 0.0)
+        if not self.nesterov:
+            return Rates(1 / b, 1 - lr * wd, -lr, 0.0, mu, wd / mu, -lr)
+        beta = mu * (1 - lr * wd)
+        if beta <= 0:
+            raise ValueError(f"Nesterov momentum with lr * weight_decay >= 1 (lr {lr}, weight "
+                             f"decay {wd}) has no fused step")
+        return Rates(1 / b, 1 - lr * wd, -lr, lr * mu, beta, wd / beta, -lr * (1 + mu))
 
     def _buffers(self, b: int) -> tuple:
         """The step's buffers for a batch of b examples: made once for b = B, and once more
@@ -344,13 +370,12 @@ class FusedStep:
                                     o.empty((b,), dt), o.empty((b,), dt))
         return self._buffer_sets[b]
 
-    def _step(self, X, Y, rates: tuple, b: int, loss) -> None:
+    def _step(self, X, Y, rates: Rates, b: int, loss) -> None:
         """One step on inputs X (b, D) and one-hot targets Y (K, b); `rates` from `_rates`
         (numbers, or for the CUDA-graph step 1-element device arrays); the batch's loss goes
         into `loss`, a 1-element array. Every operation is one of the seam's primitives, and
         writes into memory that already exists: what a CUDA graph can record and replay."""
         o, H, W1, b1, W2a = self.ops, self.H, self.W1, self.b1, self.W2a
-        c, decay, neg_lr = rates
         Z1, A1, P, mask, dZ1, m, s = self._buffers(b)
         # forward: Z1 = X W1 + b1, A1 = relu(Z1), logits Z2^T = (A1 W2 + b2)^T in (K, N)
         o.mm(X, W1, out=Z1)
@@ -359,54 +384,50 @@ class FusedStep:
         # softmax over classes (axis 0), stably; loss = mean(log sum exp - z_target);
         # dZ2 = c (softmax(P) - Y), c = lr / N: for plain SGD the learning rate rides on this
         # small array; with momentum the velocity sums gradients, so c = 1 / N
-        o.softmax_xent_(P, Y, c, m, s, loss)
+        o.softmax_xent_(P, Y, rates.c, m, s, loss)
         # backward: dW2a = A1^T dZ2; dA1 = dZ2 W2^T (before W2 changes); dZ1 = dA1 * relu'(Z1)
         o.mm(A1.T, P.T, out=self.dW2a)
         o.mm(P.T, W2a[:H].T, out=dZ1)
         o.relu_backward_(dZ1, Z1, mask)
         o.colsum(dZ1, out=self.db1)
         if self.momentum:
-            self._momentum_update(X, dZ1, neg_lr)
+            self._momentum_update(X, dZ1, rates)
             return
-        # update, weight decay as in SGD.step: p <- p - lr * (g + wd * p)
+        # update, weight decay as in SGD.step: p <- p - lr * (g + wd * p), every parameter at once
         if self.wd:
-            for p in (W1, b1, W2a):
-                o.mul_(p, decay)
+            o.mul_(self.params_flat, rates.decay)
         o.sub_mm_(W1, X.T, dZ1, self.dW1)              # W1 -= X^T dZ1 (lr already inside)
-        o.sub_(b1, self.db1)
-        o.sub_(W2a, self.dW2a)
+        o.sub_(self.params_rest, self.grads_rest)      # b1 -= db1, [W2; b2] -= dW2a
 
-    def _momentum_update(self, X, dZ1, neg_lr) -> None:
-        """SGD.step with momentum, in place, for every parameter p with gradient g:
-        g += wd p;  v = mu v + g;  p -= lr (g + mu v) (Nesterov) or p -= lr v.
+    def _momentum_update(self, X, dZ1, rates: Rates) -> None:
+        """SGD.step with momentum, in place, for every parameter p with gradient g at once:
+            v' = mu v + g + wd p;  p' = p - lr v',  Nesterov: p' = p - lr (g + wd p + mu v').
 
-        Without Nesterov, W1's gradient X^T dZ1 goes straight into its velocity,
-        v = mu v + X^T dZ1 (on PyTorch one GEMM, addmm_ with beta = mu), and p -= lr v."""
-        o, mu, wd = self.ops, self.momentum, self.wd
-        triples = list(zip((self.W1, self.b1, self.W2a), (self.dW1, self.db1, self.dW2a),
-                           (self.vW1, self.vb1, self.vW2a), self.tmp, strict=True))
-        if not self.nesterov:
-            (W1, _, vW1, tmp), *triples = triples
-            o.gemm_acc_(vW1, X.T, dZ1, mu, tmp)
-            if wd:
-                o.axpy_(vW1, wd, W1, tmp)
-            o.axpy_(W1, neg_lr, vW1, tmp)
-        else:
+        Rearranged into the fewest passes over the parameters, W1's gradient X^T dZ1 never
+        stored: it goes into W1's velocity inside the GEMM, v = beta v + X^T dZ1 (`gemm_acc_`).
+          heavy ball: v += (wd / mu) p;  v = mu v + g;  p += -lr v.
+          Nesterov:   g + wd p = v' - mu v, so p' = q - lr (1 + mu) v', q = p + lr mu v; and
+                      v' = mu v + wd p + g = beta (v + k q) + g, beta = mu (1 - lr wd), k = wd/beta:
+                      p += lr mu v;  v += k p;  v = beta v + g;  p += -lr (1 + mu) v.
+        Three passes (two without weight decay), each one axpy. The scalars come from `_rates`.
+        Where the seam has `momentum_` (CuPy: one kernel), SGD.step's own formula runs over all
+        the parameters in one launch instead."""
+        o, wd = self.ops, self.wd
+        fused = getattr(o, "momentum_", None)
+        if fused is not None:
             o.mm(X.T, dZ1, out=self.dW1)
-        fused = getattr(o, "momentum_", None)   # the loop below as one kernel (CuPy)
-        for p, g, v, tmp in triples:
-            if fused is not None:
-                fused(p, g, v, wd, mu, neg_lr, self.nesterov)
-                continue
-            if wd:
-                o.axpy_(g, wd, p, tmp)
-            o.mul_(v, mu)
-            o.add_(v, g)
-            if self.nesterov:
-                o.axpy_(g, mu, v, tmp)      # g + mu v
-                o.axpy_(p, neg_lr, g, tmp)
-            else:
-                o.axpy_(p, neg_lr, v, tmp)
+            fused(self.params_flat, self.grads_flat, self.velocity_flat, wd, self.momentum,
+                  rates.neg_lr, self.nesterov)
+            return
+        P, V, T = self.params_flat, self.velocity_flat, self.tmp
+        if self.nesterov:
+            o.axpy_(P, rates.lr_mu, V, T)              # q = p + lr mu v
+        if wd:
+            o.axpy_(V, rates.k, P, T)                  # v + k p (heavy ball), v + k q (Nesterov)
+        o.gemm_acc_(self.vW1, X.T, dZ1, rates.beta, self.dW1)   # v' = beta v + X^T dZ1
+        o.mul_(self.velocity_rest, rates.beta)         # ... and for b1, [W2; b2]: v' = beta v + g
+        o.add_(self.velocity_rest, self.grads_rest)
+        o.axpy_(P, rates.v_rate, V, T)                 # p' = p - lr v', or q - lr (1 + mu) v'
 
     @property
     def params(self) -> dict:
@@ -415,6 +436,29 @@ class FusedStep:
     @property
     def velocity(self) -> dict:
         return self._velocity if self._velocity is not None else {}
+
+
+class Rates(NamedTuple):
+    """A step's scalars, from its learning rate lr and batch size N (`FusedStep._rates`): numbers,
+    or for the CUDA-graph step 1-element device arrays (`GraphedStep._graph_step`).
+
+    c       the factor on dZ2 = c (softmax - Y): lr / N for plain SGD (the learning rate rides on
+            this small array), 1 / N with momentum (the velocity sums gradients)
+    decay   1 - lr wd: plain SGD's weight decay, p <- decay p - lr g
+    neg_lr  -lr (for a seam's `momentum_`, which takes SGD.step's own scalars)
+    lr_mu   lr mu: Nesterov's look-ahead q = p + lr mu v
+    beta    the velocity's factor in v <- beta v + g: mu, with Nesterov mu (1 - lr wd)
+    k       weight decay folded into the velocity, v <- v + k p: wd / beta
+    v_rate  the step along the new velocity, p <- p + v_rate v': -lr, with Nesterov -lr (1 + mu)
+    """
+
+    c: Any
+    decay: Any
+    neg_lr: Any
+    lr_mu: Any
+    beta: Any
+    k: Any
+    v_rate: Any
 
 
 class GraphCaptureUnavailable(UserWarning):
@@ -463,8 +507,9 @@ class GraphedStep(FusedStep):
         # every training label one-hot, (K, N): a batch's targets are then one gather
         self.targets = o.empty((K, self.n), dt)
         o.copy_(self.targets, o.take(self.eye, labels).T)
-        self.lr_now, self.c_now, self.decay_now, self.neg_lr_now = (
-            o.empty((1,), dt) for _ in range(4))
+        self.lr_now = o.empty((1,), dt)
+        self.rates_now = Rates(*(o.empty((1,), dt) for _ in Rates._fields))
+        self.wd_device = o.host(np.full(1, self.wd), dt)
 
     def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
                     epoch: int = 0) -> None:
@@ -501,16 +546,29 @@ class GraphedStep(FusedStep):
         o.take_into(self.perm_device, self.pos, out=self.idx)
         o.load_rows(self.images, self.idx, self.Xg, 1 / 255, self.pixels_g)
         o.take_into(self.targets, self.idx, out=self.Yg, axis=1)
-        # the rates of `_rates`, on the device: lr / B (1 / B with momentum), 1 - lr wd, -lr
         o.take_into(self.rates_device, self.k, out=self.lr_now)
-        o.mul_into(self.lr_now, 1 / B, out=self.c_now)
-        o.mul_into(self.lr_now, -self.wd, out=self.decay_now)
-        o.add_(self.decay_now, 1.0)
-        o.mul_into(self.lr_now, -1.0, out=self.neg_lr_now)
-        c = 1 / B if self.momentum else self.c_now
-        self._step(self.Xg, self.Yg, (c, self.decay_now, self.neg_lr_now), B, self.loss_now)
+        self._step(self.Xg, self.Yg, self._device_rates(), B, self.loss_now)
         o.put_(self.losses, self.k, self.loss_now)
         o.add_(self.k, 1)
+
+    def _device_rates(self) -> Rates:
+        """`_rates(lr, B)` computed on the device from lr in `lr_now`; the scalars that do not
+        depend on lr stay numbers."""
+        o, lr, r, mu, wd = self.ops, self.lr_now, self.rates_now, self.momentum, self.wd
+        o.mul_into(lr, -wd, out=r.decay)
+        o.add_(r.decay, 1.0)                             # 1 - lr wd
+        o.mul_into(lr, -1.0, out=r.neg_lr)
+        if not mu:
+            o.mul_into(lr, 1 / self.B, out=r.c)
+            return Rates(r.c, r.decay, r.neg_lr, 0.0, 0.0, 0.0, 0.0)
+        if not self.nesterov:
+            return Rates(1 / self.B, r.decay, r.neg_lr, 0.0, mu, wd / mu, r.neg_lr)
+        o.mul_into(lr, mu, out=r.lr_mu)
+        o.mul_into(r.decay, mu, out=r.beta)              # mu (1 - lr wd)
+        o.copy_(r.k, self.wd_device)
+        o.div_(r.k, r.beta)                              # wd / beta
+        o.mul_into(lr, -(1 + mu), out=r.v_rate)
+        return Rates(1 / self.B, r.decay, r.neg_lr, r.lr_mu, r.beta, r.k, r.v_rate)
 
     def _capture(self):
         """The replay of one captured step, or False (with a warning) where capture fails.
@@ -518,9 +576,9 @@ class GraphedStep(FusedStep):
         import warnings
 
         o = self.ops
-        state = [self.W1, self.b1, self.W2a, self.k, self.losses]
+        state = [self.params_flat, self.k, self.losses]
         if self.momentum:
-            state += [self.vW1, self.vb1, self.vW2a]
+            state.append(self.velocity_flat)
         saved = [o.clone(a) for a in state]
         try:
             replay = self.capture(self._graph_step)
@@ -532,6 +590,19 @@ class GraphedStep(FusedStep):
         for array, copy in zip(state, saved, strict=True):
             o.copy_(array, copy)
         return replay
+
+
+def one_buffer(ops, dtype, params: dict) -> tuple:
+    """Host arrays W1 (D, H), b1 (H,), W2 (H, K), b2 (K,) as one new buffer of the backend,
+    [W1 | b1 | W2a] with W2a = [W2; b2] (H+1, K), and the three views (W1, b1, W2a) into it."""
+    W2a = np.concatenate([params["W2"], params["b2"][None, :]])
+    parts = (params["W1"], params["b1"], W2a)
+    flat = ops.host(np.concatenate([np.ravel(a) for a in parts]), dtype)
+    views, start = [], 0
+    for a in parts:
+        views.append(flat[start:start + a.size].reshape(a.shape))
+        start += a.size
+    return flat, views
 
 
 def first_cause(error: BaseException) -> str:
@@ -551,9 +622,12 @@ def first_cause(error: BaseException) -> str:
     return text
 
 
-def fast_step_applies(net: TwoLayerNet) -> bool:
+def fast_step_applies(net: TwoLayerNet, optimizer: SGD) -> bool:
     """Whether `FusedStep` can run this training: a backend with in-place primitives (NumPy,
-    CuPy, PyTorch on any device); any SGD (momentum, Nesterov, weight decay)."""
+    CuPy, PyTorch on any device); any SGD (momentum, Nesterov, weight decay) but Nesterov
+    with lr * weight_decay >= 1, where its rearranged update would divide by zero (`Rates`)."""
+    if optimizer.nesterov and optimizer.lr * optimizer.weight_decay >= 1:
+        return False
     return net.backend.fused_ops() is not None
 
 
@@ -563,7 +637,7 @@ def make_train_step(net: TwoLayerNet, optimizer: SGD, images, labels, batch_size
     (as a CUDA graph where the backend captures one), the compiled reference step where the
     backend compiles (JAX); else the reference."""
     args = (net, optimizer, images, labels, batch_size, velocity)
-    if fast and fast_step_applies(net):
+    if fast and fast_step_applies(net, optimizer):
         # distortions are drawn on the host a chunk at a time: no single graph per step
         capture = net.backend.graph_capture() if distorter is None else None
         if capture is not None:

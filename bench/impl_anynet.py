@@ -11,7 +11,8 @@ backend. Threads are set by the worker (`anynet.backend.threads.set_threads`), n
 
 Options: backend = an anynet backend name ("numpy", "torch", "jax", "cupy"); with
 device="cuda" torch and jax run on the GPU ("torch:cuda", "jax:gpu"); momentum = SGD's (0.9 in
-the +momentum columns: what momentum costs per epoch).
+the +momentum columns: what momentum costs per epoch); nesterov and weight_decay likewise
+(Nesterov 0.9 and weight decay 1e-4 in the +nesterov-wd columns: the recipes' optimizer).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from anynet.steps import make_train_step
 
 class AnynetTrainer:
     def __init__(self, hidden, batch, lr, seed, train_images, train_labels, backend, device,
-                 momentum):
+                 momentum, nesterov=False, weight_decay=0.0):
         self.backend = get_backend(backend_spec(backend, device))
         self.net = TwoLayerNet(n_hidden=hidden, backend=self.backend, seed=seed)
         self.lr = lr
         self.n = len(train_labels)
         self.n_batches = -(-self.n // batch)
-        opt = SGD(lr=lr, momentum=momentum)
+        opt = SGD(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
         self.step = make_train_step(self.net, opt, self.backend.asarray(train_images),
                                     self.backend.asarray(train_labels, "int64"), batch,
                                     opt.init(self.net.params))
@@ -53,6 +54,6 @@ class AnynetTrainer:
 
 
 def make(hidden, batch, lr, seed, train_images, train_labels, *, device="cpu", threads=2,
-         backend="numpy", momentum=0.0):
+         backend="numpy", momentum=0.0, nesterov=False, weight_decay=0.0):
     return AnynetTrainer(hidden, batch, lr, seed, train_images, train_labels, backend, device,
-                         momentum)
+                         momentum, nesterov, weight_decay)

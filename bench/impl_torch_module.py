@@ -19,7 +19,7 @@ from torch import nn
 
 class TorchModuleNet:
     def __init__(self, hidden, batch, lr, seed, train_images, train_labels, device, threads,
-                 compile=False):
+                 compile=False, momentum=0.0, nesterov=False, weight_decay=0.0):
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.device = torch.device(device)
@@ -29,7 +29,8 @@ class TorchModuleNet:
             nn.init.zeros_(layer.bias)
         self.model.to(self.device)
         self.loss_fn = nn.CrossEntropyLoss()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum,
+                                   nesterov=nesterov, weight_decay=weight_decay)
         self.forward = torch.compile(self.model) if compile else self.model
         self.X = torch.from_numpy(train_images).to(self.device).float().div_(255)
         self.y = torch.from_numpy(train_labels).to(self.device).long()
@@ -57,6 +58,6 @@ class TorchModuleNet:
 
 
 def make(hidden, batch, lr, seed, train_images, train_labels, *, device="cpu", threads=2,
-         compile=False):
+         compile=False, momentum=0.0, nesterov=False, weight_decay=0.0):
     return TorchModuleNet(hidden, batch, lr, seed, train_images, train_labels, device, threads,
-                          compile)
+                          compile, momentum, nesterov, weight_decay)

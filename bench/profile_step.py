@@ -3,6 +3,7 @@
     python bench/profile_step.py --backend numpy --hidden 30         # NumPy, H = 30, batch 64
     python bench/profile_step.py --backend torch --hidden 800 --threads 1
     python bench/profile_step.py --backend jax --hidden 800
+    python bench/profile_step.py --hidden 800 --momentum 0.9 --nesterov --weight-decay 1e-4
 
 For the fused step (NumPy, PyTorch): the step's time from whole epochs, then every in-place
 primitive timed as the step calls it (each call wrapped, so the sum runs a little over the
@@ -49,6 +50,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="default: anynet's default")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs (default: 3)")
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD's momentum (default: 0)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="SGD's (default: 0)")
     args = p.parse_args(argv)
 
     from anynet.backend import get_backend
@@ -65,7 +69,9 @@ def main(argv=None) -> int:
     images = backend.asarray(rng.integers(0, 256, (N, D), dtype=np.uint8))
     labels = backend.asarray(rng.integers(0, 10, N), "int64")
     net = TwoLayerNet(n_hidden=H, backend=backend, seed=0)
-    step = make_train_step(net, SGD(lr=0.01), images, labels, B, {})
+    opt = SGD(lr=0.01, momentum=args.momentum, nesterov=args.nesterov,
+              weight_decay=args.weight_decay)
+    step = make_train_step(net, opt, images, labels, B, opt.init(net.params))
     n_batches = -(-N // B)
 
     def epoch():
@@ -144,7 +150,11 @@ def main(argv=None) -> int:
     flops = B * (4 * D * H + 6 * H * K)
     rows.append((f"floor: the step's FLOPs at the 2048^2 matmul rate ({rate:.0f} GFLOP/s)",
                  flops / (rate * 1e9) * 1e6))
-    print(f"{args.backend}, H = {H}, batch {B}, {threads} threads, {type(step).__name__}: "
+    optimizer = (f", momentum {args.momentum}" + (" Nesterov" if args.nesterov else "")
+                 if args.momentum else "") + (f", weight decay {args.weight_decay}"
+                                              if args.weight_decay else "")
+    print(f"{args.backend}, H = {H}, batch {B}{optimizer}, {threads} threads, "
+          f"{type(step).__name__}: "
           f"{epoch_s:.3f} s an epoch of {n_batches} steps")
     width = max(len(r[0]) for r in rows)
     for label, us in rows:

@@ -83,7 +83,10 @@ def test_fused_step_keeps_params_in_the_net():
 def test_which_step_runs(backend):
     net = TwoLayerNet(n_hidden=3, backend=backend)
     fused = backend.fused_ops() is not None
-    assert fast_step_applies(net) == fused  # whatever the SGD: momentum, Nesterov, decay
+    assert fast_step_applies(net, SGD(lr=0.1, weight_decay=1e-4)) == fused
+    assert fast_step_applies(net, SGD(lr=0.1, momentum=0.9, nesterov=True)) == fused
+    # Nesterov with lr * weight_decay >= 1 would divide by zero in the rearranged update
+    assert not fast_step_applies(net, SGD(lr=2.0, momentum=0.9, nesterov=True, weight_decay=0.5))
     args = (backend.asarray(np.zeros((4, 784), np.uint8)),
             backend.asarray(np.zeros(4, np.int64)), 2, {})
     graphs = fused and backend.graph_capture() is not None   # CUDA: PyTorch captures, CuPy not
@@ -595,3 +598,39 @@ def test_a_fused_momentum_primitive_computes_what_the_loop_does(monkeypatch, nes
     np.testing.assert_allclose(fast_losses, ref_losses, rtol=1e-10)
     for k in ref:
         np.testing.assert_allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 2e-3)])
+@pytest.mark.parametrize("momentum, nesterov, wd", [(0.0, False, 1e-3), (0.9, False, 1e-3),
+                                                    (0.9, True, 1e-4), (0.5, True, 0.0)])
+@pytest.mark.parametrize("batch", [64, 333])
+def test_numpy_blas_road_equals_reference(monkeypatch, dtype, rtol, momentum, nesterov, wd,
+                                          batch):
+    """NumPy's fused step calls its OpenBLAS (axpy, GEMM that accumulates) for large arrays:
+    made to take that road for every array here, it still equals the reference."""
+    from anynet.backend import _numpy, get_namespace
+
+    blas = _numpy.OpenBLAS.load()
+    if blas is None:
+        pytest.skip("NumPy's BLAS is not the OpenBLAS of its wheels: the ufuncs serve")
+    monkeypatch.setattr(_numpy, "BLAS_MIN_SIZE", 0)
+    calls = []
+    for name in ("try_axpy", "try_gemm"):
+        real = getattr(_numpy.OpenBLAS, name)
+
+        def counted(self, *args, _real=real, _name=name):
+            done = _real(self, *args)
+            calls.append((_name, done))
+            return done
+
+        monkeypatch.setattr(_numpy.OpenBLAS, name, counted)
+    backend = get_namespace("numpy")
+    kw = dict(momentum=momentum, nesterov=nesterov)
+    fast_losses, fast = run_steps(FusedStep, dtype, batch, wd, backend, **kw)
+    ref_losses, ref = run_steps(ArrayAPIStep, dtype, batch, wd, backend, **kw)
+    assert ("try_gemm", True) in calls and (not momentum or ("try_axpy", True) in calls)
+    assert all(done for _, done in calls)
+    np.testing.assert_allclose(fast_losses, ref_losses, rtol=rtol)
+    for k in ref:
+        np.testing.assert_allclose(fast[k], ref[k], rtol=rtol, atol=rtol * np.abs(ref[k]).max(),
+                                   err_msg=k)

@@ -4,8 +4,8 @@ the current device of the thread that opens the backend, so every kernel runs th
 The fused step's primitives are NumPy's ufunc ones (`_numpy.UfuncOps`) over the `cupy` module
 (CuPy implements the same `out=` API), except the element-wise and reduction chains between the
 step's matrix products, which are CuPy kernels of their own (`CupyOps`): bias + ReLU in one
-launch, softmax + cross-entropy + its gradient in two, ReLU's derivative in one, and each
-parameter's momentum update in one.
+launch, softmax + cross-entropy + its gradient in two, ReLU's derivative in one, and the
+momentum update of all the parameters in one (they share one buffer: `FusedStep`).
 
 No CUDA graph: CuPy refuses every cuBLAS call while a stream is capturing
 (`cupy_backends/cuda/libs/cublas.pyx`, `setStream`; CuPy's own test
@@ -144,7 +144,8 @@ def _kernels():
             l = (log(s) - picked) / (T)N;
             for (int k = 0; k < K; ++k) { ix[0] = k; P[ix] = c * (P[ix] / s - Y[ix]); }
             """, "anynet_softmax_xent")
-        # SGD with momentum on one parameter, as `FusedStep._momentum_update` writes it:
+        # SGD with momentum, SGD.step's formula, element by element over every parameter at
+        # once (`FusedStep` keeps them, their gradients and velocities, in one buffer each):
         # g += wd p; v = mu v + g; p -= lr (g + mu v) (Nesterov) or p -= lr v
         _KERNELS["momentum"] = cupy.ElementwiseKernel(
             "T g, T wd, T mu, T neg_lr, bool nesterov", "T p, T v",

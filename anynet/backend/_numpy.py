@@ -2,6 +2,11 @@
 
 The primitives (`UfuncOps`) write every result into preallocated memory through the ufunc
 `out=` API. CuPy shares that API, so `_cupy` reuses this class over the `cupy` module.
+
+Two primitives have a faster road on NumPy where NumPy's own BLAS can be called (`OpenBLAS`,
+the library NumPy's wheels carry): y += a x as one BLAS axpy (one pass over memory, on BLAS's
+threads, where ufuncs take two passes on one thread), and C = beta C + A B as one GEMM that
+accumulates (where `np.matmul` can only overwrite). The momentum step is made of these.
 """
 
 from __future__ import annotations
@@ -61,7 +66,99 @@ def sync(array: Any = None) -> None:
 
 
 def fused_ops(backend) -> UfuncOps:
-    return UfuncOps(np)
+    return UfuncOps(np, OpenBLAS.load())
+
+
+BLAS_MIN_SIZE = 1 << 16  # elements: below it a ctypes call costs more than the ufuncs' passes
+
+
+class OpenBLAS:
+    """axpy and GEMM from the OpenBLAS that NumPy itself calls (NumPy's wheels bundle it as
+    scipy-openblas: `numpy.libs/` on Linux and Windows, `numpy/.dylibs/` on macOS), through
+    ctypes. The same library, loaded once: its threads are NumPy's (threadpoolctl limits them
+    alike), so no second BLAS runs in the process. `load()` is None where NumPy was built
+    against another BLAS (MKL, Accelerate, a system library): the ufuncs serve there.
+
+    Each call takes arrays the BLAS can read as they are (float32 or float64, contiguous or,
+    for GEMM operands, transposed-contiguous; at least BLAS_MIN_SIZE elements; scalars as
+    numbers) and returns True, or returns False and does nothing: the caller's ufuncs run."""
+
+    _loaded: OpenBLAS | None = None
+    _searched = False
+
+    def __init__(self, lib, suffix: str, int_type):
+        import ctypes
+
+        vp, i, c_int = ctypes.c_void_p, int_type, ctypes.c_int
+        self.axpy, self.gemm = {}, {}
+        for letter, dtype, real in (("s", np.float32, ctypes.c_float),
+                                    ("d", np.float64, ctypes.c_double)):
+            axpy = getattr(lib, f"scipy_cblas_{letter}axpy{suffix}")
+            axpy.argtypes, axpy.restype = [i, real, vp, i, vp, i], None
+            gemm = getattr(lib, f"scipy_cblas_{letter}gemm{suffix}")
+            gemm.argtypes = [c_int, c_int, c_int, i, i, i, real, vp, i, vp, i, real, vp, i]
+            gemm.restype = None
+            self.axpy[np.dtype(dtype)], self.gemm[np.dtype(dtype)] = axpy, gemm
+
+    @classmethod
+    def load(cls) -> OpenBLAS | None:
+        """NumPy's OpenBLAS, found once per process; None where there is none to find."""
+        if not cls._searched:
+            cls._loaded, cls._searched = cls._find(), True
+        return cls._loaded
+
+    @classmethod
+    def _find(cls) -> OpenBLAS | None:
+        import ctypes
+        from pathlib import Path
+
+        here = Path(np.__file__).resolve().parent
+        for folder in (here.parent / "numpy.libs", here / ".dylibs"):
+            for path in sorted(folder.glob("*scipy_openblas*")) if folder.is_dir() else ():
+                try:
+                    lib = ctypes.CDLL(str(path))
+                    if hasattr(lib, "scipy_cblas_sgemm64_"):      # ILP64: 64-bit integers
+                        return cls(lib, "64_", ctypes.c_int64)
+                    if hasattr(lib, "scipy_cblas_sgemm"):
+                        return cls(lib, "", ctypes.c_int)
+                except (OSError, AttributeError):
+                    continue
+        return None
+
+    def try_axpy(self, y, a, x) -> bool:                # y += a x
+        if (type(y) is not np.ndarray or type(x) is not np.ndarray or y.size < BLAS_MIN_SIZE
+                or isinstance(a, np.ndarray) or y.dtype != x.dtype or y.size != x.size
+                or y.dtype not in self.axpy or not y.flags.c_contiguous
+                or not x.flags.c_contiguous):
+            return False
+        self.axpy[y.dtype](y.size, float(a), x.ctypes.data, 1, y.ctypes.data, 1)
+        return True
+
+    def try_gemm(self, C, A, B, alpha, beta) -> bool:   # C = alpha A B + beta C
+        if (type(C) is not np.ndarray or C.size < BLAS_MIN_SIZE or C.dtype not in self.gemm
+                or isinstance(alpha, np.ndarray) or isinstance(beta, np.ndarray)
+                or not C.flags.c_contiguous or A.dtype != C.dtype or B.dtype != C.dtype):
+            return False
+        (m, k), n = A.shape, B.shape[1]
+        a, b = _operand(A), _operand(B)
+        if a is None or b is None:
+            return False
+        # CblasRowMajor = 101; each operand (transpose flag, leading dimension)
+        self.gemm[C.dtype](101, a[0], b[0], m, n, k, float(alpha), A.ctypes.data, a[1],
+                           B.ctypes.data, b[1], float(beta), C.ctypes.data, n)
+        return True
+
+
+def _operand(M):
+    """(CBLAS transpose flag, leading dimension) of a 2-D array as row-major BLAS reads it, or
+    None: C-contiguous as it is (CblasNoTrans = 111), F-contiguous as its transpose (112)."""
+    if type(M) is not np.ndarray or M.ndim != 2:
+        return None
+    if M.flags.c_contiguous:
+        return 111, max(1, M.shape[1])
+    if M.flags.f_contiguous:
+        return 112, max(1, M.shape[0])
+    return None
 
 
 class UfuncOps:
@@ -70,8 +167,8 @@ class UfuncOps:
     Every result goes into `out=` memory; `dot` and `sum_log` return 0-d arrays (no sync).
     """
 
-    def __init__(self, lib):
-        self.lib = lib
+    def __init__(self, lib, blas: OpenBLAS | None = None):
+        self.lib, self.blas = lib, blas
 
     def empty(self, shape, dtype):
         return self.lib.empty(shape, dtype)
@@ -168,15 +265,26 @@ class UfuncOps:
         self.lib.greater(Z, 0, out=mask)
         self.lib.multiply(dZ, mask, out=dZ)
 
+    def zero_tiny_(self, a, tiny, tmp):                 # a[|a| < tiny] = 0
+        tmp = tmp[:a.size].reshape(a.shape)
+        self.lib.abs(a, out=tmp)
+        self.lib.copyto(a, 0, where=tmp < tiny)
+
     def axpy_(self, y, a, x, tmp):                      # y += a * x
+        if self.blas is not None and self.blas.try_axpy(y, a, x):
+            return
         self.lib.multiply(x, a, out=tmp)
         self.lib.add(y, tmp, out=y)
 
     def gemm_acc_(self, C, A, B, beta, tmp):            # C = beta * C + A @ B
+        if self.blas is not None and self.blas.try_gemm(C, A, B, 1.0, beta):
+            return
         self.lib.matmul(A, B, out=tmp)
         self.lib.multiply(C, beta, out=C)
         self.lib.add(C, tmp, out=C)
 
     def sub_mm_(self, W, A, B, tmp):                    # W -= A @ B
+        if self.blas is not None and self.blas.try_gemm(W, A, B, -1.0, 1.0):
+            return
         self.lib.matmul(A, B, out=tmp)
         self.lib.subtract(W, tmp, out=W)

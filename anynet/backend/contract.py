@@ -233,6 +233,11 @@ class FusedOps(Protocol):
         """y += a * x (a a scalar or a 0-d device array); `tmp` is room like x."""
         ...
 
+    def zero_tiny_(self, a: Array, tiny: float, tmp: Array) -> None:
+        """a[|a| < tiny] = 0: subnormal velocities, slow on x86, flushed; `tmp` is flat room
+        of at least a.size elements."""
+        ...
+
     def gemm_acc_(self, C: Array, A: Array, B: Array, beta: float, tmp: Array) -> None:
         """C = beta * C + A @ B; `tmp` is room like C."""
         ...
