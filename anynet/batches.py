@@ -1,0 +1,77 @@
+"""The batches of an epoch, shared by every training step (anynet.steps, anynet.fused): the
+chunk a step gathers and distorts at once, and the checks that keep every device index in range
+(on a GPU an index out of range is silent, CuPy, or ends the CUDA context, PyTorch)."""
+
+from __future__ import annotations
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from anynet.network import pixels_to_inputs
+
+CHUNK_ROWS = 1024  # rows gathered and converted at once: big enough to amortise, fits in cache
+
+
+def check_permutation(perm, n: int) -> np.ndarray:
+    """`perm` as int64 host values, checked to be a permutation of 0 .. n-1. Every gather of
+    training rows goes through it, so no index is out of range by construction: on a GPU an
+    index out of range is silent (CuPy's take wraps it) or fatal (PyTorch's device-side assert
+    ends the CUDA context), and NumPy wraps negative ones."""
+    perm = np.asarray(perm)
+    if perm.shape != (n,) or perm.dtype.kind not in "iu":
+        raise ValueError(f"the epoch's order must be {n} integers, not {perm.dtype} "
+                         f"{perm.shape}")
+    perm = perm.astype(np.int64, copy=False)
+    if n and (perm.min() < 0 or perm.max() >= n or
+              np.bincount(perm, minlength=n).max() != 1):
+        raise ValueError(f"the epoch's order is not a permutation of 0..{n - 1}")
+    return perm
+
+
+def check_labels(backend, labels, K: int) -> None:
+    """Raise ValueError unless every label is a class, 0 .. K-1: the fused steps gather one-hot
+    rows by label, and an index out of range must be impossible on the device (see
+    `check_permutation`). Read once, when a step is made."""
+    host = backend.to_numpy(labels)
+    if host.size and (host.min() < 0 or host.max() >= K):
+        raise ValueError(f"training labels must be classes 0..{K - 1}; found "
+                         f"{host.min()}..{host.max()}")
+
+
+def check_batch(batch: int, n_batches: int) -> None:
+    if not 0 <= batch < n_batches:
+        raise IndexError(f"batch {batch} of an epoch of {n_batches} batches")
+
+
+def chunk_rows(batch_size: int) -> int:
+    """Rows of a chunk: the whole batches that fit in CHUNK_ROWS (at least one). Distortions
+    are drawn a chunk at a time, so every step chunks the epoch alike."""
+    return max(1, CHUNK_ROWS // batch_size) * batch_size
+
+
+class DistortedBatches:
+    """The batches of an epoch with distorted images (`anynet.augment.Distorter`), for the
+    steps that otherwise gather a batch at a time: rows are gathered, converted and distorted a
+    chunk at a time, with the Distorter's key (epoch, chunk) as `FusedStep` uses, so every step
+    trains on the same distorted images, and a resumed run redraws what it would have drawn."""
+
+    def __init__(self, distorter, images, labels, batch_size: int, dtype):
+        self.distorter, self.images, self.labels = distorter, images, labels
+        self.B, self.R, self.dtype = batch_size, chunk_rows(batch_size), dtype
+        self.perm, self.epoch, self.chunk, self.X, self.t = None, 0, -1, None, None
+
+    def begin_epoch(self, perm, epoch: int) -> None:
+        self.perm, self.epoch, self.chunk = perm, epoch, -1
+
+    def batch(self, batch: int) -> tuple:
+        """(X (b, D) floats, t (b,)) of batch `batch`."""
+        xp, R, B = array_namespace(self.perm), self.R, self.B
+        chunk, start = divmod(batch * B, R)
+        if chunk != self.chunk:
+            idx = self.perm[chunk * R:min((chunk + 1) * R, self.perm.shape[0])]
+            X = pixels_to_inputs(xp.take(self.images, idx, axis=0), self.dtype)
+            self.X = self.distorter(X, (self.epoch, chunk))
+            self.t = xp.take(self.labels, idx, axis=0)
+            self.chunk = chunk
+        end = min(start + B, self.X.shape[0])
+        return self.X[start:end, ...], self.t[start:end]
