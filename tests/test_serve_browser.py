@@ -83,10 +83,10 @@ def mnist_model(tmp_path_factory, mnist_dir) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def page_url(mnist_model):
-    net, record = load_model(mnist_model)
-    predictor = Predictor(net, record, mnist_model)
+def serving(model_path):
+    """A server of the model file on 127.0.0.1 in a thread: yields its URL, then stops it."""
+    net, record = load_model(model_path)
+    predictor = Predictor(net, record, model_path)
     server = Server(("127.0.0.1", 0), predictor, log=False)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -95,6 +95,11 @@ def page_url(mnist_model):
     server.server_close()
     predictor.close()
     thread.join(HANG)
+
+
+@pytest.fixture(scope="module")
+def page_url(mnist_model):
+    yield from serving(mnist_model)
 
 
 @pytest.fixture
@@ -315,16 +320,7 @@ def hostile_url(tmp_path_factory):
               "W2": rng.normal(0, 0.5, (4, 10)), "b2": np.zeros(10)}
     save_model(path, TwoLayerNet.from_params({k: v.astype(np.float32) for k, v in params.items()}),
                HOSTILE_RECORD)
-    net, record = load_model(path)
-    predictor = Predictor(net, record, path)
-    server = Server(("127.0.0.1", 0), predictor, log=False)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.url
-    server.shutdown()
-    server.server_close()
-    predictor.close()
-    thread.join(HANG)
+    yield from serving(path)
 
 
 def test_markup_in_a_model_file_is_shown_as_text(browser, hostile_url):
