@@ -28,14 +28,22 @@ def check_permutation(perm, n: int) -> np.ndarray:
     return perm
 
 
+def check_classes(name: str, labels: np.ndarray, K: int) -> None:
+    """Raise ValueError unless every host label is a class, 0 .. K-1 (`name`: "training",
+    "validation", for the message)."""
+    if labels.size == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= K:
+        raise ValueError(f"the {name} labels run from {low} to {high}, outside the network's "
+                         f"classes 0..{K - 1}")
+
+
 def check_labels(backend, labels, K: int) -> None:
     """Raise ValueError unless every label is a class, 0 .. K-1: the fused steps gather one-hot
     rows by label, and an index out of range must be impossible on the device (see
     `check_permutation`). Read once, when a step is made."""
-    host = backend.to_numpy(labels)
-    if host.size and (host.min() < 0 or host.max() >= K):
-        raise ValueError(f"training labels must be classes 0..{K - 1}; found "
-                         f"{host.min()}..{host.max()}")
+    check_classes("training", backend.to_numpy(labels), K)
 
 
 def check_batch(batch: int, n_batches: int) -> None:

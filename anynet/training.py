@@ -39,6 +39,7 @@ import numpy as np
 
 from anynet import evaluation
 from anynet.backend import Backend, get_backend, is_named, parse_spec
+from anynet.batches import check_classes
 from anynet.config import TrainConfig, short_repr
 from anynet.errors import DivergenceError, ModelFileError
 from anynet.modelio import save_checkpoint
@@ -227,10 +228,7 @@ def _check_labels(name: str, labels: Any, n_classes: int) -> None:
         return  # backend arrays are the caller's; the fused step checks its own on the device
     if labels.dtype.kind not in "iu":
         raise ValueError(f"the {name} labels are {labels.dtype}, not integer classes")
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= n_classes:
-        raise ValueError(f"the {name} labels run from {low} to {high}, outside the network's "
-                         f"classes 0..{n_classes - 1}")
+    check_classes(name, labels, n_classes)
 
 
 def checkpoint_path_for(model_path: str | Path) -> Path:
