@@ -67,7 +67,9 @@ MAX_JSON_DEPTH = 32
 
 def _write_npz(path: str | Path, arrays: dict[str, np.ndarray], record: dict) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, metadata=np.array(json.dumps(record, sort_keys=True)), **arrays)
+    # mypy checks **arrays against savez's `allow_pickle: bool`; the keys are parameter names
+    np.savez(buffer, metadata=np.array(json.dumps(record, sort_keys=True)),
+             **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(path, buffer.getvalue())
 
 
