@@ -54,6 +54,7 @@ from anynet.progress import NullProgress
 from anynet.sweep import SWEEPABLE, option_name, parse_values
 
 MAX_WAIT_S = 7 * 24 * 3600  # --wait-for-workers: a week is a plan; more is a typo
+POLL_S = 1.0  # how often a sweep waiting for results looks at the cluster
 HELP = "train a grid of configurations over seeds, on Dask (anynet[sweep])"
 _VALUES_HELP = {
     "hidden": f"hidden units, e.g. 30,100,800 (at most {MAX_HIDDEN:,})",
@@ -354,6 +355,10 @@ def _collect(args, queue, out: Path, results_path: Path, progress, state: _State
         queue.submit_more()
 
 
+def _runs(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
+
+
 def _record(run, outcome: dict, out: Path, results_path: Path, progress, state: _State) -> None:
     """Write a finished run's model and its results line (no signal stops between the two)."""
     from anynet.errors import UserError
@@ -375,13 +380,6 @@ def _record(run, outcome: dict, out: Path, results_path: Path, progress, state: 
         print(f"run {run.id} failed: {record['message']}", file=sys.stderr)
     progress.set_postfix(_describe(run, record))
     progress.update(1)
-
-
-def _runs(n: int) -> str:
-    return f"{n} run{'s' if n != 1 else ''}"
-
-
-POLL_S = 1.0  # how often a sweep waiting for results looks at the cluster
 
 
 def _describe(run, record: dict) -> str:
