@@ -52,13 +52,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from array_api_compat import array_namespace
 from array_api_compat import device as device_of
+
+if TYPE_CHECKING:
+    from anynet.backend import Backend
 
 Array = Any
 
@@ -367,18 +370,18 @@ class Distorter:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        self.distortion = distortion
-        self.backend = get_backend(backend)
-        self.seed = int(seed)
-        self.dtype = dtype
-        self._xp_dtype = self.backend.dtype(dtype)
-        self._pixels = self.backend.asarray(pixel_coordinates(SIDE), dtype)  # (S,)
-        self._G = (self.backend.asarray(gaussian_matrix(distortion.sigma), dtype)
-                   if distortion.elastic else None)
+        self.distortion: Distortion = distortion
+        self.backend: Backend = get_backend(backend)
+        self.seed: int = int(seed)
+        self.dtype: str = dtype
+        self._xp_dtype: Any = self.backend.dtype(dtype)
+        self._pixels: Array = self.backend.asarray(pixel_coordinates(SIDE), dtype)  # (S,)
+        self._G: Array | None = (self.backend.asarray(gaussian_matrix(distortion.sigma), dtype)
+                                 if distortion.elastic else None)
         ops = self.backend.fused_ops()  # its `take` gathers rows as fast as the library can
-        self._take = getattr(ops, "take", None)
-        self._distort = self.backend.compile(self._compute)
-        self._last = None  # the last chunk's result (see __call__)
+        self._take: Callable[[Array, Array], Array] | None = getattr(ops, "take", None)
+        self._distort: Callable[..., Array] = self.backend.compile(self._compute)
+        self._last: Array | None = None  # the last chunk's result (see __call__)
 
     def __repr__(self) -> str:
         return (f"Distorter({self.distortion.describe()}, {self.backend.describe()}, "

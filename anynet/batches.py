@@ -4,6 +4,8 @@ chunk a step gathers and distorts at once, and the checks that keep every device
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from array_api_compat import array_namespace
 
@@ -66,7 +68,10 @@ class DistortedBatches:
     def __init__(self, distorter, images, labels, batch_size: int, dtype):
         self.distorter, self.images, self.labels = distorter, images, labels
         self.B, self.R, self.dtype = batch_size, chunk_rows(batch_size), dtype
-        self.perm, self.epoch, self.chunk, self.X, self.t = None, 0, -1, None, None
+        self.epoch, self.chunk = 0, -1
+        self.perm: Any = None  # the epoch's order on the device, from begin_epoch
+        self.X: Any = None  # the current chunk's distorted images (R, D) and labels (R,)
+        self.t: Any = None
 
     def begin_epoch(self, perm, epoch: int) -> None:
         self.perm, self.epoch, self.chunk = perm, epoch, -1

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import re
 import stat
@@ -28,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO
 
 from anynet.errors import UserError
 
@@ -47,7 +48,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp",
                                dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+        with os.fdopen(fd, mode, encoding="utf-8" if mode == "w" else None) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -103,7 +104,7 @@ def file_kind(mode: int) -> str:
 
 
 def open_regular(path: str | os.PathLike, what: str, kind: type[UserError] = UserError,
-                 words: dict = INPUT_WORDS) -> BinaryIO:
+                 words: dict = INPUT_WORDS) -> io.BufferedReader:
     """Open a file a user named, for reading bytes, refusing anything but a regular file: a
     named pipe or a device would block or never end. `what` ("an IDX file") names what was
     expected; every failure is one line of `kind`, worded by `words` (`input_error`)."""
@@ -184,7 +185,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: list[str],
     folder = Path(folder)
     older_than = time.time() if older_than is None else older_than
     wanted = set(names)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

@@ -32,6 +32,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TypeGuard
 
 from anynet.config import TrainConfig
 
@@ -106,7 +107,7 @@ def parse_values(field: str, text: str) -> list:
     items = [item.strip() for item in text.split(",")]
     if not text.strip() or any(not item for item in items):
         raise ValueError(f"expected a comma-separated list, got {text!r}")
-    values = []
+    values: list[int | float | bool | str] = []
     for item in items:
         if field in _INTS:
             values += _int_range(item)
@@ -192,7 +193,8 @@ def read_results(path: str | Path, skipped: list | None = None,
     records. The file is read a line at a time: memory grows with the records, not the bytes.
     """
     keep = tuple(keep) if keep is not None else None
-    records, complete, number = [], 0, 0
+    records: list[dict] = []
+    complete = number = 0
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -209,6 +211,7 @@ def read_results(path: str | Path, skipped: list | None = None,
                 break  # a torn last line
             number += 1
             complete += size
+            problem: str | None
             if size > MAX_LINE_BYTES:
                 problem = f"{size:,} bytes long, more than a record's {MAX_LINE_BYTES:,}"
             elif not raw.strip():
@@ -260,9 +263,14 @@ def record_problem(record) -> str | None:
         value = record.get(name)
         if value is None and optional:
             continue
-        if type(value) not in (int, float) or not low <= value <= high or math.isnan(value):
+        if not _plain_number(value) or not low <= value <= high or math.isnan(value):
             return f"{name} {_short(value)} (expected a number in [{low}, {high:g}])"
     return None
+
+
+def _plain_number(value: object) -> TypeGuard[int | float]:
+    """An int or a float as JSON reads them: not a bool, nor any other subclass."""
+    return type(value) in (int, float)
 
 
 def _short(value) -> str:

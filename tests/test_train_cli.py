@@ -482,9 +482,9 @@ def test_full_disk_when_writing_a_checkpoint_stops_with_one_line(tmp_path, train
                                                                   monkeypatch, capsys):
     import errno
 
-    from anynet import modelio
+    from anynet.modelio import _npz  # where checkpoints (and .npz model files) are written
 
-    real, calls = modelio.atomic_write_bytes, []
+    real, calls = _npz.atomic_write_bytes, []
 
     def second_fails(path, data):
         calls.append(path)
@@ -492,7 +492,7 @@ def test_full_disk_when_writing_a_checkpoint_stops_with_one_line(tmp_path, train
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(path, data)
 
-    monkeypatch.setattr(modelio, "atomic_write_bytes", second_fails)
+    monkeypatch.setattr(_npz, "atomic_write_bytes", second_fails)
     out = tmp_path / "model.npz"
     assert main(train_args(out, "--quiet")) == 2
     ckpt = tmp_path / "model.checkpoint.npz"

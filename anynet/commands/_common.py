@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Protocol
 
 # Threads beyond the cores only wait, and each costs a stack: PyTorch's OpenMP pool failed to
 # start 20,000 (a libgomp message, exit 1) and crashed at 100,000 (SIGSEGV). 1,024 is more than
 # the hardware threads of any machine anynet is meant for, and starts in a second.
 MAX_THREADS = 1024
+
+
+class Options(Protocol):
+    """Where an option is declared: a parser, or one of its argument groups or mutually
+    exclusive groups (argparse gives them no public base class)."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action: ...
 
 
 def backend_spec(text: str) -> str:
@@ -64,7 +72,7 @@ def open_backend(args: argparse.Namespace, spec: str | None = None, *, announce:
     return backend
 
 
-def add_data_dir_option(parser: argparse.ArgumentParser) -> None:
+def add_data_dir_option(parser: Options) -> None:
     parser.add_argument(
         "--data-dir", metavar="DIR", default=None,
         help="folder holding the four MNIST files, gzip'd or raw (default: $ANYNET_DATA_DIR, "
@@ -99,7 +107,7 @@ def check_plot_option(path, command: str) -> None:
         raise MissingExtraError("matplotlib", "plot", command) from None
 
 
-def add_force_option(parser: argparse.ArgumentParser, what: str = "the output file") -> None:
+def add_force_option(parser: Options, what: str = "the output file") -> None:
     """--force: replace `what` if it exists (without it, an existing file stops the command)."""
     parser.add_argument("--force", action="store_true",
                         help=f"replace {what} if it exists (without it, an existing file stops "

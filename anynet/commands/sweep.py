@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from anynet.commands._common import (
@@ -53,6 +54,7 @@ from anynet.progress import NullProgress
 from anynet.sweep import SWEEPABLE, option_name, parse_values
 
 MAX_WAIT_S = 7 * 24 * 3600  # --wait-for-workers: a week is a plan; more is a typo
+POLL_S = 1.0  # how often a sweep waiting for results looks at the cluster
 HELP = "train a grid of configurations over seeds, on Dask (anynet[sweep])"
 _VALUES_HELP = {
     "hidden": f"hidden units, e.g. 30,100,800 (at most {MAX_HIDDEN:,})",
@@ -255,6 +257,16 @@ class _Stopped(Exception):
         self.exit_code = exit_code
 
 
+@dataclass
+class _State:
+    """What the signal handler shares with the loop that records the runs."""
+
+    writing: bool = False       # between a run's model and its line: a signal waits for both
+    signal: int | None = None   # the signal that asked the sweep to stop
+    finished: int = 0           # runs recorded here
+    failed: int = 0             # of which status "error"
+
+
 def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) -> int:
     """Train `todo` on the cluster, recording each run as it finishes; return how many failed.
 
@@ -274,11 +286,11 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
     queue = RunQueue(client, todo, data_dir, not args.no_verify,
                      workers=None if args.scheduler else args.workers)
     # A signal stops the sweep, but never between a run's model and its line: it waits for both.
-    state = {"writing": False, "signal": None, "finished": 0, "failed": 0}
+    state = _State()
 
     def on_signal(signum, frame):
-        state["signal"] = signum
-        if not state["writing"]:
+        state.signal = signum
+        if not state.writing:
             raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -289,8 +301,8 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
     except KeyboardInterrupt:
         progress.close()
         queue.cancel()
-        signum = state["signal"] or signal.SIGINT
-        print(f"anynet sweep: interrupted ({signal.Signals(signum).name}): {state['finished']} "
+        signum = state.signal or signal.SIGINT
+        print(f"anynet sweep: interrupted ({signal.Signals(signum).name}): {state.finished} "
               f"of {len(todo)} runs finished here and are kept in {out}; run the same command "
               "again to train the rest", file=sys.stderr)
         raise _Stopped(128 + signum) from None
@@ -302,10 +314,10 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
         progress.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return state["failed"]
+    return state.failed
 
 
-def _collect(args, queue, out: Path, results_path: Path, progress, state: dict) -> None:
+def _collect(args, queue, out: Path, results_path: Path, progress, state: _State) -> None:
     """Keep the queue's runs going and record each as it finishes, until none is left;
     UserError when the cluster can no longer run anything."""
     import time
@@ -316,8 +328,8 @@ def _collect(args, queue, out: Path, results_path: Path, progress, state: dict) 
     where = args.scheduler or "the local cluster"
 
     def lost(cause: str) -> str:
-        return (f"{cause}; {_runs(state['finished'])} finished here and kept in {out}; run the "
-                f"same command again to train the other {queue.total - state['finished']}")
+        return (f"{cause}; {_runs(state.finished)} finished here and kept in {out}; run the "
+                f"same command again to train the other {queue.total - state.finished}")
 
     since: dict = {}
     looked = 0.0
@@ -338,39 +350,36 @@ def _collect(args, queue, out: Path, results_path: Path, progress, state: dict) 
             if outcome is None:  # cancelled with the scheduler's loss: not a result
                 raise UserError(lost(f"lost the Dask scheduler at {where}"))
             _record(run, outcome, out, results_path, progress, state)
-            if state["signal"] is not None:
+            if state.signal is not None:
                 raise KeyboardInterrupt
         queue.submit_more()
-
-
-def _record(run, outcome: dict, out: Path, results_path: Path, progress, state: dict) -> None:
-    """Write a finished run's model and its results line (no signal stops between the two)."""
-    from anynet.errors import UserError
-    from anynet.fileio import reason, remedy
-    from anynet.sweep_folder import append_result, run_record
-
-    state["writing"] = True
-    try:
-        record = run_record(run, outcome, out)
-        append_result(results_path, record)
-    except OSError as e:  # a full disk: every run recorded so far stays
-        raise UserError(f"cannot write run {run.id}'s results into {out} ({reason(e)}); "
-                        f"{remedy(e)}, then run the same command again: the "
-                        f"{state['finished']} runs recorded here are kept") from None
-    state["writing"] = False
-    state["finished"] += 1
-    state["failed"] += record["status"] == "error"
-    if record["status"] == "error":
-        print(f"run {run.id} failed: {record['message']}", file=sys.stderr)
-    progress.set_postfix(_describe(run, record))
-    progress.update(1)
 
 
 def _runs(n: int) -> str:
     return f"{n} run{'s' if n != 1 else ''}"
 
 
-POLL_S = 1.0  # how often a sweep waiting for results looks at the cluster
+def _record(run, outcome: dict, out: Path, results_path: Path, progress, state: _State) -> None:
+    """Write a finished run's model and its results line (no signal stops between the two)."""
+    from anynet.errors import UserError
+    from anynet.fileio import reason, remedy
+    from anynet.sweep_folder import append_result, run_record
+
+    state.writing = True
+    try:
+        record = run_record(run, outcome, out)
+        append_result(results_path, record)
+    except OSError as e:  # a full disk: every run recorded so far stays
+        raise UserError(f"cannot write run {run.id}'s results into {out} ({reason(e)}); "
+                        f"{remedy(e)}, then run the same command again: the "
+                        f"{state.finished} runs recorded here are kept") from None
+    state.writing = False
+    state.finished += 1
+    state.failed += record["status"] == "error"
+    if record["status"] == "error":
+        print(f"run {run.id} failed: {record['message']}", file=sys.stderr)
+    progress.set_postfix(_describe(run, record))
+    progress.update(1)
 
 
 def _describe(run, record: dict) -> str:

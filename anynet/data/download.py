@@ -39,7 +39,7 @@ import urllib.request
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from anynet import __version__
 from anynet.data import catalog
@@ -386,7 +386,13 @@ def _copy_from_tarball(tarball: Path, specs: Iterable[MnistFile], dest: Path) ->
 # --- shared -------------------------------------------------------------------------------------
 
 
-def _copy_verified(source: BinaryIO, spec: MnistFile, dest: Path) -> None:
+class _Readable(Protocol):
+    """A source of bytes: a gzip stream, a tarball's member."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+def _copy_verified(source: _Readable, spec: MnistFile, dest: Path) -> None:
     """Copy raw IDX bytes from `source` to `dest/spec.stem` atomically, if and only if their
     size and SHA-256 are the pinned ones. Raises SourceFailed (nothing is left behind)."""
     sha = hashlib.sha256()

@@ -33,13 +33,14 @@ from __future__ import annotations
 import contextlib
 import gzip as _gzip
 import hashlib
+import io
 import math
 import os
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -143,7 +144,7 @@ def read_idx_with_sha256(
         header = _read_header(stream, path, compressed, size, magic, shape, sha)
         n_bytes = header.n_bytes
         data = np.empty(n_bytes, dtype=np.uint8)
-        got = _read_into(stream, path, compressed, memoryview(data))
+        got = _read_into(stream, path, compressed, data.data)
         if got < n_bytes:
             raise DataError(_length_problem(path, header.dims, n_bytes, got))
         # One more read: for gzip it also checks the CRC and length at the end of the stream.
@@ -155,7 +156,7 @@ def read_idx_with_sha256(
                     f"promises ({_fmt_shape(header.dims)}); the file is damaged or not what its "
                     "header says"
                 )
-        sha.update(data)
+        sha.update(data.data)
     array = data.view(header.dtype).reshape(header.dims)
     if header.dtype.itemsize > 1:
         array = array.astype(header.dtype.newbyteorder("="))
@@ -163,7 +164,7 @@ def read_idx_with_sha256(
 
 
 @contextlib.contextmanager
-def _open_idx(path: Path) -> Iterator[tuple[BinaryIO, bool, int]]:
+def _open_idx(path: Path) -> Iterator[tuple[io.BufferedIOBase, bool, int]]:
     """Open `path` for reading, through gzip if it starts with the gzip magic bytes; yield
     (stream, compressed, size of the file on disk). Only a regular file is opened: a named pipe
     or a device would block or never end."""
@@ -193,7 +194,7 @@ def _reading(path: Path, compressed: bool) -> Iterator[None]:
         raise input_error(path, e, what, DataError) from None
 
 
-def _read_into(stream: BinaryIO, path: Path, compressed: bool, buffer: memoryview) -> int:
+def _read_into(stream: io.BufferedIOBase, path: Path, compressed: bool, buffer: memoryview) -> int:
     """Fill `buffer` from the stream, at most `_CHUNK` bytes per read (gzip's readinto would
     otherwise inflate into a temporary as big as the request); return how many bytes it got
     (fewer only at the end of the stream)."""
@@ -208,7 +209,7 @@ def _read_into(stream: BinaryIO, path: Path, compressed: bool, buffer: memoryvie
 
 
 def _read_header(
-    stream: BinaryIO,
+    stream: io.BufferedIOBase,
     path: Path,
     compressed: bool,
     size: int,

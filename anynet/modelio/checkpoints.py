@@ -23,14 +23,13 @@ import numpy as np
 from anynet import __version__
 from anynet.config import TrainConfig, short_repr
 from anynet.errors import ModelFileError
-from anynet.modelio import (
+from anynet.modelio._npz import read_npz, write_npz
+from anynet.modelio._record import (
     CHECKPOINT_FORMAT,
     FORMAT_VERSION,
     VELOCITY_PREFIX,
-    _check_params,
-    _count_non_finite,
-    _read_npz,
-    _write_npz,
+    check_params,
+    count_non_finite,
 )
 from anynet.network import PARAM_NAMES
 
@@ -46,7 +45,7 @@ def save_checkpoint(path: str | Path, params: dict[str, np.ndarray],
     arrays.update({VELOCITY_PREFIX + k: v for k, v in velocity.items()})
     full = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION,
             "anynet_version": __version__, **record}
-    _write_npz(path, arrays, full)
+    write_npz(path, arrays, full)
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
@@ -57,8 +56,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
     an epoch, step == epoch * batches per epoch + batch) are the loop's.
     """
     velocity_names = [VELOCITY_PREFIX + k for k in PARAM_NAMES]
-    arrays, record = _read_npz(path, CHECKPOINT_FORMAT, [*PARAM_NAMES, *velocity_names])
-    params = _check_params(path, arrays)
+    arrays, record = read_npz(path, CHECKPOINT_FORMAT, [*PARAM_NAMES, *velocity_names])
+    params = check_params(path, arrays)
     config = _check_record(Path(path), record, params)
     velocity = {}
     if config.momentum > 0:
@@ -73,7 +72,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
                 raise ModelFileError(f"{path}: optimizer state {k} ({v.shape} {v.dtype}) does "
                                      f"not match the parameter ({params[k].shape} "
                                      f"{params[k].dtype}); the file is damaged")
-            if _count_non_finite(v):
+            if count_non_finite(v):
                 raise ModelFileError(f"{path}: optimizer state {k} holds non-finite values "
                                      "(nan/inf); the file is damaged")
     elif any(n in arrays for n in velocity_names):

@@ -36,17 +36,17 @@ import numpy as np
 from anynet.config import short_repr
 from anynet.errors import ModelFileError, one_line
 from anynet.fileio import atomic_write_bytes
-from anynet.modelio import (
+from anynet.modelio._record import (
     MAX_METADATA_CHARS,
     MODEL_FORMAT,
-    _check_elements,
-    _check_format,
-    _check_total,
-    _json_object,
-    _kind,
-    _open_model_file,
-    _parse_record,
+    check_elements,
+    check_format,
+    check_total,
+    json_object,
+    kind_of,
     model_record,
+    open_model_file,
+    parse_record,
 )
 from anynet.network import PARAM_NAMES, TwoLayerNet
 from anynet.npyzip import Unreadable
@@ -86,11 +86,11 @@ def save_model_safetensors(path: str | Path, net: TwoLayerNet,
     atomic_write_bytes(path, struct.pack("<Q", len(text)) + text + b"".join(chunks))
 
 
-def _read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     """The parameters (those present) and the record of an anynet safetensors model file, after
     checking the header's bounds, the format name and version, and every tensor's entry."""
-    path, kind = Path(path), _kind(MODEL_FORMAT)
-    with _open_model_file(path, kind) as f:
+    path, kind = Path(path), kind_of(MODEL_FORMAT)
+    with open_model_file(path, kind) as f:
         try:
             size = f.seek(0, os.SEEK_END)
             f.seek(0)
@@ -116,8 +116,8 @@ def _read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
             if len(text) > MAX_METADATA_CHARS:
                 raise Unreadable(f"its metadata has {len(text):,} characters, more than the "
                                   f"{MAX_METADATA_CHARS:,} an anynet record may have")
-            record = _parse_record(text)
-            _check_format(path, kind, MODEL_FORMAT, record)
+            record = parse_record(text)
+            check_format(path, kind, MODEL_FORMAT, record)
             entries = _safetensors_entries(header, size - 8 - n)
             arrays = {}
             for name, (dtype, shape, begin, end) in entries.items():
@@ -141,7 +141,7 @@ def _safetensors_header(raw: bytes) -> dict:
     except UnicodeDecodeError as e:
         raise Unreadable(f"its header is not valid JSON ({one_line(e, 80)})") from None
     _check_header_shape(text)
-    return _json_object(text, "header")
+    return json_object(text, "header")
 
 
 _HEADER_TOKEN = re.compile(r'["{}\[\]]')
@@ -185,7 +185,7 @@ def _safetensors_entries(header: dict, data_bytes: int) -> dict[str, tuple]:
     entries, total = {}, 0
     for name in PARAM_NAMES:
         if name not in header:
-            continue  # _check_params names what is missing
+            continue  # check_params names what is missing
         entry = header[name]
         if not isinstance(entry, dict):
             raise Unreadable(f"tensor {name}'s entry is {short_repr(entry)}, not an object")
@@ -197,7 +197,7 @@ def _safetensors_entries(header: dict, data_bytes: int) -> dict[str, tuple]:
         if not (isinstance(shape, list) and len(shape) <= 2
                 and all(type(d) is int and d >= 0 for d in shape)):
             raise Unreadable(f"tensor {name} declares the shape {short_repr(shape)}")
-        _check_elements(name, shape)
+        check_elements(name, shape)
         count = math.prod(shape)
         if not (isinstance(offsets, list) and len(offsets) == 2
                 and all(type(o) is int for o in offsets)
@@ -210,7 +210,7 @@ def _safetensors_entries(header: dict, data_bytes: int) -> dict[str, tuple]:
                               f"{tuple(shape)} {entry['dtype']} ({count * dtype.itemsize} bytes)")
         total += count
         entries[name] = (dtype, tuple(shape), begin, end)
-    _check_total(total)
+    check_total(total)
     return entries
 
 

@@ -30,7 +30,8 @@ DEADLINE = 30.0  # seconds a whole request (line, headers, body) may take to arr
 MAX_CONNECTIONS = 32  # connections served at once (a browser opens about 6 to one server)
 LINGER = 1.0  # seconds a closing connection drops what the client still sends (see Server)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")  # the Host names always answered
-_CHUNK = 1 << 16
+READ_CHUNK = 1 << 16  # bytes asked of a socket at a time: a body, or what a closing one drops
+
 
 class Reply(Exception):
     """An error answer: HTTP `status` with JSON {"error": message}."""
@@ -203,7 +204,7 @@ class BoundedServer(http.server.ThreadingHTTPServer):
             end, dropped = time.monotonic() + LINGER, 0
             while dropped < MAX_BODY and (left := end - time.monotonic()) > 0:
                 request.settimeout(left)
-                chunk = request.recv(_CHUNK)
+                chunk = request.recv(READ_CHUNK)
                 if not chunk:
                     break
                 dropped += len(chunk)

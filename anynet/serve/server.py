@@ -42,13 +42,13 @@ from importlib import resources
 from typing import Any
 
 from anynet.serve.limits import (
-    _CHUNK,
     DEADLINE,
     LINGER,
     LOOPBACK_NAMES,
     MAX_BODY,
     MAX_CONNECTIONS,
     MAX_HEAD,
+    READ_CHUNK,
     TIMEOUT,
     BoundedServer,
     Clock,
@@ -261,7 +261,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         chunks, left = [], n
         while left:
             try:
-                chunk = self.rfile.read1(min(left, _CHUNK))
+                chunk = self.rfile.read1(min(left, READ_CHUNK))
             except TooLate as e:
                 self.close_connection = True
                 raise Reply(408, str(e)) from None
