@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+ANYNET_BACKEND = "torch"  # the anynet backend whose arrays these are (for anynet's distortions)
+
 
 class TorchModuleNet:
     def __init__(self, hidden, batch, lr, seed, train_images, train_labels, device, threads,
@@ -37,12 +39,19 @@ class TorchModuleNet:
         self.batch = batch
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
 
-    def epoch(self):
+    def epoch(self, lrs=None, distort=None):
+        """One pass; `lrs`: the learning rate of each step (a schedule's), `distort(X, i)`:
+        batch i's images distorted, as a user's transform would."""
         n = self.X.shape[0]
         perm = torch.randperm(n, generator=self.gen, device=self.device)
-        for i in range(0, n, self.batch):
+        for step, i in enumerate(range(0, n, self.batch)):
             idx = perm[i:i + self.batch]
             xb, yb = self.X[idx], self.y[idx]
+            if distort is not None:
+                xb = distort(xb, step)
+            if lrs is not None:
+                for group in self.opt.param_groups:
+                    group["lr"] = float(lrs[step])
             self.opt.zero_grad()
             loss = self.loss_fn(self.forward(xb), yb)
             loss.backward()

@@ -292,3 +292,70 @@ def test_augment_quick_run_reports_distortions_beside_training(tmp_path, mnist_d
     for r in [*report["distortions"].values(), report["training"]]:
         assert len(r["epoch_s"]) == 1 and 0 < r["min_s"] <= r["median_s"]
     assert report["training"]["hidden"] == 30 and report["meta"]["threads"] == 1
+
+
+# --- time to accuracy (bench/time_to_accuracy.py) --------------------------------------------
+
+
+def test_time_to_an_accuracy_sums_epochs_up_to_the_first_that_reaches_it():
+    import time_to_accuracy as tta
+
+    epochs = [{"seconds": 1.0, "accuracy": 0.97}, {"seconds": 2.0, "accuracy": 0.981},
+              {"seconds": 4.0, "accuracy": 0.979}, {"seconds": 8.0, "accuracy": 0.99}]
+    assert tta.time_to(epochs, 0.98) == 3.0
+    assert tta.time_to(epochs, 0.99) == 15.0
+    assert tta.time_to(epochs, 0.995) is None
+    runs = [{"recipe": "r", "impl": "anynet", "status": "ok", "epochs": epochs},
+            {"recipe": "r", "impl": "torch_module", "status": "ok",
+             "epochs": [{"seconds": 6.0, "accuracy": 0.985}]}]
+    lines = tta.table(runs).splitlines()
+    assert lines[1].split() == ["r", "anynet", "3.0s", "15.0s", "99.00%", "4", "0.50x"]
+    assert lines[2].split() == ["r", "torch_module", "6.0s", "-", "98.50%", "1", "1.00x"]
+
+
+def test_naive_momentum_is_torch_s_sgd():
+    """The straightforward loop's Nesterov momentum with weight decay is anynet's SGD (which
+    tests/test_optim holds to torch.optim.SGD): same weights after three steps."""
+    import impl_numpy_naive
+
+    from anynet.network import loss_and_grads, pixels_to_inputs
+    from anynet.optim import SGD
+
+    images, labels = _toy_problem(96)
+    naive = impl_numpy_naive.make(16, 32, 0.1, 0, images, labels, momentum=0.9, nesterov=True,
+                                  weight_decay=1e-3)
+    params = {k: getattr(naive, k).copy() for k in ("W1", "b1", "W2", "b2")}
+    opt = SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    state = opt.init(params)
+    X = pixels_to_inputs(images, "float32")
+    Y = np.eye(10, dtype=np.float32)[labels]
+    lrs = [0.1, 0.05, 0.02]
+    for i, lr in enumerate(lrs):
+        rows = slice(32 * i, 32 * (i + 1))
+        _, grads = loss_and_grads(params, X[rows], labels[rows].astype(np.int64))
+        params, state = opt.step(params, grads, state, lr=lr)
+        naive.lr = np.float32(lr)
+        naive.step(X[rows], Y[rows])
+    for k in params:
+        np.testing.assert_allclose(getattr(naive, k), params[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.backend_library
+def test_time_to_accuracy_runs_each_implementation_in_its_own_process(tmp_path, mnist_dir):
+    pytest.importorskip("torch")
+    out = tmp_path / "tta.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "time_to_accuracy.py"), "--recipes", "default",
+         "--epochs", "2", "--threads", "1", "--data-dir", str(mnist_dir), "--no-verify",
+         "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["schema"] == "anynet-bench-time-to-accuracy/1"
+    runs = {r["impl"]: r for r in report["runs"]}
+    assert set(runs) == {"anynet", "torch_module", "numpy_naive"}
+    for r in runs.values():
+        assert r["status"] == "ok" and r["threads"] == 1
+        assert r["config"]["hidden"] == 30 and r["config"]["epochs"] == 2
+        assert len(r["epochs"]) == 2 and all(e["seconds"] > 0 for e in r["epochs"])
+        assert r["epochs"][-1]["accuracy"] > 0.6, r    # 2 epochs on 2,000 synthetic images
+    assert "default   anynet" in proc.stdout and "x PyTorch" in proc.stdout
