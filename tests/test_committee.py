@@ -1,6 +1,6 @@
 """Committees (anynet.committee): the mean of the members' probabilities, the bounds on what a
-command line may ask, and `evaluate`, `predict` and `serve` with several models, through the
-real command line.
+command line may ask, and `evaluate`, `predict`, `serve` and `sweep --workers 0` with several
+models, through the real command line.
 
 The members are small networks trained here, in a fraction of a second each, on synthetic
 MNIST-format data (tests/data_helpers.py); the committee computes on the backend under test.
@@ -370,6 +370,70 @@ def test_serve_several_models(members, pictures):
             process.kill()
             process.wait()
     assert process.returncode == 143 and "Traceback" not in err, err
+
+
+# --- the members from a sweep, without Dask --------------------------------------------------
+
+
+def test_a_sweep_in_this_process_trains_the_members(synth, tmp_path, capsys):
+    """`anynet sweep --seeds 0-2 --workers 0` trains a committee's members without Dask; the
+    same models `anynet train` makes; `anynet evaluate OUT/runs/*.npz` is their committee."""
+    out = tmp_path / "seeds"
+    common = ["--data-dir", str(synth), "--no-verify", "--hidden", "16", "--epochs", "2",
+              "--val-size", "0"]
+    assert main(["sweep", "--seeds", "0-2", "--workers", "0", "--out", str(out), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "in this process, one run after another (--workers 0: no Dask)" in printed
+    runs = sorted((out / "runs").glob("*.npz"))
+    assert len(runs) == 3
+    seeds = {}
+    for path in runs:
+        from anynet.modelio import load_model
+
+        net, record = load_model(path)
+        seeds[record["config"]["seed"]] = net
+    assert sorted(seeds) == [0, 1, 2]
+    trained = tmp_path / "s1.npz"
+    assert main(["train", "--seed", "1", "--threads", "1", "--quiet", "--out", str(trained),
+                 *common]) == 0
+    from anynet.modelio import load_model
+
+    again, _ = load_model(trained)
+    for k, v in again.host_params().items():
+        np.testing.assert_array_equal(seeds[1].host_params()[k], v)
+    capsys.readouterr()
+    assert main(["sweep", "--seeds", "0-2", "--workers", "0", "--out", str(out), *common]) == 0
+    assert "3 done before, 0 to train" in capsys.readouterr().out
+    assert main(["evaluate", *map(str, runs), "--data-dir", str(synth), "--no-verify"]) == 0
+    assert capsys.readouterr().out.startswith("committee of 3 models on numpy")
+
+
+def test_ctrl_c_stops_a_sweep_in_this_process_keeping_its_runs(synth, tmp_path, monkeypatch,
+                                                                capsys):
+    import anynet.sweep_cluster
+
+    out, calls = tmp_path / "seeds", []
+    real = anynet.sweep_cluster.train_run
+
+    def interrupted_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:  # Ctrl-C while the second run trains
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(anynet.sweep_cluster, "train_run", interrupted_second)
+    argv = ["sweep", "--seeds", "0-2", "--workers", "0", "--out", str(out), "--data-dir",
+            str(synth), "--no-verify", "--hidden", "8", "--epochs", "1", "--val-size", "0",
+            "--quiet"]
+    assert main(argv) == 130
+    assert "interrupted (SIGINT): 1 of 3 runs finished here" in capsys.readouterr().err
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    monkeypatch.setattr(anynet.sweep_cluster, "train_run", real)
+    assert main([a for a in argv if a != "--quiet"]) == 0
+    assert "1 done before, 2 to train" in capsys.readouterr().out
+    assert main(["sweep", "--seeds", "0", "--workers", "0", "--scheduler", "tcp://127.0.0.1:1",
+                 "--out", str(out)]) == 2
+    assert "--workers sizes the local cluster" in one_error_line(capsys)
 
 
 # --- genuine MNIST ------------------------------------------------------------------------------
