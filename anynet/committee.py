@@ -178,8 +178,9 @@ def load_committee(paths: Sequence[str | Path], *, backend: Any = "numpy") -> Co
     for path in paths:
         key = os.path.realpath(path)  # a link to a member is that member (a loop: no error)
         if key in seen:
-            raise UserError(f"{path} is named twice (as {seen[key]} too); a committee counts each "
-                            "model once: name each file once")
+            again = "named twice" if seen[key] == str(path) else f"the file {seen[key]} again"
+            raise UserError(f"{path} is {again}; a committee counts each model once: name each "
+                            "file once")
         seen[key] = str(path)
     backend = get_backend(backend)  # opened once for every member
     nets: list = []
