@@ -245,6 +245,43 @@ def test_too_many_members_are_refused_before_any_file_is_read(command, tmp_path,
     assert read == []
 
 
+def _with_huge_w1(valid: Path, out: Path) -> Path:
+    """A copy of model file `valid` whose W1 header declares 10^9 x 30 floats (112 GiB)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(valid) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    header = repr({"descr": "<f4", "fortran_order": False, "shape": (10**9, 30)}).encode()
+    members["W1.npy"] = (b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header) + 1) + header
+                         + b"\n" + bytes(64))
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return out
+
+
+def test_hostile_members_and_command_lines_cost_little(members, pictures, tmp_path):
+    """In a child process under a memory limit: a member whose header asks for 112 GiB, and
+    10,000 model files on one command line, are each one line, exit 2, in little memory."""
+    from fuzz_helpers import assert_clean_ending, run_cli_bounded
+
+    huge = _with_huge_w1(members[1], tmp_path / "huge.npz")
+    result = run_cli_bounded(["evaluate", str(members[0]), str(huge), "--data-dir",
+                              str(tmp_path / "none")])
+    assert_clean_ending(result)
+    assert result.returncode == 2 and f"{huge} is not a readable anynet model file" in \
+        result.stderr, result.stderr
+    assert result.peak_mb < 300, f"{result.peak_mb:.0f} MB"
+    for i in range(10_000):
+        (tmp_path / f"m{i}.npz").symlink_to(members[0])
+    result = run_cli_bounded(["predict", *(f"m{i}.npz" for i in range(10_000)),
+                              str(pictures[0])], cwd=tmp_path)
+    assert_clean_ending(result)
+    assert result.returncode == 2 and "10,000 model files" in result.stderr, result.stderr
+    assert result.peak_mb < 300, f"{result.peak_mb:.0f} MB"
+
+
 def test_the_members_parameters_are_bounded_together(members, monkeypatch):
     import anynet.modelio
 
@@ -442,7 +479,8 @@ def test_ctrl_c_stops_a_sweep_in_this_process_keeping_its_runs(synth, tmp_path, 
 @pytest.mark.realdata
 def test_three_seeds_on_mnist_beat_their_best_member(mnist_dir, tmp_path, backend, capsys):
     """Three seeds of the default 784-30-10 network, one epoch each: the committee's test error
-    is no worse than its best member's (measured: 3 points better than the members' 5%)."""
+    is no worse than its best member's (measured: 95.43% against 94.78% to 95.18% alone, the
+    example of docs/sweeps.md)."""
     from anynet.data import load_mnist
 
     paths = []
