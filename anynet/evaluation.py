@@ -110,11 +110,12 @@ def _evaluate(net, images: Any, labels: Any, confusion: bool, n_wrong: int) -> E
 
 
 class NonFiniteOutputs(ValueError):
-    """A model's probabilities for example `row` are not finite (its weights overflow)."""
+    """A model's probabilities for example `row` are not finite (its weights overflow); in a
+    committee, `member` is that model's index (`anynet.committee.rank_pictures`)."""
 
-    def __init__(self, row: int):
+    def __init__(self, row: int, member: int = 0):
         super().__init__(f"the outputs for example {row} are not finite")
-        self.row = row
+        self.row, self.member = row, member
 
 
 def may_overflow(net) -> bool:

@@ -14,7 +14,8 @@ so Dask does not retry them. A worker that dies mid-run (killed, out of memory) 
 handle: the scheduler gives its runs to another worker, up to `distributed.scheduler.
 allowed-failures` times.
 
-`RunQueue` keeps a few of a sweep's runs on the cluster at a time and hands back each outcome.
+`RunQueue` keeps a few of a sweep's runs on the cluster at a time and hands back each outcome;
+`InProcessQueue` trains them here instead, one after another, without Dask (--workers 0).
 `start_cluster` opens a LocalCluster of worker processes bound to 127.0.0.1 (no dashboard), at
 most `local_worker_limit()` of them, or connects to a running scheduler and waits a bounded time
 for a worker there. `cluster_problem` says when a cluster can no longer run anything (the
@@ -377,6 +378,38 @@ class RunQueue:
                 self.client.cancel([f for _, f in self._by_key.values()])
             except Exception:  # the scheduler went away meanwhile: nothing left to cancel
                 pass
+
+
+class InProcessQueue:
+    """A sweep's runs trained in this process, one after another (`anynet sweep --workers 0`):
+    no Dask. RunQueue's interface, so the client's loop is the same; each `finished()` trains
+    the next run here (`train_run`, MNIST loaded once) and yields its outcome."""
+
+    client = None
+
+    def __init__(self, runs: list, data_dir: str | None, verify: bool):
+        from collections import deque
+
+        self.total = len(runs)
+        self._pending = deque(runs)
+        self._task = (data_dir, verify)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    def has_ready(self) -> bool:
+        return self.busy
+
+    def submit_more(self) -> None:
+        pass
+
+    def finished(self):
+        run = self._pending.popleft()
+        yield run, train_run(run.to_dict(), *self._task)
+
+    def cancel(self) -> None:
+        self._pending.clear()
 
 
 def outcome_of(future, client) -> dict | None:

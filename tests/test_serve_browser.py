@@ -342,3 +342,49 @@ def test_markup_in_a_model_file_is_shown_as_text(browser, hostile_url):
     assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-pwned") is None
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert severe == []
+
+
+# --- a committee: the page lists its members, as text ----------------------------------------
+
+HOSTILE_NAME = '<img src=x onerror="document.body.dataset.pwned=1">.npz'
+
+
+@pytest.fixture(scope="module")
+def committee_url(mnist_model, tmp_path_factory):
+    """A server for a committee of two: the MNIST model, and a copy of it whose file name holds
+    markup (a name a stranger may give a file)."""
+    import shutil
+
+    from anynet.committee import load_committee
+
+    copy = tmp_path_factory.mktemp("committee") / HOSTILE_NAME
+    shutil.copy(mnist_model, copy)
+    predictor = Predictor(load_committee([mnist_model, copy]))
+    server = Server(("127.0.0.1", 0), predictor, log=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.url
+    server.shutdown()
+    server.server_close()
+    predictor.close()
+    thread.join(HANG)
+
+
+@pytest.mark.realdata
+def test_a_committee_lists_its_members_and_their_readings(browser, committee_url):
+    browser.get_log("browser")
+    browser.get(committee_url)
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#bars li"))
+    assert browser.find_element(By.ID, "model").text == \
+        "committee of 2 networks: the mean of their probabilities"
+    members = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#members li")]
+    assert len(members) == 2 and members[0].startswith("mnist64.npz: 784-64-10 · test accuracy")
+    assert members[1].startswith(HOSTILE_NAME + ": 784-64-10")
+    assert browser.find_elements(By.CSS_SELECTOR, "img") == []
+    browser.find_element(By.ID, "file").send_keys(str(DIGITS / "seven.png"))
+    wait(browser, lambda d: shown(d) not in ("", "–"))
+    assert shown(browser) == "7"
+    assert browser.find_element(By.ID, "votes").text == "all 2 members read 7"
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-pwned") is None
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []

@@ -1,9 +1,11 @@
-"""Draw digits in the browser and see what the network makes of them: anynet serve MODEL
+"""Draw digits in the browser and see what the network makes of them: anynet serve MODEL...
 
 Starts a small web server (Python's standard library) and prints its address. The page has a
 canvas to draw on with a mouse, finger or pen; as you draw, it shows the ten class probabilities
 and the 28x28 image the network was given, after the same MNIST-style preprocessing as
-`anynet predict`. A PNG or JPEG dropped on the page (or chosen) is read the same way.
+`anynet predict`. A PNG or JPEG dropped on the page (or chosen) is read the same way. Several
+model files form a committee (anynet.committee): the page shows the mean of the members'
+probabilities, lists the members, and says what each read when they disagree.
 
 The server binds 127.0.0.1 (this machine only) unless --host says otherwise; it has no
 authentication, so another address lets anyone on that network use it. It answers only requests
@@ -23,13 +25,17 @@ from __future__ import annotations
 import argparse
 
 from anynet.commands import _common as common
+from anynet.committee import MAX_MEMBERS
 
 HELP = "draw digits in a web page and watch the model read them (a local web server)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the docstring's lines
-    parser.add_argument("model", metavar="MODEL", help="model file written by anynet train")
+    parser.add_argument("models", metavar="MODEL", nargs="+",
+                        help="model file written by anynet train; several (at most "
+                        f"{MAX_MEMBERS}) form a committee that averages their class "
+                        "probabilities")
     parser.add_argument(
         "--host", default="127.0.0.1",
         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every "
@@ -78,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import threading
 
+    from anynet.committee import load_committee
     from anynet.errors import UserError
     from anynet.fileio import reason
-    from anynet.modelio import load_model
     from anynet.serve import server as served
     from anynet.serve.predictor import Predictor
 
-    net, record = load_model(args.model, backend=common.open_backend(args))
-    predictor = Predictor(net, record, args.model)
+    committee = load_committee(args.models, backend=common.open_backend(args))
+    predictor = Predictor(committee)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -100,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"cannot listen on {args.host} port {args.port} ({reason(e)}); "
                             "choose another --port or --host") from None
         with server:
-            print(f"anynet serve: {server.url}  (model {args.model}, {net.backend.spec}; "
+            what = (f"model {args.models[0]}" if len(committee) == 1 else
+                    f"a committee of {len(committee)} models: {', '.join(committee.names)}")
+            print(f"anynet serve: {server.url}  ({what}, {committee.backend.spec}; "
                   "Ctrl-C stops it)", flush=True)
             try:
                 loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback

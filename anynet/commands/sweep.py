@@ -11,7 +11,8 @@ sends them to a running cluster instead; its workers need anynet and MNIST of th
 The sweep waits --wait-for-workers seconds (60) for a worker there, and gives up (exit 2) when
 the cluster has had no worker that long or its scheduler is lost, keeping every run recorded.
 The client holds a few tasks per worker on the cluster at a time, so its memory does not grow
-with the grid (at most 100,000 runs).
+with the grid (at most 100,000 runs). --workers 0 trains in this process instead, one run
+after another, without Dask (a few short runs: the N seeds of a committee).
 
 As each run finishes, its model is written to OUT/runs/RUN_ID.npz (a normal model file:
 anynet evaluate reads it) and then one JSON line to OUT/results.jsonl. RUN_ID is a hash of the
@@ -47,6 +48,7 @@ from anynet.commands._common import (
     at_most,
     check_output,
     check_plot_option,
+    nonnegative_int,
     positive_float,
     positive_int,
 )
@@ -113,9 +115,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("cluster")
     g.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="use this running Dask cluster (default: a local one)")
-    g.add_argument("--workers", type=positive_int, metavar="N",
+    g.add_argument("--workers", type=nonnegative_int, metavar="N",
                    help="worker processes of the local cluster (default and most: one per core "
-                   "and per 400 MB available)")
+                   "and per 400 MB available); 0 trains in this process, one run after another, "
+                   "without Dask")
     g.add_argument("--wait-for-workers", type=at_most(positive_float, MAX_WAIT_S),
                    default=60.0, metavar="SECONDS",
                    help="give up when the --scheduler's cluster has had no worker for this long "
@@ -154,7 +157,8 @@ def run(args) -> int:
         # the local workers import what this process can: a missing library is one line now,
         # not a traceback in every run (a --scheduler's workers may have what the client lacks)
         require(args.backend)
-        args.workers = local_workers(args.workers)
+        if args.workers != 0:
+            args.workers = local_workers(args.workers)
     runs = _grid(args)
     _check_plot(args.plot, args.force)
     from anynet.sweep_cluster import check_scheduler_address
@@ -231,7 +235,8 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
     failed = 0
     if todo:
         try:
-            import distributed  # noqa: F401
+            if args.workers != 0:
+                import distributed  # noqa: F401
         except ImportError:
             raise MissingExtraError("dask[distributed]", "sweep", "anynet sweep") from None
         try:
@@ -279,12 +284,16 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
 
     from anynet.errors import UserError
     from anynet.progress import Progress
-    from anynet.sweep_cluster import RunQueue, start_cluster
+    from anynet.sweep_cluster import InProcessQueue, RunQueue, start_cluster
 
-    client = start_cluster(stack, args.scheduler, args.workers, say, args.wait_for_workers)
     data_dir = os.path.abspath(args.data_dir) if args.data_dir is not None else None
-    queue = RunQueue(client, todo, data_dir, not args.no_verify,
-                     workers=None if args.scheduler else args.workers)
+    if args.workers == 0:
+        say("in this process, one run after another (--workers 0: no Dask)")
+        queue = InProcessQueue(todo, data_dir, not args.no_verify)
+    else:
+        client = start_cluster(stack, args.scheduler, args.workers, say, args.wait_for_workers)
+        queue = RunQueue(client, todo, data_dir, not args.no_verify,
+                         workers=None if args.scheduler else args.workers)
     # A signal stops the sweep, but never between a run's model and its line: it waits for both.
     state = _State()
 

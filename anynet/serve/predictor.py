@@ -2,8 +2,9 @@
 
 The picture goes through exactly what `anynet predict` does to a file (anynet.images: the
 pixel limit, `read_image`, `preprocess_digit`), then through `TwoLayerNet.predict_proba` on the
-model's backend. The body is written to a private temporary file so that `read_image` (which
-checks and reads files) is reused as it is rather than copied.
+model's backend (for a committee, the mean of its members': anynet.committee). The body is
+written to a private temporary file so that `read_image` (which checks and reads files) is
+reused as it is rather than copied.
 
 Shapes: the preprocessed picture is (784,) uint8 = one 28x28 MNIST row; the probabilities (K,).
 
@@ -56,26 +57,36 @@ class Busy(UserError):
 
 
 class Predictor:
-    """A loaded model that classifies pictures given as bytes; safe to call from many threads.
+    """A loaded model, or a committee of models, that classifies pictures given as bytes; safe
+    to call from many threads.
 
     `net` is a TwoLayerNet (784-H-K) on any backend, `record` its model file's JSON record,
-    `path` the model file (named in `describe`). A model that cannot classify every picture
-    (the wrong input size, or weights so large that some picture's outputs overflow to nan/inf)
-    is refused here, with a UserError: a server must not start only to fail each request.
+    `path` the model file (named in `describe`); or `net` is an `anynet.committee.Committee`
+    (its members' names and records with it), whose answer is the mean of its members'
+    probabilities. A model that cannot classify every picture (the wrong input size, or weights
+    so large that some picture's outputs overflow to nan/inf) is refused here, with a UserError:
+    a server must not start only to fail each request.
     """
 
-    def __init__(self, net: Any, record: dict, path: str | os.PathLike):
+    def __init__(self, net: Any, record: dict | None = None,
+                 path: str | os.PathLike | None = None):
+        from anynet.committee import Committee
         from anynet.evaluation import may_overflow
         from anynet.images import FIELD
 
-        n_in, _hidden, _classes = net.sizes
-        if n_in != FIELD * FIELD:
-            raise UserError(f"{path}: the model takes {n_in} inputs, but a picture becomes "
-                            f"{FIELD * FIELD} ({FIELD}x{FIELD}) pixels")
-        if may_overflow(net):
-            raise UserError(f"{path}: the model's outputs can be non-finite (nan/inf): its "
-                            f"weights are too large to compute with in {net.dtype}; retrain it")
-        self.net, self.record, self.path = net, record, Path(path)
+        committee = net if isinstance(net, Committee) else \
+            Committee([net], [str(path)], [record if record is not None else {}])
+        for member, name in zip(committee.members, committee.names, strict=True):
+            n_in, _hidden, _classes = member.sizes
+            if n_in != FIELD * FIELD:
+                raise UserError(f"{name}: the model takes {n_in} inputs, but a picture becomes "
+                                f"{FIELD * FIELD} ({FIELD}x{FIELD}) pixels")
+            if may_overflow(member):
+                raise UserError(f"{name}: the model's outputs can be non-finite (nan/inf): its "
+                                f"weights are too large to compute with in {member.dtype}; "
+                                "retrain it")
+        self.net = committee  # one network's answers, bit for bit, when it has one member
+        self.record, self.path = committee.about[0].record, Path(committee.names[0])
         self._decode = threading.BoundedSemaphore(DECODE_SLOTS)
         self._model = threading.Lock()  # not every backend promises thread-safe compute
         self._tmp = tempfile.TemporaryDirectory(prefix="anynet-serve-")
@@ -83,36 +94,18 @@ class Predictor:
     def close(self) -> None:
         self._tmp.cleanup()
 
-    def _section(self, key: str) -> dict:
-        """The record's dict under `key`; empty where it is missing or not a dict."""
-        value = self.record.get(key)
-        return value if isinstance(value, dict) else {}
-
     def describe(self) -> dict:
-        """What `GET /api/model` answers: the architecture, test accuracy and training run."""
-        D, H, K = self.net.sizes
-        metrics, config, data = (self._section(key) for key in ("metrics", "config", "data"))
-        trained = self.record.get("trained_at")  # not in the record of anynet 0.1's models:
-        if not isinstance(trained, str):  # then the file's time (train writes it at the end)
-            try:
-                written = datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc)
-                trained = written.isoformat(timespec="seconds").replace("+00:00", "Z")
-            except OSError:
-                trained = None
-        return {
-            "file": self.path.name,
-            "architecture": f"{D}-{H}-{K}",
-            "inputs": D, "hidden": H, "classes": K,
-            "dtype": self.net.dtype,
-            "backend": self.net.backend.spec,
-            "test_accuracy": _number(metrics.get("test_accuracy")),
-            "epochs": metrics.get("epochs") if type(metrics.get("epochs")) is int else None,
-            "train_seconds": _number(metrics.get("train_seconds")),
-            "trained_on": data.get("source") if isinstance(data.get("source"), str) else None,
-            "trained_at": trained,
-            "anynet_version": self.record.get("anynet_version"),
-            "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str))},
-        }
+        """What `GET /api/model` answers: the architecture, test accuracy and training run; for
+        a committee, {"committee": M, "members": [each member's description], "inputs",
+        "classes", "dtype", "backend"}."""
+        committee = self.net
+        described = [_describe(net, about.record, Path(about.name))
+                     for net, about in zip(committee.members, committee.about, strict=True)]
+        if len(committee) == 1:
+            return described[0]
+        D, _H, K = committee.sizes
+        return {"committee": len(committee), "members": described, "inputs": D, "classes": K,
+                "dtype": committee.dtype, "backend": committee.backend.spec}
 
     def predict(self, body: bytes, content_type: str) -> dict:
         """Classify the picture in `body`: {"prediction", "top" (all K classes, most probable
@@ -120,7 +113,8 @@ class Predictor:
 
         Raises UnsupportedType, ImageTooLarge or BadImage (each a one-line message).
         """
-        from anynet.evaluation import NonFiniteOutputs, ranked_classes
+        from anynet.committee import rank_pictures
+        from anynet.evaluation import NonFiniteOutputs
         from anynet.images import FIELD
 
         if not self._decode.acquire(timeout=DECODE_WAIT):
@@ -132,15 +126,20 @@ class Predictor:
             self._decode.release()
         try:
             with self._model:
-                (classes,) = ranked_classes(self.net, pixels[None, :])
+                (classes,), alone = rank_pictures(self.net, pixels[None, :])
         except NonFiniteOutputs:  # a bug: may_overflow, checked at start, rules this out
             raise RuntimeError("the model's outputs are not finite (nan/inf), though "
                                "may_overflow found they could not be") from None
-        return {
+        answer = {
             "prediction": classes[0]["class"],
             "top": classes,
             "input": (pixels.reshape(FIELD, FIELD) / 255.0).round(4).tolist(),
         }
+        if len(self.net) > 1:  # what each member read alone
+            answer["members"] = [{"model": Path(name).name, "prediction": ranked[0][0]["class"],
+                                  "probability": ranked[0][0]["probability"]}
+                                 for name, ranked in zip(self.net.names, alone, strict=True)]
+        return answer
 
     def preprocess(self, body: bytes, content_type: str) -> np.ndarray:
         """The picture in `body` as anynet predict would give it to the network: (784,) uint8."""
@@ -167,6 +166,39 @@ class Predictor:
             return preprocess_digit(gray, source="the image")
         except UserError as e:
             raise BadImage(str(e)) from None
+
+
+def _section(record: dict, key: str) -> dict:
+    """The record's dict under `key`; empty where it is missing or not a dict."""
+    value = record.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _describe(net: Any, record: dict, path: Path) -> dict:
+    """One model's description: its architecture, test accuracy and training run."""
+    D, H, K = net.sizes
+    metrics, config, data = (_section(record, key) for key in ("metrics", "config", "data"))
+    trained = record.get("trained_at")  # not in the record of anynet 0.1's models:
+    if not isinstance(trained, str):  # then the file's time (train writes it at the end)
+        try:
+            written = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+            trained = written.isoformat(timespec="seconds").replace("+00:00", "Z")
+        except OSError:
+            trained = None
+    return {
+        "file": path.name,
+        "architecture": f"{D}-{H}-{K}",
+        "inputs": D, "hidden": H, "classes": K,
+        "dtype": net.dtype,
+        "backend": net.backend.spec,
+        "test_accuracy": _number(metrics.get("test_accuracy")),
+        "epochs": metrics.get("epochs") if type(metrics.get("epochs")) is int else None,
+        "train_seconds": _number(metrics.get("train_seconds")),
+        "trained_on": data.get("source") if isinstance(data.get("source"), str) else None,
+        "trained_at": trained,
+        "anynet_version": record.get("anynet_version"),
+        "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str))},
+    }
 
 
 def _check_size(body: bytes) -> None:

@@ -21,6 +21,7 @@ const bars = document.getElementById("bars");
 const message = document.getElementById("message");
 const predictionEl = document.getElementById("prediction");
 const confidenceEl = document.getElementById("confidence");
+const votesEl = document.getElementById("votes");
 
 let drawing = false, last = null, inked = false;
 let inFlight = false, wanted = null, timer = null, lastSent = 0, generation = 0;
@@ -202,11 +203,23 @@ function show(answer) {
     image.data[i + 3] = 255;
   }));
   seen.putImageData(image, 0, 0);
+  showVotes(answer.members);
   document.body.dataset.shown = String(Number(document.body.dataset.shown) + 1);
+}
+
+// a committee's answer: what each member read alone, said when they disagree
+function showVotes(members) {
+  votesEl.textContent = "";
+  if (!Array.isArray(members) || members.length < 2) return;
+  const classes = members.map((m) => String(m.prediction));
+  votesEl.textContent = new Set(classes).size > 1
+    ? `the members read ${classes.join(", ")}`
+    : `all ${members.length} members read ${classes[0]}`;
 }
 
 function showEmpty() {
   message.textContent = "";
+  votesEl.textContent = "";
   predictionEl.textContent = "–";
   confidenceEl.textContent = "";
   for (const li of bars.children) {
@@ -268,24 +281,51 @@ async function describeModel() {
   const el = document.getElementById("model");
   try {
     const m = await (await fetch("/api/model")).json();
-    // each part: text, and a bold value (both text: they come from the model file)
-    const parts = [[element("b", "", String(m.architecture)), " network"]];
-    if (typeof m.test_accuracy === "number") {
-      parts.push(["test accuracy ", element("b", "", (100 * m.test_accuracy).toFixed(2) + "%")]);
-    }
-    if (typeof m.epochs === "number") parts.push([`${m.epochs} epochs`]);
-    if (typeof m.trained_at === "string") {
-      parts.push([`trained ${m.trained_at.replace("T", " ").replace("Z", " UTC")}`]);
-    }
     el.textContent = "";
-    parts.forEach((part, i) => el.append(...(i ? [" · "] : []), ...part));
-    el.title = `${m.file}, ${m.dtype}, on ${m.backend}`;
+    if (Array.isArray(m.members)) {
+      describeCommittee(el, m);
+    } else {
+      describeOne(el, m);
+    }
     makeBars(m.classes);
   } catch (error) {
     el.textContent = `the model's description did not load (${error.message})`;
     makeBars(10);
   }
   showEmpty();
+}
+
+// one model: "784-30-10 network · test accuracy 97.46% · 30 epochs · trained ..."
+function describeOne(el, m) {
+  // each part: text, and a bold value (both text: they come from the model file)
+  const parts = [[element("b", "", String(m.architecture)), " network"]];
+  if (typeof m.test_accuracy === "number") {
+    parts.push(["test accuracy ", element("b", "", (100 * m.test_accuracy).toFixed(2) + "%")]);
+  }
+  if (typeof m.epochs === "number") parts.push([`${m.epochs} epochs`]);
+  if (typeof m.trained_at === "string") {
+    parts.push([`trained ${m.trained_at.replace("T", " ").replace("Z", " UTC")}`]);
+  }
+  parts.forEach((part, i) => el.append(...(i ? [" · "] : []), ...part));
+  el.title = `${m.file}, ${m.dtype}, on ${m.backend}`;
+}
+
+// a committee: a line saying so, and one item per member under it
+function describeCommittee(el, m) {
+  el.append(element("b", "", `committee of ${m.members.length}`),
+            " networks: the mean of their probabilities");
+  el.title = `${m.dtype}, on ${m.backend}`;
+  const list = document.getElementById("members");
+  list.textContent = "";
+  for (const member of m.members) {
+    const li = element("li", "", `${member.file}: `);
+    li.append(element("b", "", String(member.architecture)));
+    if (typeof member.test_accuracy === "number") {
+      li.append(` · test accuracy ${(100 * member.test_accuracy).toFixed(2)}%`);
+    }
+    list.appendChild(li);
+  }
+  list.hidden = false;
 }
 
 setUpPad();
