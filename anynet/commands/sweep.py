@@ -287,6 +287,7 @@ def _run_on_dask(args, todo: list, out: Path, results_path: Path, stack, say) ->
     from anynet.sweep_cluster import InProcessQueue, RunQueue, start_cluster
 
     data_dir = os.path.abspath(args.data_dir) if args.data_dir is not None else None
+    queue: InProcessQueue | RunQueue
     if args.workers == 0:
         say("in this process, one run after another (--workers 0: no Dask)")
         queue = InProcessQueue(todo, data_dir, not args.no_verify)
