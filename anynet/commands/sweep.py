@@ -52,6 +52,7 @@ from anynet.commands._common import (
     positive_float,
     positive_int,
 )
+from anynet.commands._sweep_results import print_summary, print_table, read, warn_skipped
 from anynet.progress import NullProgress
 from anynet.sweep import SWEEPABLE, option_name, parse_values
 
@@ -144,7 +145,7 @@ def run(args) -> int:
             raise UserError("--summary DIR prints an earlier sweep's results and trains nothing; "
                             f"leave out {', '.join(asked) or '--out/--scheduler/--recipe'}")
         _check_plot(args.plot, args.force)
-        return _print_summary(args.summary, args.plot)
+        return print_summary(args.summary, args.plot)
     if args.out is None:
         raise UserError("name the sweep's folder with --out DIR (e.g. --out sweep1/)")
     if args.scheduler is not None and args.workers is not None:
@@ -226,8 +227,8 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
     say = (lambda *a, **k: None) if args.quiet else print
     results_path = out / RESULTS_NAME
     skipped: list = []
-    records, complete = _read(results_path, skipped)
-    _warn_skipped(results_path, skipped, ("its run counts", "their runs count"), "as not done")
+    records, complete = read(results_path, skipped)
+    warn_skipped(results_path, skipped, ("its run counts", "their runs count"), "as not done")
     todo = runs_to_train(out, runs, records, complete)
     del records  # read again at the end: never two copies of a large file's records at once
     say(f"anynet sweep: {len(runs)} run{'s' if len(runs) != 1 else ''} into {out}: "
@@ -244,8 +245,8 @@ def _train_missing(args, runs: list, out: Path, stack) -> int:
         except _Stopped as e:
             return e.exit_code
     wanted = {run.id for run in runs}
-    records, _ = _read(results_path, [])
-    _print_table([r for r in records if r["run_id"] in wanted], args.plot, say=print)
+    records, _ = read(results_path, [])
+    print_table([r for r in records if r["run_id"] in wanted], args.plot, say=print)
     if failed:
         print(f"anynet sweep: {failed} run{'s' if failed != 1 else ''} failed (status \"error\" "
               f"in {results_path}); fix the cause, then run the same command again to retry",
@@ -397,61 +398,3 @@ def _describe(run, record: dict) -> str:
     what = (f"test {100 * record['test_accuracy']:.2f}%" if record["status"] == "ok"
             else record["status"])
     return f"last: hidden {c.hidden}, lr {c.lr:g}, batch {c.batch_size}, seed {c.seed}: {what}"
-
-
-# --- summary -------------------------------------------------------------------------------------
-
-
-def _print_summary(folder: Path, plot: Path | None) -> int:
-    from anynet.errors import UserError
-    from anynet.sweep import RESULTS_NAME
-
-    path = folder / RESULTS_NAME
-    if not path.is_file():
-        raise UserError(f"--summary {folder}: no {RESULTS_NAME} there; name the --out folder of "
-                        "an anynet sweep")
-    skipped: list = []
-    records, _ = _read(path, skipped)
-    _warn_skipped(path, skipped, ("the summary leaves it", "the summary leaves them"), "out")
-    _print_table(records, plot, say=print)
-    return 0
-
-
-def _read(path: Path, skipped: list) -> tuple[list, int]:
-    """`anynet.sweep.read_results` of what the summary and a re-run need; UserError for a file
-    that cannot be read (a folder of that name, no permission)."""
-    from anynet.errors import UserError
-    from anynet.fileio import reason
-    from anynet.sweep import SUMMARY_FIELDS, read_results
-
-    try:
-        return read_results(path, skipped, keep=SUMMARY_FIELDS)
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({reason(e)}); is it this sweep's results file?") \
-            from None
-
-
-def _warn_skipped(path: Path, skipped: list, subject: tuple[str, str], rest: str) -> None:
-    """One line on stderr for the lines of results.jsonl that are not run records; `subject`
-    (singular, plural) and `rest` say what follows for them."""
-    if not skipped:
-        return
-    number, problem = skipped[0]
-    many = len(skipped) > 1
-    more = f" and {len(skipped) - 1} more" if many else ""
-    print(f"anynet sweep: warning: skipped {len(skipped)} line{'s' if many else ''} of {path} "
-          f"that {'are not run records' if many else 'is not a run record'} (line {number}: "
-          f"{problem}{more}); {subject[many]} {rest}; the file is left as it is",
-          file=sys.stderr)
-
-
-def _print_table(records: list, plot: Path | None, say) -> None:
-    from anynet.sweep import format_summary, summarize
-
-    rows, ranked_by = summarize(records)
-    say(format_summary(rows, ranked_by))
-    if plot is not None and rows:
-        from anynet.plots import plot_sweep
-
-        plot_sweep(records, plot)
-        say(f"plot written to {plot}")
