@@ -47,7 +47,11 @@ class Evaluation:
 
     @property
     def per_class_accuracy(self) -> np.ndarray:
-        """Accuracy on each true class (K,): the confusion matrix's diagonal over its rows."""
+        """Accuracy on each true class (K,): the confusion matrix's diagonal over its rows.
+        ValueError when the evaluation was made without `confusion=True`."""
+        if self.confusion is None:
+            raise ValueError("per-class accuracy needs the confusion matrix: "
+                             "evaluate(..., confusion=True)")
         return np.diag(self.confusion) / np.maximum(self.confusion.sum(axis=1), 1)
 
 

@@ -494,3 +494,13 @@ def test_three_seeds_on_mnist_beat_their_best_member(mnist_dir, tmp_path, backen
     best = max(alone.accuracy for alone in found.members)
     assert 0.9 < best < 0.99
     assert found.committee.accuracy >= best
+
+
+def test_per_class_accuracy_needs_the_confusion_matrix():
+    from anynet.evaluation import Evaluation
+
+    found = Evaluation(examples=4, loss=0.5, accuracy=0.75,
+                       confusion=np.array([[2, 0], [1, 1]]))
+    np.testing.assert_allclose(found.per_class_accuracy, [1.0, 0.5])
+    with pytest.raises(ValueError, match="confusion=True"):
+        _ = Evaluation(examples=4, loss=0.5, accuracy=0.75).per_class_accuracy
