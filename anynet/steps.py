@@ -62,14 +62,8 @@ from anynet.batches import (  # noqa: F401  (names the steps' users import from 
     check_permutation,
     chunk_rows,
 )
-from anynet.fused import (  # noqa: F401
-    FusedStep,
-    GraphCaptureUnavailable,
-    GraphedStep,
-    Rates,
-    first_cause,
-    one_buffer,
-)
+from anynet.fused import FusedStep, Rates, one_buffer  # noqa: F401
+from anynet.graphed import GraphCaptureUnavailable, GraphedStep, first_cause  # noqa: F401
 from anynet.network import TwoLayerNet, loss_and_grads, pixels_to_inputs
 from anynet.optim import SGD
 

@@ -6,14 +6,15 @@ batch: gather the uint8 pixels on the backend, compute the loss and gradients
 holds that step, and NumPy's faster arrangement of the same math. Pixels stay uint8 on the
 device; each batch becomes floats only when it is used.
 
-The loop reports through callbacks (`Callback`) and never prints; `ConsoleReporter` is the
-callback that prints (a progress bar per epoch, a line per epoch). It writes a checkpoint at the
-end of every epoch and when asked to stop (`Trainer.request_stop`; `StopOnSignals` asks on
-Ctrl-C or SIGTERM), at the exact batch it reached; `fit(resume=...)` continues from one, and the
-finished model equals that of an uninterrupted run. The rules of resuming sit here too: a
-checkpoint's position must fit the data (`Trainer.state_from_checkpoint`), a resumed run keeps
-its checkpoint's config (`resumed_config`), and checkpoints go beside the model
-(`checkpoint_path_for`). Turning a finished run into a model file is anynet.fit's.
+The loop reports through callbacks (`Callback`, anynet.callbacks) and never prints;
+`ConsoleReporter` is the callback that prints (a progress bar per epoch, a line per epoch). It
+writes a checkpoint at the end of every epoch and when asked to stop (`Trainer.request_stop`;
+`StopOnSignals` asks on Ctrl-C or SIGTERM), at the exact batch it reached; `fit(resume=...)`
+continues from one, and the finished model equals that of an uninterrupted run. The rules of
+resuming sit here too: a checkpoint's position must fit the data
+(`Trainer.state_from_checkpoint`), a resumed run keeps its checkpoint's config
+(`resumed_config`), and checkpoints go beside the model (`checkpoint_path_for`). Turning a
+finished run into a model file is anynet.fit's.
 
 The batch losses stay on the device and are read a window of SYNC_EVERY batches at a time (and
 at epoch ends, checkpoints and stop requests): one synchronisation per window instead of one per
@@ -40,6 +41,7 @@ import numpy as np
 from anynet import evaluation
 from anynet.backend import Backend, get_backend, is_named, parse_spec
 from anynet.batches import check_classes
+from anynet.callbacks import Callback, ConsoleReporter, StopOnSignals  # noqa: F401 (re-exported)
 from anynet.config import TrainConfig, short_repr
 from anynet.errors import DivergenceError, ModelFileError
 from anynet.modelio import save_checkpoint
@@ -54,107 +56,6 @@ DIVERGENCE_LOSS = 100.0
 # The loop reads the batch losses from the device once per window of this many batches (and at
 # epoch ends, checkpoints and stop requests), so a GPU never waits for the host after a batch.
 SYNC_EVERY = 50
-
-
-class Callback:
-    """Hooks the loop calls; override the ones you need. None of them may change the training."""
-
-    def on_train_begin(self, trainer: Trainer, state: TrainState) -> None: ...
-    def on_epoch_begin(self, epoch: int, n_batches: int, first_batch: int) -> None: ...
-    def on_batch_end(self, epoch: int, batch: int, loss: float) -> None: ...
-    def on_epoch_end(self, epoch: int, metrics: dict) -> None: ...
-    def on_checkpoint(self, path: Path, state: TrainState) -> None: ...
-
-
-class ConsoleReporter(Callback):
-    """Prints a progress bar per epoch (on a terminal) and one line per finished epoch; with
-    `resumed_from` (a checkpoint's path), first the point the run resumes from. `quiet`: none
-    of these."""
-
-    def __init__(self, epochs: int, quiet: bool = False, resumed_from: str | Path | None = None):
-        self.epochs, self.quiet, self.resumed_from = epochs, quiet, resumed_from
-        self.bar = None
-        self.running = 0.0
-
-    def on_train_begin(self, trainer: Trainer, state: TrainState) -> None:
-        if self.resumed_from is not None and not self.quiet:
-            print(f"resuming from {self.resumed_from}: epoch {state.epoch + 1}, "
-                  f"batch {state.batch}/{trainer.n_batches}")
-
-    def on_epoch_begin(self, epoch: int, n_batches: int, first_batch: int) -> None:
-        if self.quiet:
-            return
-        from anynet.progress import Progress
-
-        self.bar = Progress(n_batches, f"epoch {epoch + 1}/{self.epochs}", unit="batch")
-        self.bar.update(first_batch)
-        self.running = 0.0
-
-    def on_batch_end(self, epoch: int, batch: int, loss: float) -> None:
-        if self.bar is None:
-            return
-        # an exponential moving average: a steady figure to watch, cheap to keep
-        self.running = loss if self.running == 0.0 else 0.98 * self.running + 0.02 * loss
-        self.bar.update(1)
-        if batch % 50 == 0:
-            self.bar.set_postfix(f"loss {self.running:.4f}")
-
-    def on_epoch_end(self, epoch: int, m: dict) -> None:
-        self.close()
-        if self.quiet:
-            return
-        val = (f"val acc {100 * m['val_accuracy']:.2f}%" if m["val_accuracy"] is not None
-               else f"train acc {100 * m['train_accuracy']:.2f}%")
-        print(f"epoch {epoch + 1:>3}/{self.epochs}  train loss {m['train_loss']:.4f}  {val}  "
-              f"lr {m['lr']:.3g}  {m['seconds']:.2f} s", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-class StopOnSignals(Callback):
-    """While its `with` block runs, SIGINT and SIGTERM ask the trainer to stop after the
-    current batch, writing a checkpoint (`Trainer.request_stop`); a second one raises
-    KeyboardInterrupt at once. `received` lists the signals that came. Keep the block open
-    until the outputs are written: a signal then lets them complete."""
-
-    def __init__(self):
-        self.received: list[int] = []
-        self._trainer: Trainer | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopOnSignals:
-        import signal
-
-        self._previous = {s: signal.signal(s, self._on_signal)
-                          for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _on_signal(self, signum, frame) -> None:
-        if self.received:  # a second Ctrl-C: stop now, without waiting for the batch
-            raise KeyboardInterrupt
-        self.received.append(signum)
-        if self._trainer is not None:
-            self._trainer.request_stop(self._name(signum))
-
-    @staticmethod
-    def _name(signum: int) -> str:
-        import signal
-
-        return signal.Signals(signum).name
-
-    def on_train_begin(self, trainer: Trainer, state: TrainState) -> None:
-        self._trainer = trainer
-        if self.received:  # a signal that came before the loop began
-            trainer.request_stop(self._name(self.received[0]))
 
 
 @dataclass
