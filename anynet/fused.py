@@ -1,7 +1,8 @@
-"""The fused training step: `FusedStep`, the reference step's math as a few large in-place
-operations over the seam's primitives (`Backend.fused_ops`). anynet.graphed records it as a CUDA
-graph. anynet.steps' docstring tells how it rearranges the math and where it runs; tests hold it
-equal to the reference step (anynet.steps.ArrayAPIStep) on every backend."""
+"""The fused training step: `FusedStep`, the reference step's math (training's levers included:
+dropout, label smoothing, the EMA of the weights) as a few large in-place operations over the
+seam's primitives (`Backend.fused_ops`). anynet.graphed records it as a CUDA graph. anynet.steps'
+docstring tells how it rearranges the math and where it runs; tests hold it equal to the
+reference step (anynet.steps.ArrayAPIStep) on every backend."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from anynet.batches import check_batch, check_labels, check_permutation, chunk_rows
+from anynet.levers import Levers
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
 
@@ -20,11 +22,19 @@ class FusedStep:
     Written once over a small set of in-place primitives (`Backend.fused_ops`). Takes over
     `net.params`: they become the step's own arrays (W2, b2 views into [W2; b2]), updated in
     place, so `net` always holds the current parameters. With momentum, `velocity` (the
-    optimizer's state, zeros or a checkpoint's) is taken over the same way.
+    optimizer's state, zeros or a checkpoint's) is taken over the same way, and with an EMA of
+    the weights (`levers.ema`) its m, `average` (zeros or a checkpoint's).
+
+    The levers (`anynet.levers.Levers`): label smoothing is in the targets Y, which are rows of
+    a smoothed identity; dropout's masks are drawn on the host for a chunk and uploaded into
+    buffers of their own (the inputs' mask is applied to the chunk as it is loaded, the hidden
+    units' in each step, forward and backward: one multiply each); the EMA is one pass over
+    every parameter at the end of the step (`FusedOps.ema_`).
     """
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict | None = None, distorter=None):
+                 velocity: dict | None = None, distorter=None, *, levers: Levers | None = None,
+                 average: dict | None = None):
         self.ops = ops = net.backend.fused_ops()
         if ops is None:
             raise ValueError(f"the fused step needs in-place arrays; {net.backend.name} has none")
@@ -38,7 +48,7 @@ class FusedStep:
         self.n_batches = -(-self.n // batch_size)
         self.B, self.H, self.K, self.dtype = batch_size, H, K, dtype
         self.batches_per_chunk = chunk_rows(batch_size) // batch_size
-        self.distorter, self.epoch = distorter, 0
+        self.distorter, self.epoch, self.levers = distorter, 0, levers or Levers()
 
         p = {k: net.backend.to_numpy(v) for k, v in net.params.items()}
         # [W1 | b1 | W2a], W2a = [W2; b2] (H+1, K): one buffer, the parameters views into it
@@ -56,15 +66,19 @@ class FusedStep:
             ops, dtype, {k: np.zeros_like(v) for k, v in p.items()})
         # [b1 | W2a], the small parameters, and their gradients: flat[D H:]
         self.params_rest, self.grads_rest = self.params_flat[D * H:], self.grads_flat[D * H:]
-        self.eye = ops.host(np.eye(K), dtype)
+        eps = self.levers.label_smoothing     # a label's targets: one-hot, or smoothed
+        self.eye = ops.host(np.eye(K) * (1 - eps) + eps / K if eps else np.eye(K), dtype)
+        if self.momentum or self.levers.ema:
+            self.tmp = ops.empty(self.params_flat.shape, dtype)
         self._velocity = self._velocity_buffers(velocity, p) if self.momentum else None
+        self._average = self._lever_buffers(average, p, R)
         # each batch's loss, where the step writes it: a batch's holds until the same batch of
         # the next epoch (the Trainer reads every window within its epoch)
         self.losses = ops.empty((self.n_batches,), dtype)
         self._buffer_sets = {}  # b -> (Z1, A1, P, mask, dZ1, m, s); P: logits, probs, then dZ2
         self._buffers(B)  # made here, never inside a capture's warm-up (its pool can be freed)
         # the buffers never move, so each batch's views into them are made once, not per step
-        self._batch_views = [(self.X[j * B:(j + 1) * B], self.Y[j])
+        self._batch_views = [(self.X[j * B:(j + 1) * B], self.Y[j], self._hidden_mask(j * B, B))
                              for j in range(self.batches_per_chunk)]
         self.perm = None
         self.chunk = self.rows_in_chunk = -1
@@ -78,7 +92,6 @@ class FusedStep:
         v = v or {k: np.zeros_like(p[k]) for k in p}
         self.velocity_flat, (self.vW1, self.vb1, self.vW2a) = one_buffer(ops, dtype, v)
         self.velocity_rest = self.velocity_flat[D * H:]
-        self.tmp = ops.empty(self.params_flat.shape, dtype)
         # A velocity whose gradient stays 0 (pixels always blank) decays as mu^t into the
         # subnormal floats, where x86 arithmetic takes ~100x as long (measured: NumPy at
         # H = 800 with momentum 0.9 and no weight decay, 4% of W1's velocity subnormal, an
@@ -90,6 +103,25 @@ class FusedStep:
         self.tiny = float(finfo.tiny) * 2.0 ** 24
         self.flush_every = max(1, int(24 * np.log(2) / -np.log(self.momentum)))
         return {"W1": self.vW1, "b1": self.vb1, "W2": self.vW2a[:H], "b2": self.vW2a[H]}
+
+    def _lever_buffers(self, average: dict | None, p: dict, R: int) -> dict | None:
+        """Room for a chunk's dropout masks, and the EMA's m in the parameters' layout (one
+        buffer, from `average` or zeros); returns m by parameter name, views into the buffer
+        (None without an EMA)."""
+        ops, dtype, D, H, lv = self.ops, self.dtype, self.W1.shape[0], self.H, self.levers
+        self.Mx = ops.empty((R, D), dtype) if lv.input_dropout else None
+        self.Mh = ops.empty((R, H), dtype) if lv.dropout else None
+        self.average_flat = None
+        if not lv.ema:
+            return None
+        m = {k: self.net.backend.to_numpy(v) for k, v in (average or {}).items()}
+        m = m or {k: np.zeros_like(p[k]) for k in p}
+        self.average_flat, (aW1, ab1, aW2a) = one_buffer(ops, dtype, m)
+        return {"W1": aW1, "b1": ab1, "W2": aW2a[:H], "b2": aW2a[H]}
+
+    def _hidden_mask(self, start: int, b: int):
+        """The hidden units' dropout mask of the chunk's rows start .. start + b - 1, or None."""
+        return None if self.Mh is None else self.Mh[start:start + b]
 
     def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
                     epoch: int = 0) -> None:
@@ -104,6 +136,14 @@ class FusedStep:
         ops.load_rows(self.images, idx, self.X[:n], 1 / 255, self.pixels[:n])
         if self.distorter is not None:
             ops.copy_(self.X[:n], self.distorter(self.X[:n], (self.epoch, chunk)))
+        if self.levers.masks:  # the chunk's masks, drawn on the host as ChunkedBatches draws
+            Mx, Mh = self.levers.draw_masks((self.epoch, chunk), n, self.X.shape[1], self.H,
+                                            self.dtype)
+            if Mx is not None:
+                ops.upload_(self.Mx[:n], Mx)
+                ops.mul_(self.X[:n], self.Mx[:n])           # X' = X * M_x
+            if Mh is not None:
+                ops.upload_(self.Mh[:n], Mh)
         onehot = ops.take(self.eye, ops.take(self.labels, idx))        # (n, K)
         full = n // B
         self.Y[:full] = onehot[:full * B].reshape(full, B, K).swapaxes(1, 2)
@@ -121,11 +161,12 @@ class FusedStep:
             self.ops.zero_tiny_(self.velocity_flat, self.tiny, self.tmp)
         start, loss = j * self.B, self.losses[batch:batch + 1]
         if start + self.B <= self.rows_in_chunk:
-            X, Y = self._batch_views[j]
-            self._step(X, Y, self._rates(lr, self.B), self.B, loss)
+            X, Y, Mh = self._batch_views[j]
+            self._step(X, Y, self._rates(lr, self.B), self.B, loss, Mh)
         else:
             b = self.rows_in_chunk - start   # the epoch's short last batch
-            self._step(self.X[start:start + b], self.Y[j][:, :b], self._rates(lr, b), b, loss)
+            self._step(self.X[start:start + b], self.Y[j][:, :b], self._rates(lr, b), b, loss,
+                       self._hidden_mask(start, b))
         return self.losses[batch]
 
     def _rates(self, lr: float, b: int) -> Rates:
@@ -154,30 +195,42 @@ class FusedStep:
                                     o.empty((b,), dt), o.empty((b,), dt))
         return self._buffer_sets[b]
 
-    def _step(self, X, Y, rates: Rates, b: int, loss) -> None:
-        """One step on inputs X (b, D) and one-hot targets Y (K, b); `rates` from `_rates`
-        (numbers, or for the CUDA-graph step 1-element device arrays); the batch's loss goes
-        into `loss`, a 1-element array. Every operation is one of the seam's primitives, and
-        writes into memory that already exists: what a CUDA graph can record and replay."""
+    def _step(self, X, Y, rates: Rates, b: int, loss, Mh=None) -> None:
+        """One step on inputs X (b, D) and targets Y (K, b) (one-hot, or label-smoothed);
+        `rates` from `_rates` (numbers, or for the CUDA-graph step 1-element device arrays);
+        the batch's loss goes into `loss`, a 1-element array; `Mh` (b, H): the hidden units'
+        dropout mask, or None. Every operation is one of the seam's primitives, and writes into
+        memory that already exists: what a CUDA graph can record and replay."""
         o, H, W1, b1, W2a = self.ops, self.H, self.W1, self.b1, self.W2a
         Z1, A1, P, mask, dZ1, m, s = self._buffers(b)
-        # forward: Z1 = X W1 + b1, A1 = relu(Z1), logits Z2^T = (A1 W2 + b2)^T in (K, N)
+        # forward: Z1 = X W1 + b1, A1 = relu(Z1) (* M), logits Z2^T = (A1 W2 + b2)^T in (K, N)
         o.mm(X, W1, out=Z1)
         o.bias_relu_(Z1, b1, A1[:, :H])
+        if Mh is not None:
+            o.mul_(A1[:, :H], Mh)
         o.mm(W2a.T, A1.T, out=P)
-        # softmax over classes (axis 0), stably; loss = mean(log sum exp - z_target);
+        # softmax over classes (axis 0), stably; loss = mean(log sum exp - sum_k Y_k z_k);
         # dZ2 = c (softmax(P) - Y), c = lr / N: for plain SGD the learning rate rides on this
         # small array; with momentum the velocity sums gradients, so c = 1 / N
         o.softmax_xent_(P, Y, rates.c, m, s, loss)
         # backward: dW2a = A1^T dZ2; dA1 = dZ2 W2^T (before W2 changes); dZ1 = dA1 * relu'(Z1)
         o.mm(A1.T, P.T, out=self.dW2a)
         o.mm(P.T, W2a[:H].T, out=dZ1)
+        if Mh is not None:
+            o.mul_(dZ1, Mh)                            # dA1 = (dZ2 W2^T) * M
         o.relu_backward_(dZ1, Z1, mask)
         o.colsum(dZ1, out=self.db1)
         if self.momentum:
             self._momentum_update(X, dZ1, rates)
-            return
-        # update, weight decay as in SGD.step: p <- p - lr * (g + wd * p), every parameter at once
+        else:
+            self._plain_update(X, dZ1, rates)
+        if self.average_flat is not None:              # m <- decay m + (1 - decay) p
+            o.ema_(self.average_flat, self.params_flat, self.levers.ema, self.tmp)
+
+    def _plain_update(self, X, dZ1, rates: Rates) -> None:
+        """SGD.step without momentum, weight decay as in SGD.step: p <- p - lr * (g + wd * p),
+        every parameter at once, the learning rate already inside dZ1 and dW2a."""
+        o, W1 = self.ops, self.W1
         if self.wd:
             o.mul_(self.params_flat, rates.decay)
         o.sub_mm_(W1, X.T, dZ1, self.dW1)              # W1 -= X^T dZ1 (lr already inside)
@@ -220,6 +273,11 @@ class FusedStep:
     @property
     def velocity(self) -> dict:
         return self._velocity if self._velocity is not None else {}
+
+    @property
+    def average(self) -> dict:
+        """The EMA's m by parameter name ({} without an EMA)."""
+        return self._average if self._average is not None else {}
 
 
 class Rates(NamedTuple):

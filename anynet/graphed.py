@@ -10,6 +10,7 @@ import numpy as np
 
 from anynet.batches import check_batch
 from anynet.fused import FusedStep, Rates
+from anynet.levers import Levers
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
 
@@ -38,11 +39,21 @@ class GraphedStep(FusedStep):
     that is freed if capture fails), and reads nothing back to the host. Where capture fails, a
     `GraphCaptureUnavailable` warning names the first cause and the fused step runs (in the
     tests, the warning is an error).
+
+    Of training's levers, label smoothing (in the targets) and the EMA of the weights (a pass
+    inside the step) are recorded with the step; dropout is not: its masks are drawn on the
+    host for each chunk, as distortions are, so a run with dropout takes the fused step
+    (`make_train_step`), and this step refuses it (ValueError).
     """
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict | None, capture):
-        super().__init__(net, optimizer, images, labels, batch_size, velocity)
+                 velocity: dict | None, capture, *, levers: Levers | None = None,
+                 average: dict | None = None):
+        if levers is not None and levers.masks:
+            raise ValueError("the CUDA-graph step has no dropout: its masks are drawn on the "
+                             "host a chunk at a time; use the fused step")
+        super().__init__(net, optimizer, images, labels, batch_size, velocity, levers=levers,
+                         average=average)
         o, B, D, K, dt = self.ops, self.B, net.sizes[0], self.K, self.dtype
         self.capture, self.replay = capture, None
         self.n_full = self.n // B                      # batches the graph runs
@@ -57,7 +68,8 @@ class GraphedStep(FusedStep):
                                        o.empty((B,), np.int64))
         self.Xg, self.pixels_g = o.empty((B, D), dt), o.empty((B, D), np.uint8)
         self.Yg = o.empty((K, B), dt)
-        # every training label one-hot, (K, N): a batch's targets are then one gather
+        # every training label's targets (one-hot or smoothed), (K, N): a batch's are then
+        # one gather
         self.targets = o.empty((K, self.n), dt)
         o.copy_(self.targets, o.take(self.eye, labels).T)
         self.lr_now = o.empty((1,), dt)
@@ -132,6 +144,8 @@ class GraphedStep(FusedStep):
         state = [self.params_flat, self.k, self.losses]
         if self.momentum:
             state.append(self.velocity_flat)
+        if self.average_flat is not None:
+            state.append(self.average_flat)
         saved = [o.clone(a) for a in state]
         try:
             replay = self.capture(self._graph_step)
