@@ -20,6 +20,10 @@ The batch losses stay on the device and are read a window of SYNC_EVERY batches 
 at epoch ends, checkpoints and stop requests): one synchronisation per window instead of one per
 batch. Callbacks see every batch and its loss, a window late.
 
+Training's levers (anynet.levers): the steps apply dropout, label smoothing and the EMA of the
+weights; the loop takes the SWA's snapshot at each epoch's end, and reports, checkpoints and
+returns the averaged weights beside the trained ones (`TrainState.average`).
+
 Divergence: a batch loss that is not finite, or above DIVERGENCE_LOSS, stops training with a
 `DivergenceError` when its window is read, naming the batch and the window, and leaving the last
 checkpoint as it was (checkpoints are only written after a window is read and judged). The bound
@@ -38,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from anynet import evaluation
+from anynet import evaluation, levers
 from anynet.backend import Backend, get_backend, is_named, parse_spec
 from anynet.batches import check_classes
 from anynet.callbacks import Callback, ConsoleReporter, StopOnSignals  # noqa: F401 (re-exported)
@@ -66,7 +70,8 @@ class TrainState:
     shuffling Generator's state before it drew the current epoch's permutation (at an epoch's
     end: before the next epoch's), so that permutation can be drawn again; `loss_sum` sums the
     current epoch's batch losses so far. `extra` holds entries the caller adds to every
-    checkpoint's record (the command line records the run's output path there).
+    checkpoint's record (the command line records the run's output path there). `average`: the
+    weight averaging's state ({} without one): the EMA's m, or the SWA's mean so far.
     """
 
     params: dict
@@ -77,6 +82,7 @@ class TrainState:
     rng_state: dict | None = None
     loss_sum: float = 0.0
     history: list[dict] = field(default_factory=list)
+    average: dict = field(default_factory=dict)
 
     def record(self, config: TrainConfig, data_sha256: dict, extra: dict | None = None) -> dict:
         return {**(extra or {}), "config": config.to_dict(), "epoch": self.epoch,
@@ -86,7 +92,9 @@ class TrainState:
 
 @dataclass
 class FitResult:
-    """How `fit` ended ("finished" or "stopped"), the network, and the final state."""
+    """How `fit` ended ("finished" or "stopped"), the network, and the final state. `net` is
+    the network the run reports: its averaged weights where the config averages them (and an
+    average has begun), else the trained ones (`state.params` holds those in any case)."""
 
     status: str
     net: TwoLayerNet
@@ -160,6 +168,7 @@ class Trainer:
         self.backend = get_backend(backend if backend is not None else config.backend)
         self.optimizer = SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                              weight_decay=config.weight_decay)
+        self.levers = levers.Levers.from_config(config)
         self.n_train = int(train_images.shape[0])
         if self.n_train == 0:
             raise ValueError("no training examples")
@@ -191,13 +200,22 @@ class Trainer:
         net = TwoLayerNet(n_in=self.n_in, n_hidden=self.config.hidden, n_out=self.n_classes,
                           backend=self.backend,
                           dtype=self.config.dtype, seed=self.config.seed)
-        return TrainState(params=net.params, velocity=self.optimizer.init(net.params))
+        return TrainState(params=net.params, velocity=self.optimizer.init(net.params),
+                          average=levers.initial_average(self.config, net.params))
 
-    def state_from_checkpoint(self, params: dict, velocity: dict, record: dict) -> TrainState:
+    def state_from_checkpoint(self, params: dict, velocity: dict, record: dict,
+                              average: dict | None = None) -> TrainState:
         """The state a checkpoint (`anynet.modelio.load_checkpoint`, which checked every field)
-        holds, on this trainer's backend. Its position must fit this data: a batch within an
-        epoch of `n_batches`, and step = epoch * n_batches + batch."""
+        holds, on this trainer's backend; `average`, its averaged weights (the `average` of
+        what load_checkpoint returns) where the config averages them. Its position must fit
+        this data: a batch within an epoch of `n_batches`, and step = epoch * n_batches +
+        batch."""
         epoch, batch, step = record["epoch"], record["batch"], record["step"]
+        kind, _ = self.config.averaging()
+        if (kind == "ema" or levers.swa_count(self.config, epoch) > 0) and not average:
+            raise ModelFileError(f"the checkpoint's run averages its weights (average "
+                                 f"{self.config.average}): resume with the averaged weights it "
+                                 "holds (anynet.modelio.load_checkpoint(...).average)")
         D, K = params["W1"].shape[0], params["W2"].shape[1]
         # K inferred from the labels seen (no n_classes given) only says how many at least
         fits = K == self.n_classes or (not self._classes_given and K > self.n_classes)
@@ -219,6 +237,7 @@ class Trainer:
             epoch=int(record["epoch"]), batch=int(record["batch"]), step=int(record["step"]),
             rng_state=record["rng_state"], loss_sum=float(record.get("loss_sum", 0.0)),
             history=list(record["history"]),
+            average={k: b.asarray(v) for k, v in (average or {}).items()},
         )
 
     def write_checkpoint(self, state: TrainState) -> None:
@@ -227,7 +246,8 @@ class Trainer:
         host = self.backend.to_numpy
         save_checkpoint(self.checkpoint_path, {k: host(v) for k, v in state.params.items()},
                         {k: host(v) for k, v in state.velocity.items()},
-                        state.record(self.config, self.data_sha256, self.record_extra))
+                        state.record(self.config, self.data_sha256, self.record_extra),
+                        average={k: host(v) for k, v in state.average.items()})
         for cb in self.callbacks:
             cb.on_checkpoint(self.checkpoint_path, state)
 
@@ -246,7 +266,7 @@ class Trainer:
             distorter = Distorter(distortion, b, seed=cfg.seed, dtype=cfg.dtype)
         step = make_train_step(net, self.optimizer, self.train_images, self.train_labels,
                                cfg.batch_size, state.velocity, fast=self.fast,
-                               distorter=distorter)
+                               distorter=distorter, levers=self.levers, average=state.average)
         rng = np.random.default_rng([cfg.seed, 1])  # the shuffling stream, apart from the init's
         for cb in self.callbacks:
             cb.on_train_begin(self, state)
@@ -273,6 +293,8 @@ class Trainer:
             while state.batch < self.n_batches:
                 window.append(step(state.batch, self.schedule(state.step)))
                 state.params, state.velocity = step.params, step.velocity
+                if self.levers.ema:
+                    state.average = step.average
                 state.batch += 1
                 state.step += 1
                 if len(window) == SYNC_EVERY or state.batch == self.n_batches \
@@ -281,19 +303,40 @@ class Trainer:
                     window = []
                 if self._stop_reason and state.batch < self.n_batches:
                     self.write_checkpoint(state)
-                    return FitResult("stopped", net, state, self._stop_reason)
+                    return FitResult("stopped", self.reported_net(net, state), state,
+                                     self._stop_reason)
                 # (a stop asked for during the last batch lets the epoch end, and stops there)
-            seconds = time.perf_counter() - started
-            metrics = self._epoch_metrics(net, state, seconds)
-            state.history.append(metrics)
-            state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
-            state.rng_state = rng.bit_generator.state  # the next epoch draws from here
-            self.write_checkpoint(state)
-            for cb in self.callbacks:
-                cb.on_epoch_end(state.epoch - 1, metrics)
+            self._end_epoch(net, state, rng, time.perf_counter() - started)
             if self._stop_reason and state.epoch < self.config.epochs:  # else: finished
-                return FitResult("stopped", net, state, self._stop_reason)
-        return FitResult("finished", net, state)
+                return FitResult("stopped", self.reported_net(net, state), state,
+                                 self._stop_reason)
+        return FitResult("finished", self.reported_net(net, state), state)
+
+    def _end_epoch(self, net: TwoLayerNet, state: TrainState, rng: np.random.Generator,
+                   seconds: float) -> None:
+        """The SWA's snapshot (where the config takes one now), the epoch's metrics of the
+        reported network, the state moved to the next epoch, its checkpoint, the callbacks."""
+        n = levers.swa_count(self.config, state.epoch + 1)
+        if n:
+            state.average = levers.swa_update(state.average, state.params, n)
+        metrics = self._epoch_metrics(self.reported_net(net, state, state.epoch + 1), state,
+                                      seconds)
+        state.history.append(metrics)
+        state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
+        state.rng_state = rng.bit_generator.state  # the next epoch draws from here
+        self.write_checkpoint(state)
+        for cb in self.callbacks:
+            cb.on_epoch_end(state.epoch - 1, metrics)
+
+    def reported_net(self, net: TwoLayerNet, state: TrainState,
+                     epochs_done: int | None = None) -> TwoLayerNet:
+        """The network the run reports and saves after `epochs_done` epochs (default: the
+        state's): `net` (the trained weights), or one holding the averaged weights where the
+        config averages them and an average has begun."""
+        done = state.epoch if epochs_done is None else epochs_done
+        averaged = levers.reported_params(self.config, state.average, done, state.step)
+        return net if averaged is None else TwoLayerNet.from_params(averaged,
+                                                                    backend=net.backend)
 
     def _epoch_metrics(self, net: TwoLayerNet, state: TrainState, seconds: float) -> dict:
         sample = min(self.n_train, TRAIN_ACCURACY_SAMPLE)

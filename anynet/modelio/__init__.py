@@ -4,7 +4,8 @@ A model file holds the arrays W1 (D, H), b1 (H,), W2 (H, K), b2 (K,) and an entr
 JSON document with the format name and version, the anynet version, the architecture, every
 hyperparameter, the seed, backend and dtype, the SHA-256 of the data trained on, and the final
 metrics. A checkpoint ("anynet-checkpoint") holds the same parameters plus the optimizer's
-velocities (`velocity.W1`, ...) and, in its record, the position in training (epoch, batch, step),
+velocities (`velocity.W1`, ...), the averaged weights where the run averages them
+(`average.W1`, ...) and, in its record, the position in training (epoch, batch, step),
 the shuffling RNG's state, and the metrics so far: everything `anynet train --resume` needs.
 
 Files are written atomically. Reading trusts nothing in the file: only a regular file is opened;
@@ -49,6 +50,7 @@ MODEL_FORMAT = "anynet-model"
 CHECKPOINT_FORMAT = "anynet-checkpoint"
 FORMAT_VERSION = 1
 VELOCITY_PREFIX = "velocity."
+AVERAGE_PREFIX = "average."  # a checkpoint's averaged weights (anynet.levers), where it has them
 
 # Limits on what a file may ask of the reader. Each is far above anything anynet writes, and
 # low enough that a hostile or damaged file costs at most a few seconds and ~1 GB. (The limits
@@ -144,9 +146,9 @@ def _read_arrays(zf: zipfile.ZipFile, names: list[str]) -> dict[str, np.ndarray]
         for name in present:
             members[name] = open_npy_member(zf, name + ".npy")
             _check_param_header(name, members[name].header.dtype, members[name].header.shape)
-        groups: dict[bool, list[str]] = {}
+        groups: dict[str, list[str]] = {}  # the parameters, velocities, averages: each its own
         for name in present:
-            groups.setdefault(name.startswith(VELOCITY_PREFIX), []).append(name)
+            groups.setdefault(name.rpartition(".")[0], []).append(name)
         for group in groups.values():
             _check_total(sum(math.prod(members[n].header.shape) for n in group))
         arrays = {}
@@ -307,7 +309,7 @@ def load_model(path: str | Path, *, backend: Any = "numpy") -> tuple[TwoLayerNet
 
 
 
-from anynet.modelio.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from anynet.modelio.checkpoints import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from anynet.modelio.safetensors_file import (  # noqa: E402
     SAFETENSORS_SUFFIX,
     _read_safetensors,
@@ -315,7 +317,8 @@ from anynet.modelio.safetensors_file import (  # noqa: E402
 )
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "FORMAT_VERSION", "MAX_METADATA_CHARS", "MAX_PARAM_ELEMENTS",
-    "MODEL_FORMAT", "SAFETENSORS_SUFFIX", "VELOCITY_PREFIX", "ModelFileError", "load_checkpoint",
+    "AVERAGE_PREFIX", "CHECKPOINT_FORMAT", "FORMAT_VERSION", "MAX_METADATA_CHARS",
+    "MAX_PARAM_ELEMENTS", "MODEL_FORMAT", "SAFETENSORS_SUFFIX", "VELOCITY_PREFIX", "Checkpoint",
+    "ModelFileError", "load_checkpoint",
     "load_model", "model_record", "save_checkpoint", "save_model", "save_model_safetensors",
 ]
