@@ -59,32 +59,54 @@ def chunk_rows(batch_size: int) -> int:
     return max(1, CHUNK_ROWS // batch_size) * batch_size
 
 
-class DistortedBatches:
-    """The batches of an epoch with distorted images (`anynet.augment.Distorter`), for the
-    steps that otherwise gather a batch at a time: rows are gathered, converted and distorted a
-    chunk at a time, with the Distorter's key (epoch, chunk) as `FusedStep` uses, so every step
-    trains on the same distorted images, and a resumed run redraws what it would have drawn."""
+class ChunkedBatches:
+    """The batches of an epoch made a chunk at a time, for the steps that otherwise gather a
+    batch at a time, where something is drawn per chunk: distorted images
+    (`anynet.augment.Distorter`) or dropout masks (`anynet.levers.Levers`). A chunk's rows are
+    gathered, converted, distorted and input-dropped at once, each drawn with the key
+    (epoch, chunk) as `FusedStep` draws them, so every step trains on the same inputs and masks,
+    and a resumed run redraws what it would have drawn."""
 
-    def __init__(self, distorter, images, labels, batch_size: int, dtype):
+    def __init__(self, net, images, labels, batch_size: int, *, distorter=None, levers=None):
+        """`net`: the `TwoLayerNet` trained (its backend, dtype and hidden width)."""
         self.distorter, self.images, self.labels = distorter, images, labels
-        self.B, self.R, self.dtype = batch_size, chunk_rows(batch_size), dtype
+        self.backend, self.levers, self.H = net.backend, levers, net.sizes[1]
+        self.host_dtype, self.dtype = net.dtype, net.backend.dtype(net.dtype)
+        self.B, self.R = batch_size, chunk_rows(batch_size)
         self.epoch, self.chunk = 0, -1
         self.perm: Any = None  # the epoch's order on the device, from begin_epoch
-        self.X: Any = None  # the current chunk's distorted images (R, D) and labels (R,)
+        self.X: Any = None  # the current chunk's inputs (R, D), labels (R,), hidden-unit masks
         self.t: Any = None
+        self.Mh: Any = None
 
     def begin_epoch(self, perm, epoch: int) -> None:
         self.perm, self.epoch, self.chunk = perm, epoch, -1
 
     def batch(self, batch: int) -> tuple:
-        """(X (b, D) floats, t (b,)) of batch `batch`."""
+        """(X (b, D) floats, t (b,), the hidden units' dropout mask (b, H) or None) of batch
+        `batch`."""
         xp, R, B = array_namespace(self.perm), self.R, self.B
         chunk, start = divmod(batch * B, R)
         if chunk != self.chunk:
-            idx = self.perm[chunk * R:min((chunk + 1) * R, self.perm.shape[0])]
-            X = pixels_to_inputs(xp.take(self.images, idx, axis=0), self.dtype)
-            self.X = self.distorter(X, (self.epoch, chunk))
-            self.t = xp.take(self.labels, idx, axis=0)
-            self.chunk = chunk
+            self._load(xp, chunk)
         end = min(start + B, self.X.shape[0])
-        return self.X[start:end, ...], self.t[start:end]
+        Mh = None if self.Mh is None else self.Mh[start:end, ...]
+        return self.X[start:end, ...], self.t[start:end], Mh
+
+    def _load(self, xp, chunk: int) -> None:
+        R = self.R
+        idx = self.perm[chunk * R:min((chunk + 1) * R, self.perm.shape[0])]
+        X = pixels_to_inputs(xp.take(self.images, idx, axis=0), self.dtype)
+        if self.distorter is not None:
+            X = self.distorter(X, (self.epoch, chunk))
+        self.Mh = None
+        if self.levers is not None and self.levers.masks:
+            n, D = X.shape
+            Mx, Mh = self.levers.draw_masks((self.epoch, chunk), n, D, self.H,
+                                            self.host_dtype)
+            if Mx is not None:
+                X = X * self.backend.asarray(Mx)
+            if Mh is not None:
+                self.Mh = self.backend.asarray(Mh)
+        self.X, self.t = X, xp.take(self.labels, idx, axis=0)
+        self.chunk = chunk

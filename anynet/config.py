@@ -53,6 +53,12 @@ class TrainConfig:
     shift: float = 2.0          # pixels either way
     alpha: float = 34.0         # elastic strength, pixels (Simard 2003)
     sigma: float = 4.0          # elastic smoothness, pixels (Simard 2003)
+    # training levers (anynet.levers, docs/tuning.md): all off by default, so the defaults
+    # train the assignment's network exactly as before they existed
+    dropout: float = 0.0        # probability that a hidden unit is dropped in a training step
+    input_dropout: float = 0.0  # probability that an input pixel is dropped in a training step
+    label_smoothing: float = 0.0  # eps: targets (1 - eps) one_hot + eps / K
+    average: str = "none"       # none, ema:DECAY or swa:START_EPOCH: the weights reported, saved
 
     def __post_init__(self):
         """Check every field (ValueError naming the first bad one); NumPy scalars become the
@@ -72,6 +78,9 @@ class TrainConfig:
         if not (isinstance(values["backend"], str) and values["backend"]):
             raise ValueError(f"backend must be a backend's name, "
                              f"got {short_repr(values['backend'])}")
+        for name in LEVER_LIMITS:
+            values[name] = check_lever(name, values[name])
+        values["average"] = canonical_average(values["average"], values["epochs"])
         for name, value in values.items():
             object.__setattr__(self, name, value)
         _check_costs(self)
@@ -84,6 +93,11 @@ class TrainConfig:
         return Distortion(kind=self.augment, rotate=self.rotate, scale=self.scale,
                           shear=self.shear, shift=self.shift, alpha=self.alpha,
                           sigma=self.sigma)
+
+    def averaging(self) -> tuple[str, float | int | None]:
+        """The weight averaging `average` names: ("none", None), ("ema", decay) or
+        ("swa", first epoch averaged, 1-based)."""
+        return parse_average(self.average)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,7 +114,9 @@ class TrainConfig:
         hidden, epochs, batch_size >= 1; lr > 0; 0 <= momentum < 1; nesterov only with momentum;
         weight_decay >= 0; floats finite; seed, val_size >= 0; schedule, dtype one of their
         choices; backend a name; the distortion fields as `anynet.augment.Distortion` checks
-        them. Raises ValueError naming the first bad field.
+        them; dropout, input_dropout, label_smoothing within LEVER_LIMITS; average as
+        `parse_average` reads it, an SWA starting at an epoch the run reaches. Raises
+        ValueError naming the first bad field.
         """
         if not isinstance(values, dict):
             raise ValueError(f"the config must be a mapping of field names to values, got "
@@ -122,6 +138,69 @@ def check_sgd(values: dict[str, Any]) -> None:
         raise ValueError(f"nesterov must be true or false, got {short_repr(values['nesterov'])}")
     if values["nesterov"] and values["momentum"] == 0:
         raise ValueError("nesterov needs momentum > 0 (it is a kind of momentum)")
+
+
+# The levers' ranges, each written once (TrainConfig checks its fields against this table, the
+# command line's options too): field -> (highest, meaning); 0, the lowest, turns the lever off.
+# Dropout at p scales the kept units by 1 / (1 - p): 20 at 0.95, beyond which a step's signal
+# is a few units blown up twenty-fold. Label smoothing that helps is about 0.1 (Szegedy et al.
+# 2016); at 0.5 half of each target is already spread over the classes.
+LEVER_LIMITS = {
+    "dropout": (0.95, "the probability that a hidden unit is dropped"),
+    "input_dropout": (0.95, "the probability that an input pixel is dropped"),
+    "label_smoothing": (0.5, "the share of each target spread evenly over the classes"),
+}
+LEVER_FIELDS = (*LEVER_LIMITS, "average")  # every lever's field, each off by default
+# An EMA with decay d averages over about 1 / (1 - d) steps: at most a million (hundreds of
+# MNIST epochs), far beyond use, and 1 - d stays far from rounding to 0.
+MAX_EMA_DECAY = 0.999999
+AVERAGE_FORMS = (f"none, ema:DECAY (0 < DECAY <= {MAX_EMA_DECAY}) or swa:START (an epoch, "
+                 "1 <= START <= epochs)")
+
+
+def check_lever(name: str, value: Any) -> float:
+    """`value` as lever `name` (a field of LEVER_LIMITS), a float in [0, highest]; ValueError
+    naming the field, its range and meaning otherwise."""
+    highest, meaning = LEVER_LIMITS[name]
+    value = _python_scalar(value)
+    if not (type(value) in (int, float) and math.isfinite(value) and 0 <= value <= highest):
+        raise ValueError(f"{name} must be a number in [0, {highest:g}] ({meaning}), got "
+                         f"{short_repr(value)}")
+    return float(value)
+
+
+def parse_average(text: Any) -> tuple[str, float | int | None]:
+    """The weight averaging named by `text`: "none" -> ("none", None); "ema:DECAY" ->
+    ("ema", DECAY), 0 < DECAY <= MAX_EMA_DECAY; "swa:START" -> ("swa", START), an integer
+    >= 1. ValueError saying what is accepted otherwise."""
+    problem = f"average must be {AVERAGE_FORMS}, got {short_repr(text)}"
+    if not isinstance(text, str):
+        raise ValueError(problem)
+    kind, sep, value = text.strip().partition(":")
+    if kind == "none" and not sep:
+        return "none", None
+    try:
+        if kind == "ema":
+            decay = float(value)
+            if math.isfinite(decay) and 0 < decay <= MAX_EMA_DECAY:
+                return "ema", decay
+        elif kind == "swa":
+            start = int(value)
+            if start >= 1:
+                return "swa", start
+    except ValueError:
+        pass
+    raise ValueError(problem)
+
+
+def canonical_average(text: Any, epochs: int) -> str:
+    """`text` checked (`parse_average`) and written one way ("ema:0.999", "swa:20"), so that the
+    same averaging always compares equal; an SWA must start at an epoch the run reaches."""
+    kind, value = parse_average(text)
+    if kind == "swa" and value is not None and type(epochs) is int and value > epochs:
+        raise ValueError(f"average swa:{value} starts after the last epoch ({epochs}); start it "
+                         f"at an epoch from 1 to {epochs}")
+    return kind if value is None else f"{kind}:{value!r}"
 
 
 def _python_scalar(value):

@@ -100,14 +100,19 @@ def train_model(config: TrainConfig, train_images: np.ndarray, train_labels: np.
     test: (images, labels) to score the finished network on. data: what the record says of the
     data (`describe_data`); the numbers of training and validation examples are added.
     resume: a `TrainState` to continue from, or a checkpoint as
-    `anynet.modelio.load_checkpoint` returns it (params, velocity, record). record: entries the
+    `anynet.modelio.load_checkpoint` returns it (params, velocity, record, with the averaged
+    weights as `.average` where the run averages them). record: entries the
     model record adds (threads, recipe). trainer_options: `Trainer`'s keywords (backend,
     checkpoint_path, callbacks, data_sha256, record_extra, fast, n_classes).
     Raises DivergenceError when the loss or the weights blow up.
     """
     trainer = Trainer(config, train_images, train_labels, val_images, val_labels,
                       **trainer_options)
-    state = trainer.state_from_checkpoint(*resume) if isinstance(resume, tuple) else resume
+    state = resume if isinstance(resume, TrainState) else None
+    if isinstance(resume, tuple):
+        params, velocity, checkpoint_record = resume
+        state = trainer.state_from_checkpoint(params, velocity, checkpoint_record,
+                                              average=getattr(resume, "average", None))
     # a run that blows up is judged from its losses and weights, not warned about by NumPy
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         result = trainer.fit(resume=state)

@@ -20,6 +20,12 @@ and its gradients, by the chain rule (Y = one_hot(t)):
     dZ1 = dA1 * relu'(Z1)     (N, H)
     dW1 = X.T @ dZ1           (D, H)     db1 = sum_i dZ1[i]   (H,)
 
+Two training levers change a step and nothing at evaluation (anynet.levers draws their masks):
+    dropout          A1' = A1 * M (M = keep / (1 - p), keep 0 or 1), Z2 = A1' @ W2 + b2,
+                     dA1 = (dZ2 @ W2.T) * M;  on the inputs X' = X * M_x the same way
+    label smoothing  T = (1 - eps) Y + eps / K,  J = -mean_i sum_k T[i, k] log P[i, k],
+                     dZ2 = (P - T) / N
+
 Every function takes arrays of any Array API library and answers in the same library; it finds
 the namespace with `array_api_compat.array_namespace` and uses only the standard. These functions
 never print, never update parameters, and never move data between devices.
@@ -84,6 +90,26 @@ def relu_backward(dA: Array, Z: Array) -> Array:
     return xp.where(Z > 0, dA, xp.zeros_like(dA))
 
 
+# --- dropout -----------------------------------------------------------------------------------
+
+def dropout(A: Array, M: Array) -> Array:
+    """Inverted dropout with a given mask, elementwise: A' = A * M.
+
+    A (N, n) activations (the hidden units, or the inputs), M (N, n) the scaled mask
+    M = keep / (1 - p): keep[i, j] is 1 (unit j of example i kept) with probability 1 - p and 0
+    (dropped) with probability p, drawn for each training step (`anynet.levers.draw_masks`).
+    The kept units are scaled up by 1 / (1 - p) so that E[A'] = A: evaluation then uses the
+    plain network, with no mask and no rescaling.
+    """
+    return A * M
+
+
+def dropout_backward(dA_out: Array, M: Array) -> Array:
+    """Chain rule through `dropout`: dA = dA' * M. A dropped unit passes no gradient, a kept
+    one its gradient times 1 / (1 - p). dA_out (N, n), M (N, n) the forward's mask."""
+    return dA_out * M
+
+
 # --- softmax and cross-entropy -----------------------------------------------------------------
 
 def softmax(Z: Array) -> Array:
@@ -130,6 +156,19 @@ def _on_device_of(x: Array) -> dict:
         return {}
 
 
+def smoothed_targets(labels: Array, num_classes: int, smoothing: float = 0.0,
+                     dtype: Any = None) -> Array:
+    """Label-smoothed targets: T = (1 - eps) Y + eps / K, Y = one_hot(labels), eps = smoothing.
+
+    labels (N,) -> T (N, K) of `dtype` (default float64), each row summing to 1: the label gets
+    1 - eps + eps / K, every other class eps / K. eps = 0 gives one_hot's Y itself.
+    """
+    Y = one_hot(labels, num_classes, dtype)
+    if smoothing == 0:
+        return Y
+    return (1 - smoothing) * Y + smoothing / num_classes
+
+
 def cross_entropy(P: Array, labels: Array) -> Array:
     """Mean cross-entropy of probabilities: J = -(1/N) sum_i log P[i, t_i].
 
@@ -142,38 +181,45 @@ def cross_entropy(P: Array, labels: Array) -> Array:
     return -xp.mean(xp.log(picked))
 
 
-def softmax_cross_entropy(Z: Array, labels: Array) -> Array:
+def softmax_cross_entropy(Z: Array, labels: Array, smoothing: float = 0.0) -> Array:
     """Mean cross-entropy of softmax(Z), computed stably from the logits:
 
-        J = -(1/N) sum_i log_softmax(Z)[i, t_i].
+        J = -(1/N) sum_i log_softmax(Z)[i, t_i],  or with label smoothing eps
+        J = -(1/N) sum_i sum_k T[i, k] log_softmax(Z)[i, k],  T = smoothed_targets(t, K, eps).
 
     Z (N, K) logits, labels (N,) integer classes -> J, a 0-d array. Finite for any finite Z.
     """
     xp = array_namespace(Z, labels)
-    return -xp.mean(xp.sum(log_softmax(Z) * one_hot(labels, Z.shape[-1], Z.dtype), axis=-1))
+    T = smoothed_targets(labels, Z.shape[-1], smoothing, Z.dtype)
+    return -xp.mean(xp.sum(log_softmax(Z) * T, axis=-1))
 
 
-def softmax_cross_entropy_forward(Z: Array, labels: Array) -> tuple[Array, Array]:
+def softmax_cross_entropy_forward(Z: Array, labels: Array,
+                                  smoothing: float = 0.0) -> tuple[Array, Array]:
     """The loss and what its backward needs, from one log-softmax:
 
-        log P = log_softmax(Z),   J = -(1/N) sum_i log P[i, t_i],   P = exp(log P).
+        log P = log_softmax(Z),   J = -(1/N) sum_i sum_k T[i, k] log P[i, k],   P = exp(log P),
 
-    Z (N, K) logits, labels (N,) -> (J a 0-d array, P (N, K)). The softmax is computed once per
-    step: the probabilities for `softmax_cross_entropy_grad` come from the same log-sum-exp as
-    the loss, so J stays finite for any finite Z.
+    T the targets: one_hot(t) (J = -(1/N) sum_i log P[i, t_i]), or with label smoothing eps
+    `smoothed_targets(t, K, eps)`. Z (N, K) logits, labels (N,) -> (J a 0-d array, P (N, K)).
+    The softmax is computed once per step: the probabilities for `softmax_cross_entropy_grad`
+    come from the same log-sum-exp as the loss, so J stays finite for any finite Z.
     """
     xp = array_namespace(Z, labels)
     log_P = log_softmax(Z)
-    J = -xp.mean(xp.sum(log_P * one_hot(labels, Z.shape[-1], Z.dtype), axis=-1))
+    T = smoothed_targets(labels, Z.shape[-1], smoothing, Z.dtype)
+    J = -xp.mean(xp.sum(log_P * T, axis=-1))
     return J, xp.exp(log_P)
 
 
-def softmax_cross_entropy_grad(P: Array, labels: Array) -> Array:
+def softmax_cross_entropy_grad(P: Array, labels: Array, smoothing: float = 0.0) -> Array:
     """The backward of `softmax_cross_entropy_forward`: the gradient of the mean softmax
-    cross-entropy with respect to the logits, dZ = (P - Y) / N.
+    cross-entropy with respect to the logits, dZ = (P - T) / N (T = Y = one_hot(t) without
+    label smoothing; `smoothed_targets(t, K, eps)` with it).
 
-    Why so simple: with log P[i, t] = Z[i, t] - logsumexp(Z[i]), the derivative of -log P[i, t]
-    by Z[i, k] is softmax(Z[i])_k - [k == t] = P[i, k] - Y[i, k]; the mean divides by N.
+    Why so simple: with log P[i, k] = Z[i, k] - logsumexp(Z[i]), the derivative of
+    -sum_j T[i, j] log P[i, j] by Z[i, k] is -T[i, k] + P[i, k] sum_j T[i, j] = P[i, k] - T[i, k],
+    as every row of T sums to 1; the mean divides by N.
     P (N, K) = softmax(Z), labels (N,) -> dZ (N, K). N may be unknown until run (a traced graph,
     such as ndonnx's symbolic batch): then it is counted, as a sum of ones.
     """
@@ -181,7 +227,7 @@ def softmax_cross_entropy_grad(P: Array, labels: Array) -> Array:
     if N is None:
         xp = array_namespace(P, labels)
         N = xp.sum(xp.ones_like(labels, dtype=P.dtype))
-    return (P - one_hot(labels, K, P.dtype)) / N
+    return (P - smoothed_targets(labels, K, smoothing, P.dtype)) / N
 
 
 def accuracy(Z_or_P: Array, labels: Array) -> float | Array:

@@ -1,8 +1,8 @@
-"""The fast training steps: `FusedStep` (the reference step's math as a few large in-place
-operations over the seam's primitives, `Backend.fused_ops`) and `GraphedStep` (the fused step
-recorded once as a CUDA graph and replayed, where the backend captures one: PyTorch on CUDA).
-anynet.steps' docstring tells how they rearrange the math and where each runs; tests hold them
-equal to the reference step (anynet.steps.ArrayAPIStep) on every backend."""
+"""The fused training step: `FusedStep`, the reference step's math (training's levers included:
+dropout, label smoothing, the EMA of the weights) as a few large in-place operations over the
+seam's primitives (`Backend.fused_ops`). anynet.graphed records it as a CUDA graph. anynet.steps'
+docstring tells how it rearranges the math and where it runs; tests hold it equal to the
+reference step (anynet.steps.ArrayAPIStep) on every backend."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from anynet.batches import check_batch, check_labels, check_permutation, chunk_rows
+from anynet.levers import Levers
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
 
@@ -21,11 +22,19 @@ class FusedStep:
     Written once over a small set of in-place primitives (`Backend.fused_ops`). Takes over
     `net.params`: they become the step's own arrays (W2, b2 views into [W2; b2]), updated in
     place, so `net` always holds the current parameters. With momentum, `velocity` (the
-    optimizer's state, zeros or a checkpoint's) is taken over the same way.
+    optimizer's state, zeros or a checkpoint's) is taken over the same way, and with an EMA of
+    the weights (`levers.ema`) its m, `average` (zeros or a checkpoint's).
+
+    The levers (`anynet.levers.Levers`): label smoothing is in the targets Y, which are rows of
+    a smoothed identity; dropout's masks are drawn on the host for a chunk and uploaded into
+    buffers of their own (the inputs' mask is applied to the chunk as it is loaded, the hidden
+    units' in each step, forward and backward: one multiply each); the EMA is one pass over
+    every parameter at the end of the step (`FusedOps.ema_`).
     """
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict | None = None, distorter=None):
+                 velocity: dict | None = None, distorter=None, *, levers: Levers | None = None,
+                 average: dict | None = None):
         self.ops = ops = net.backend.fused_ops()
         if ops is None:
             raise ValueError(f"the fused step needs in-place arrays; {net.backend.name} has none")
@@ -39,7 +48,7 @@ class FusedStep:
         self.n_batches = -(-self.n // batch_size)
         self.B, self.H, self.K, self.dtype = batch_size, H, K, dtype
         self.batches_per_chunk = chunk_rows(batch_size) // batch_size
-        self.distorter, self.epoch = distorter, 0
+        self.distorter, self.epoch, self.levers = distorter, 0, levers or Levers()
 
         p = {k: net.backend.to_numpy(v) for k, v in net.params.items()}
         # [W1 | b1 | W2a], W2a = [W2; b2] (H+1, K): one buffer, the parameters views into it
@@ -57,15 +66,19 @@ class FusedStep:
             ops, dtype, {k: np.zeros_like(v) for k, v in p.items()})
         # [b1 | W2a], the small parameters, and their gradients: flat[D H:]
         self.params_rest, self.grads_rest = self.params_flat[D * H:], self.grads_flat[D * H:]
-        self.eye = ops.host(np.eye(K), dtype)
+        eps = self.levers.label_smoothing     # a label's targets: one-hot, or smoothed
+        self.eye = ops.host(np.eye(K) * (1 - eps) + eps / K if eps else np.eye(K), dtype)
+        if self.momentum or self.levers.ema:
+            self.tmp = ops.empty(self.params_flat.shape, dtype)
         self._velocity = self._velocity_buffers(velocity, p) if self.momentum else None
+        self._average = self._lever_buffers(average, p, R)
         # each batch's loss, where the step writes it: a batch's holds until the same batch of
         # the next epoch (the Trainer reads every window within its epoch)
         self.losses = ops.empty((self.n_batches,), dtype)
         self._buffer_sets = {}  # b -> (Z1, A1, P, mask, dZ1, m, s); P: logits, probs, then dZ2
         self._buffers(B)  # made here, never inside a capture's warm-up (its pool can be freed)
         # the buffers never move, so each batch's views into them are made once, not per step
-        self._batch_views = [(self.X[j * B:(j + 1) * B], self.Y[j])
+        self._batch_views = [(self.X[j * B:(j + 1) * B], self.Y[j], self._hidden_mask(j * B, B))
                              for j in range(self.batches_per_chunk)]
         self.perm = None
         self.chunk = self.rows_in_chunk = -1
@@ -79,7 +92,6 @@ class FusedStep:
         v = v or {k: np.zeros_like(p[k]) for k in p}
         self.velocity_flat, (self.vW1, self.vb1, self.vW2a) = one_buffer(ops, dtype, v)
         self.velocity_rest = self.velocity_flat[D * H:]
-        self.tmp = ops.empty(self.params_flat.shape, dtype)
         # A velocity whose gradient stays 0 (pixels always blank) decays as mu^t into the
         # subnormal floats, where x86 arithmetic takes ~100x as long (measured: NumPy at
         # H = 800 with momentum 0.9 and no weight decay, 4% of W1's velocity subnormal, an
@@ -91,6 +103,25 @@ class FusedStep:
         self.tiny = float(finfo.tiny) * 2.0 ** 24
         self.flush_every = max(1, int(24 * np.log(2) / -np.log(self.momentum)))
         return {"W1": self.vW1, "b1": self.vb1, "W2": self.vW2a[:H], "b2": self.vW2a[H]}
+
+    def _lever_buffers(self, average: dict | None, p: dict, R: int) -> dict | None:
+        """Room for a chunk's dropout masks, and the EMA's m in the parameters' layout (one
+        buffer, from `average` or zeros); returns m by parameter name, views into the buffer
+        (None without an EMA)."""
+        ops, dtype, D, H, lv = self.ops, self.dtype, self.W1.shape[0], self.H, self.levers
+        self.Mx = ops.empty((R, D), dtype) if lv.input_dropout else None
+        self.Mh = ops.empty((R, H), dtype) if lv.dropout else None
+        self.average_flat = None
+        if not lv.ema:
+            return None
+        m = {k: self.net.backend.to_numpy(v) for k, v in (average or {}).items()}
+        m = m or {k: np.zeros_like(p[k]) for k in p}
+        self.average_flat, (aW1, ab1, aW2a) = one_buffer(ops, dtype, m)
+        return {"W1": aW1, "b1": ab1, "W2": aW2a[:H], "b2": aW2a[H]}
+
+    def _hidden_mask(self, start: int, b: int):
+        """The hidden units' dropout mask of the chunk's rows start .. start + b - 1, or None."""
+        return None if self.Mh is None else self.Mh[start:start + b]
 
     def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
                     epoch: int = 0) -> None:
@@ -105,6 +136,14 @@ class FusedStep:
         ops.load_rows(self.images, idx, self.X[:n], 1 / 255, self.pixels[:n])
         if self.distorter is not None:
             ops.copy_(self.X[:n], self.distorter(self.X[:n], (self.epoch, chunk)))
+        if self.levers.masks:  # the chunk's masks, drawn on the host as ChunkedBatches draws
+            Mx, Mh = self.levers.draw_masks((self.epoch, chunk), n, self.X.shape[1], self.H,
+                                            self.dtype)
+            if Mx is not None:
+                ops.upload_(self.Mx[:n], Mx)
+                ops.mul_(self.X[:n], self.Mx[:n])           # X' = X * M_x
+            if Mh is not None:
+                ops.upload_(self.Mh[:n], Mh)
         onehot = ops.take(self.eye, ops.take(self.labels, idx))        # (n, K)
         full = n // B
         self.Y[:full] = onehot[:full * B].reshape(full, B, K).swapaxes(1, 2)
@@ -122,11 +161,12 @@ class FusedStep:
             self.ops.zero_tiny_(self.velocity_flat, self.tiny, self.tmp)
         start, loss = j * self.B, self.losses[batch:batch + 1]
         if start + self.B <= self.rows_in_chunk:
-            X, Y = self._batch_views[j]
-            self._step(X, Y, self._rates(lr, self.B), self.B, loss)
+            X, Y, Mh = self._batch_views[j]
+            self._step(X, Y, self._rates(lr, self.B), self.B, loss, Mh)
         else:
             b = self.rows_in_chunk - start   # the epoch's short last batch
-            self._step(self.X[start:start + b], self.Y[j][:, :b], self._rates(lr, b), b, loss)
+            self._step(self.X[start:start + b], self.Y[j][:, :b], self._rates(lr, b), b, loss,
+                       self._hidden_mask(start, b))
         return self.losses[batch]
 
     def _rates(self, lr: float, b: int) -> Rates:
@@ -155,30 +195,42 @@ class FusedStep:
                                     o.empty((b,), dt), o.empty((b,), dt))
         return self._buffer_sets[b]
 
-    def _step(self, X, Y, rates: Rates, b: int, loss) -> None:
-        """One step on inputs X (b, D) and one-hot targets Y (K, b); `rates` from `_rates`
-        (numbers, or for the CUDA-graph step 1-element device arrays); the batch's loss goes
-        into `loss`, a 1-element array. Every operation is one of the seam's primitives, and
-        writes into memory that already exists: what a CUDA graph can record and replay."""
+    def _step(self, X, Y, rates: Rates, b: int, loss, Mh=None) -> None:
+        """One step on inputs X (b, D) and targets Y (K, b) (one-hot, or label-smoothed);
+        `rates` from `_rates` (numbers, or for the CUDA-graph step 1-element device arrays);
+        the batch's loss goes into `loss`, a 1-element array; `Mh` (b, H): the hidden units'
+        dropout mask, or None. Every operation is one of the seam's primitives, and writes into
+        memory that already exists: what a CUDA graph can record and replay."""
         o, H, W1, b1, W2a = self.ops, self.H, self.W1, self.b1, self.W2a
         Z1, A1, P, mask, dZ1, m, s = self._buffers(b)
-        # forward: Z1 = X W1 + b1, A1 = relu(Z1), logits Z2^T = (A1 W2 + b2)^T in (K, N)
+        # forward: Z1 = X W1 + b1, A1 = relu(Z1) (* M), logits Z2^T = (A1 W2 + b2)^T in (K, N)
         o.mm(X, W1, out=Z1)
         o.bias_relu_(Z1, b1, A1[:, :H])
+        if Mh is not None:
+            o.mul_(A1[:, :H], Mh)
         o.mm(W2a.T, A1.T, out=P)
-        # softmax over classes (axis 0), stably; loss = mean(log sum exp - z_target);
+        # softmax over classes (axis 0), stably; loss = mean(log sum exp - sum_k Y_k z_k);
         # dZ2 = c (softmax(P) - Y), c = lr / N: for plain SGD the learning rate rides on this
         # small array; with momentum the velocity sums gradients, so c = 1 / N
         o.softmax_xent_(P, Y, rates.c, m, s, loss)
         # backward: dW2a = A1^T dZ2; dA1 = dZ2 W2^T (before W2 changes); dZ1 = dA1 * relu'(Z1)
         o.mm(A1.T, P.T, out=self.dW2a)
         o.mm(P.T, W2a[:H].T, out=dZ1)
+        if Mh is not None:
+            o.mul_(dZ1, Mh)                            # dA1 = (dZ2 W2^T) * M
         o.relu_backward_(dZ1, Z1, mask)
         o.colsum(dZ1, out=self.db1)
         if self.momentum:
             self._momentum_update(X, dZ1, rates)
-            return
-        # update, weight decay as in SGD.step: p <- p - lr * (g + wd * p), every parameter at once
+        else:
+            self._plain_update(X, dZ1, rates)
+        if self.average_flat is not None:              # m <- decay m + (1 - decay) p
+            o.ema_(self.average_flat, self.params_flat, self.levers.ema, self.tmp)
+
+    def _plain_update(self, X, dZ1, rates: Rates) -> None:
+        """SGD.step without momentum, weight decay as in SGD.step: p <- p - lr * (g + wd * p),
+        every parameter at once, the learning rate already inside dZ1 and dW2a."""
+        o, W1 = self.ops, self.W1
         if self.wd:
             o.mul_(self.params_flat, rates.decay)
         o.sub_mm_(W1, X.T, dZ1, self.dW1)              # W1 -= X^T dZ1 (lr already inside)
@@ -222,6 +274,11 @@ class FusedStep:
     def velocity(self) -> dict:
         return self._velocity if self._velocity is not None else {}
 
+    @property
+    def average(self) -> dict:
+        """The EMA's m by parameter name ({} without an EMA)."""
+        return self._average if self._average is not None else {}
+
 
 class Rates(NamedTuple):
     """A step's scalars, from its learning rate lr and batch size N (`FusedStep._rates`): numbers,
@@ -246,137 +303,6 @@ class Rates(NamedTuple):
     v_rate: Any
 
 
-class GraphCaptureUnavailable(UserWarning):
-    """CUDA graph capture failed; training goes on with the fused step, launch by launch."""
-
-
-class GraphedStep(FusedStep):
-    """The fused step as one CUDA graph per batch: captured once, replayed every step.
-
-    A graph replays fixed work on fixed memory, so everything that changes from batch to
-    batch lives in device buffers the graph reads: the epoch's permutation, a batch counter k,
-    each batch's learning rate. One replay gathers batch k (rows perm[kB : kB + B]), converts
-    its pixels, runs `FusedStep._step` with rates computed from lr[k] on the device, writes
-    the loss to losses[k] and adds 1 to k: one launch instead of ~40, and no host work
-    between them. The 0-d loss a call returns is losses[k]: it holds until the same batch of
-    the next epoch (the Trainer reads every window within its epoch). The host only uploads
-    the permutation and the rates once an epoch (and the counter when a run resumes
-    mid-epoch). The epoch's short last batch, if any, takes the fused step.
-
-    `capture(fn) -> replay` comes from `Backend.graph_capture` on CUDA; the CPU test suite
-    passes a strict fake (tests/fake_capture.py) that records the seam's primitives once and
-    replays them without running Python. So `_graph_step` does everything through the
-    primitives, into buffers made before capture (a capture's warm-up may allocate from a pool
-    that is freed if capture fails), and reads nothing back to the host. Where capture fails, a
-    `GraphCaptureUnavailable` warning names the first cause and the fused step runs (in the
-    tests, the warning is an error).
-    """
-
-    def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict | None, capture):
-        super().__init__(net, optimizer, images, labels, batch_size, velocity)
-        o, B, D, K, dt = self.ops, self.B, net.sizes[0], self.K, self.dtype
-        self.capture, self.replay = capture, None
-        self.n_full = self.n // B                      # batches the graph runs
-        self.perm_device = o.empty((self.n,), np.int64)
-        self.rates_device = o.host(np.zeros(-(-self.n // B)), dt)
-        self.rates_host = np.full(-(-self.n // B), np.nan)
-        self.loss_now = o.empty((1,), dt)              # the replay's loss, before losses[k]
-        self.k = o.host(np.zeros(1, np.int64))         # the batch the next replay trains
-        self.next_batch = None                         # ... as the host knows it
-        self.arange = o.host(np.arange(B), np.int64)
-        self.kB, self.pos, self.idx = (o.empty((1,), np.int64), o.empty((B,), np.int64),
-                                       o.empty((B,), np.int64))
-        self.Xg, self.pixels_g = o.empty((B, D), dt), o.empty((B, D), np.uint8)
-        self.Yg = o.empty((K, B), dt)
-        # every training label one-hot, (K, N): a batch's targets are then one gather
-        self.targets = o.empty((K, self.n), dt)
-        o.copy_(self.targets, o.take(self.eye, labels).T)
-        self.lr_now = o.empty((1,), dt)
-        self.rates_now = Rates(*(o.empty((1,), dt) for _ in Rates._fields))
-        self.wd_device = o.host(np.full(1, self.wd), dt)
-
-    def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
-                    epoch: int = 0) -> None:
-        super().begin_epoch(perm, epoch=epoch)
-        self.ops.copy_(self.perm_device, self.perm)
-        if rates is not None:
-            self.rates_host[:] = rates
-            self.ops.upload_(self.rates_device, np.asarray(rates, self.dtype))
-        self.next_batch = None  # the counter is set on the first batch
-
-    def __call__(self, batch: int, lr: float):
-        check_batch(batch, self.n_batches)
-        if batch >= self.n_full or self.replay is False:
-            return super().__call__(batch, lr)
-        if self.replay is None:
-            self.replay = self._capture()
-            if self.replay is False:
-                return super().__call__(batch, lr)
-        o = self.ops
-        if batch != self.next_batch:
-            o.upload_(self.k, np.array([batch], np.int64))
-        if self.rates_host[batch] != lr:  # not given ahead, or not what was given
-            self.rates_host[batch] = lr
-            o.upload_(self.rates_device[batch:batch + 1], np.array([lr], self.dtype))
-        self.replay()
-        self.next_batch = batch + 1
-        return self.losses[batch]
-
-    def _graph_step(self) -> None:
-        """What one replay does: batch k, entirely from device buffers."""
-        o, B = self.ops, self.B
-        o.mul_into(self.k, B, out=self.kB)
-        o.add_into(self.arange, self.kB, out=self.pos)       # kB, kB + 1, ..., kB + B - 1
-        o.take_into(self.perm_device, self.pos, out=self.idx)
-        o.load_rows(self.images, self.idx, self.Xg, 1 / 255, self.pixels_g)
-        o.take_into(self.targets, self.idx, out=self.Yg, axis=1)
-        o.take_into(self.rates_device, self.k, out=self.lr_now)
-        self._step(self.Xg, self.Yg, self._device_rates(), B, self.loss_now)
-        o.put_(self.losses, self.k, self.loss_now)
-        o.add_(self.k, 1)
-
-    def _device_rates(self) -> Rates:
-        """`_rates(lr, B)` computed on the device from lr in `lr_now`; the scalars that do not
-        depend on lr stay numbers."""
-        o, lr, r, mu, wd = self.ops, self.lr_now, self.rates_now, self.momentum, self.wd
-        o.mul_into(lr, -wd, out=r.decay)
-        o.add_(r.decay, 1.0)                             # 1 - lr wd
-        o.mul_into(lr, -1.0, out=r.neg_lr)
-        if not mu:
-            o.mul_into(lr, 1 / self.B, out=r.c)
-            return Rates(r.c, r.decay, r.neg_lr, 0.0, 0.0, 0.0, 0.0)
-        if not self.nesterov:
-            return Rates(1 / self.B, r.decay, r.neg_lr, 0.0, mu, wd / mu, r.neg_lr)
-        o.mul_into(lr, mu, out=r.lr_mu)
-        o.mul_into(r.decay, mu, out=r.beta)              # mu (1 - lr wd)
-        o.copy_(r.k, self.wd_device)
-        o.div_(r.k, r.beta)                              # wd / beta
-        o.mul_into(lr, -(1 + mu), out=r.v_rate)
-        return Rates(1 / self.B, r.decay, r.neg_lr, r.lr_mu, r.beta, r.k, r.v_rate)
-
-    def _capture(self):
-        """The replay of one captured step, or False (with a warning) where capture fails.
-        Capturing runs the step once to warm up: the state it changes is put back."""
-        import warnings
-
-        o = self.ops
-        state = [self.params_flat, self.k, self.losses]
-        if self.momentum:
-            state.append(self.velocity_flat)
-        saved = [o.clone(a) for a in state]
-        try:
-            replay = self.capture(self._graph_step)
-        except Exception as e:  # CUDA reports capture problems in many exception types
-            replay = False
-            warnings.warn(GraphCaptureUnavailable(
-                f"CUDA graph capture failed ({first_cause(e)}); training goes on with the "
-                "fused step, one launch per operation"), stacklevel=3)
-        for array, copy in zip(state, saved, strict=True):
-            o.copy_(array, copy)
-        return replay
-
-
 def one_buffer(ops, dtype, params: dict) -> tuple:
     """Host arrays W1 (D, H), b1 (H,), W2 (H, K), b2 (K,) as one new buffer of the backend,
     [W1 | b1 | W2a] with W2a = [W2; b2] (H+1, K), and the three views (W1, b1, W2a) into it."""
@@ -388,20 +314,3 @@ def one_buffer(ops, dtype, params: dict) -> tuple:
         views.append(flat[start:start + a.size].reshape(a.shape))
         start += a.size
     return flat, views
-
-
-def first_cause(error: BaseException) -> str:
-    """What went wrong first, as 'Type: message', with what it led to: a capture that fails
-    inside the step is ended in a `finally` (CuPy) or `__exit__` (PyTorch), whose own error
-    (cudaErrorStreamCaptureInvalidated) would otherwise hide the cause."""
-    chain, seen = [error], {id(error)}
-    while True:
-        e = chain[-1].__cause__ or chain[-1].__context__
-        if e is None or id(e) in seen:
-            break
-        chain.append(e)
-        seen.add(id(e))
-    text = f"{type(chain[-1]).__name__}: {chain[-1]}"
-    if len(chain) > 1:
-        text += f"; then {type(error).__name__}: {error}"
-    return text

@@ -11,6 +11,10 @@ rounding leaves about 1e-16 |J| / eps (~1e-11) of absolute noise in every numeri
 which would make entries near zero look wrong; below the floor an entry must still agree to
 tolerance * floor in absolute terms. Run in float64: in float32 the differences drown in rounding.
 
+Training's levers are checked the same way: `check_gradients(..., hidden_mask=M,
+label_smoothing=eps)` differentiates the loss with that dropout mask and those smoothed
+targets (`anynet.network.loss_and_grads`'s options).
+
 This module is for verifying the math (tests, `anynet gradcheck`), not for training.
 """
 
@@ -39,12 +43,13 @@ def eps_and_tolerance(backend) -> tuple[float, float]:
 
 
 def numerical_gradient(net: TwoLayerNet, X, labels, name: str, eps: float = DEFAULT_EPS,
-                       indices: np.ndarray | None = None) -> np.ndarray:
+                       indices: np.ndarray | None = None, **loss_options) -> np.ndarray:
     """Central-difference gradient of the loss for parameter `name`, as a host array.
 
-    Evaluates the pure `anynet.network.loss` on copies of the parameters with one entry moved
-    by +-eps; the net itself is never changed. `indices` (flat positions) limits the check to
-    some entries; the others are left at 0.
+    Evaluates the pure `anynet.network.loss` (with `loss_options`: hidden_mask,
+    label_smoothing) on copies of the parameters with one entry moved by +-eps; the net itself
+    is never changed. `indices` (flat positions) limits the check to some entries; the others
+    are left at 0.
     """
     backend = net.backend
     host = backend.to_numpy(net.params[name]).astype(np.float64)
@@ -57,7 +62,7 @@ def numerical_gradient(net: TwoLayerNet, X, labels, name: str, eps: float = DEFA
         moved = host.copy()
         moved.reshape(-1)[i] = value
         params = {**net.params, name: backend.asarray(moved, net.dtype)}
-        return float(backend.to_numpy(loss(params, X, labels)))
+        return float(backend.to_numpy(loss(params, X, labels, **loss_options)))
 
     for i in positions:
         grad[i] = (loss_with(flat[i] + eps, i) - loss_with(flat[i] - eps, i)) / (2 * eps)
@@ -71,12 +76,14 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> np.ndarray:
 
 
 def check_gradients(net: TwoLayerNet, X, labels, *, eps: float = DEFAULT_EPS,
-                    max_entries: int | None = None, seed: int = 0) -> dict[str, float]:
+                    max_entries: int | None = None, seed: int = 0,
+                    **loss_options) -> dict[str, float]:
     """The largest relative error between analytic and numerical gradients, per parameter.
 
     `max_entries` checks a random sample of that many entries of each parameter (all when None).
+    `loss_options` (hidden_mask, label_smoothing) go to the loss and its gradient alike.
     """
-    _, grads = net.loss_and_grads(X, labels)
+    _, grads = net.loss_and_grads_array(X, labels, **loss_options)
     rng = np.random.default_rng(seed)
     errors = {}
     for name in PARAM_NAMES:
@@ -85,7 +92,7 @@ def check_gradients(net: TwoLayerNet, X, labels, *, eps: float = DEFAULT_EPS,
         indices = None
         if max_entries is not None and max_entries < size:
             indices = np.sort(rng.choice(size, max_entries, replace=False))
-        numeric = numerical_gradient(net, X, labels, name, eps, indices)
+        numeric = numerical_gradient(net, X, labels, name, eps, indices, **loss_options)
         err = relative_error(analytic, numeric).reshape(-1)
         errors[name] = float(np.max(err if indices is None else err[indices]))
     return errors

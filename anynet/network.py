@@ -64,17 +64,21 @@ def check_param_shapes(shapes: dict[str, tuple]) -> tuple[int, int, int]:
     return n_in, n_hidden, n_out
 
 
-def forward(params: dict, X: Any) -> tuple[Any, dict]:
+def forward(params: dict, X: Any, hidden_mask: Any = None) -> tuple[Any, dict]:
     """The forward pass, keeping what backward needs.
 
     params {"W1": (D, H), "b1": (H,), "W2": (H, K), "b2": (K,)}, X float (N, D) ->
-    (logits Z2 (N, K), cache {"Z1": (N, H), "A1": (N, H)}):
-        Z1 = X @ W1 + b1,   A1 = relu(Z1),   Z2 = A1 @ W2 + b2.
+    (logits Z2 (N, K), cache {"Z1": (N, H), "A1": (N, H), "M": the mask or None}):
+        Z1 = X @ W1 + b1,   A1 = relu(Z1),   Z2 = A1 @ W2 + b2,
+    with `hidden_mask` M (N, H) (training with dropout, `anynet.functional.dropout`) the hidden
+    units dropped first: A1 = relu(Z1) * M, the cache's A1 being what the output layer saw.
     """
     Z1 = F.linear(X, params["W1"], params["b1"])
     A1 = F.relu(Z1)
+    if hidden_mask is not None:
+        A1 = F.dropout(A1, hidden_mask)
     Z2 = F.linear(A1, params["W2"], params["b2"])
-    return Z2, {"Z1": Z1, "A1": A1}
+    return Z2, {"Z1": Z1, "A1": A1, "M": hidden_mask}
 
 
 def backward(params: dict, X: Any, cache: dict, dZ2: Any) -> dict:
@@ -82,30 +86,39 @@ def backward(params: dict, X: Any, cache: dict, dZ2: Any) -> dict:
 
     dZ2 (N, K) = dJ/dZ2, cache from `forward` -> grads with the keys and shapes of params:
         dW2 = A1.T @ dZ2, db2 = sum_i dZ2[i];  dA1 = dZ2 @ W2.T;  dZ1 = dA1 * relu'(Z1);
-        dW1 = X.T @ dZ1,  db1 = sum_i dZ1[i].
+        dW1 = X.T @ dZ1,  db1 = sum_i dZ1[i];
+    with a dropout mask M in the cache, dA1 = (dZ2 @ W2.T) * M (`dropout_backward`).
     No gradient for the input images: training does not need it.
     """
     dW2, db2 = F.linear_grad_params(dZ2, cache["A1"])
-    dZ1 = F.relu_backward(F.linear_grad_input(dZ2, params["W2"]), cache["Z1"])
+    dA1 = F.linear_grad_input(dZ2, params["W2"])
+    if cache.get("M") is not None:
+        dA1 = F.dropout_backward(dA1, cache["M"])
+    dZ1 = F.relu_backward(dA1, cache["Z1"])
     dW1, db1 = F.linear_grad_params(dZ1, X)
     return {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
 
 
-def loss(params: dict, X: Any, t: Any) -> Any:
-    """Mean cross-entropy of the network with `params` on a batch: X (N, D), t (N,) -> 0-d."""
-    return F.softmax_cross_entropy(forward(params, X)[0], t)
+def loss(params: dict, X: Any, t: Any, *, hidden_mask: Any = None,
+         label_smoothing: float = 0.0) -> Any:
+    """Mean cross-entropy of the network with `params` on a batch: X (N, D), t (N,) -> 0-d;
+    with a dropout mask and label smoothing as `loss_and_grads` takes them."""
+    return F.softmax_cross_entropy(forward(params, X, hidden_mask)[0], t, label_smoothing)
 
 
-def loss_and_grads(params: dict, X: Any, t: Any) -> tuple[Any, dict]:
+def loss_and_grads(params: dict, X: Any, t: Any, *, hidden_mask: Any = None,
+                   label_smoothing: float = 0.0) -> tuple[Any, dict]:
     """Mean cross-entropy of the network with `params` on a batch, and its gradients.
 
     A pure function: params as in `forward`, X float (N, D), t integer labels (N,), all arrays
     of one backend -> (J as a 0-d array, grads with the keys and shapes of params). One forward,
-    one softmax (inside the loss's log-sum-exp), one backward; nothing is updated.
+    one softmax (inside the loss's log-sum-exp), one backward; nothing is updated. Training's
+    levers: `hidden_mask` (N, H), dropout's scaled mask on the hidden units (see `forward`);
+    `label_smoothing` eps, the targets (1 - eps) one_hot(t) + eps / K.
     """
-    Z2, cache = forward(params, X)
-    J, P = F.softmax_cross_entropy_forward(Z2, t)
-    return J, backward(params, X, cache, F.softmax_cross_entropy_grad(P, t))
+    Z2, cache = forward(params, X, hidden_mask)
+    J, P = F.softmax_cross_entropy_forward(Z2, t, label_smoothing)
+    return J, backward(params, X, cache, F.softmax_cross_entropy_grad(P, t, label_smoothing))
 
 
 def _dtype_name(array: Any) -> str:
@@ -232,9 +245,12 @@ class TwoLayerNet:
         J, grads = self.loss_and_grads_array(X, labels)
         return float(self.backend.to_numpy(J)), grads
 
-    def loss_and_grads_array(self, X: Any, labels: Any) -> tuple[Any, dict]:
-        """As `loss_and_grads`, but the loss stays a 0-d backend array (no device sync)."""
-        return loss_and_grads(self.params, self.inputs(X), self.labels(labels))
+    def loss_and_grads_array(self, X: Any, labels: Any, *, hidden_mask: Any = None,
+                             label_smoothing: float = 0.0) -> tuple[Any, dict]:
+        """As `loss_and_grads`, but the loss stays a 0-d backend array (no device sync); with
+        training's levers as the pure `loss_and_grads` takes them."""
+        return loss_and_grads(self.params, self.inputs(X), self.labels(labels),
+                              hidden_mask=hidden_mask, label_smoothing=label_smoothing)
 
     def loss(self, X: Any, labels: Any) -> float:
         """Mean cross-entropy on a batch, as a Python float. X (N, D), labels (N,)."""

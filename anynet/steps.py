@@ -56,48 +56,53 @@ import numpy as np
 
 from anynet.batches import (  # noqa: F401  (names the steps' users import from here)
     CHUNK_ROWS,
-    DistortedBatches,
+    ChunkedBatches,
     check_batch,
     check_labels,
     check_permutation,
     chunk_rows,
 )
-from anynet.fused import (  # noqa: F401
-    FusedStep,
-    GraphCaptureUnavailable,
-    GraphedStep,
-    Rates,
-    first_cause,
-    one_buffer,
-)
+from anynet.fused import FusedStep, Rates, one_buffer  # noqa: F401
+from anynet.graphed import GraphCaptureUnavailable, GraphedStep, first_cause  # noqa: F401
+from anynet.levers import Levers, ema_update
 from anynet.network import TwoLayerNet, loss_and_grads, pixels_to_inputs
 from anynet.optim import SGD
 
+NO_LEVERS = Levers()
+
 
 class ArrayAPIStep:
-    """The reference step on any backend: loss_and_grads, then SGD.step.
+    """The reference step on any backend: loss_and_grads, then SGD.step (and the EMA of the
+    weights where `levers` asks for one).
 
-    `images` uint8 (N, D) and `labels` int (N,) live on the net's backend.
+    `images` uint8 (N, D) and `labels` int (N,) live on the net's backend. `levers`
+    (`anynet.levers.Levers`): dropout, label smoothing, the EMA's decay; `average`: the EMA's
+    m to start from (zeros, or a checkpoint's).
     """
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict, distorter=None):
+                 velocity: dict, distorter=None, *, levers: Levers | None = None,
+                 average: dict | None = None):
         self.net, self.optimizer = net, optimizer
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.velocity = velocity
+        self.levers = levers = levers or NO_LEVERS
+        self.average = dict(average or {}) if levers.ema else {}
+        if levers.ema and not self.average:
+            self.average = {k: net.xp.zeros_like(v) for k, v in net.params.items()}
         self.perm = None
-        self.distorted = None if distorter is None else DistortedBatches(
-            distorter, images, labels, batch_size, net.backend.dtype(net.dtype))
+        self.chunks = None if distorter is None and not levers.masks else ChunkedBatches(
+            net, images, labels, batch_size, distorter=distorter, levers=levers)
 
     def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
                     epoch: int = 0) -> None:
-        """Start epoch `epoch` (0-based; it keys the distortions): `perm` orders the training
-        set; `rates`, each batch's learning rate when known ahead (the CUDA-graph step keeps
-        them on the device)."""
+        """Start epoch `epoch` (0-based; it keys the distortions and dropout masks): `perm`
+        orders the training set; `rates`, each batch's learning rate when known ahead (the
+        CUDA-graph step keeps them on the device)."""
         perm = check_permutation(perm, self.images.shape[0])
         self.perm = self.net.backend.asarray(perm, "int64")
-        if self.distorted is not None:
-            self.distorted.begin_epoch(self.perm, epoch)
+        if self.chunks is not None:
+            self.chunks.begin_epoch(self.perm, epoch)
 
     def batch_indices(self, batch: int):
         """Positions in the training set of batch `batch` of this epoch."""
@@ -105,26 +110,33 @@ class ArrayAPIStep:
         # the standard leaves out-of-bounds slice ends unspecified: clip the last batch's
         return self.perm[batch * B:min((batch + 1) * B, self.perm.shape[0])]
 
+    def batch(self, batch: int) -> tuple:
+        """(inputs X (b, D), uint8 pixels or floats; labels t (b,); the hidden units' dropout
+        mask (b, H) or None) of batch `batch`."""
+        if self.chunks is not None:
+            return self.chunks.batch(batch)
+        xp, idx = self.net.xp, self.batch_indices(batch)
+        return xp.take(self.images, idx, axis=0), xp.take(self.labels, idx, axis=0), None
+
     def __call__(self, batch: int, lr: float):
         """One SGD step on batch `batch` with learning rate `lr`; returns the batch's loss as a
         0-d array of the backend (reading it would wait for the device)."""
         check_batch(batch, -(-self.images.shape[0] // self.batch_size))
-        if self.distorted is not None:
-            X, t = self.distorted.batch(batch)
-        else:
-            xp, idx = self.net.xp, self.batch_indices(batch)
-            X = xp.take(self.images, idx, axis=0)
-            t = xp.take(self.labels, idx, axis=0)
-        loss, grads = self.net.loss_and_grads_array(X, t)
+        X, t, Mh = self.batch(batch)
+        loss, grads = self.net.loss_and_grads_array(
+            X, t, hidden_mask=Mh, label_smoothing=self.levers.label_smoothing)
         params, velocity = self.optimizer.step(self.net.params, grads, self.velocity, lr=lr,
                                                materialise=False)
+        average = ema_update(self.average, params, self.levers.ema) if self.levers.ema else {}
         # a lazy library (Dask, MLX) computes the loss and the new parameters now, together (the
         # shared forward pass once), so the next step starts from values and the graph never
         # grows; elsewhere this hands the arrays back as they are
+        n, m = len(params), len(velocity)
         loss, *arrays = self.net.backend.materialise([loss, *params.values(),
-                                                      *velocity.values()])
-        self.net.params = dict(zip(params, arrays[:len(params)], strict=True))
-        self.velocity = dict(zip(velocity, arrays[len(params):], strict=True))
+                                                      *velocity.values(), *average.values()])
+        self.net.params = dict(zip(params, arrays[:n], strict=True))
+        self.velocity = dict(zip(velocity, arrays[n:n + m], strict=True))
+        self.average = dict(zip(average, arrays[n + m:], strict=True))
         return loss
 
     @property
@@ -134,73 +146,84 @@ class ArrayAPIStep:
 
 class CompiledStep(ArrayAPIStep):
     """The reference step, compiled by the backend (`Backend.compile`: jax.jit on JAX): the
-    gather, `loss_and_grads` and `SGD.step` of a batch become one computation, instead of ~30
-    separately dispatched operations. Same functions, same math; parameters stay immutable."""
+    gather, `loss_and_grads`, `SGD.step` and the EMA of a batch become one computation, instead
+    of ~30 separately dispatched operations. Same functions, same math; parameters stay
+    immutable."""
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict, distorter=None):
-        super().__init__(net, optimizer, images, labels, batch_size, velocity, distorter)
+                 velocity: dict, distorter=None, *, levers: Levers | None = None,
+                 average: dict | None = None):
+        super().__init__(net, optimizer, images, labels, batch_size, velocity, distorter,
+                         levers=levers, average=average)
         dtype = net.backend.dtype(net.dtype)
-        xp = net.xp
+        xp, lv = net.xp, self.levers
 
-        def step_on(params, velocity, X, t, lr):
-            loss, grads = loss_and_grads(params, X, t)
+        def step_on(state, X, t, Mh, lr):
+            params, velocity, average = state
+            loss, grads = loss_and_grads(params, X, t, hidden_mask=Mh,
+                                         label_smoothing=lv.label_smoothing)
             params, velocity = optimizer.step(params, grads, velocity, lr=lr)
-            return loss, params, velocity
+            if lv.ema:
+                average = ema_update(average, params, lv.ema)
+            return loss, (params, velocity, average)
 
-        def step(params, velocity, images, labels, idx, lr):
+        def step(state, images, labels, idx, lr):
             X = pixels_to_inputs(xp.take(images, idx, axis=0), dtype)
-            return step_on(params, velocity, X, xp.take(labels, idx, axis=0), lr)
+            return step_on(state, X, xp.take(labels, idx, axis=0), None, lr)
 
-        def step_from(params, velocity, images, labels, perm, start, lr):
+        def step_from(state, images, labels, perm, start, lr):
             # the batch's indices computed inside: slicing perm outside would cost a separately
             # dispatched operation per step (~6% of a step at H = 800 on JAX's CPU)
             idx = xp.take(perm, start + xp.arange(batch_size, dtype=perm.dtype), axis=0)
-            return step(params, velocity, images, labels, idx, lr)
+            return step(state, images, labels, idx, lr)
 
         self._step = net.backend.compile(step)          # the short last batch
         self._step_from = net.backend.compile(step_from)
-        self._step_on = net.backend.compile(step_on)    # distorted inputs, made outside
+        self._step_on = net.backend.compile(step_on)    # inputs made outside, chunk by chunk
 
     def __call__(self, batch: int, lr: float):
         check_batch(batch, -(-self.images.shape[0] // self.batch_size))
-        if self.distorted is not None:
-            X, t = self.distorted.batch(batch)
-            loss, self.net.params, self.velocity = self._step_on(
-                self.net.params, self.velocity, X, t, lr)
-            return loss
+        state = (self.net.params, self.velocity, self.average)
         start = batch * self.batch_size
-        if start + self.batch_size <= self.perm.shape[0]:
-            loss, self.net.params, self.velocity = self._step_from(
-                self.net.params, self.velocity, self.images, self.labels, self.perm, start, lr)
-            return loss
-        loss, self.net.params, self.velocity = self._step(
-            self.net.params, self.velocity, self.images, self.labels, self.batch_indices(batch),
-            lr)
+        if self.chunks is not None:
+            loss, state = self._step_on(state, *self.chunks.batch(batch), lr)
+        elif start + self.batch_size <= self.perm.shape[0]:
+            loss, state = self._step_from(state, self.images, self.labels, self.perm, start, lr)
+        else:
+            loss, state = self._step(state, self.images, self.labels, self.batch_indices(batch),
+                                     lr)
+        self.net.params, self.velocity, self.average = state
         return loss
 
 
-def fast_step_applies(net: TwoLayerNet, optimizer: SGD) -> bool:
+def fast_step_applies(net: TwoLayerNet, optimizer: SGD, levers: Levers | None = None) -> bool:
     """Whether `FusedStep` can run this training: a backend with in-place primitives (NumPy,
     CuPy, PyTorch on any device); any SGD (momentum, Nesterov, weight decay) but Nesterov
-    with lr * weight_decay >= 1, where its rearranged update would divide by zero (`Rates`)."""
+    with lr * weight_decay >= 1, where its rearranged update would divide by zero (`Rates`);
+    every lever of `levers` (dropout, label smoothing, EMA: the fused step has them all)."""
     if optimizer.nesterov and optimizer.lr * optimizer.weight_decay >= 1:
         return False
     return net.backend.fused_ops() is not None
 
 
 def make_train_step(net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                    velocity: dict, *, fast: bool = True, distorter=None):
+                    velocity: dict, *, fast: bool = True, distorter=None,
+                    levers: Levers | None = None, average: dict | None = None):
     """The training step for this run: where `fast` is True, the fused step where it applies
     (as a CUDA graph where the backend captures one), the compiled reference step where the
-    backend compiles (JAX); else the reference."""
+    backend compiles (JAX); else the reference. `levers` and `average` as `ArrayAPIStep` takes
+    them."""
     args = (net, optimizer, images, labels, batch_size, velocity)
-    if fast and fast_step_applies(net, optimizer):
-        # distortions are drawn on the host a chunk at a time: no single graph per step
-        capture = net.backend.graph_capture() if distorter is None else None
+    levers = levers or NO_LEVERS
+    kw = {"levers": levers, "average": average}
+    if fast and fast_step_applies(net, optimizer, levers):
+        # distortions and dropout masks are drawn on the host a chunk at a time: no single
+        # graph per step
+        drawn = distorter is not None or levers.masks
+        capture = net.backend.graph_capture() if not drawn else None
         if capture is not None:
-            return GraphedStep(*args, capture)
-        return FusedStep(*args, distorter=distorter)
+            return GraphedStep(*args, capture, **kw)
+        return FusedStep(*args, distorter=distorter, **kw)
     if fast and net.backend.compiles:
-        return CompiledStep(*args, distorter=distorter)
-    return ArrayAPIStep(*args, distorter=distorter)
+        return CompiledStep(*args, distorter=distorter, **kw)
+    return ArrayAPIStep(*args, distorter=distorter, **kw)

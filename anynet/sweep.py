@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeGuard
 
-from anynet.config import TrainConfig
+from anynet.config import LEVER_FIELDS, TrainConfig
 
 RESULTS_NAME = "results.jsonl"
 RUNS_FOLDER = "runs"
@@ -47,11 +47,12 @@ MAX_RUNS = 100_000  # a grid larger than this is a typo ("--seeds 0-99999999"), 
 # Options that a sweep varies, with the parser of one value. `seed` is spelled --seeds.
 SWEEPABLE = ("hidden", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
              "schedule", "seed", "val_size", "dtype", "augment", "rotate", "scale", "shear",
-             "shift", "alpha", "sigma")
+             "shift", "alpha", "sigma", "dropout", "input_dropout", "label_smoothing", "average")
 DISTORTION_FIELDS = ("augment", "rotate", "scale", "shear", "shift", "alpha", "sigma")
 _INTS = {"hidden", "epochs", "batch_size", "seed", "val_size"}
 _FLOATS = {"lr", "momentum", "weight_decay", "rotate", "scale", "shear", "shift", "alpha",
-           "sigma"}
+           "sigma", "dropout", "input_dropout", "label_smoothing"}
+_OFF = TrainConfig()  # the levers' values that leave them off
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,14 @@ def run_id(run: Run) -> str:
     """16 hex digits of the SHA-256 of the run's canonical JSON: its full configuration, the
     training-set size and the thread count. Stable across processes, machines and versions of
     Python (sorted keys, floats as JSON writes them). The distortion ranges count only where
-    the run distorts (augment other than "none"): without distortions they change nothing, and
-    sweeps made before anynet had them keep their ids."""
+    the run distorts (augment other than "none"), and training's levers only where they are
+    on: without them they change nothing, and sweeps made before anynet had them keep their
+    ids."""
     data = run.to_dict()
     if data["config"].get("augment", "none") == "none":
         data["config"] = {k: v for k, v in data["config"].items() if k not in DISTORTION_FIELDS}
+    data["config"] = {k: v for k, v in data["config"].items()
+                      if not (k in LEVER_FIELDS and v == getattr(_OFF, k))}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -97,7 +101,8 @@ def parse_values(field: str, text: str) -> list:
     """The values of one swept option, in the order given, duplicates dropped.
 
     Integers: a comma list of numbers and inclusive ranges ("0-4,10" is 0, 1, 2, 3, 4, 10).
-    Floats: a comma list ("0.1,0.3,1e-4"). Words (schedule, dtype, augment): a comma list.
+    Floats: a comma list ("0.1,0.3,1e-4"). Words (schedule, dtype, augment, average): a comma
+    list.
     nesterov:
     "false,true". Raises ValueError saying what is wrong; the range of each value is
     `TrainConfig.from_dict`'s to judge.

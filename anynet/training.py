@@ -6,18 +6,23 @@ batch: gather the uint8 pixels on the backend, compute the loss and gradients
 holds that step, and NumPy's faster arrangement of the same math. Pixels stay uint8 on the
 device; each batch becomes floats only when it is used.
 
-The loop reports through callbacks (`Callback`) and never prints; `ConsoleReporter` is the
-callback that prints (a progress bar per epoch, a line per epoch). It writes a checkpoint at the
-end of every epoch and when asked to stop (`Trainer.request_stop`; `StopOnSignals` asks on
-Ctrl-C or SIGTERM), at the exact batch it reached; `fit(resume=...)` continues from one, and the
-finished model equals that of an uninterrupted run. The rules of resuming sit here too: a
-checkpoint's position must fit the data (`Trainer.state_from_checkpoint`), a resumed run keeps
-its checkpoint's config (`resumed_config`), and checkpoints go beside the model
-(`checkpoint_path_for`). Turning a finished run into a model file is anynet.fit's.
+The loop reports through callbacks (`Callback`, anynet.callbacks) and never prints;
+`ConsoleReporter` is the callback that prints (a progress bar per epoch, a line per epoch). It
+writes a checkpoint at the end of every epoch and when asked to stop (`Trainer.request_stop`;
+`StopOnSignals` asks on Ctrl-C or SIGTERM), at the exact batch it reached; `fit(resume=...)`
+continues from one, and the finished model equals that of an uninterrupted run. The rules of
+resuming sit here too: a checkpoint's position must fit the data
+(`Trainer.state_from_checkpoint`), a resumed run keeps its checkpoint's config
+(`resumed_config`), and checkpoints go beside the model (`checkpoint_path_for`). Turning a
+finished run into a model file is anynet.fit's.
 
 The batch losses stay on the device and are read a window of SYNC_EVERY batches at a time (and
 at epoch ends, checkpoints and stop requests): one synchronisation per window instead of one per
 batch. Callbacks see every batch and its loss, a window late.
+
+Training's levers (anynet.levers): the steps apply dropout, label smoothing and the EMA of the
+weights; the loop takes the SWA's snapshot at each epoch's end, and reports, checkpoints and
+returns the averaged weights beside the trained ones (`TrainState.average`).
 
 Divergence: a batch loss that is not finite, or above DIVERGENCE_LOSS, stops training with a
 `DivergenceError` when its window is read, naming the batch and the window, and leaving the last
@@ -37,9 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from anynet import evaluation
+from anynet import evaluation, levers
 from anynet.backend import Backend, get_backend, is_named, parse_spec
 from anynet.batches import check_classes
+from anynet.callbacks import Callback, ConsoleReporter, StopOnSignals  # noqa: F401 (re-exported)
 from anynet.config import TrainConfig, short_repr
 from anynet.errors import DivergenceError, ModelFileError
 from anynet.modelio import save_checkpoint
@@ -56,107 +62,6 @@ DIVERGENCE_LOSS = 100.0
 SYNC_EVERY = 50
 
 
-class Callback:
-    """Hooks the loop calls; override the ones you need. None of them may change the training."""
-
-    def on_train_begin(self, trainer: Trainer, state: TrainState) -> None: ...
-    def on_epoch_begin(self, epoch: int, n_batches: int, first_batch: int) -> None: ...
-    def on_batch_end(self, epoch: int, batch: int, loss: float) -> None: ...
-    def on_epoch_end(self, epoch: int, metrics: dict) -> None: ...
-    def on_checkpoint(self, path: Path, state: TrainState) -> None: ...
-
-
-class ConsoleReporter(Callback):
-    """Prints a progress bar per epoch (on a terminal) and one line per finished epoch; with
-    `resumed_from` (a checkpoint's path), first the point the run resumes from. `quiet`: none
-    of these."""
-
-    def __init__(self, epochs: int, quiet: bool = False, resumed_from: str | Path | None = None):
-        self.epochs, self.quiet, self.resumed_from = epochs, quiet, resumed_from
-        self.bar = None
-        self.running = 0.0
-
-    def on_train_begin(self, trainer: Trainer, state: TrainState) -> None:
-        if self.resumed_from is not None and not self.quiet:
-            print(f"resuming from {self.resumed_from}: epoch {state.epoch + 1}, "
-                  f"batch {state.batch}/{trainer.n_batches}")
-
-    def on_epoch_begin(self, epoch: int, n_batches: int, first_batch: int) -> None:
-        if self.quiet:
-            return
-        from anynet.progress import Progress
-
-        self.bar = Progress(n_batches, f"epoch {epoch + 1}/{self.epochs}", unit="batch")
-        self.bar.update(first_batch)
-        self.running = 0.0
-
-    def on_batch_end(self, epoch: int, batch: int, loss: float) -> None:
-        if self.bar is None:
-            return
-        # an exponential moving average: a steady figure to watch, cheap to keep
-        self.running = loss if self.running == 0.0 else 0.98 * self.running + 0.02 * loss
-        self.bar.update(1)
-        if batch % 50 == 0:
-            self.bar.set_postfix(f"loss {self.running:.4f}")
-
-    def on_epoch_end(self, epoch: int, m: dict) -> None:
-        self.close()
-        if self.quiet:
-            return
-        val = (f"val acc {100 * m['val_accuracy']:.2f}%" if m["val_accuracy"] is not None
-               else f"train acc {100 * m['train_accuracy']:.2f}%")
-        print(f"epoch {epoch + 1:>3}/{self.epochs}  train loss {m['train_loss']:.4f}  {val}  "
-              f"lr {m['lr']:.3g}  {m['seconds']:.2f} s", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-class StopOnSignals(Callback):
-    """While its `with` block runs, SIGINT and SIGTERM ask the trainer to stop after the
-    current batch, writing a checkpoint (`Trainer.request_stop`); a second one raises
-    KeyboardInterrupt at once. `received` lists the signals that came. Keep the block open
-    until the outputs are written: a signal then lets them complete."""
-
-    def __init__(self):
-        self.received: list[int] = []
-        self._trainer: Trainer | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopOnSignals:
-        import signal
-
-        self._previous = {s: signal.signal(s, self._on_signal)
-                          for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _on_signal(self, signum, frame) -> None:
-        if self.received:  # a second Ctrl-C: stop now, without waiting for the batch
-            raise KeyboardInterrupt
-        self.received.append(signum)
-        if self._trainer is not None:
-            self._trainer.request_stop(self._name(signum))
-
-    @staticmethod
-    def _name(signum: int) -> str:
-        import signal
-
-        return signal.Signals(signum).name
-
-    def on_train_begin(self, trainer: Trainer, state: TrainState) -> None:
-        self._trainer = trainer
-        if self.received:  # a signal that came before the loop began
-            trainer.request_stop(self._name(self.received[0]))
-
-
 @dataclass
 class TrainState:
     """Everything that determines the rest of a run: what a checkpoint holds.
@@ -165,7 +70,8 @@ class TrainState:
     shuffling Generator's state before it drew the current epoch's permutation (at an epoch's
     end: before the next epoch's), so that permutation can be drawn again; `loss_sum` sums the
     current epoch's batch losses so far. `extra` holds entries the caller adds to every
-    checkpoint's record (the command line records the run's output path there).
+    checkpoint's record (the command line records the run's output path there). `average`: the
+    weight averaging's state ({} without one): the EMA's m, or the SWA's mean so far.
     """
 
     params: dict
@@ -176,6 +82,7 @@ class TrainState:
     rng_state: dict | None = None
     loss_sum: float = 0.0
     history: list[dict] = field(default_factory=list)
+    average: dict = field(default_factory=dict)
 
     def record(self, config: TrainConfig, data_sha256: dict, extra: dict | None = None) -> dict:
         return {**(extra or {}), "config": config.to_dict(), "epoch": self.epoch,
@@ -185,7 +92,9 @@ class TrainState:
 
 @dataclass
 class FitResult:
-    """How `fit` ended ("finished" or "stopped"), the network, and the final state."""
+    """How `fit` ended ("finished" or "stopped"), the network, and the final state. `net` is
+    the network the run reports: its averaged weights where the config averages them (and an
+    average has begun), else the trained ones (`state.params` holds those in any case)."""
 
     status: str
     net: TwoLayerNet
@@ -259,6 +168,7 @@ class Trainer:
         self.backend = get_backend(backend if backend is not None else config.backend)
         self.optimizer = SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                              weight_decay=config.weight_decay)
+        self.levers = levers.Levers.from_config(config)
         self.n_train = int(train_images.shape[0])
         if self.n_train == 0:
             raise ValueError("no training examples")
@@ -290,13 +200,22 @@ class Trainer:
         net = TwoLayerNet(n_in=self.n_in, n_hidden=self.config.hidden, n_out=self.n_classes,
                           backend=self.backend,
                           dtype=self.config.dtype, seed=self.config.seed)
-        return TrainState(params=net.params, velocity=self.optimizer.init(net.params))
+        return TrainState(params=net.params, velocity=self.optimizer.init(net.params),
+                          average=levers.initial_average(self.config, net.params))
 
-    def state_from_checkpoint(self, params: dict, velocity: dict, record: dict) -> TrainState:
+    def state_from_checkpoint(self, params: dict, velocity: dict, record: dict,
+                              average: dict | None = None) -> TrainState:
         """The state a checkpoint (`anynet.modelio.load_checkpoint`, which checked every field)
-        holds, on this trainer's backend. Its position must fit this data: a batch within an
-        epoch of `n_batches`, and step = epoch * n_batches + batch."""
+        holds, on this trainer's backend; `average`, its averaged weights (the `average` of
+        what load_checkpoint returns) where the config averages them. Its position must fit
+        this data: a batch within an epoch of `n_batches`, and step = epoch * n_batches +
+        batch."""
         epoch, batch, step = record["epoch"], record["batch"], record["step"]
+        kind, _ = self.config.averaging()
+        if (kind == "ema" or levers.swa_count(self.config, epoch) > 0) and not average:
+            raise ModelFileError(f"the checkpoint's run averages its weights (average "
+                                 f"{self.config.average}): resume with the averaged weights it "
+                                 "holds (anynet.modelio.load_checkpoint(...).average)")
         D, K = params["W1"].shape[0], params["W2"].shape[1]
         # K inferred from the labels seen (no n_classes given) only says how many at least
         fits = K == self.n_classes or (not self._classes_given and K > self.n_classes)
@@ -318,6 +237,7 @@ class Trainer:
             epoch=int(record["epoch"]), batch=int(record["batch"]), step=int(record["step"]),
             rng_state=record["rng_state"], loss_sum=float(record.get("loss_sum", 0.0)),
             history=list(record["history"]),
+            average={k: b.asarray(v) for k, v in (average or {}).items()},
         )
 
     def write_checkpoint(self, state: TrainState) -> None:
@@ -326,7 +246,8 @@ class Trainer:
         host = self.backend.to_numpy
         save_checkpoint(self.checkpoint_path, {k: host(v) for k, v in state.params.items()},
                         {k: host(v) for k, v in state.velocity.items()},
-                        state.record(self.config, self.data_sha256, self.record_extra))
+                        state.record(self.config, self.data_sha256, self.record_extra),
+                        average={k: host(v) for k, v in state.average.items()})
         for cb in self.callbacks:
             cb.on_checkpoint(self.checkpoint_path, state)
 
@@ -345,7 +266,7 @@ class Trainer:
             distorter = Distorter(distortion, b, seed=cfg.seed, dtype=cfg.dtype)
         step = make_train_step(net, self.optimizer, self.train_images, self.train_labels,
                                cfg.batch_size, state.velocity, fast=self.fast,
-                               distorter=distorter)
+                               distorter=distorter, levers=self.levers, average=state.average)
         rng = np.random.default_rng([cfg.seed, 1])  # the shuffling stream, apart from the init's
         for cb in self.callbacks:
             cb.on_train_begin(self, state)
@@ -372,6 +293,8 @@ class Trainer:
             while state.batch < self.n_batches:
                 window.append(step(state.batch, self.schedule(state.step)))
                 state.params, state.velocity = step.params, step.velocity
+                if self.levers.ema:
+                    state.average = step.average
                 state.batch += 1
                 state.step += 1
                 if len(window) == SYNC_EVERY or state.batch == self.n_batches \
@@ -380,19 +303,40 @@ class Trainer:
                     window = []
                 if self._stop_reason and state.batch < self.n_batches:
                     self.write_checkpoint(state)
-                    return FitResult("stopped", net, state, self._stop_reason)
+                    return FitResult("stopped", self.reported_net(net, state), state,
+                                     self._stop_reason)
                 # (a stop asked for during the last batch lets the epoch end, and stops there)
-            seconds = time.perf_counter() - started
-            metrics = self._epoch_metrics(net, state, seconds)
-            state.history.append(metrics)
-            state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
-            state.rng_state = rng.bit_generator.state  # the next epoch draws from here
-            self.write_checkpoint(state)
-            for cb in self.callbacks:
-                cb.on_epoch_end(state.epoch - 1, metrics)
+            self._end_epoch(net, state, rng, time.perf_counter() - started)
             if self._stop_reason and state.epoch < self.config.epochs:  # else: finished
-                return FitResult("stopped", net, state, self._stop_reason)
-        return FitResult("finished", net, state)
+                return FitResult("stopped", self.reported_net(net, state), state,
+                                 self._stop_reason)
+        return FitResult("finished", self.reported_net(net, state), state)
+
+    def _end_epoch(self, net: TwoLayerNet, state: TrainState, rng: np.random.Generator,
+                   seconds: float) -> None:
+        """The SWA's snapshot (where the config takes one now), the epoch's metrics of the
+        reported network, the state moved to the next epoch, its checkpoint, the callbacks."""
+        n = levers.swa_count(self.config, state.epoch + 1)
+        if n:
+            state.average = levers.swa_update(state.average, state.params, n)
+        metrics = self._epoch_metrics(self.reported_net(net, state, state.epoch + 1), state,
+                                      seconds)
+        state.history.append(metrics)
+        state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
+        state.rng_state = rng.bit_generator.state  # the next epoch draws from here
+        self.write_checkpoint(state)
+        for cb in self.callbacks:
+            cb.on_epoch_end(state.epoch - 1, metrics)
+
+    def reported_net(self, net: TwoLayerNet, state: TrainState,
+                     epochs_done: int | None = None) -> TwoLayerNet:
+        """The network the run reports and saves after `epochs_done` epochs (default: the
+        state's): `net` (the trained weights), or one holding the averaged weights where the
+        config averages them and an average has begun."""
+        done = state.epoch if epochs_done is None else epochs_done
+        averaged = levers.reported_params(self.config, state.average, done, state.step)
+        return net if averaged is None else TwoLayerNet.from_params(averaged,
+                                                                    backend=net.backend)
 
     def _epoch_metrics(self, net: TwoLayerNet, state: TrainState, seconds: float) -> dict:
         sample = min(self.n_train, TRAIN_ACCURACY_SAMPLE)

@@ -329,6 +329,9 @@ def test_every_function_traces_with_a_symbolic_batch():
             "softmax_cross_entropy": F.softmax_cross_entropy(Z, t),
             "softmax_cross_entropy_forward": F.softmax_cross_entropy_forward(Z, t)[0],
             "softmax_cross_entropy_grad": F.softmax_cross_entropy_grad(P, t),
+            "smoothed_targets": F.smoothed_targets(t, K, 0.1),
+            "smoothed_softmax_cross_entropy_grad": F.softmax_cross_entropy_grad(P, t, 0.1),
+            "dropout": F.dropout(Z, dY), "dropout_backward": F.dropout_backward(dY, Z),
             "accuracy": F.accuracy(Z, t),
             "network.loss_and_grads": J, "network.dW1": cache["W1"],
         }

@@ -151,6 +151,9 @@ def _kernels():
             "T g, T wd, T mu, T neg_lr, bool nesterov", "T p, T v",
             "T gw = g + wd * p; v = mu * v + gw; p += neg_lr * (nesterov ? gw + mu * v : v);",
             "anynet_momentum")
+        # the EMA of the weights, one pass: m = d m + (1 - d) p
+        _KERNELS["ema"] = cupy.ElementwiseKernel(
+            "T p, T d", "T m", "m = d * m + ((T)1 - d) * p;", "anynet_ema")
     return _KERNELS
 
 
@@ -171,6 +174,9 @@ def fused_ops(backend) -> FusedOps:
 
         def momentum_(self, p, g, v, wd, mu, neg_lr, nesterov):
             _kernels()["momentum"](g, wd, mu, neg_lr, nesterov, p, v)
+
+        def ema_(self, a, p, decay, tmp):
+            _kernels()["ema"](p, decay, a)
 
         def softmax_xent_(self, P, Y, c, m, s, loss):
             K, N = P.shape

@@ -73,7 +73,7 @@ BLAS_MIN_SIZE = 1 << 16  # elements: below it a ctypes call costs more than the 
 
 
 class OpenBLAS:
-    """axpy and GEMM from the OpenBLAS that NumPy itself calls (NumPy's wheels bundle it as
+    """axpy, axpby and GEMM from the OpenBLAS that NumPy itself calls (NumPy's wheels bundle it as
     scipy-openblas: `numpy.libs/` on Linux and Windows, `numpy/.dylibs/` on macOS), through
     ctypes. The same library, loaded once: its threads are NumPy's (threadpoolctl limits them
     alike), so no second BLAS runs in the process. `load()` is None where NumPy was built
@@ -90,7 +90,7 @@ class OpenBLAS:
         import ctypes
 
         vp, i, c_int = ctypes.c_void_p, int_type, ctypes.c_int
-        self.axpy, self.gemm = {}, {}
+        self.axpy, self.gemm, self.axpby = {}, {}, {}
         for letter, dtype, real in (("s", np.float32, ctypes.c_float),
                                     ("d", np.float64, ctypes.c_double)):
             axpy = getattr(lib, f"scipy_cblas_{letter}axpy{suffix}")
@@ -99,6 +99,10 @@ class OpenBLAS:
             gemm.argtypes = [c_int, c_int, c_int, i, i, i, real, vp, i, vp, i, real, vp, i]
             gemm.restype = None
             self.axpy[np.dtype(dtype)], self.gemm[np.dtype(dtype)] = axpy, gemm
+            axpby = getattr(lib, f"scipy_cblas_{letter}axpby{suffix}", None)  # an extension
+            if axpby is not None:
+                axpby.argtypes, axpby.restype = [i, real, vp, i, real, vp, i], None
+                self.axpby[np.dtype(dtype)] = axpby
 
     @classmethod
     def load(cls) -> OpenBLAS | None:
@@ -132,6 +136,14 @@ class OpenBLAS:
                 or not x.flags.c_contiguous):
             return False
         self.axpy[y.dtype](y.size, float(a), x.ctypes.data, 1, y.ctypes.data, 1)
+        return True
+
+    def try_axpby(self, y, a, x, b) -> bool:            # y = a x + b y
+        if (type(y) is not np.ndarray or type(x) is not np.ndarray or y.size < BLAS_MIN_SIZE
+                or y.dtype != x.dtype or y.size != x.size or y.dtype not in self.axpby
+                or not y.flags.c_contiguous or not x.flags.c_contiguous):
+            return False
+        self.axpby[y.dtype](y.size, float(a), x.ctypes.data, 1, float(b), y.ctypes.data, 1)
         return True
 
     def try_gemm(self, C, A, B, alpha, beta) -> bool:   # C = alpha A B + beta C
@@ -275,6 +287,12 @@ class UfuncOps:
             return
         self.lib.multiply(x, a, out=tmp)
         self.lib.add(y, tmp, out=y)
+
+    def ema_(self, a, p, decay, tmp):                   # a = decay * a + (1 - decay) * p
+        if self.blas is not None and self.blas.try_axpby(a, 1.0 - decay, p, decay):
+            return                                      # one pass: OpenBLAS's axpby
+        self.lib.multiply(a, decay, out=a)
+        self.axpy_(a, 1.0 - decay, p, tmp)
 
     def gemm_acc_(self, C, A, B, beta, tmp):            # C = beta * C + A @ B
         if self.blas is not None and self.blas.try_gemm(C, A, B, 1.0, beta):

@@ -220,6 +220,10 @@ class TorchOps:
         else:
             y.add_(x, alpha=a)
 
+    @staticmethod
+    def ema_(a, p, decay, tmp):                         # a = decay * a + (1 - decay) * p
+        a.lerp_(p, 1.0 - decay)                         # one pass: a + (1 - decay) (p - a)
+
     def gemm_acc_(self, C, A, B, beta, tmp):            # C = beta * C + A @ B, one GEMM
         if isinstance(beta, self.torch.Tensor):         # a rate in a device buffer (CUDA graph)
             C.mul_(beta).addmm_(A, B)

@@ -238,6 +238,11 @@ class FusedOps(Protocol):
         of at least a.size elements."""
         ...
 
+    def ema_(self, a: Array, p: Array, decay: float, tmp: Array) -> None:
+        """a = decay * a + (1 - decay) * p: the exponential moving average of the weights p
+        (1-d, of one size); `tmp` is room like a."""
+        ...
+
     def gemm_acc_(self, C: Array, A: Array, B: Array, beta: float, tmp: Array) -> None:
         """C = beta * C + A @ B; `tmp` is room like C."""
         ...

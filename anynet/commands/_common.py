@@ -246,3 +246,57 @@ def distortion_from_args(args: argparse.Namespace):
 
     return Distortion(kind=args.kind, rotate=args.rotate, scale=args.scale, shear=args.shear,
                       shift=args.shift, alpha=args.alpha, sigma=args.sigma)
+
+
+def add_lever_options(parser: argparse.ArgumentParser) -> None:
+    """Training's levers (anynet.levers): --dropout, --input-dropout, --label-smoothing and
+    --average, each defaulting to None (so a command can tell what was given: over a recipe,
+    or against a checkpoint), checked by the rules TrainConfig checks its fields with."""
+    from anynet.config import AVERAGE_FORMS, LEVER_LIMITS
+
+    g = parser.add_argument_group("training levers (anynet.levers; each off by default; "
+                                  "evaluation and the model file use the plain network)")
+    helps = {
+        "dropout": ("P", "drop each hidden unit with probability P in every training step, "
+                         "scaling the kept ones by 1/(1-P)"),
+        "input_dropout": ("P", "drop each input pixel with probability P in every training "
+                               "step, scaling the kept ones by 1/(1-P)"),
+        "label_smoothing": ("EPS", "train against the targets (1-EPS) one_hot + EPS/K, K = 10 "
+                                   "classes"),
+    }
+    for name, (metavar, text) in helps.items():
+        g.add_argument(f"--{name.replace('_', '-')}", type=lever_value(name), metavar=metavar,
+                       help=f"{text}; at most {LEVER_LIMITS[name][0]:g} (default: 0, off)")
+    g.add_argument("--average", type=average_value, metavar="KIND",
+                   help=f"report and save averaged weights: {AVERAGE_FORMS}; ema: after every "
+                   "step, bias-corrected; swa: the mean of the end-of-epoch weights (default: "
+                   "none)")
+
+
+def lever_value(name: str):
+    """An argparse type: a number in lever `name`'s range (anynet.config.LEVER_LIMITS, the one
+    table of those ranges)."""
+    from anynet.config import LEVER_LIMITS, check_lever
+
+    def parse(text: str) -> float:
+        try:
+            return check_lever(name, float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a number in [0, {LEVER_LIMITS[name][0]:g}], got {text!r}") from None
+
+    parse.__name__ = f"a number in [0, {LEVER_LIMITS[name][0]:g}]"
+    return parse
+
+
+def average_value(text: str) -> str:
+    """An argparse type: a weight averaging as anynet.config.parse_average reads it, written
+    one way ("ema:.999" -> "ema:0.999"); whether an SWA starts within the run is TrainConfig's
+    to say (it knows the epochs)."""
+    from anynet.config import AVERAGE_FORMS, parse_average
+
+    try:
+        kind, value = parse_average(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {AVERAGE_FORMS}, got {text!r}") from None
+    return kind if value is None else f"{kind}:{value!r}"

@@ -78,6 +78,10 @@ _VALUES_HELP = {
     "shift": "largest shifts, pixels, e.g. 2,3",
     "alpha": "elastic strengths, pixels, e.g. 34",
     "sigma": "elastic smoothness, pixels, e.g. 4,6",
+    "dropout": "hidden units' dropout probabilities, e.g. 0,0.5",
+    "input_dropout": "input pixels' dropout probabilities, e.g. 0,0.2",
+    "label_smoothing": "label smoothings, e.g. 0,0.1",
+    "average": "weight averagings: none, ema:DECAY, swa:START, e.g. none,ema:0.999",
 }
 
 

@@ -32,6 +32,7 @@ from anynet.commands._common import (
     add_backend_option,
     add_data_dir_option,
     add_distortion_options,
+    add_lever_options,
     add_no_verify_option,
     add_plot_option,
     at_most,
@@ -102,6 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "it): " + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in RECIPES)
                    .replace("%", "%%"))  # argparse formats help with %
     add_distortion_options(parser, kind=None, kind_option="--augment")
+    add_lever_options(parser)
     add_backend_option(parser, default=None)
     g = parser.add_argument_group("data and files")
     add_data_dir_option(g)
@@ -214,9 +216,10 @@ def run(args) -> int:
     from anynet.training import checkpoint_path_for
 
     started = time.time()
-    record = params = velocity = None
+    record = loaded = None
     if args.resume is not None:
-        params, velocity, record = load_checkpoint(args.resume)
+        loaded = load_checkpoint(args.resume)   # (params, velocity, record), and .average
+        record = loaded[2]
     out = _model_path(args, record)
     config = _config(args, record)
     checkpoint = args.resume if args.resume is not None else checkpoint_path_for(out)
@@ -248,15 +251,14 @@ def run(args) -> int:
                    if p is not None]
         for folder in {p.parent for p in outputs}:  # what a killed run's writes left behind
             remove_stale_temporaries(folder, [p.name for p in outputs], older_than=started)
-        return _train(args, config, out, checkpoint, record, params, velocity)
+        return _train(args, config, out, checkpoint, record, loaded)
 
 
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, params,
-           velocity) -> int:
+def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, loaded) -> int:
     import time
 
     from anynet.data import load_mnist
@@ -287,7 +289,7 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, param
         started = time.perf_counter()
         try:
             trained = _fit(args, config, mnist, backend, out, checkpoint,
-                           None if record is None else (params, velocity, record),
+                           loaded,
                            [reporter, stopper], recipe)
         finally:
             reporter.close()
@@ -402,9 +404,13 @@ def _describe(config: TrainConfig, backend, mnist, out: Path, checkpoint: Path,
     if c.weight_decay:
         opt += f", weight decay {c.weight_decay:g}"
     genuine = "genuine MNIST" if mnist.all_genuine else "MNIST-format data (not genuine MNIST)"
+    from anynet.levers import describe
+
     lines = []
     if c.augment != "none":
         lines.append(f"  distortions: {c.distortion().describe()}")
+    if describe(c):
+        lines.append(f"  levers: {describe(c)}")
     return "\n".join([
         f"anynet train: 784-{c.hidden}-10 network, {c.dtype}, on {backend.describe()}, "
         f"{threads} CPU thread{'s' if threads != 1 else ''}",

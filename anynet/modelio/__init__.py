@@ -4,7 +4,8 @@ A model file holds the arrays W1 (D, H), b1 (H,), W2 (H, K), b2 (K,) and an entr
 JSON document with the format name and version, the anynet version, the architecture, every
 hyperparameter, the seed, backend and dtype, the SHA-256 of the data trained on, and the final
 metrics. A checkpoint ("anynet-checkpoint") holds the same parameters plus the optimizer's
-velocities (`velocity.W1`, ...) and, in its record, the position in training (epoch, batch, step),
+velocities (`velocity.W1`, ...), the averaged weights where the run averages them
+(`average.W1`, ...) and, in its record, the position in training (epoch, batch, step),
 the shuffling RNG's state, and the metrics so far: everything `anynet train --resume` needs.
 
 Files are written atomically. Reading trusts nothing in the file: only a regular file is opened;
@@ -37,6 +38,7 @@ from anynet.config import short_repr
 from anynet.errors import ModelFileError
 from anynet.modelio._npz import read_npz, write_npz
 from anynet.modelio._record import (
+    AVERAGE_PREFIX,
     CHECKPOINT_FORMAT,
     FORMAT_VERSION,
     MAX_METADATA_CHARS,
@@ -46,7 +48,7 @@ from anynet.modelio._record import (
     check_params,
     model_record,
 )
-from anynet.modelio.checkpoints import load_checkpoint, save_checkpoint
+from anynet.modelio.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from anynet.modelio.safetensors_file import (
     SAFETENSORS_SUFFIX,
     read_safetensors,
@@ -55,9 +57,10 @@ from anynet.modelio.safetensors_file import (
 from anynet.network import PARAM_NAMES, TwoLayerNet
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "FORMAT_VERSION", "MAX_METADATA_CHARS", "MAX_PARAM_ELEMENTS",
-    "MODEL_FORMAT", "SAFETENSORS_SUFFIX", "VELOCITY_PREFIX", "ModelFileError", "load_checkpoint",
-    "load_model", "model_record", "save_checkpoint", "save_model", "save_model_safetensors",
+    "AVERAGE_PREFIX", "CHECKPOINT_FORMAT", "FORMAT_VERSION", "MAX_METADATA_CHARS",
+    "MAX_PARAM_ELEMENTS", "MODEL_FORMAT", "SAFETENSORS_SUFFIX", "VELOCITY_PREFIX", "Checkpoint",
+    "ModelFileError", "load_checkpoint", "load_model", "model_record", "save_checkpoint",
+    "save_model", "save_model_safetensors",
 ]
 
 

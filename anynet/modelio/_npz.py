@@ -23,7 +23,6 @@ from anynet.errors import ModelFileError, one_line
 from anynet.fileio import atomic_write_bytes
 from anynet.modelio._record import (
     MAX_METADATA_CHARS,
-    VELOCITY_PREFIX,
     check_format,
     check_param_header,
     check_total,
@@ -98,9 +97,9 @@ def _read_arrays(zf: zipfile.ZipFile, names: list[str]) -> dict[str, np.ndarray]
         for name in present:
             members[name] = open_npy_member(zf, name + ".npy")
             check_param_header(name, members[name].header.dtype, members[name].header.shape)
-        groups: dict[bool, list[str]] = {}
+        groups: dict[str, list[str]] = {}  # the parameters, velocities, averages: each its own
         for name in present:
-            groups.setdefault(name.startswith(VELOCITY_PREFIX), []).append(name)
+            groups.setdefault(name.rpartition(".")[0], []).append(name)
         for group in groups.values():
             check_total(sum(math.prod(members[n].header.shape) for n in group))
         arrays = {}

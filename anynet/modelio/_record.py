@@ -30,6 +30,7 @@ MODEL_FORMAT = "anynet-model"
 CHECKPOINT_FORMAT = "anynet-checkpoint"
 FORMAT_VERSION = 1
 VELOCITY_PREFIX = "velocity."
+AVERAGE_PREFIX = "average."  # a checkpoint's averaged weights (anynet.levers), where it has them
 
 # Limits on what a file may ask of the reader. Each is far above anything anynet writes, and
 # low enough that a hostile or damaged file costs at most a few seconds and ~1 GB. (The limits

@@ -1,5 +1,6 @@
-"""Training checkpoints ("anynet-checkpoint"): the parameters, the optimizer's velocities and a
-record of where training stands, in an .npz like a model file (`anynet.modelio`).
+"""Training checkpoints ("anynet-checkpoint"): the parameters, the optimizer's velocities, the
+averaged weights where the run averages them (anynet.levers), and a record of where training
+stands, in an .npz like a model file (`anynet.modelio`).
 
 The record holds the position in training (epoch, batch, step), the shuffling RNG's state, the
 metrics so far and the config: everything `anynet train --resume` needs. Reading checks every
@@ -21,10 +22,12 @@ from typing import Any
 import numpy as np
 
 from anynet import __version__
-from anynet.config import TrainConfig, short_repr
+from anynet.config import LEVER_FIELDS, TrainConfig, short_repr
 from anynet.errors import ModelFileError
+from anynet.levers import swa_count
 from anynet.modelio._npz import read_npz, write_npz
 from anynet.modelio._record import (
+    AVERAGE_PREFIX,
     CHECKPOINT_FORMAT,
     FORMAT_VERSION,
     VELOCITY_PREFIX,
@@ -38,47 +41,80 @@ _HISTORY_FLOATS = ("train_loss", "train_accuracy", "lr", "seconds")
 _HISTORY_OPTIONAL = ("val_loss", "val_accuracy")  # None when there is no validation set
 
 
+class Checkpoint(tuple):
+    """What `load_checkpoint` returns: (params, velocity, record), which unpacks as three, and
+    `average`, the averaged weights ({} where the run averages none, or not yet)."""
+
+    average: dict
+
+    def __new__(cls, params: dict, velocity: dict, record: dict, average: dict) -> Checkpoint:
+        self = super().__new__(cls, (params, velocity, record))
+        self.average = average
+        return self
+
+
 def save_checkpoint(path: str | Path, params: dict[str, np.ndarray],
-                    velocity: dict[str, np.ndarray], record: dict) -> None:
-    """Write a training checkpoint: host parameters, optimizer velocities, and `record`."""
+                    velocity: dict[str, np.ndarray], record: dict,
+                    average: dict[str, np.ndarray] | None = None) -> None:
+    """Write a training checkpoint: host parameters, optimizer velocities, the averaged weights
+    (`average`, where the run has them) and `record`."""
     arrays = dict(params)
     arrays.update({VELOCITY_PREFIX + k: v for k, v in velocity.items()})
+    arrays.update({AVERAGE_PREFIX + k: v for k, v in (average or {}).items()})
     full = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION,
             "anynet_version": __version__, **record}
     write_npz(path, arrays, full)
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
-    """Read and check a checkpoint; return (host params, host velocities, record).
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and check a checkpoint; return (host params, host velocities, record) with the
+    host averaged weights as `.average`.
 
     Every field the training loop reads is checked for type and range (see `_check_record`);
     the record returned is well-typed. The checks that need the training data (batch within
     an epoch, step == epoch * batches per epoch + batch) are the loop's.
     """
-    velocity_names = [VELOCITY_PREFIX + k for k in PARAM_NAMES]
-    arrays, record = read_npz(path, CHECKPOINT_FORMAT, [*PARAM_NAMES, *velocity_names])
+    names = {prefix: [prefix + k for k in PARAM_NAMES]
+             for prefix in (VELOCITY_PREFIX, AVERAGE_PREFIX)}
+    arrays, record = read_npz(path, CHECKPOINT_FORMAT, [*PARAM_NAMES, *names[VELOCITY_PREFIX],
+                                                         *names[AVERAGE_PREFIX]])
     params = check_params(path, arrays)
     config = _check_record(Path(path), record, params)
-    velocity = {}
-    if config.momentum > 0:
-        missing = [n for n in velocity_names if n not in arrays]
-        if missing:
-            raise ModelFileError(f"{path}: the checkpoint lacks the optimizer state "
-                                 f"{', '.join(missing)} that momentum {config.momentum:g} needs; "
-                                 "the file is damaged")
-        for k in PARAM_NAMES:
-            v = velocity[k] = arrays[VELOCITY_PREFIX + k]
-            if v.shape != params[k].shape or v.dtype != params[k].dtype:
-                raise ModelFileError(f"{path}: optimizer state {k} ({v.shape} {v.dtype}) does "
-                                     f"not match the parameter ({params[k].shape} "
-                                     f"{params[k].dtype}); the file is damaged")
-            if count_non_finite(v):
-                raise ModelFileError(f"{path}: optimizer state {k} holds non-finite values "
-                                     "(nan/inf); the file is damaged")
-    elif any(n in arrays for n in velocity_names):
-        raise ModelFileError(f"{path}: the checkpoint holds optimizer state (velocity) but its "
-                             "config has no momentum; the file is damaged")
-    return params, velocity, record
+    velocity = _state(path, arrays, params, VELOCITY_PREFIX, "optimizer state",
+                      f"momentum {config.momentum:g}" if config.momentum > 0 else "",
+                      "optimizer state (velocity) but its config has no momentum")
+    averaged = config.averaging()[0] == "ema" or swa_count(config, record["epoch"]) > 0
+    average = _state(path, arrays, params, AVERAGE_PREFIX, "averaged weights",
+                     f"its average {config.average}" if averaged else "",
+                     "averaged weights that its config does not make by this epoch")
+    return Checkpoint(params, velocity, record, average)
+
+
+def _state(path, arrays: dict, params: dict, prefix: str, noun: str, needed_by: str,
+           unneeded: str) -> dict:
+    """The arrays `prefix`W1, ... (the `noun`: velocities, averaged weights) by parameter
+    name: all four where some setting needs them (`needed_by`, which names it), each of its
+    parameter's shape and dtype and finite; none otherwise (what they would mean: `unneeded`)."""
+    names = [prefix + k for k in PARAM_NAMES]
+    if not needed_by:
+        if any(n in arrays for n in names):
+            raise ModelFileError(f"{path}: the checkpoint holds {unneeded}; the file is damaged")
+        return {}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ModelFileError(f"{path}: the checkpoint lacks the {noun} {', '.join(missing)} "
+                             f"that {needed_by} needs; the file is damaged")
+    state = {}
+    for k in PARAM_NAMES:
+        v = state[k] = arrays[prefix + k]
+        if v.shape != params[k].shape or v.dtype != params[k].dtype:
+            raise ModelFileError(f"{path}: {noun} {k} ({v.shape} {v.dtype}) does not match the "
+                                 f"parameter ({params[k].shape} {params[k].dtype}); the file "
+                                 "is damaged")
+        if count_non_finite(v):
+            raise ModelFileError(f"{path}: {noun} {k} holds non-finite values (nan/inf); the "
+                                 "file is damaged")
+    return state
 
 
 _RECORD_FIELDS = ("config", "epoch", "batch", "step", "rng_state", "loss_sum", "history",
@@ -105,7 +141,9 @@ def _check_record(path: Path, record: dict, params: dict[str, np.ndarray]) -> Tr
     config_values = record["config"]
     if not isinstance(config_values, dict):
         raise damaged(f"its config is {short_repr(config_values)}, not a JSON object")
-    lacking = [f.name for f in fields(TrainConfig) if f.name not in config_values]
+    # the levers came later: a checkpoint written before them trained without them
+    lacking = [f.name for f in fields(TrainConfig)
+               if f.name not in config_values and f.name not in LEVER_FIELDS]
     if lacking:
         raise damaged(f"its config lacks {', '.join(lacking)}")
     try:
