@@ -111,7 +111,7 @@ def jax(session: nox.Session) -> None:
     computation many times: JAX's compilation cache, in this session's temporary folder, lets
     a repeated one load instead (a third less time here)."""
     _install(session, ".[test,jax]")
-    cache = {"JAX_COMPILATION_CACHE_DIR": str(Path(session.create_tmp()) / "jax-cache"),
+    cache = {"JAX_COMPILATION_CACHE_DIR": str(Path(session.create_tmp()).resolve() / "jax-cache"),
              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     _pytest(session, "jax", env=cache)
