@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from anynet.batches import check_batch, check_labels, check_permutation, chunk_rows
+from anynet.batches import check_batch, check_labels, check_permutation, chunk_rows, epoch_order
 from anynet.levers import Levers
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
@@ -131,7 +131,7 @@ class FusedStep:
     def _load_chunk(self, chunk: int) -> None:
         """Gather and convert the rows of batches chunk*bpc .. (chunk+1)*bpc - 1."""
         ops, B, bpc, K = self.ops, self.B, self.batches_per_chunk, self.K
-        idx = self.perm[chunk * bpc * B:(chunk + 1) * bpc * B]
+        idx = epoch_order(self.perm)[chunk * bpc * B:(chunk + 1) * bpc * B]
         n = idx.shape[0]
         ops.load_rows(self.images, idx, self.X[:n], 1 / 255, self.pixels[:n])
         if self.distorter is not None:

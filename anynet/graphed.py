@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anynet.batches import check_batch
+from anynet.batches import check_batch, epoch_order
 from anynet.fused import FusedStep, Rates
 from anynet.levers import Levers
 from anynet.network import TwoLayerNet
@@ -87,6 +87,7 @@ class GraphedStep(FusedStep):
 
     def __call__(self, batch: int, lr: float):
         check_batch(batch, self.n_batches)
+        epoch_order(self.perm)  # the replay gathers by perm_device: uninitialised before it
         if batch >= self.n_full or self.replay is False:
             return super().__call__(batch, lr)
         if self.replay is None:

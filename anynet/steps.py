@@ -61,6 +61,7 @@ from anynet.batches import (  # noqa: F401  (names the steps' users import from 
     check_labels,
     check_permutation,
     chunk_rows,
+    epoch_order,
 )
 from anynet.fused import FusedStep, Rates, one_buffer  # noqa: F401
 from anynet.graphed import GraphCaptureUnavailable, GraphedStep, first_cause  # noqa: F401
@@ -106,9 +107,9 @@ class ArrayAPIStep:
 
     def batch_indices(self, batch: int):
         """Positions in the training set of batch `batch` of this epoch."""
-        B = self.batch_size
+        B, perm = self.batch_size, epoch_order(self.perm)
         # the standard leaves out-of-bounds slice ends unspecified: clip the last batch's
-        return self.perm[batch * B:min((batch + 1) * B, self.perm.shape[0])]
+        return perm[batch * B:min((batch + 1) * B, perm.shape[0])]
 
     def batch(self, batch: int) -> tuple:
         """(inputs X (b, D), uint8 pixels or floats; labels t (b,); the hidden units' dropout
@@ -122,6 +123,7 @@ class ArrayAPIStep:
         """One SGD step on batch `batch` with learning rate `lr`; returns the batch's loss as a
         0-d array of the backend (reading it would wait for the device)."""
         check_batch(batch, -(-self.images.shape[0] // self.batch_size))
+        epoch_order(self.perm)
         X, t, Mh = self.batch(batch)
         loss, grads = self.net.loss_and_grads_array(
             X, t, hidden_mask=Mh, label_smoothing=self.levers.label_smoothing)
@@ -183,12 +185,13 @@ class CompiledStep(ArrayAPIStep):
 
     def __call__(self, batch: int, lr: float):
         check_batch(batch, -(-self.images.shape[0] // self.batch_size))
+        perm = epoch_order(self.perm)
         state = (self.net.params, self.velocity, self.average)
         start = batch * self.batch_size
         if self.chunks is not None:
             loss, state = self._step_on(state, *self.chunks.batch(batch), lr)
-        elif start + self.batch_size <= self.perm.shape[0]:
-            loss, state = self._step_from(state, self.images, self.labels, self.perm, start, lr)
+        elif start + self.batch_size <= perm.shape[0]:
+            loss, state = self._step_from(state, self.images, self.labels, perm, start, lr)
         else:
             loss, state = self._step(state, self.images, self.labels, self.batch_indices(batch),
                                      lr)
