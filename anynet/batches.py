@@ -4,7 +4,7 @@ chunk a step gathers and distorts at once, and the checks that keep every device
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -51,6 +51,18 @@ def check_labels(backend, labels, K: int) -> None:
 def check_batch(batch: int, n_batches: int) -> None:
     if not 0 <= batch < n_batches:
         raise IndexError(f"batch {batch} of an epoch of {n_batches} batches")
+
+
+T = TypeVar("T")
+
+
+def epoch_order(perm: T | None) -> T:
+    """`perm`, the epoch's order that `begin_epoch` gave a step; RuntimeError before it gave
+    one, so that no step gathers by an order it never checked (the CUDA-graph step's device
+    copy of it is uninitialised memory until then)."""
+    if perm is None:
+        raise RuntimeError("no epoch's order yet: call begin_epoch(perm) before the first batch")
+    return perm
 
 
 def chunk_rows(batch_size: int) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from anynet.progress import Progress
     from anynet.training import Trainer, TrainState
 
 
@@ -29,7 +30,7 @@ class ConsoleReporter(Callback):
 
     def __init__(self, epochs: int, quiet: bool = False, resumed_from: str | Path | None = None):
         self.epochs, self.quiet, self.resumed_from = epochs, quiet, resumed_from
-        self.bar = None
+        self.bar: Progress | None = None
         self.running = 0.0
 
     def on_train_begin(self, trainer: Trainer, state: TrainState) -> None:
@@ -76,7 +77,7 @@ class StopOnSignals(Callback):
     KeyboardInterrupt at once. `received` lists the signals that came. Keep the block open
     until the outputs are written: a signal then lets them complete."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.received: list[int] = []
         self._trainer: Trainer | None = None
         self._previous: dict = {}
@@ -88,13 +89,13 @@ class StopOnSignals(Callback):
                           for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         import signal
 
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
-    def _on_signal(self, signum, frame) -> None:
+    def _on_signal(self, signum: int, frame: object) -> None:
         if self.received:  # a second Ctrl-C: stop now, without waiting for the batch
             raise KeyboardInterrupt
         self.received.append(signum)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 DTYPES = ("float32", "float64")
 # Bounds on what a run may cost (docs/promises.md). Every epoch adds about
@@ -94,7 +94,7 @@ class TrainConfig:
                           shear=self.shear, shift=self.shift, alpha=self.alpha,
                           sigma=self.sigma)
 
-    def averaging(self) -> tuple[str, float | int | None]:
+    def averaging(self) -> Averaging:
         """The weight averaging `average` names: ("none", None), ("ema", decay) or
         ("swa", first epoch averaged, 1-based)."""
         return parse_average(self.average)
@@ -156,6 +156,10 @@ LEVER_FIELDS = (*LEVER_LIMITS, "average")  # every lever's field, each off by de
 MAX_EMA_DECAY = 0.999999
 AVERAGE_FORMS = (f"none, ema:DECAY (0 < DECAY <= {MAX_EMA_DECAY}) or swa:START (an epoch, "
                  "1 <= START <= epochs)")
+# a weight averaging as `parse_average` reads it: its kind, with the EMA's decay or the SWA's
+# first epoch (typed by kind, so that a checker knows which number goes with which)
+Averaging = (tuple[Literal["none"], None] | tuple[Literal["ema"], float]
+             | tuple[Literal["swa"], int])
 
 
 def check_lever(name: str, value: Any) -> float:
@@ -169,7 +173,7 @@ def check_lever(name: str, value: Any) -> float:
     return float(value)
 
 
-def parse_average(text: Any) -> tuple[str, float | int | None]:
+def parse_average(text: Any) -> Averaging:
     """The weight averaging named by `text`: "none" -> ("none", None); "ema:DECAY" ->
     ("ema", DECAY), 0 < DECAY <= MAX_EMA_DECAY; "swa:START" -> ("swa", START), an integer
     >= 1. ValueError saying what is accepted otherwise."""

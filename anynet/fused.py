@@ -6,11 +6,13 @@ reference step (anynet.steps.ArrayAPIStep) on every backend."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from anynet.batches import check_batch, check_labels, check_permutation, chunk_rows
+from anynet.backend.contract import Array, FusedOps
+from anynet.batches import check_batch, check_labels, check_permutation, chunk_rows, epoch_order
 from anynet.levers import Levers
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
@@ -32,12 +34,14 @@ class FusedStep:
     every parameter at the end of the step (`FusedOps.ema_`).
     """
 
-    def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict | None = None, distorter=None, *, levers: Levers | None = None,
-                 average: dict | None = None):
-        self.ops = ops = net.backend.fused_ops()
+    def __init__(self, net: TwoLayerNet, optimizer: SGD, images: Array, labels: Array,
+                 batch_size: int, velocity: dict | None = None,
+                 distorter: Callable[[Array, tuple[int, ...]], Array] | None = None, *,
+                 levers: Levers | None = None, average: dict | None = None) -> None:
+        ops = net.backend.fused_ops()
         if ops is None:
             raise ValueError(f"the fused step needs in-place arrays; {net.backend.name} has none")
+        self.ops: FusedOps = ops  # the seam's contract: mypy checks every call against it
         D, H, K = net.sizes
         dtype = np.dtype(net.dtype)
         self.net, self.wd = net, optimizer.weight_decay
@@ -75,12 +79,13 @@ class FusedStep:
         # each batch's loss, where the step writes it: a batch's holds until the same batch of
         # the next epoch (the Trainer reads every window within its epoch)
         self.losses = ops.empty((self.n_batches,), dtype)
-        self._buffer_sets = {}  # b -> (Z1, A1, P, mask, dZ1, m, s); P: logits, probs, then dZ2
+        # b -> (Z1, A1, P, mask, dZ1, m, s); P: logits, probs, then dZ2
+        self._buffer_sets: dict[int, tuple[Array, ...]] = {}
         self._buffers(B)  # made here, never inside a capture's warm-up (its pool can be freed)
         # the buffers never move, so each batch's views into them are made once, not per step
         self._batch_views = [(self.X[j * B:(j + 1) * B], self.Y[j], self._hidden_mask(j * B, B))
                              for j in range(self.batches_per_chunk)]
-        self.perm = None
+        self.perm: Array | None = None  # the epoch's order on the device, from begin_epoch
         self.chunk = self.rows_in_chunk = -1
 
     def _velocity_buffers(self, velocity: dict | None, p: dict) -> dict:
@@ -109,9 +114,9 @@ class FusedStep:
         buffer, from `average` or zeros); returns m by parameter name, views into the buffer
         (None without an EMA)."""
         ops, dtype, D, H, lv = self.ops, self.dtype, self.W1.shape[0], self.H, self.levers
-        self.Mx = ops.empty((R, D), dtype) if lv.input_dropout else None
-        self.Mh = ops.empty((R, H), dtype) if lv.dropout else None
-        self.average_flat = None
+        self.Mx: Array | None = ops.empty((R, D), dtype) if lv.input_dropout else None
+        self.Mh: Array | None = ops.empty((R, H), dtype) if lv.dropout else None
+        self.average_flat: Array | None = None
         if not lv.ema:
             return None
         m = {k: self.net.backend.to_numpy(v) for k, v in (average or {}).items()}
@@ -119,7 +124,7 @@ class FusedStep:
         self.average_flat, (aW1, ab1, aW2a) = one_buffer(ops, dtype, m)
         return {"W1": aW1, "b1": ab1, "W2": aW2a[:H], "b2": aW2a[H]}
 
-    def _hidden_mask(self, start: int, b: int):
+    def _hidden_mask(self, start: int, b: int) -> Array | None:
         """The hidden units' dropout mask of the chunk's rows start .. start + b - 1, or None."""
         return None if self.Mh is None else self.Mh[start:start + b]
 
@@ -131,7 +136,7 @@ class FusedStep:
     def _load_chunk(self, chunk: int) -> None:
         """Gather and convert the rows of batches chunk*bpc .. (chunk+1)*bpc - 1."""
         ops, B, bpc, K = self.ops, self.B, self.batches_per_chunk, self.K
-        idx = self.perm[chunk * bpc * B:(chunk + 1) * bpc * B]
+        idx = epoch_order(self.perm)[chunk * bpc * B:(chunk + 1) * bpc * B]
         n = idx.shape[0]
         ops.load_rows(self.images, idx, self.X[:n], 1 / 255, self.pixels[:n])
         if self.distorter is not None:
@@ -139,10 +144,11 @@ class FusedStep:
         if self.levers.masks:  # the chunk's masks, drawn on the host as ChunkedBatches draws
             Mx, Mh = self.levers.draw_masks((self.epoch, chunk), n, self.X.shape[1], self.H,
                                             self.dtype)
-            if Mx is not None:
+            # (a mask is drawn exactly where its buffer was made: the same lever asks for both)
+            if Mx is not None and self.Mx is not None:
                 ops.upload_(self.Mx[:n], Mx)
                 ops.mul_(self.X[:n], self.Mx[:n])           # X' = X * M_x
-            if Mh is not None:
+            if Mh is not None and self.Mh is not None:
                 ops.upload_(self.Mh[:n], Mh)
         onehot = ops.take(self.eye, ops.take(self.labels, idx))        # (n, K)
         full = n // B
@@ -152,7 +158,7 @@ class FusedStep:
         self.rows_in_chunk = n
         self.chunk = chunk
 
-    def __call__(self, batch: int, lr: float):
+    def __call__(self, batch: int, lr: float) -> Array:
         check_batch(batch, self.n_batches)
         chunk, j = divmod(batch, self.batches_per_chunk)
         if chunk != self.chunk:
@@ -182,7 +188,7 @@ class FusedStep:
                              f"decay {wd}) has no fused step")
         return Rates(1 / b, 1 - lr * wd, -lr, lr * mu, beta, wd / beta, -lr * (1 + mu))
 
-    def _buffers(self, b: int) -> tuple:
+    def _buffers(self, b: int) -> tuple[Array, ...]:
         """The step's buffers for a batch of b examples: made once for b = B, and once more
         for a shorter last batch (contiguous, as every backend's out= wants)."""
         if b not in self._buffer_sets:
@@ -195,7 +201,8 @@ class FusedStep:
                                     o.empty((b,), dt), o.empty((b,), dt))
         return self._buffer_sets[b]
 
-    def _step(self, X, Y, rates: Rates, b: int, loss, Mh=None) -> None:
+    def _step(self, X: Array, Y: Array, rates: Rates, b: int, loss: Array,
+              Mh: Array | None = None) -> None:
         """One step on inputs X (b, D) and targets Y (K, b) (one-hot, or label-smoothed);
         `rates` from `_rates` (numbers, or for the CUDA-graph step 1-element device arrays);
         the batch's loss goes into `loss`, a 1-element array; `Mh` (b, H): the hidden units'
@@ -227,7 +234,7 @@ class FusedStep:
         if self.average_flat is not None:              # m <- decay m + (1 - decay) p
             o.ema_(self.average_flat, self.params_flat, self.levers.ema, self.tmp)
 
-    def _plain_update(self, X, dZ1, rates: Rates) -> None:
+    def _plain_update(self, X: Array, dZ1: Array, rates: Rates) -> None:
         """SGD.step without momentum, weight decay as in SGD.step: p <- p - lr * (g + wd * p),
         every parameter at once, the learning rate already inside dZ1 and dW2a."""
         o, W1 = self.ops, self.W1
@@ -236,7 +243,7 @@ class FusedStep:
         o.sub_mm_(W1, X.T, dZ1, self.dW1)              # W1 -= X^T dZ1 (lr already inside)
         o.sub_(self.params_rest, self.grads_rest)      # b1 -= db1, [W2; b2] -= dW2a
 
-    def _momentum_update(self, X, dZ1, rates: Rates) -> None:
+    def _momentum_update(self, X: Array, dZ1: Array, rates: Rates) -> None:
         """SGD.step with momentum, in place, for every parameter p with gradient g at once:
             v' = mu v + g + wd p;  p' = p - lr v',  Nesterov: p' = p - lr (g + wd p + mu v').
 
@@ -303,7 +310,8 @@ class Rates(NamedTuple):
     v_rate: Any
 
 
-def one_buffer(ops, dtype, params: dict) -> tuple:
+def one_buffer(ops: FusedOps, dtype: np.dtype,
+               params: dict[str, np.ndarray]) -> tuple[Array, list[Array]]:
     """Host arrays W1 (D, H), b1 (H,), W2 (H, K), b2 (K,) as one new buffer of the backend,
     [W1 | b1 | W2a] with W2a = [W2; b2] (H+1, K), and the three views (W1, b1, W2a) into it."""
     W2a = np.concatenate([params["W2"], params["b2"][None, :]])

@@ -6,13 +6,22 @@ anynet.steps' docstring tells where each step runs; tests hold it equal to the r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal
+
 import numpy as np
 
-from anynet.batches import check_batch
+from anynet.backend.contract import Array
+from anynet.batches import check_batch, epoch_order
 from anynet.fused import FusedStep, Rates
 from anynet.levers import Levers
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
+
+# `Backend.graph_capture`'s capture(fn) -> replay, and what `_capture` makes of it: the replay,
+# or False where capture failed (None: not tried yet)
+Replay = Callable[[], object]
+Capture = Callable[[Callable[[], None]], Replay]
 
 
 class GraphCaptureUnavailable(UserWarning):
@@ -46,23 +55,24 @@ class GraphedStep(FusedStep):
     (`make_train_step`), and this step refuses it (ValueError).
     """
 
-    def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict | None, capture, *, levers: Levers | None = None,
-                 average: dict | None = None):
+    def __init__(self, net: TwoLayerNet, optimizer: SGD, images: Array, labels: Array,
+                 batch_size: int, velocity: dict | None, capture: Capture, *,
+                 levers: Levers | None = None, average: dict | None = None) -> None:
         if levers is not None and levers.masks:
             raise ValueError("the CUDA-graph step has no dropout: its masks are drawn on the "
                              "host a chunk at a time; use the fused step")
         super().__init__(net, optimizer, images, labels, batch_size, velocity, levers=levers,
                          average=average)
         o, B, D, K, dt = self.ops, self.B, net.sizes[0], self.K, self.dtype
-        self.capture, self.replay = capture, None
+        self.capture = capture
+        self.replay: Replay | Literal[False] | None = None
         self.n_full = self.n // B                      # batches the graph runs
         self.perm_device = o.empty((self.n,), np.int64)
         self.rates_device = o.host(np.zeros(-(-self.n // B)), dt)
         self.rates_host = np.full(-(-self.n // B), np.nan)
         self.loss_now = o.empty((1,), dt)              # the replay's loss, before losses[k]
         self.k = o.host(np.zeros(1, np.int64))         # the batch the next replay trains
-        self.next_batch = None                         # ... as the host knows it
+        self.next_batch: int | None = None             # ... as the host knows it
         self.arange = o.host(np.arange(B), np.int64)
         self.kB, self.pos, self.idx = (o.empty((1,), np.int64), o.empty((B,), np.int64),
                                        o.empty((B,), np.int64))
@@ -85,8 +95,9 @@ class GraphedStep(FusedStep):
             self.ops.upload_(self.rates_device, np.asarray(rates, self.dtype))
         self.next_batch = None  # the counter is set on the first batch
 
-    def __call__(self, batch: int, lr: float):
+    def __call__(self, batch: int, lr: float) -> Array:
         check_batch(batch, self.n_batches)
+        epoch_order(self.perm)  # the replay gathers by perm_device: uninitialised before it
         if batch >= self.n_full or self.replay is False:
             return super().__call__(batch, lr)
         if self.replay is None:
@@ -135,7 +146,7 @@ class GraphedStep(FusedStep):
         o.mul_into(lr, -(1 + mu), out=r.v_rate)
         return Rates(1 / self.B, r.decay, r.neg_lr, r.lr_mu, r.beta, r.k, r.v_rate)
 
-    def _capture(self):
+    def _capture(self) -> Replay | Literal[False]:
         """The replay of one captured step, or False (with a warning) where capture fails.
         Capturing runs the step once to warm up: the state it changes is put back."""
         import warnings
@@ -147,6 +158,7 @@ class GraphedStep(FusedStep):
         if self.average_flat is not None:
             state.append(self.average_flat)
         saved = [o.clone(a) for a in state]
+        replay: Replay | Literal[False]
         try:
             replay = self.capture(self._graph_step)
         except Exception as e:  # CUDA reports capture problems in many exception types

@@ -48,7 +48,7 @@ class Levers:
     ema: float = 0.0
     seed: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("dropout", "input_dropout", "label_smoothing"):
             object.__setattr__(self, name, check_lever(name, getattr(self, name)))
         if not (type(self.ema) in (int, float) and 0 <= self.ema <= MAX_EMA_DECAY):
@@ -57,9 +57,9 @@ class Levers:
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> Levers:
-        kind, value = config.averaging()
+        averaging = config.averaging()
         return cls(config.dropout, config.input_dropout, config.label_smoothing,
-                   float(value) if kind == "ema" else 0.0, config.seed)
+                   float(averaging[1]) if averaging[0] == "ema" else 0.0, config.seed)
 
     @property
     def masks(self) -> bool:
@@ -120,10 +120,10 @@ def reported_params(config: TrainConfig, average: dict, epochs_done: int,
     """The averaged weights a run reports and saves after `epochs_done` epochs and `steps`
     steps, or None where it reports its trained weights (no averaging, or an SWA that has not
     begun, or no step yet)."""
-    kind, value = config.averaging()
-    if kind == "ema" and steps > 0:
-        return ema_weights(average, float(value), steps)
-    if kind == "swa" and average and epochs_done >= int(value):
+    averaging = config.averaging()
+    if averaging[0] == "ema" and steps > 0:
+        return ema_weights(average, float(averaging[1]), steps)
+    if averaging[0] == "swa" and average and epochs_done >= int(averaging[1]):
         return average
     return None
 
@@ -131,8 +131,8 @@ def reported_params(config: TrainConfig, average: dict, epochs_done: int,
 def swa_count(config: TrainConfig, epochs_done: int) -> int:
     """How many end-of-epoch snapshots an SWA has averaged after `epochs_done` epochs (0 where
     the config averages none that way)."""
-    kind, value = config.averaging()
-    return max(0, epochs_done - int(value) + 1) if kind == "swa" else 0
+    averaging = config.averaging()
+    return max(0, epochs_done - int(averaging[1]) + 1) if averaging[0] == "swa" else 0
 
 
 def describe(config: TrainConfig) -> str:

@@ -52,8 +52,12 @@ loss into a buffer of the epoch's losses: a loss holds until the same batch of t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 import numpy as np
 
+from anynet.backend.contract import Array
 from anynet.batches import (  # noqa: F401  (names the steps' users import from here)
     CHUNK_ROWS,
     ChunkedBatches,
@@ -61,6 +65,7 @@ from anynet.batches import (  # noqa: F401  (names the steps' users import from 
     check_labels,
     check_permutation,
     chunk_rows,
+    epoch_order,
 )
 from anynet.fused import FusedStep, Rates, one_buffer  # noqa: F401
 from anynet.graphed import GraphCaptureUnavailable, GraphedStep, first_cause  # noqa: F401
@@ -69,6 +74,37 @@ from anynet.network import TwoLayerNet, loss_and_grads, pixels_to_inputs
 from anynet.optim import SGD
 
 NO_LEVERS = Levers()
+# what a step distorts a chunk of inputs with (`anynet.augment.Distorter`): X, (epoch, chunk)
+Distorter = Callable[[Array, tuple[int, ...]], Array]
+
+
+class TrainStep(Protocol):
+    """What the training loop (anynet.training.Trainer) asks of every step `make_train_step`
+    makes; mypy holds each step class to it."""
+
+    def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
+                    epoch: int = 0) -> None:
+        """Start epoch `epoch` in the order `perm`; `rates`, its batches' learning rates."""
+        ...
+
+    def __call__(self, batch: int, lr: float) -> Array:
+        """One step on batch `batch` at learning rate `lr`: its loss, a 0-d device array."""
+        ...
+
+    @property
+    def params(self) -> dict:
+        """The current parameters by name (W1, b1, W2, b2)."""
+        ...
+
+    @property
+    def velocity(self) -> dict:
+        """The optimizer's state by parameter name ({} without momentum)."""
+        ...
+
+    @property
+    def average(self) -> dict:
+        """The EMA's m by parameter name ({} without an EMA)."""
+        ...
 
 
 class ArrayAPIStep:
@@ -80,9 +116,9 @@ class ArrayAPIStep:
     m to start from (zeros, or a checkpoint's).
     """
 
-    def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict, distorter=None, *, levers: Levers | None = None,
-                 average: dict | None = None):
+    def __init__(self, net: TwoLayerNet, optimizer: SGD, images: Array, labels: Array,
+                 batch_size: int, velocity: dict, distorter: Distorter | None = None, *,
+                 levers: Levers | None = None, average: dict | None = None) -> None:
         self.net, self.optimizer = net, optimizer
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.velocity = velocity
@@ -90,7 +126,7 @@ class ArrayAPIStep:
         self.average = dict(average or {}) if levers.ema else {}
         if levers.ema and not self.average:
             self.average = {k: net.xp.zeros_like(v) for k, v in net.params.items()}
-        self.perm = None
+        self.perm: Array | None = None  # the epoch's order on the device, from begin_epoch
         self.chunks = None if distorter is None and not levers.masks else ChunkedBatches(
             net, images, labels, batch_size, distorter=distorter, levers=levers)
 
@@ -104,11 +140,11 @@ class ArrayAPIStep:
         if self.chunks is not None:
             self.chunks.begin_epoch(self.perm, epoch)
 
-    def batch_indices(self, batch: int):
+    def batch_indices(self, batch: int) -> Array:
         """Positions in the training set of batch `batch` of this epoch."""
-        B = self.batch_size
+        B, perm = self.batch_size, epoch_order(self.perm)
         # the standard leaves out-of-bounds slice ends unspecified: clip the last batch's
-        return self.perm[batch * B:min((batch + 1) * B, self.perm.shape[0])]
+        return perm[batch * B:min((batch + 1) * B, perm.shape[0])]
 
     def batch(self, batch: int) -> tuple:
         """(inputs X (b, D), uint8 pixels or floats; labels t (b,); the hidden units' dropout
@@ -118,10 +154,11 @@ class ArrayAPIStep:
         xp, idx = self.net.xp, self.batch_indices(batch)
         return xp.take(self.images, idx, axis=0), xp.take(self.labels, idx, axis=0), None
 
-    def __call__(self, batch: int, lr: float):
+    def __call__(self, batch: int, lr: float) -> Array:
         """One SGD step on batch `batch` with learning rate `lr`; returns the batch's loss as a
         0-d array of the backend (reading it would wait for the device)."""
         check_batch(batch, -(-self.images.shape[0] // self.batch_size))
+        epoch_order(self.perm)
         X, t, Mh = self.batch(batch)
         loss, grads = self.net.loss_and_grads_array(
             X, t, hidden_mask=Mh, label_smoothing=self.levers.label_smoothing)
@@ -150,9 +187,9 @@ class CompiledStep(ArrayAPIStep):
     of ~30 separately dispatched operations. Same functions, same math; parameters stay
     immutable."""
 
-    def __init__(self, net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                 velocity: dict, distorter=None, *, levers: Levers | None = None,
-                 average: dict | None = None):
+    def __init__(self, net: TwoLayerNet, optimizer: SGD, images: Array, labels: Array,
+                 batch_size: int, velocity: dict, distorter: Distorter | None = None, *,
+                 levers: Levers | None = None, average: dict | None = None) -> None:
         super().__init__(net, optimizer, images, labels, batch_size, velocity, distorter,
                          levers=levers, average=average)
         dtype = net.backend.dtype(net.dtype)
@@ -181,14 +218,15 @@ class CompiledStep(ArrayAPIStep):
         self._step_from = net.backend.compile(step_from)
         self._step_on = net.backend.compile(step_on)    # inputs made outside, chunk by chunk
 
-    def __call__(self, batch: int, lr: float):
+    def __call__(self, batch: int, lr: float) -> Array:
         check_batch(batch, -(-self.images.shape[0] // self.batch_size))
+        perm = epoch_order(self.perm)
         state = (self.net.params, self.velocity, self.average)
         start = batch * self.batch_size
         if self.chunks is not None:
             loss, state = self._step_on(state, *self.chunks.batch(batch), lr)
-        elif start + self.batch_size <= self.perm.shape[0]:
-            loss, state = self._step_from(state, self.images, self.labels, self.perm, start, lr)
+        elif start + self.batch_size <= perm.shape[0]:
+            loss, state = self._step_from(state, self.images, self.labels, perm, start, lr)
         else:
             loss, state = self._step(state, self.images, self.labels, self.batch_indices(batch),
                                      lr)
@@ -206,24 +244,24 @@ def fast_step_applies(net: TwoLayerNet, optimizer: SGD, levers: Levers | None = 
     return net.backend.fused_ops() is not None
 
 
-def make_train_step(net: TwoLayerNet, optimizer: SGD, images, labels, batch_size: int,
-                    velocity: dict, *, fast: bool = True, distorter=None,
-                    levers: Levers | None = None, average: dict | None = None):
+def make_train_step(net: TwoLayerNet, optimizer: SGD, images: Array, labels: Array,
+                    batch_size: int, velocity: dict, *, fast: bool = True,
+                    distorter: Distorter | None = None, levers: Levers | None = None,
+                    average: dict | None = None) -> TrainStep:
     """The training step for this run: where `fast` is True, the fused step where it applies
     (as a CUDA graph where the backend captures one), the compiled reference step where the
     backend compiles (JAX); else the reference. `levers` and `average` as `ArrayAPIStep` takes
     them."""
     args = (net, optimizer, images, labels, batch_size, velocity)
     levers = levers or NO_LEVERS
-    kw = {"levers": levers, "average": average}
     if fast and fast_step_applies(net, optimizer, levers):
         # distortions and dropout masks are drawn on the host a chunk at a time: no single
         # graph per step
         drawn = distorter is not None or levers.masks
         capture = net.backend.graph_capture() if not drawn else None
         if capture is not None:
-            return GraphedStep(*args, capture, **kw)
-        return FusedStep(*args, distorter=distorter, **kw)
+            return GraphedStep(*args, capture, levers=levers, average=average)
+        return FusedStep(*args, distorter=distorter, levers=levers, average=average)
     if fast and net.backend.compiles:
-        return CompiledStep(*args, distorter=distorter, **kw)
-    return ArrayAPIStep(*args, distorter=distorter, **kw)
+        return CompiledStep(*args, distorter=distorter, levers=levers, average=average)
+    return ArrayAPIStep(*args, distorter=distorter, levers=levers, average=average)

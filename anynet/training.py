@@ -51,7 +51,7 @@ from anynet.errors import DivergenceError, ModelFileError
 from anynet.modelio import save_checkpoint
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD, make_schedule
-from anynet.steps import make_train_step
+from anynet.steps import TrainStep, make_train_step
 
 TRAIN_ACCURACY_SAMPLE = 10_000  # training examples scored at each epoch's end
 # A mean cross-entropy of 100 gives the true class probability e^-100 on average; a uniform guess
@@ -272,15 +272,16 @@ class Trainer:
             cb.on_train_begin(self, state)
 
         if state.rng_state is None:
-            state.rng_state = rng.bit_generator.state
+            state.rng_state = dict(rng.bit_generator.state)
         # a diverging run overflows: that is judged from the losses, not warned about by NumPy
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return self._epochs(net, step, rng, state)
 
-    def _epochs(self, net: TwoLayerNet, step, rng: np.random.Generator,
+    def _epochs(self, net: TwoLayerNet, step: TrainStep, rng: np.random.Generator,
                 state: TrainState) -> FitResult:
         cfg = self.config
         while state.epoch < cfg.epochs:
+            assert state.rng_state is not None, "fit sets it before the first epoch"
             rng.bit_generator.state = state.rng_state
             first_step = state.step - state.batch  # the step number of this epoch's batch 0
             step.begin_epoch(rng.permutation(self.n_train),
@@ -323,7 +324,7 @@ class Trainer:
                                       seconds)
         state.history.append(metrics)
         state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
-        state.rng_state = rng.bit_generator.state  # the next epoch draws from here
+        state.rng_state = dict(rng.bit_generator.state)  # the next epoch draws from here
         self.write_checkpoint(state)
         for cb in self.callbacks:
             cb.on_epoch_end(state.epoch - 1, metrics)

@@ -462,6 +462,24 @@ def test_every_step_refuses_an_order_that_is_not_a_permutation(backend, bad):
                 step(batch, 0.1)
 
 
+def test_every_step_refuses_a_batch_before_its_epochs_order(backend):
+    """Before `begin_epoch` there is no order to gather by: the CUDA-graph step would gather
+    through its uninitialised device permutation (indices out of range), so every step refuses
+    a batch then, naming begin_epoch."""
+    n = 40
+    images = backend.asarray(np.zeros((n, 784), np.uint8))
+    labels = backend.asarray(np.zeros(n, np.int64), "int64")
+    classes = [ArrayAPIStep]
+    if backend.fused_ops() is not None:
+        classes += [FusedStep, graphed_with(strict_capture())]
+    elif backend.compiles:
+        classes += [CompiledStep]
+    for cls in classes:
+        step = cls(TwoLayerNet(n_hidden=3, backend=backend), SGD(lr=0.1), images, labels, 8, {})
+        with pytest.raises(RuntimeError, match="begin_epoch"):
+            step(0, 0.1)
+
+
 @pytest.mark.parametrize("label", [-1, 10])
 def test_fused_steps_refuse_labels_that_are_not_classes(backend, label):
     """The fused steps gather one-hot rows by label; a label out of 0..9 is refused when the

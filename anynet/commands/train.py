@@ -24,7 +24,9 @@ import argparse
 import dataclasses
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anynet.commands._common import (
     MAX_HIDDEN,
@@ -45,6 +47,14 @@ from anynet.commands._common import (
     positive_int,
 )
 from anynet.config import MAX_BATCH_UNITS, MAX_EPOCHS, TrainConfig
+
+if TYPE_CHECKING:  # imported where used: `anynet train --help` stays fast
+    from anynet.backend import Backend
+    from anynet.data.mnist import MNIST
+    from anynet.fit import Trained
+    from anynet.modelio.checkpoints import Checkpoint
+
+Say = Callable[[str], None]  # print, or nothing with --quiet
 
 HELP = "train the network on MNIST and save the model"
 DEFAULTS = TrainConfig()
@@ -122,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only the final result")
 
 
-def _requested(args) -> dict:
+def _requested(args: argparse.Namespace) -> dict:
     """The hyperparameters asked for: a --recipe's, overridden by those given on the command
     line (not the defaults)."""
     from anynet.recipes import recipe
@@ -132,7 +142,7 @@ def _requested(args) -> dict:
     return {**(recipe(args.recipe) if getattr(args, "recipe", None) else {}), **given}
 
 
-def _config(args, checkpoint_record: dict | None) -> TrainConfig:
+def _config(args: argparse.Namespace, checkpoint_record: dict | None) -> TrainConfig:
     from anynet.errors import UserError
     from anynet.training import resumed_config
 
@@ -145,7 +155,7 @@ def _config(args, checkpoint_record: dict | None) -> TrainConfig:
         raise UserError(str(e)) from None
 
 
-def _model_path(args, record: dict | None) -> Path:
+def _model_path(args: argparse.Namespace, record: dict | None) -> Path:
     """--out, else (resuming) the model file the checkpoint records, else model.npz."""
     if args.out is not None:
         return args.out
@@ -157,7 +167,7 @@ def _model_path(args, record: dict | None) -> Path:
     return DEFAULT_OUT
 
 
-def _check_outputs(args, out: Path, checkpoint: Path) -> None:
+def _check_outputs(args: argparse.Namespace, out: Path, checkpoint: Path) -> None:
     """Refuse, before any slow work, every output that could not be written (one line, exit 2).
 
     The model's own checks (exists without --force) come later, under the run's lock."""
@@ -184,13 +194,13 @@ def _same_file_key(path: Path) -> str:
     return os.path.normcase(os.path.abspath(path))
 
 
-def _must_force(args, out: Path) -> bool:
+def _must_force(args: argparse.Namespace, out: Path) -> bool:
     """Whether the command that resumes this run needs --force: an output it will write exists
     (the model, or the metrics or plot that this run was told to replace)."""
     return out.exists() or any(p is not None and p.exists() for p in (args.metrics, args.plot))
 
 
-def _resume_command(args, checkpoint: Path, *, force: bool) -> str:
+def _resume_command(args: argparse.Namespace, checkpoint: Path, *, force: bool) -> str:
     """The command that continues this run from `checkpoint`: everything it needs, no more
     (the checkpoint records the configuration and the model file)."""
     words = ["anynet", "train", "--resume", str(checkpoint)]
@@ -206,7 +216,7 @@ def _resume_command(args, checkpoint: Path, *, force: bool) -> str:
     return shlex.join(words)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import contextlib
     import time
 
@@ -216,7 +226,8 @@ def run(args) -> int:
     from anynet.training import checkpoint_path_for
 
     started = time.time()
-    record = loaded = None
+    record: dict | None = None
+    loaded: Checkpoint | None = None
     if args.resume is not None:
         loaded = load_checkpoint(args.resume)   # (params, velocity, record), and .average
         record = loaded[2]
@@ -254,11 +265,12 @@ def run(args) -> int:
         return _train(args, config, out, checkpoint, record, loaded)
 
 
-def _is_count(value) -> bool:
+def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, loaded) -> int:
+def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint: Path,
+           record: dict | None, loaded: Checkpoint | None) -> int:
     import time
 
     from anynet.data import load_mnist
@@ -270,7 +282,7 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, loade
         args.threads = record["threads"]  # a resumed run computes as it did: same sums
     backend = open_backend(args, config.backend, announce=False)
     config = dataclasses.replace(config, backend=backend.spec)
-    say = (lambda *a: None) if args.quiet else print
+    say: Say = (lambda *a: None) if args.quiet else print
 
     mnist = load_mnist(args.data_dir, val_size=config.val_size, val_seed=config.seed,
                        verify=not args.no_verify)
@@ -305,8 +317,9 @@ def _train(args, config: TrainConfig, out: Path, checkpoint: Path, record, loade
         return 0
 
 
-def _fit(args, config: TrainConfig, mnist, backend, out: Path, checkpoint: Path, resume,
-         callbacks: list, recipe):
+def _fit(args: argparse.Namespace, config: TrainConfig, mnist: MNIST, backend: Backend,
+         out: Path, checkpoint: Path, resume: Checkpoint | None, callbacks: list,
+         recipe: str | None) -> Trained:
     """`anynet.fit.train_model` on MNIST, with a failed checkpoint write as one line."""
     from anynet.data.mnist import K
     from anynet.errors import UserError
@@ -332,7 +345,7 @@ def _fit(args, config: TrainConfig, mnist, backend, out: Path, checkpoint: Path,
                         f"({reason(e)}); {kept}") from None
 
 
-def _report(trained, elapsed: float, resumed: bool) -> None:
+def _report(trained: Trained, elapsed: float, resumed: bool) -> None:
     final = trained.metrics
     spent = (f"{final['train_seconds']:.1f} s of training ({elapsed:.1f} s in all)"
              if not resumed else f"{final['train_seconds']:.1f} s of training over both "
@@ -341,7 +354,8 @@ def _report(trained, elapsed: float, resumed: bool) -> None:
           f"after {final['epochs']} epochs, {spent}")
 
 
-def _save_outputs(args, trained, out: Path, checkpoint: Path, say) -> None:
+def _save_outputs(args: argparse.Namespace, trained: Trained, out: Path, checkpoint: Path,
+                  say: Say) -> None:
     """Write the model, metrics and plot; then (only then) remove the checkpoint, which holds
     the trained parameters until every output is written."""
     from anynet.errors import UserError
@@ -363,7 +377,8 @@ def _save_outputs(args, trained, out: Path, checkpoint: Path, say) -> None:
             say(f"note: could not remove the checkpoint {checkpoint} ({reason(e)})")
 
 
-def _save_curves(args, record: dict, out: Path, checkpoint: Path, say) -> None:
+def _save_curves(args: argparse.Namespace, record: dict, out: Path, checkpoint: Path,
+                 say: Say) -> None:
     """The --metrics and --plot files; a failure keeps the checkpoint and says how to finish."""
     import json
 
@@ -396,7 +411,7 @@ def _save_curves(args, record: dict, out: Path, checkpoint: Path, say) -> None:
         say(f"curves plotted to {args.plot}")
 
 
-def _describe(config: TrainConfig, backend, mnist, out: Path, checkpoint: Path,
+def _describe(config: TrainConfig, backend: Backend, mnist: MNIST, out: Path, checkpoint: Path,
               threads: int) -> str:
     c = config
     opt = "plain SGD" if c.momentum == 0 else (
