@@ -32,6 +32,9 @@ RECIPES = MappingProxyType({
     "h800-elastic": {**_H800, "epochs": 200, "augment": "affine+elastic"},
     # The fewest multiply-adds to 98% test accuracy: 256 hidden units, 3 epochs.
     "speed-98": {**_H800, "hidden": 256, "epochs": 3},
+    # 99% needs distortions; milder ones than h800-affine's converge in 10 epochs at H = 400.
+    "speed-99": {**_H800, "hidden": 400, "epochs": 10, "augment": "affine", "rotate": 10.0,
+                 "scale": 0.1, "shear": 0.2, "shift": 1.5},
 })
 
 DESCRIPTIONS = MappingProxyType({
@@ -40,6 +43,7 @@ DESCRIPTIONS = MappingProxyType({
     "h800-affine": "784-800-10 on affine distortions of the training images",
     "h800-elastic": "784-800-10 on affine and elastic distortions (Simard 2003)",
     "speed-98": "784-256-10, Nesterov momentum, 3 epochs: 98% test accuracy in the least time",
+    "speed-99": "784-400-10 on mild affine distortions, 10 epochs: 99% in the least time",
 })
 
 
