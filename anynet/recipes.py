@@ -30,6 +30,8 @@ RECIPES = MappingProxyType({
     "h800-affine": {**_H800, "epochs": 100, "augment": "affine"},
     # Elastic distortions (Simard 2003: sigma 4, alpha 34) combined with affine ones.
     "h800-elastic": {**_H800, "epochs": 200, "augment": "affine+elastic"},
+    # The best found without distortions (or a teacher): label smoothing on h800.
+    "best-plain": {**_H800, "epochs": 40, "label_smoothing": 0.1},
     # The fewest multiply-adds to 98% test accuracy: 256 hidden units, 3 epochs.
     "speed-98": {**_H800, "hidden": 256, "epochs": 3},
     # 99% needs distortions; milder ones than h800-affine's converge in 10 epochs at H = 400.
@@ -42,6 +44,7 @@ DESCRIPTIONS = MappingProxyType({
     "h800": "784-800-10, Nesterov momentum, cosine schedule, no distortions",
     "h800-affine": "784-800-10 on affine distortions of the training images",
     "h800-elastic": "784-800-10 on affine and elastic distortions (Simard 2003)",
+    "best-plain": "784-800-10 with label smoothing 0.1, 40 epochs, no distortions",
     "speed-98": "784-256-10, Nesterov momentum, 3 epochs: 98% test accuracy in the least time",
     "speed-99": "784-400-10 on mild affine distortions, 10 epochs: 99% in the least time",
 })
