@@ -47,14 +47,9 @@ SPEED_RECIPES = ("speed-98", "speed-99")
 
 
 def parse_args(argv):
-    from anynet.recipes import RECIPES
-    from anynet.sweep import parse_values
+    from accuracy import seeds
 
-    def seeds(text):
-        try:
-            return parse_values("seed", text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+    from anynet.recipes import RECIPES
 
     p = argparse.ArgumentParser(prog="python bench/time_to_accuracy.py",
                                 description=__doc__.split("\n\n")[0])

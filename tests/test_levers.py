@@ -14,16 +14,9 @@ from anynet.gradcheck import check_gradients, eps_and_tolerance
 from anynet.levers import MASK_STREAM, Levers, ema_update, ema_weights, swa_update
 from anynet.network import TwoLayerNet, loss_and_grads
 from anynet.optim import SGD
-from anynet.steps import ArrayAPIStep, CompiledStep, FusedStep, GraphedStep, make_train_step
+from anynet.steps import ArrayAPIStep, FusedStep, GraphedStep, make_train_step
 from tests.fake_capture import strict_capture
-
-
-def fast_step_of(backend):
-    if backend.fused_ops() is not None:
-        return FusedStep
-    if backend.compiles:
-        return CompiledStep
-    pytest.skip(f"{backend.name} has no fast step: it runs the reference step only")
+from tests.test_steps import fast_step_of
 
 
 def _mask(rng, shape, p):

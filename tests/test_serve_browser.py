@@ -86,7 +86,11 @@ def mnist_model(tmp_path_factory, mnist_dir) -> Path:
 def serving(model_path):
     """A server of the model file on 127.0.0.1 in a thread: yields its URL, then stops it."""
     net, record = load_model(model_path)
-    predictor = Predictor(net, record, model_path)
+    yield from serving_predictor(Predictor(net, record, model_path))
+
+
+def serving_predictor(predictor):
+    """A server of `predictor` on 127.0.0.1 in a thread: yields its URL, then stops it."""
     server = Server(("127.0.0.1", 0), predictor, log=False)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -359,15 +363,7 @@ def committee_url(mnist_model, tmp_path_factory):
 
     copy = tmp_path_factory.mktemp("committee") / HOSTILE_NAME
     shutil.copy(mnist_model, copy)
-    predictor = Predictor(load_committee([mnist_model, copy]))
-    server = Server(("127.0.0.1", 0), predictor, log=False)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.url
-    server.shutdown()
-    server.server_close()
-    predictor.close()
-    thread.join(HANG)
+    yield from serving_predictor(Predictor(load_committee([mnist_model, copy])))
 
 
 @pytest.mark.realdata

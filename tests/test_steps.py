@@ -446,11 +446,7 @@ def test_every_step_refuses_an_order_that_is_not_a_permutation(backend, bad):
         perm = perm[:-1]
     images = backend.asarray(np.zeros((n, 784), np.uint8))
     labels = backend.asarray(np.zeros(n, np.int64), "int64")
-    classes = [ArrayAPIStep]
-    if backend.fused_ops() is not None:
-        classes += [FusedStep, graphed_with(strict_capture())]
-    elif backend.compiles:
-        classes += [CompiledStep]
+    classes = every_step_class(backend)
     for cls in classes:
         net = TwoLayerNet(n_hidden=3, backend=backend)
         step = cls(net, SGD(lr=0.1), images, labels, 8, {})
@@ -462,6 +458,17 @@ def test_every_step_refuses_an_order_that_is_not_a_permutation(backend, bad):
                 step(batch, 0.1)
 
 
+def every_step_class(backend) -> list:
+    """The steps that can train on `backend`: the reference, and its fast ones (the fused and,
+    with a strict fake capture, the CUDA-graph step; or the compiled one)."""
+    classes = [ArrayAPIStep]
+    if backend.fused_ops() is not None:
+        classes += [FusedStep, graphed_with(strict_capture())]
+    elif backend.compiles:
+        classes += [CompiledStep]
+    return classes
+
+
 def test_every_step_refuses_a_batch_before_its_epochs_order(backend):
     """Before `begin_epoch` there is no order to gather by: the CUDA-graph step would gather
     through its uninitialised device permutation (indices out of range), so every step refuses
@@ -469,11 +476,7 @@ def test_every_step_refuses_a_batch_before_its_epochs_order(backend):
     n = 40
     images = backend.asarray(np.zeros((n, 784), np.uint8))
     labels = backend.asarray(np.zeros(n, np.int64), "int64")
-    classes = [ArrayAPIStep]
-    if backend.fused_ops() is not None:
-        classes += [FusedStep, graphed_with(strict_capture())]
-    elif backend.compiles:
-        classes += [CompiledStep]
+    classes = every_step_class(backend)
     for cls in classes:
         step = cls(TwoLayerNet(n_hidden=3, backend=backend), SGD(lr=0.1), images, labels, 8, {})
         with pytest.raises(RuntimeError, match="begin_epoch"):

@@ -229,14 +229,22 @@ def distortion_value(name: str):
     (anynet.augment.LIMITS, the one table of those ranges)."""
     from anynet.augment import check_option, range_text
 
+    return _checked_number(lambda value: check_option(name, value),
+                           f"a finite number {range_text(name)}", f"a number {range_text(name)}")
+
+
+def _checked_number(check, expected: str, shown: str):
+    """An argparse type: float(text) through `check` (a ValueError for a value out of range);
+    a bad value is "expected EXPECTED, got 'TEXT'"; `shown` names the type in argparse's own
+    messages."""
+
     def parse(text: str) -> float:
         try:
-            return check_option(name, float(text))
+            return check(float(text))
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a finite number {range_text(name)}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
 
-    parse.__name__ = f"a number {range_text(name)}"
+    parse.__name__ = shown
     return parse
 
 
@@ -278,15 +286,8 @@ def lever_value(name: str):
     table of those ranges)."""
     from anynet.config import LEVER_LIMITS, check_lever
 
-    def parse(text: str) -> float:
-        try:
-            return check_lever(name, float(text))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a number in [0, {LEVER_LIMITS[name][0]:g}], got {text!r}") from None
-
-    parse.__name__ = f"a number in [0, {LEVER_LIMITS[name][0]:g}]"
-    return parse
+    allowed = f"a number in [0, {LEVER_LIMITS[name][0]:g}]"
+    return _checked_number(lambda value: check_lever(name, value), allowed, allowed)
 
 
 def average_value(text: str) -> str:
