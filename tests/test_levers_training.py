@@ -204,8 +204,10 @@ def test_a_checkpoint_from_before_the_levers_loads(tmp_path):
 
 
 def train_args(synth, out, *extra):
+    # --threads 1: runs compared bit for bit must not take a thread count from the machine's load
     return ["train", "--data-dir", str(synth), "--no-verify", "--hidden", "16", "--epochs", "3",
-            "--batch-size", "32", "--lr", "0.2", "--val-size", "100", "--out", str(out), *extra]
+            "--batch-size", "32", "--lr", "0.2", "--val-size", "100", "--threads", "1",
+            "--out", str(out), *extra]
 
 
 def test_the_levers_are_shown_recorded_and_saved(tmp_path, synth, capsys):

@@ -29,10 +29,13 @@ def synth(tmp_path_factory):
 
 @pytest.fixture
 def train_args(synth, backend):
+    # --threads 1: the thread count is part of what a run computes (BLAS sums differ in their
+    # last bits between counts), and the default follows how busy the machine is, so two runs
+    # compared bit for bit must not leave it to the default
     def args(out, *extra):
         return ["train", "--data-dir", str(synth), "--no-verify", "--backend", backend.spec,
                 "--hidden", "16", "--epochs", "5", "--batch-size", "32", "--lr", "0.2",
-                "--val-size", "100", "--out", str(out), *extra]
+                "--val-size", "100", "--threads", "1", "--out", str(out), *extra]
     return args
 
 
