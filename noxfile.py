@@ -1,7 +1,8 @@
 """Test sessions: the same suite, against the same documented examples, on every backend.
 
-    nox                      every session below (cupy and torch-cuda skip, saying why, without
-                             a CUDA device); `nox -s gpu` runs the GPU check (bench/README.md)
+    nox                      every session below, two at a time (cupy and torch-cuda skip, saying
+                             why, without a CUDA device); `nox -s gpu` runs the GPU check
+                             (bench/README.md); `nox --parallel 1` runs them one by one
     nox -s numpy             one session; `nox -l` lists them
     nox -s torch -- -k grad  arguments after -- go to pytest (`-- -n 0`: in one process, not
                              one per core with pytest-xdist)
@@ -23,8 +24,15 @@ from pathlib import Path
 import nox
 
 nox.options.error_on_missing_interpreters = False
-nox.options.sessions = ["lint", "minimal", "numpy", "array-api-strict", "torch", "jax", "cupy",
-                        "torch-cuda", "interop", "sweep", "dask", "mlx", "dpnp", "ndonnx"]
+# Longest first: under --parallel they start in this order.
+nox.options.sessions = ["numpy", "jax", "lint", "array-api-strict", "torch", "sweep", "dpnp",
+                        "interop", "dask", "ndonnx", "mlx", "minimal", "cupy", "torch-cuda"]
+if hasattr(nox.options, "parallel"):  # nox >= 2026.10; an older nox runs them one by one
+    # Two sessions at a time: one's installs (single-threaded) and waits (clusters, servers)
+    # overlap the other's tests. More would only crowd the CPUs, which each session's
+    # pytest-xdist already fills. Output stays whole: each session's is printed when it ends.
+    nox.options.parallel = 2
+    nox.options.allow_parallel = True
 
 ROOT = Path(__file__).parent
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"

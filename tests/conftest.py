@@ -48,15 +48,33 @@ def _uses_backend(item) -> bool:
     return bool(BACKEND_FIXTURES & set(item.fixturenames)) or "backend_library" in item.keywords
 
 
+def _has_fused_step(spec: str) -> bool:
+    """Whether the backend `spec` trains with the fused step; True where it cannot be opened
+    here (its tests then skip through the `backend` fixture, saying why)."""
+    from anynet.backend import get_backend
+
+    try:
+        return get_backend(spec).fused_ops() is not None
+    except Exception:
+        return True
+
+
+def _deselect(config, items, drop) -> None:
+    dropped = [item for item in items if drop(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not drop(item)]
+
+
 def pytest_collection_modifyitems(config, items):
-    """Host-only tests are deselected in a backend-only session (they ran in the numpy one);
-    tests that reach the network skip unless asked for."""
+    """Host-only tests are deselected in a backend-only session (they ran in the numpy one), and
+    the fused step's extra grid cases on a backend without one; tests that reach the network
+    skip unless asked for."""
     if config.getoption("--backend-tests-only"):
-        kept = [item for item in items if _uses_backend(item)]
-        dropped = [item for item in items if not _uses_backend(item)]
-        if dropped:
-            config.hook.pytest_deselected(items=dropped)
-            items[:] = kept
+        _deselect(config, items, lambda item: not _uses_backend(item))
+    if any("fused_grid" in item.keywords for item in items) and not _has_fused_step(
+            config.getoption("--backend")):
+        _deselect(config, items, lambda item: "fused_grid" in item.keywords)
     if not config.getoption("--network"):
         offline = pytest.mark.skip(
             reason="reaches the npm registry: opt in with --network or ANYNET_TEST_NETWORK=1")

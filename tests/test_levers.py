@@ -204,7 +204,8 @@ def assert_same_run(a, b, rtol):
 
 
 @pytest.mark.parametrize("lever", LEVERS)
-@pytest.mark.parametrize("batch", [64, 333])  # 333: a short last batch
+@pytest.mark.parametrize("batch", [pytest.param(64, marks=pytest.mark.fused_grid),
+                                   333])  # 333: a short last batch
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_fast_step_equals_reference_with_each_lever(backend, lever, batch, momentum):
     levers = LEVERS[lever]

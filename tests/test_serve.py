@@ -166,19 +166,24 @@ def test_page_and_its_files_are_served(served):
     assert status == 200 and body == b"" and int(headers["Content-Length"]) == len(page)
 
 
-def test_static_files_are_package_data():
-    """Every file of static/ is matched by pyproject's package-data, so a wheel ships it."""
-    import fnmatch
-    import re
+def test_static_files_ship_in_the_installed_package():
+    """The installed distribution's file list (its wheel's RECORD) holds every file of static/:
+    the build backend (flit_core) ships everything under anynet/, and this holds it to that."""
+    from importlib import metadata
 
-    text = (ROOT / "pyproject.toml").read_text()
-    patterns = re.findall(r'"(static/[^"]+)"', text.split("[tool.setuptools.package-data]")[1])
     static = ROOT / "anynet" / "serve" / "static"
     files = sorted(p.name for p in static.iterdir())
     assert {"index.html", "app.js", "style.css"} <= set(files)
-    for name in files:
-        assert any(fnmatch.fnmatch(f"static/{name}", p) for p in patterns), name
     assert set(server_module.static_files()) == set(files)
+    try:
+        installed = metadata.files("anynet")
+    except metadata.PackageNotFoundError:
+        pytest.skip("anynet is not installed here (run from the checkout); nox installs it")
+    if installed is None or not any(str(p).startswith("anynet/") for p in installed):
+        pytest.skip("anynet is installed in development mode: no wheel's file list to read")
+    shipped = {str(p) for p in installed}
+    for name in files:
+        assert f"anynet/serve/static/{name}" in shipped, name
 
 
 def test_page_cannot_be_framed_or_post_forms(served):
