@@ -91,19 +91,20 @@ def minimal(session: nox.Session) -> None:
 
 @nox.session
 def numpy(session: nox.Session) -> None:
-    """The whole suite on NumPy: the host-only tests run here, once."""
-    _install(session, ".[test]")
+    """The whole suite on NumPy: the host-only tests run here, once (the browser's too)."""
+    _install(session, ".[test,browser]")
     _pytest(session, "numpy", backend_only=False)
 
 
 @nox.session(name="array-api-strict")
 def array_api_strict(session: nox.Session) -> None:
-    """The suite on array-api-strict, twice: on its default device (the code uses the standard
-    and nothing else) and with every array on `device1`, which refuses implicit conversion to
-    NumPy as a GPU's arrays do: device handling is tested without a GPU."""
+    """The suite on array-api-strict (the code uses the standard and nothing else) with every
+    array on `device1`, which refuses implicit conversion to NumPy as a GPU's arrays do: device
+    handling is tested without a GPU. Then the Array API tests (PORTABLE_TESTS) on its default
+    device, the CPU one: what passes on device1 passes there, bar a path taken only on it."""
     _install(session, ".[test]")
-    _pytest(session, "array-api-strict")
     _pytest(session, "array-api-strict:device1")
+    _pytest(session, "array-api-strict", *PORTABLE_TESTS)
 
 
 @nox.session

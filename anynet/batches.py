@@ -73,11 +73,12 @@ def chunk_rows(batch_size: int) -> int:
 
 class ChunkedBatches:
     """The batches of an epoch made a chunk at a time, for the steps that otherwise gather a
-    batch at a time, where something is drawn per chunk: distorted images
-    (`anynet.augment.Distorter`) or dropout masks (`anynet.levers.Levers`). A chunk's rows are
-    gathered, converted, distorted and input-dropped at once, each drawn with the key
-    (epoch, chunk) as `FusedStep` draws them, so every step trains on the same inputs and masks,
-    and a resumed run redraws what it would have drawn."""
+    batch at a time, where something is made per chunk: distorted images
+    (`anynet.augment.Distorter`), dropout masks or a teacher's targets (`anynet.levers.Levers`).
+    A chunk's rows are gathered, converted, distorted, given the teacher's targets and
+    input-dropped at once, each drawn with the key (epoch, chunk) as `FusedStep` draws them, so
+    every step trains on the same inputs, targets and masks, and a resumed run redraws what it
+    would have drawn."""
 
     def __init__(self, net, images, labels, batch_size: int, *, distorter=None, levers=None):
         """`net`: the `TwoLayerNet` trained (its backend, dtype and hidden width)."""
@@ -90,27 +91,33 @@ class ChunkedBatches:
         self.X: Any = None  # the current chunk's inputs (R, D), labels (R,), hidden-unit masks
         self.t: Any = None
         self.Mh: Any = None
+        self.T: Any = None  # the teacher's targets (R, K), or None
 
     def begin_epoch(self, perm, epoch: int) -> None:
         self.perm, self.epoch, self.chunk = perm, epoch, -1
 
     def batch(self, batch: int) -> tuple:
-        """(X (b, D) floats, t (b,), the hidden units' dropout mask (b, H) or None) of batch
-        `batch`."""
+        """(X (b, D) floats, t (b,), the hidden units' dropout mask (b, H) or None, the
+        teacher's targets (b, K) or None) of batch `batch`."""
         xp, R, B = array_namespace(self.perm), self.R, self.B
         chunk, start = divmod(batch * B, R)
         if chunk != self.chunk:
             self._load(xp, chunk)
         end = min(start + B, self.X.shape[0])
         Mh = None if self.Mh is None else self.Mh[start:end, ...]
-        return self.X[start:end, ...], self.t[start:end], Mh
+        T = None if self.T is None else self.T[start:end, ...]
+        return self.X[start:end, ...], self.t[start:end], Mh, T
 
     def _load(self, xp, chunk: int) -> None:
         R = self.R
         idx = self.perm[chunk * R:min((chunk + 1) * R, self.perm.shape[0])]
         X = pixels_to_inputs(xp.take(self.images, idx, axis=0), self.dtype)
+        t = xp.take(self.labels, idx, axis=0)
         if self.distorter is not None:
             X = self.distorter(X, (self.epoch, chunk))
+        # the teacher sees the image the student sees, before its input dropout
+        teacher = self.levers is not None and self.levers.teacher is not None
+        self.T = self.levers.targets(X, t) if teacher else None
         self.Mh = None
         if self.levers is not None and self.levers.masks:
             n, D = X.shape
@@ -120,5 +127,5 @@ class ChunkedBatches:
                 X = X * self.backend.asarray(Mx)
             if Mh is not None:
                 self.Mh = self.backend.asarray(Mh)
-        self.X, self.t = X, xp.take(self.labels, idx, axis=0)
+        self.X, self.t = X, t
         self.chunk = chunk

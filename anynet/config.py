@@ -59,6 +59,11 @@ class TrainConfig:
     input_dropout: float = 0.0  # probability that an input pixel is dropped in a training step
     label_smoothing: float = 0.0  # eps: targets (1 - eps) one_hot + eps / K
     average: str = "none"       # none, ema:DECAY or swa:START_EPOCH: the weights reported, saved
+    # distillation (anynet.distill): the teacher's share alpha of the targets (0: no teacher;
+    # the teacher itself, a committee of networks, is given beside the config), and the
+    # temperature of its softmax
+    distill: float = 0.0
+    temperature: float = 1.0
 
     def __post_init__(self):
         """Check every field (ValueError naming the first bad one); NumPy scalars become the
@@ -80,6 +85,7 @@ class TrainConfig:
                              f"got {short_repr(values['backend'])}")
         for name in LEVER_LIMITS:
             values[name] = check_lever(name, values[name])
+        values["temperature"] = check_temperature(values["temperature"])
         values["average"] = canonical_average(values["average"], values["epochs"])
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -114,8 +120,9 @@ class TrainConfig:
         hidden, epochs, batch_size >= 1; lr > 0; 0 <= momentum < 1; nesterov only with momentum;
         weight_decay >= 0; floats finite; seed, val_size >= 0; schedule, dtype one of their
         choices; backend a name; the distortion fields as `anynet.augment.Distortion` checks
-        them; dropout, input_dropout, label_smoothing within LEVER_LIMITS; average as
-        `parse_average` reads it, an SWA starting at an epoch the run reaches. Raises
+        them; dropout, input_dropout, label_smoothing, distill within LEVER_LIMITS; temperature
+        in (0, 100]; average as `parse_average` reads it, an SWA starting at an epoch the run
+        reaches. Raises
         ValueError naming the first bad field.
         """
         if not isinstance(values, dict):
@@ -149,8 +156,10 @@ LEVER_LIMITS = {
     "dropout": (0.95, "the probability that a hidden unit is dropped"),
     "input_dropout": (0.95, "the probability that an input pixel is dropped"),
     "label_smoothing": (0.5, "the share of each target spread evenly over the classes"),
+    "distill": (1.0, "the teacher's share of each target"),
 }
-LEVER_FIELDS = (*LEVER_LIMITS, "average")  # every lever's field, each off by default
+LEVER_FIELDS = (*LEVER_LIMITS, "average", "temperature")  # every lever's field, each off by
+# default (a temperature without a teacher changes nothing)
 # An EMA with decay d averages over about 1 / (1 - d) steps: at most a million (hundreds of
 # MNIST epochs), far beyond use, and 1 - d stays far from rounding to 0.
 MAX_EMA_DECAY = 0.999999
@@ -169,6 +178,24 @@ def check_lever(name: str, value: Any) -> float:
     value = _python_scalar(value)
     if not (type(value) in (int, float) and math.isfinite(value) and 0 <= value <= highest):
         raise ValueError(f"{name} must be a number in [0, {highest:g}] ({meaning}), got "
+                         f"{short_repr(value)}")
+    return float(value)
+
+
+MAX_TEMPERATURE = 100.0  # softmax(z / 100) of MNIST logits is already all but uniform
+# the teacher's share of the targets where a teacher is named without one (anynet train
+# --teacher): half the labels, half the teacher, as Hinton et al. weigh their two terms alike
+DEFAULT_DISTILL = 0.5
+
+
+def check_temperature(value: Any) -> float:
+    """`value` as a teacher's temperature (anynet.distill): a finite number in
+    (0, MAX_TEMPERATURE]; ValueError otherwise."""
+    value = _python_scalar(value)
+    if not (type(value) in (int, float) and math.isfinite(value)
+            and 0 < value <= MAX_TEMPERATURE):
+        raise ValueError(f"temperature must be a number in (0, {MAX_TEMPERATURE:g}] (the "
+                         f"teacher's softmax is taken of its logits / temperature), got "
                          f"{short_repr(value)}")
     return float(value)
 

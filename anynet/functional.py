@@ -181,41 +181,46 @@ def cross_entropy(P: Array, labels: Array) -> Array:
     return -xp.mean(xp.log(picked))
 
 
-def softmax_cross_entropy(Z: Array, labels: Array, smoothing: float = 0.0) -> Array:
+def softmax_cross_entropy(Z: Array, labels: Array, smoothing: float = 0.0,
+                          targets: Array | None = None) -> Array:
     """Mean cross-entropy of softmax(Z), computed stably from the logits:
 
         J = -(1/N) sum_i log_softmax(Z)[i, t_i],  or with label smoothing eps
-        J = -(1/N) sum_i sum_k T[i, k] log_softmax(Z)[i, k],  T = smoothed_targets(t, K, eps).
+        J = -(1/N) sum_i sum_k T[i, k] log_softmax(Z)[i, k],  T = smoothed_targets(t, K, eps),
+    or with T = `targets` (N, K) where given (soft targets, `anynet.distill`).
 
     Z (N, K) logits, labels (N,) integer classes -> J, a 0-d array. Finite for any finite Z.
     """
     xp = array_namespace(Z, labels)
-    T = smoothed_targets(labels, Z.shape[-1], smoothing, Z.dtype)
+    T = smoothed_targets(labels, Z.shape[-1], smoothing, Z.dtype) if targets is None else targets
     return -xp.mean(xp.sum(log_softmax(Z) * T, axis=-1))
 
 
-def softmax_cross_entropy_forward(Z: Array, labels: Array,
-                                  smoothing: float = 0.0) -> tuple[Array, Array]:
+def softmax_cross_entropy_forward(Z: Array, labels: Array, smoothing: float = 0.0,
+                                  targets: Array | None = None) -> tuple[Array, Array]:
     """The loss and what its backward needs, from one log-softmax:
 
         log P = log_softmax(Z),   J = -(1/N) sum_i sum_k T[i, k] log P[i, k],   P = exp(log P),
 
     T the targets: one_hot(t) (J = -(1/N) sum_i log P[i, t_i]), or with label smoothing eps
-    `smoothed_targets(t, K, eps)`. Z (N, K) logits, labels (N,) -> (J a 0-d array, P (N, K)).
-    The softmax is computed once per step: the probabilities for `softmax_cross_entropy_grad`
-    come from the same log-sum-exp as the loss, so J stays finite for any finite Z.
+    `smoothed_targets(t, K, eps)`, or `targets` (N, K) where given, rows summing to 1 (a
+    teacher's soft targets, `anynet.distill`). Z (N, K) logits, labels (N,) -> (J a 0-d array,
+    P (N, K)). The softmax is computed once per step: the probabilities for
+    `softmax_cross_entropy_grad` come from the same log-sum-exp as the loss, so J stays finite
+    for any finite Z.
     """
     xp = array_namespace(Z, labels)
     log_P = log_softmax(Z)
-    T = smoothed_targets(labels, Z.shape[-1], smoothing, Z.dtype)
+    T = smoothed_targets(labels, Z.shape[-1], smoothing, Z.dtype) if targets is None else targets
     J = -xp.mean(xp.sum(log_P * T, axis=-1))
     return J, xp.exp(log_P)
 
 
-def softmax_cross_entropy_grad(P: Array, labels: Array, smoothing: float = 0.0) -> Array:
+def softmax_cross_entropy_grad(P: Array, labels: Array, smoothing: float = 0.0,
+                               targets: Array | None = None) -> Array:
     """The backward of `softmax_cross_entropy_forward`: the gradient of the mean softmax
     cross-entropy with respect to the logits, dZ = (P - T) / N (T = Y = one_hot(t) without
-    label smoothing; `smoothed_targets(t, K, eps)` with it).
+    label smoothing; `smoothed_targets(t, K, eps)` with it; `targets` where given).
 
     Why so simple: with log P[i, k] = Z[i, k] - logsumexp(Z[i]), the derivative of
     -sum_j T[i, j] log P[i, j] by Z[i, k] is -T[i, k] + P[i, k] sum_j T[i, j] = P[i, k] - T[i, k],
@@ -227,7 +232,8 @@ def softmax_cross_entropy_grad(P: Array, labels: Array, smoothing: float = 0.0) 
     if N is None:
         xp = array_namespace(P, labels)
         N = xp.sum(xp.ones_like(labels, dtype=P.dtype))
-    return (P - smoothed_targets(labels, K, smoothing, P.dtype)) / N
+    T = smoothed_targets(labels, K, smoothing, P.dtype) if targets is None else targets
+    return (P - T) / N
 
 
 def accuracy(Z_or_P: Array, labels: Array) -> float | Array:

@@ -28,10 +28,11 @@ class FusedStep:
     the weights (`levers.ema`) its m, `average` (zeros or a checkpoint's).
 
     The levers (`anynet.levers.Levers`): label smoothing is in the targets Y, which are rows of
-    a smoothed identity; dropout's masks are drawn on the host for a chunk and uploaded into
-    buffers of their own (the inputs' mask is applied to the chunk as it is loaded, the hidden
-    units' in each step, forward and backward: one multiply each); the EMA is one pass over
-    every parameter at the end of the step (`FusedOps.ema_`).
+    a smoothed identity, or with a teacher its targets for the chunk (`anynet.distill`),
+    computed on the backend as the chunk is loaded; dropout's masks are drawn on the host for a
+    chunk and uploaded into buffers of their own (the inputs' mask is applied to the chunk as
+    it is loaded, the hidden units' in each step, forward and backward: one multiply each); the
+    EMA is one pass over every parameter at the end of the step (`FusedOps.ema_`).
     """
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images: Array, labels: Array,
@@ -141,6 +142,11 @@ class FusedStep:
         ops.load_rows(self.images, idx, self.X[:n], 1 / 255, self.pixels[:n])
         if self.distorter is not None:
             ops.copy_(self.X[:n], self.distorter(self.X[:n], (self.epoch, chunk)))
+        labels = ops.take(self.labels, idx)
+        # the rows' targets (n, K): one-hot or smoothed, or the teacher's, which sees the
+        # image the student sees, before its input dropout
+        targets = (ops.take(self.eye, labels) if self.levers.teacher is None
+                   else self.levers.targets(self.X[:n], labels))
         if self.levers.masks:  # the chunk's masks, drawn on the host as ChunkedBatches draws
             Mx, Mh = self.levers.draw_masks((self.epoch, chunk), n, self.X.shape[1], self.H,
                                             self.dtype)
@@ -150,11 +156,10 @@ class FusedStep:
                 ops.mul_(self.X[:n], self.Mx[:n])           # X' = X * M_x
             if Mh is not None and self.Mh is not None:
                 ops.upload_(self.Mh[:n], Mh)
-        onehot = ops.take(self.eye, ops.take(self.labels, idx))        # (n, K)
         full = n // B
-        self.Y[:full] = onehot[:full * B].reshape(full, B, K).swapaxes(1, 2)
+        self.Y[:full] = targets[:full * B].reshape(full, B, K).swapaxes(1, 2)
         if n % B:
-            self.Y[full, :, :n % B] = onehot[full * B:].T
+            self.Y[full, :, :n % B] = targets[full * B:].T
         self.rows_in_chunk = n
         self.chunk = chunk
 

@@ -25,13 +25,16 @@ changes training only; the network evaluated and saved is the plain 784-H-10 one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from array_api_compat import array_namespace
 
 from anynet.config import MAX_EMA_DECAY, TrainConfig, check_lever, short_repr
+
+if TYPE_CHECKING:
+    from anynet.distill import Teacher
 
 MASK_STREAM = 3  # the masks of a chunk come from default_rng([seed, MASK_STREAM, epoch, chunk])
 
@@ -39,14 +42,16 @@ MASK_STREAM = 3  # the masks of a chunk come from default_rng([seed, MASK_STREAM
 @dataclass(frozen=True)
 class Levers:
     """What a training step needs of the levers: the dropout probabilities of the hidden units
-    and of the inputs, label smoothing's eps, the EMA's decay (0: none) and the seed of the
-    masks. All 0 (the default): the plain step. Checked as `TrainConfig` checks its fields."""
+    and of the inputs, label smoothing's eps, the EMA's decay (0: none), the seed of the
+    masks, and a teacher to distill (`anynet.distill.Teacher`, None: none). All off (the
+    default): the plain step. Checked as `TrainConfig` checks its fields."""
 
     dropout: float = 0.0
     input_dropout: float = 0.0
     label_smoothing: float = 0.0
     ema: float = 0.0
     seed: int = 0
+    teacher: Teacher | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("dropout", "input_dropout", "label_smoothing"):
@@ -56,15 +61,27 @@ class Levers:
                              f"{short_repr(self.ema)}")
 
     @classmethod
-    def from_config(cls, config: TrainConfig) -> Levers:
+    def from_config(cls, config: TrainConfig, teacher: Teacher | None = None) -> Levers:
         averaging = config.averaging()
         return cls(config.dropout, config.input_dropout, config.label_smoothing,
-                   float(averaging[1]) if averaging[0] == "ema" else 0.0, config.seed)
+                   float(averaging[1]) if averaging[0] == "ema" else 0.0, config.seed, teacher)
 
     @property
     def masks(self) -> bool:
         """Whether a step draws dropout masks (on the host, a chunk at a time)."""
         return bool(self.dropout or self.input_dropout)
+
+    @property
+    def per_chunk(self) -> bool:
+        """Whether a step makes something per chunk of inputs: dropout masks, or a teacher's
+        targets."""
+        return self.masks or self.teacher is not None
+
+    def targets(self, X: Any, labels: Any) -> Any:
+        """The teacher's targets (N, K) for inputs X (N, D) with `labels` (N,), label smoothing
+        included (`anynet.distill.Teacher.targets`); only with a teacher."""
+        assert self.teacher is not None, "targets come from a teacher"
+        return self.teacher.targets(X, labels, self.label_smoothing)
 
     def draw_masks(self, key: tuple[int, int], n: int, D: int, H: int,
                    dtype: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -145,6 +162,9 @@ def describe(config: TrainConfig) -> str:
         parts.append(f"input dropout {config.input_dropout:g}")
     if config.label_smoothing:
         parts.append(f"label smoothing {config.label_smoothing:g}")
+    if config.distill:
+        parts.append(f"distilled from a teacher (weight {config.distill:g}, temperature "
+                     f"{config.temperature:g})")
     kind, value = config.averaging()
     if kind == "ema":
         parts.append(f"weights averaged by an EMA of decay {value:g}")

@@ -100,25 +100,28 @@ def backward(params: dict, X: Any, cache: dict, dZ2: Any) -> dict:
 
 
 def loss(params: dict, X: Any, t: Any, *, hidden_mask: Any = None,
-         label_smoothing: float = 0.0) -> Any:
+         label_smoothing: float = 0.0, targets: Any = None) -> Any:
     """Mean cross-entropy of the network with `params` on a batch: X (N, D), t (N,) -> 0-d;
-    with a dropout mask and label smoothing as `loss_and_grads` takes them."""
-    return F.softmax_cross_entropy(forward(params, X, hidden_mask)[0], t, label_smoothing)
+    with a dropout mask, label smoothing and soft targets as `loss_and_grads` takes them."""
+    return F.softmax_cross_entropy(forward(params, X, hidden_mask)[0], t, label_smoothing,
+                                   targets)
 
 
 def loss_and_grads(params: dict, X: Any, t: Any, *, hidden_mask: Any = None,
-                   label_smoothing: float = 0.0) -> tuple[Any, dict]:
+                   label_smoothing: float = 0.0, targets: Any = None) -> tuple[Any, dict]:
     """Mean cross-entropy of the network with `params` on a batch, and its gradients.
 
     A pure function: params as in `forward`, X float (N, D), t integer labels (N,), all arrays
     of one backend -> (J as a 0-d array, grads with the keys and shapes of params). One forward,
     one softmax (inside the loss's log-sum-exp), one backward; nothing is updated. Training's
     levers: `hidden_mask` (N, H), dropout's scaled mask on the hidden units (see `forward`);
-    `label_smoothing` eps, the targets (1 - eps) one_hot(t) + eps / K.
+    `label_smoothing` eps, the targets (1 - eps) one_hot(t) + eps / K; `targets` (N, K), soft
+    targets in their place (a teacher's, `anynet.distill`).
     """
     Z2, cache = forward(params, X, hidden_mask)
-    J, P = F.softmax_cross_entropy_forward(Z2, t, label_smoothing)
-    return J, backward(params, X, cache, F.softmax_cross_entropy_grad(P, t, label_smoothing))
+    J, P = F.softmax_cross_entropy_forward(Z2, t, label_smoothing, targets)
+    return J, backward(params, X, cache,
+                       F.softmax_cross_entropy_grad(P, t, label_smoothing, targets))
 
 
 def _dtype_name(array: Any) -> str:
@@ -246,11 +249,13 @@ class TwoLayerNet:
         return float(self.backend.to_numpy(J)), grads
 
     def loss_and_grads_array(self, X: Any, labels: Any, *, hidden_mask: Any = None,
-                             label_smoothing: float = 0.0) -> tuple[Any, dict]:
+                             label_smoothing: float = 0.0,
+                             targets: Any = None) -> tuple[Any, dict]:
         """As `loss_and_grads`, but the loss stays a 0-d backend array (no device sync); with
         training's levers as the pure `loss_and_grads` takes them."""
         return loss_and_grads(self.params, self.inputs(X), self.labels(labels),
-                              hidden_mask=hidden_mask, label_smoothing=label_smoothing)
+                              hidden_mask=hidden_mask, label_smoothing=label_smoothing,
+                              targets=targets)
 
     def loss(self, X: Any, labels: Any) -> float:
         """Mean cross-entropy on a batch, as a Python float. X (N, D), labels (N,)."""

@@ -127,7 +127,7 @@ class ArrayAPIStep:
         if levers.ema and not self.average:
             self.average = {k: net.xp.zeros_like(v) for k, v in net.params.items()}
         self.perm: Array | None = None  # the epoch's order on the device, from begin_epoch
-        self.chunks = None if distorter is None and not levers.masks else ChunkedBatches(
+        self.chunks = None if distorter is None and not levers.per_chunk else ChunkedBatches(
             net, images, labels, batch_size, distorter=distorter, levers=levers)
 
     def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
@@ -148,20 +148,20 @@ class ArrayAPIStep:
 
     def batch(self, batch: int) -> tuple:
         """(inputs X (b, D), uint8 pixels or floats; labels t (b,); the hidden units' dropout
-        mask (b, H) or None) of batch `batch`."""
+        mask (b, H) or None; the teacher's targets (b, K) or None) of batch `batch`."""
         if self.chunks is not None:
             return self.chunks.batch(batch)
         xp, idx = self.net.xp, self.batch_indices(batch)
-        return xp.take(self.images, idx, axis=0), xp.take(self.labels, idx, axis=0), None
+        return xp.take(self.images, idx, axis=0), xp.take(self.labels, idx, axis=0), None, None
 
     def __call__(self, batch: int, lr: float) -> Array:
         """One SGD step on batch `batch` with learning rate `lr`; returns the batch's loss as a
         0-d array of the backend (reading it would wait for the device)."""
         check_batch(batch, -(-self.images.shape[0] // self.batch_size))
         epoch_order(self.perm)
-        X, t, Mh = self.batch(batch)
+        X, t, Mh, T = self.batch(batch)
         loss, grads = self.net.loss_and_grads_array(
-            X, t, hidden_mask=Mh, label_smoothing=self.levers.label_smoothing)
+            X, t, hidden_mask=Mh, label_smoothing=self.levers.label_smoothing, targets=T)
         params, velocity = self.optimizer.step(self.net.params, grads, self.velocity, lr=lr,
                                                materialise=False)
         average = ema_update(self.average, params, self.levers.ema) if self.levers.ema else {}
@@ -195,10 +195,10 @@ class CompiledStep(ArrayAPIStep):
         dtype = net.backend.dtype(net.dtype)
         xp, lv = net.xp, self.levers
 
-        def step_on(state, X, t, Mh, lr):
+        def step_on(state, X, t, Mh, T, lr):
             params, velocity, average = state
             loss, grads = loss_and_grads(params, X, t, hidden_mask=Mh,
-                                         label_smoothing=lv.label_smoothing)
+                                         label_smoothing=lv.label_smoothing, targets=T)
             params, velocity = optimizer.step(params, grads, velocity, lr=lr)
             if lv.ema:
                 average = ema_update(average, params, lv.ema)
@@ -206,7 +206,7 @@ class CompiledStep(ArrayAPIStep):
 
         def step(state, images, labels, idx, lr):
             X = pixels_to_inputs(xp.take(images, idx, axis=0), dtype)
-            return step_on(state, X, xp.take(labels, idx, axis=0), None, lr)
+            return step_on(state, X, xp.take(labels, idx, axis=0), None, None, lr)
 
         def step_from(state, images, labels, perm, start, lr):
             # the batch's indices computed inside: slicing perm outside would cost a separately
@@ -238,7 +238,8 @@ def fast_step_applies(net: TwoLayerNet, optimizer: SGD, levers: Levers | None = 
     """Whether `FusedStep` can run this training: a backend with in-place primitives (NumPy,
     CuPy, PyTorch on any device); any SGD (momentum, Nesterov, weight decay) but Nesterov
     with lr * weight_decay >= 1, where its rearranged update would divide by zero (`Rates`);
-    every lever of `levers` (dropout, label smoothing, EMA: the fused step has them all)."""
+    every lever of `levers` (dropout, label smoothing, EMA, a teacher: the fused step has them
+    all)."""
     if optimizer.nesterov and optimizer.lr * optimizer.weight_decay >= 1:
         return False
     return net.backend.fused_ops() is not None
@@ -255,9 +256,9 @@ def make_train_step(net: TwoLayerNet, optimizer: SGD, images: Array, labels: Arr
     args = (net, optimizer, images, labels, batch_size, velocity)
     levers = levers or NO_LEVERS
     if fast and fast_step_applies(net, optimizer, levers):
-        # distortions and dropout masks are drawn on the host a chunk at a time: no single
-        # graph per step
-        drawn = distorter is not None or levers.masks
+        # distortions, dropout masks and a teacher's targets are made a chunk at a time: no
+        # single graph per step
+        drawn = distorter is not None or levers.per_chunk
         capture = net.backend.graph_capture() if not drawn else None
         if capture is not None:
             return GraphedStep(*args, capture, levers=levers, average=average)

@@ -20,9 +20,10 @@ The batch losses stay on the device and are read a window of SYNC_EVERY batches 
 at epoch ends, checkpoints and stop requests): one synchronisation per window instead of one per
 batch. Callbacks see every batch and its loss, a window late.
 
-Training's levers (anynet.levers): the steps apply dropout, label smoothing and the EMA of the
-weights; the loop takes the SWA's snapshot at each epoch's end, and reports, checkpoints and
-returns the averaged weights beside the trained ones (`TrainState.average`).
+Training's levers (anynet.levers): the steps apply dropout, label smoothing, a teacher's targets
+(anynet.distill; `Trainer(..., teacher=)`) and the EMA of the weights; the loop takes the SWA's
+snapshot at each epoch's end, and reports, checkpoints and returns the averaged weights beside
+the trained ones (`TrainState.average`).
 
 Divergence: a batch loss that is not finite, or above DIVERGENCE_LOSS, stops training with a
 `DivergenceError` when its window is read, naming the batch and the window, and leaving the last
@@ -38,7 +39,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +53,9 @@ from anynet.modelio import save_checkpoint
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD, make_schedule
 from anynet.steps import TrainStep, make_train_step
+
+if TYPE_CHECKING:
+    from anynet.distill import Teacher
 
 TRAIN_ACCURACY_SAMPLE = 10_000  # training examples scored at each epoch's end
 # A mean cross-entropy of 100 gives the true class probability e^-100 on average; a uniform guess
@@ -161,20 +165,20 @@ class Trainer:
                  backend: str | Backend | None = None, checkpoint_path: str | Path | None = None,
                  callbacks: list[Callback] | tuple = (), data_sha256: dict | None = None,
                  record_extra: dict | None = None, fast: bool = True,
-                 n_classes: int | None = None):
+                 n_classes: int | None = None, teacher: Any = None):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config, self.fast = config, fast
         self.backend = get_backend(backend if backend is not None else config.backend)
         self.optimizer = SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                              weight_decay=config.weight_decay)
-        self.levers = levers.Levers.from_config(config)
         self.n_train = int(train_images.shape[0])
         if self.n_train == 0:
             raise ValueError("no training examples")
         self.n_in = int(train_images.shape[1])
         self._classes_given = n_classes is not None
         self.n_classes = int(n_classes if n_classes is not None else np.max(train_labels) + 1)
+        self.levers = levers.Levers.from_config(config, self._teacher(teacher))
         for name, labels in (("training", train_labels), ("validation", val_labels)):
             _check_labels(name, labels, self.n_classes)
         self.n_batches = math.ceil(self.n_train / config.batch_size)
@@ -189,6 +193,34 @@ class Trainer:
         self.data_sha256 = data_sha256 or {}
         self.record_extra = dict(record_extra or {})
         self._stop_reason = ""
+
+    def _teacher(self, teacher: Any) -> Teacher | None:
+        """The `anynet.distill.Teacher` of `teacher` (a Committee, a TwoLayerNet or a list of
+        them, on this trainer's backend) with the config's weight and temperature; None without
+        one. A teacher and `config.distill` > 0 go together; it must take this data's D inputs
+        to its K classes."""
+        from anynet.committee import Committee
+        from anynet.distill import Teacher
+
+        if teacher is None:
+            if self.config.distill:
+                raise ValueError(f"distill {self.config.distill:g} needs a teacher: a committee "
+                                 "of trained networks (Trainer's teacher=)")
+            return None
+        if not self.config.distill:
+            raise ValueError("a teacher was given but distill is 0: set distill, the teacher's "
+                             "share of the targets, in (0, 1]")
+        if not isinstance(teacher, Committee):
+            teacher = Committee(list(teacher) if isinstance(teacher, (list, tuple))
+                                else [teacher])
+        D, _, K = teacher.sizes
+        if (D, K) != (self.n_in, self.n_classes):
+            raise ValueError(f"the teacher takes {D} inputs to {K} classes; this data has "
+                             f"{self.n_in} inputs and {self.n_classes} classes")
+        if teacher.backend.spec != self.backend.spec:
+            raise ValueError(f"the teacher computes on {teacher.backend.spec}, the training on "
+                             f"{self.backend.spec}: load it on the training's backend")
+        return Teacher(teacher, self.config.distill, self.config.temperature)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask the loop to stop after the current batch, writing a checkpoint (signal-safe)."""

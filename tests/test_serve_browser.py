@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("PIL")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
-                                 "(pip install 'anynet[test]')")
+                                 "(pip install 'anynet[test,browser]')")
 
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402

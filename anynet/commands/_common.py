@@ -260,7 +260,7 @@ def add_lever_options(parser: argparse.ArgumentParser) -> None:
     """Training's levers (anynet.levers): --dropout, --input-dropout, --label-smoothing and
     --average, each defaulting to None (so a command can tell what was given: over a recipe,
     or against a checkpoint), checked by the rules TrainConfig checks its fields with."""
-    from anynet.config import AVERAGE_FORMS, LEVER_LIMITS
+    from anynet.config import AVERAGE_FORMS, DEFAULT_DISTILL, LEVER_LIMITS, check_temperature
 
     g = parser.add_argument_group("training levers (anynet.levers; each off by default; "
                                   "evaluation and the model file use the plain network)")
@@ -279,6 +279,50 @@ def add_lever_options(parser: argparse.ArgumentParser) -> None:
                    help=f"report and save averaged weights: {AVERAGE_FORMS}; ema: after every "
                    "step, bias-corrected; swa: the mean of the end-of-epoch weights (default: "
                    "none)")
+    g.add_argument("--teacher", nargs="+", type=Path, metavar="MODEL",
+                   help="distil: train on targets that mix in the mean probabilities of these "
+                   "model files (a committee; anynet.distill), computed for every image as "
+                   "the student sees it")
+    g.add_argument("--distill", type=lever_value("distill"), metavar="ALPHA",
+                   help=f"the teacher's share of every target; at most "
+                   f"{LEVER_LIMITS['distill'][0]:g} (default with --teacher: "
+                   f"{DEFAULT_DISTILL:g})")
+    g.add_argument("--temperature", type=_checked_number(check_temperature, "a number in "
+                   "(0, 100]", "a number in (0, 100]"), metavar="T",
+                   help="the teacher's softmax is taken of its logits / T: above 1, softer "
+                   "targets (default: 1)")
+
+
+def check_teacher_options(args: argparse.Namespace, config: Any, record: dict | None) -> None:
+    """A distillation needs a teacher (--teacher, or the resumed checkpoint's), and a teacher a
+    share of the targets: UserError otherwise, before anything is loaded."""
+    from anynet.errors import UserError
+
+    if config.distill and not (args.teacher or (record or {}).get("teacher")):
+        raise UserError(f"--distill {config.distill:g} needs --teacher MODEL [MODEL ...]: the "
+                        "trained models whose probabilities it mixes into the targets")
+    if args.teacher and not config.distill:
+        raise UserError("--teacher with --distill 0 would not use the teacher: give --distill "
+                        "in (0, 1], or drop --teacher")
+
+
+def open_teacher(args: argparse.Namespace, config: Any, record: dict | None, backend: Any):
+    """The teacher's committee on `backend` (None where the run distils none), its files with
+    their SHA-256 left in args.teacher_files for the run's record (`anynet.distill.load_teacher`:
+    a resumed run reads the checkpoint's files and refuses any that changed)."""
+    if not config.distill:
+        return None
+    from anynet.data.mnist import D, K
+    from anynet.distill import load_teacher
+    from anynet.errors import UserError
+
+    teacher, args.teacher_files = load_teacher(args.teacher, backend,
+                                               (record or {}).get("teacher"))
+    if teacher.sizes[0] != D or teacher.sizes[2] != K:
+        raise UserError(f"the teacher takes {teacher.sizes[0]} inputs to {teacher.sizes[2]} "
+                        f"classes; MNIST has {D} inputs and {K} classes: name models trained "
+                        "on MNIST")
+    return teacher
 
 
 def lever_value(name: str):

@@ -40,9 +40,11 @@ from anynet.commands._common import (
     at_most,
     check_output,
     check_plot_option,
+    check_teacher_options,
     nonnegative_float,
     nonnegative_int,
     open_backend,
+    open_teacher,
     positive_float,
     positive_int,
 )
@@ -50,6 +52,7 @@ from anynet.config import MAX_BATCH_UNITS, MAX_EPOCHS, TrainConfig
 
 if TYPE_CHECKING:  # imported where used: `anynet train --help` stays fast
     from anynet.backend import Backend
+    from anynet.committee import Committee
     from anynet.data.mnist import MNIST
     from anynet.fit import Trained
     from anynet.modelio.checkpoints import Checkpoint
@@ -135,10 +138,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _requested(args: argparse.Namespace) -> dict:
     """The hyperparameters asked for: a --recipe's, overridden by those given on the command
     line (not the defaults)."""
+    from anynet.config import DEFAULT_DISTILL
     from anynet.recipes import recipe
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if getattr(args, "teacher", None) and "distill" not in given and args.resume is None:
+        given["distill"] = DEFAULT_DISTILL
     return {**(recipe(args.recipe) if getattr(args, "recipe", None) else {}), **given}
 
 
@@ -280,9 +286,11 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint:
     if (args.threads is None and record is not None and _is_count(record.get("threads"))
             and record["threads"] <= MAX_THREADS):
         args.threads = record["threads"]  # a resumed run computes as it did: same sums
+    check_teacher_options(args, config, record)
     backend = open_backend(args, config.backend, announce=False)
     config = dataclasses.replace(config, backend=backend.spec)
     say: Say = (lambda *a: None) if args.quiet else print
+    teacher = open_teacher(args, config, record, backend)
 
     mnist = load_mnist(args.data_dir, val_size=config.val_size, val_seed=config.seed,
                        verify=not args.no_verify)
@@ -300,9 +308,8 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint:
     with StopOnSignals() as stopper:
         started = time.perf_counter()
         try:
-            trained = _fit(args, config, mnist, backend, out, checkpoint,
-                           loaded,
-                           [reporter, stopper], recipe)
+            trained = _fit(args, config, mnist, backend, out, checkpoint, loaded,
+                           [reporter, stopper], recipe, teacher)
         finally:
             reporter.close()
         elapsed = time.perf_counter() - started
@@ -319,7 +326,7 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint:
 
 def _fit(args: argparse.Namespace, config: TrainConfig, mnist: MNIST, backend: Backend,
          out: Path, checkpoint: Path, resume: Checkpoint | None, callbacks: list,
-         recipe: str | None) -> Trained:
+         recipe: str | None, teacher: Committee | None) -> Trained:
     """`anynet.fit.train_model` on MNIST, with a failed checkpoint write as one line."""
     from anynet.data.mnist import K
     from anynet.errors import UserError
@@ -327,13 +334,15 @@ def _fit(args: argparse.Namespace, config: TrainConfig, mnist: MNIST, backend: B
     from anynet.fit import describe_data, train_model
 
     extra = {"threads": args.threads, "recipe": recipe}
+    if teacher is not None:  # each file with its SHA-256, which --resume checks
+        extra["teacher"] = args.teacher_files
     try:
         return train_model(
             config, mnist.train_images, mnist.train_labels, mnist.val_images, mnist.val_labels,
             test=(mnist.test_images, mnist.test_labels), data=describe_data(mnist),
             resume=resume, record=extra, n_classes=K, backend=backend,
             checkpoint_path=checkpoint, callbacks=callbacks, data_sha256=mnist.sha256,
-            record_extra={"out": os.path.abspath(out), **extra})
+            record_extra={"out": os.path.abspath(out), **extra}, teacher=teacher)
     except BrokenPipeError:
         raise
     except OSError as e:  # training's only writes are checkpoints
