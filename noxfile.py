@@ -40,7 +40,12 @@ TORCH = "torch==2.13.0"  # the CPU build; other versions pull gigabytes of CUDA 
 
 
 def _env(backend: str, backend_only: bool = False) -> dict[str, str]:
-    env = {"ANYNET_TEST_BACKEND": backend, "ANYNET_TEST_BACKEND_ONLY": "1" if backend_only else ""}
+    # Bytecode caches on, even where the machine turns them off (PYTHONDONTWRITEBYTECODE=1, as
+    # on this project's CI): the installs skip compiling (`_install`), so without caches every
+    # test process, and every `python -m anynet` a test starts, would compile each module it
+    # imports (NumPy, Dask, the tests' assertion rewriting) from source again.
+    env = {"ANYNET_TEST_BACKEND": backend, "ANYNET_TEST_BACKEND_ONLY": "1" if backend_only else "",
+           "PYTHONDONTWRITEBYTECODE": ""}
     if "ANYNET_DATA_DIR" not in os.environ and SHARED_MNIST.is_dir():
         env["ANYNET_DATA_DIR"] = str(SHARED_MNIST)
     return env
@@ -48,7 +53,8 @@ def _env(backend: str, backend_only: bool = False) -> dict[str, str]:
 
 def _install(session: nox.Session, *args: str) -> None:
     """pip install without byte-compiling every installed module (matplotlib, torch and jax
-    bring thousands): Python compiles the few a test imports when it imports them."""
+    bring thousands): Python compiles the few a test imports when it first imports them, and
+    keeps them (`_env` turns bytecode caches on)."""
     session.install("--no-compile", *args)
 
 
