@@ -4,8 +4,8 @@
                              why, without a CUDA device); `nox -s gpu` runs the GPU check
                              (bench/README.md); `nox --parallel 1` runs them one by one
     nox -s numpy             one session; `nox -l` lists them
-    nox -s torch -- -k grad  arguments after -- go to pytest (`-- -n 0`: in one process, not
-                             one per core with pytest-xdist)
+    nox -s torch -- -k grad  arguments after -- go to pytest (`-- -n 0`: the long sessions
+                             in one process, not one per core with pytest-xdist)
 
 The backend under test reaches the tests through the environment variable ANYNET_TEST_BACKEND
 (equivalently `pytest --backend NAME`). The numpy session runs the whole suite; every other
@@ -58,14 +58,14 @@ def _install(session: nox.Session, *args: str) -> None:
     session.install("--no-compile", *args)
 
 
-# The tests run on every core (pytest-xdist); `nox -s numpy -- -n 0` runs them in one process.
-PARALLEL = ("-n", "auto")
-
-
 def _pytest(session: nox.Session, backend: str, *args: str, backend_only: bool = True,
-            env: dict[str, str] | None = None) -> None:
-    session.run("pytest", "-p", "no:cacheprovider", *PARALLEL, *args, *session.posargs,
-                env=_env(backend, backend_only) | (env or {}))
+            spread: bool = False, env: dict[str, str] | None = None) -> None:
+    """pytest on `backend`. `spread`: on every core (pytest-xdist's `-n auto`), for the long
+    sessions; the short ones run in one process, as two sessions at a time already fill the
+    cores and each worker collects the suite and imports its libraries once more. Arguments
+    after `--` come last: `nox -s numpy -- -n 0` runs it in one process."""
+    session.run("pytest", "-p", "no:cacheprovider", *(("-n", "auto") if spread else ()), *args,
+                *session.posargs, env=_env(backend, backend_only) | (env or {}))
 
 
 @nox.session
@@ -99,7 +99,7 @@ def minimal(session: nox.Session) -> None:
 def numpy(session: nox.Session) -> None:
     """The whole suite on NumPy: the host-only tests run here, once (the browser's too)."""
     _install(session, ".[test,browser]")
-    _pytest(session, "numpy", backend_only=False)
+    _pytest(session, "numpy", backend_only=False, spread=True)
 
 
 @nox.session(name="array-api-strict")
@@ -109,7 +109,7 @@ def array_api_strict(session: nox.Session) -> None:
     handling is tested without a GPU. Then the Array API tests (PORTABLE_TESTS) on its default
     device, the CPU one: what passes on device1 passes there, bar a path taken only on it."""
     _install(session, ".[test]")
-    _pytest(session, "array-api-strict:device1")
+    _pytest(session, "array-api-strict:device1", spread=True)
     _pytest(session, "array-api-strict", *PORTABLE_TESTS)
 
 
@@ -117,7 +117,7 @@ def array_api_strict(session: nox.Session) -> None:
 def torch(session: nox.Session) -> None:
     """The suite on PyTorch (CPU), with torch.autograd as a further oracle."""
     _install(session, TORCH, ".[test]")
-    _pytest(session, "torch")
+    _pytest(session, "torch", spread=True)
 
 
 @nox.session
@@ -129,7 +129,7 @@ def jax(session: nox.Session) -> None:
     cache = {"JAX_COMPILATION_CACHE_DIR": str(Path(session.create_tmp()).resolve() / "jax-cache"),
              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    _pytest(session, "jax", env=cache)
+    _pytest(session, "jax", spread=True, env=cache)
 
 
 @nox.session
