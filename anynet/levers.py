@@ -1,4 +1,5 @@
-"""Training levers beyond SGD: dropout, label smoothing and averaged weights (docs/tuning.md).
+"""Training levers beyond SGD: dropout, label smoothing, distillation and averaged weights
+(docs/tuning.md).
 
 Each is off by default (`TrainConfig`: dropout, input_dropout, label_smoothing, average) and
 changes training only; the network evaluated and saved is the plain 784-H-10 one.
@@ -13,6 +14,9 @@ changes training only; the network evaluated and saved is the plain 784-H-10 one
   with the same masks, and a resumed run draws what the uninterrupted one drew.
 - **Label smoothing** (`--label-smoothing EPS`): targets (1 - eps) one_hot + eps / K
   (`anynet.functional.smoothed_targets`); the steps compute it themselves.
+- **Distillation** (`--teacher MODEL [MODEL ...]`, `--distill ALPHA`, `--temperature T`):
+  targets (1 - alpha) smoothed one-hot + alpha times a committee's softened probabilities,
+  made for each chunk on the backend (`anynet.distill`; `Levers.targets`).
 - **Weight averaging** (`--average ema:DECAY` or `swa:START`): the weights that the per-epoch
   validation and the test report, and that the model file holds, are an average of the
   trained ones, which go on training unchanged. EMA: after every step
