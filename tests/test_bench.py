@@ -359,3 +359,36 @@ def test_time_to_accuracy_runs_each_implementation_in_its_own_process(tmp_path, 
         assert len(r["epochs"]) == 2 and all(e["seconds"] > 0 for e in r["epochs"])
         assert r["epochs"][-1]["accuracy"] > 0.6, r    # 2 epochs on 2,000 synthetic images
     assert "default   anynet" in proc.stdout and "x PyTorch" in proc.stdout
+
+
+# --- LeCun's table (bench/accuracy.py) ---------------------------------------------------------
+
+
+def test_a_distilling_recipe_trains_its_teachers_once_then_each_seed(tmp_path, monkeypatch,
+                                                                      capsys):
+    import accuracy
+
+    calls = []
+
+    def fake_run_one(name, seed, args, teachers=None):
+        calls.append((name, seed, [(t["recipe"], t["seed"]) for t in teachers or []]))
+        run = {"recipe": name, "seed": seed, "status": "ok", "wall_s": 1.0, "epochs": 100,
+               "train_s": 400.0 if name == "h800-affine" else 600.0, "backend": "numpy",
+               "threads": 1, "test_error_pct": 0.6 if name == "h800-affine" else 0.5}
+        if teachers:
+            run["teachers_train_s"] = sum(t["train_s"] for t in teachers)
+        return run
+
+    monkeypatch.setattr(accuracy, "run_one", fake_run_one)
+    out = tmp_path / "acc.json"
+    assert accuracy.main(["--recipes", "best", "--seeds", "3-4", "--out", str(out)]) == 0
+    teachers = [("h800-affine", s) for s in (0, 1, 2)]
+    assert calls == [*[(n, s, []) for n, s in teachers], ("best", 3, teachers),
+                     ("best", 4, teachers)]
+    text = capsys.readouterr().out
+    assert ("h800-affine          1.1    <= 1 0.60 ± 0.00 (0.60-0.60)     3    100      400  "
+            "numpy, 1 threads\nbest                   -  <= 0.6 0.50 ± 0.00 (0.50-0.50)     2    "
+            "100      600  numpy, 1 threads\n              (and 1200 s training its teachers, "
+            "h800-affine seeds 0, 1, 2)") in text
+    assert [r["recipe"] for r in json.loads(out.read_text())["runs"]] == [
+        "h800-affine"] * 3 + ["best"] * 2

@@ -299,6 +299,14 @@ def check_teacher_options(args: argparse.Namespace, config: Any, record: dict | 
     from anynet.errors import UserError
 
     if config.distill and not (args.teacher or (record or {}).get("teacher")):
+        from anynet.recipes import TEACHERS
+
+        if getattr(args, "recipe", None) in TEACHERS and args.distill is None:
+            name, seeds = TEACHERS[args.recipe]
+            raise UserError(
+                f"recipe {args.recipe} distils a committee of {name} networks: train them "
+                f"first (anynet train --recipe {name} --seed S --out teacherS.npz, for S in "
+                f"{', '.join(map(str, seeds))}), then add --teacher with their files")
         raise UserError(f"--distill {config.distill:g} needs --teacher MODEL [MODEL ...]: the "
                         "trained models whose probabilities it mixes into the targets")
     if args.teacher and not config.distill:
