@@ -412,23 +412,37 @@ class InProcessQueue:
         self._pending.clear()
 
 
+RESULT_WAIT_S = 30  # one wait for a finished run's result (repeated while it is computed again)
+
+
 def outcome_of(future, client) -> dict | None:
     """What a finished future holds: train_run's dict, or an error for a run Dask gave up on;
     None for a run cancelled because the scheduler was lost (not a result: it is not recorded,
-    and the sweep ends saying the scheduler is gone)."""
+    and the sweep ends saying the scheduler is gone). A result lost with its worker (killed
+    after the run ended, before its result was fetched) is computed again by Dask on another
+    worker: that is waited for, as long as a worker is there to do it, however busy."""
     if future.status == "cancelled" and client.status != "running":
         return None
-    try:
-        return future.result(timeout=30)
-    except Exception as e:  # the task itself failed: a worker killed too often, anynet missing
-        name = type(e).__name__
-        if client.status != "running":
-            return None
-        if name == "KilledWorker":
-            message = ("the workers running it died again and again (killed? out of memory?); "
-                       "Dask gave up on it")
-        else:
-            message = f"{name}: {' '.join(str(e).split())[:300]}"
-        return {"status": "error", "message": message, "worker": None, "seconds": None,
-                "threads": None}
+    while True:
+        try:
+            return future.result(timeout=RESULT_WAIT_S)
+        except Exception as e:  # the task failed: a worker killed too often, anynet missing
+            if client.status != "running":
+                return None
+            if (type(e).__name__ == "TimeoutError" and future.status in ("lost", "pending")
+                    and worker_count(client)):
+                continue  # its result went with a killed worker: it is being computed again
+            return _error_outcome(e)
+
+
+def _error_outcome(e: Exception) -> dict:
+    """The outcome recorded for a run whose task failed with `e`."""
+    name = type(e).__name__
+    if name == "KilledWorker":
+        message = ("the workers running it died again and again (killed? out of memory?); "
+                   "Dask gave up on it")
+    else:
+        message = f"{name}: {' '.join(str(e).split())[:300]}"
+    return {"status": "error", "message": message, "worker": None, "seconds": None,
+            "threads": None}
 

@@ -417,3 +417,57 @@ def test_a_huge_grid_holds_little_memory_in_the_client(tmp_path):
     assert first_results < 90, first_results
     records = results(out)
     assert len(records) >= 20 and {r["status"] for r in records} == {"error"}
+
+
+# --- a finished run's result, fetched (no cluster: the client and future are stand-ins) -------
+
+
+class _Client:
+    def __init__(self, workers: int):
+        self.status, self.workers = "running", workers
+
+    def scheduler_info(self, n_workers=0):
+        return {"n_workers": self.workers}
+
+
+class _Future:
+    """A future whose result first times out `lost` times (its data went with a killed
+    worker, so Dask computes it again), then holds `value` or raises it."""
+
+    def __init__(self, lost: int, value):
+        self.status, self.lost, self.value, self.waits = "finished", lost, value, 0
+
+    def result(self, timeout=None):
+        assert timeout is not None  # every wait is bounded, so a dead scheduler is noticed
+        self.waits += 1
+        if self.waits <= self.lost:
+            self.status = "lost"
+            raise TimeoutError(f"timed out after {timeout} s")
+        if isinstance(self.value, Exception):
+            raise self.value
+        return self.value
+
+
+def test_a_result_lost_with_its_worker_is_waited_for_while_it_is_computed_again():
+    from anynet.sweep_cluster import outcome_of
+
+    done = {"status": "ok", "test_accuracy": 0.97}
+    future = _Future(lost=3, value=done)
+    assert outcome_of(future, _Client(workers=1)) == done and future.waits == 4
+    # with no worker left to compute it, the wait ends, and the run is recorded as an error
+    outcome = outcome_of(_Future(lost=1, value=done), _Client(workers=0))
+    assert outcome["status"] == "error" and outcome["message"] == (
+        "TimeoutError: timed out after 30 s")
+
+
+def test_a_run_dask_gave_up_on_is_an_error_saying_why():
+    from anynet.sweep_cluster import outcome_of
+
+    KilledWorker = type("KilledWorker", (Exception,), {})
+    outcome = outcome_of(_Future(lost=0, value=KilledWorker("x")), _Client(workers=2))
+    assert outcome == {"status": "error", "message": "the workers running it died again and "
+                       "again (killed? out of memory?); Dask gave up on it", "worker": None,
+                       "seconds": None, "threads": None}
+    outcome = outcome_of(_Future(lost=0, value=ImportError("no module named anynet")),
+                         _Client(workers=2))
+    assert outcome["message"] == "ImportError: no module named anynet"
