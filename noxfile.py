@@ -29,7 +29,7 @@ nox.options.sessions = ["numpy", "jax", "lint", "array-api-strict", "torch", "sw
                         "interop", "dask", "ndonnx", "mlx", "minimal", "cupy", "torch-cuda"]
 if hasattr(nox.options, "parallel"):  # nox >= 2026.10; an older nox runs them one by one
     # Two sessions at a time: one's installs (single-threaded) and waits (clusters, servers)
-    # overlap the other's tests. More would only crowd the CPUs, which each session's
+    # overlap the other's tests. More would only crowd the CPUs, which the long sessions'
     # pytest-xdist already fills. Output stays whole: each session's is printed when it ends.
     nox.options.parallel = 2
     nox.options.allow_parallel = True
