@@ -314,23 +314,23 @@ def check_teacher_options(args: argparse.Namespace, config: Any, record: dict | 
                         "in (0, 1], or drop --teacher")
 
 
-def open_teacher(args: argparse.Namespace, config: Any, record: dict | None, backend: Any):
-    """The teacher's committee on `backend` (None where the run distils none), its files with
-    their SHA-256 left in args.teacher_files for the run's record (`anynet.distill.load_teacher`:
-    a resumed run reads the checkpoint's files and refuses any that changed)."""
+def open_teacher(args: argparse.Namespace, config: Any, record: dict | None,
+                 backend: Any) -> tuple[Any, list[dict] | None]:
+    """(the teacher's committee on `backend`, its files with their SHA-256 for the run's
+    record), (None, None) where the run distils none (`anynet.distill.load_teacher`: a resumed
+    run reads the checkpoint's files and refuses any that changed)."""
     if not config.distill:
-        return None
+        return None, None
     from anynet.data.mnist import D, K
     from anynet.distill import load_teacher
     from anynet.errors import UserError
 
-    teacher, args.teacher_files = load_teacher(args.teacher, backend,
-                                               (record or {}).get("teacher"))
+    teacher, files = load_teacher(args.teacher, backend, (record or {}).get("teacher"))
     if teacher.sizes[0] != D or teacher.sizes[2] != K:
         raise UserError(f"the teacher takes {teacher.sizes[0]} inputs to {teacher.sizes[2]} "
                         f"classes; MNIST has {D} inputs and {K} classes: name models trained "
                         "on MNIST")
-    return teacher
+    return teacher, files
 
 
 def lever_value(name: str):

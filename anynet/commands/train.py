@@ -290,7 +290,7 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint:
     backend = open_backend(args, config.backend, announce=False)
     config = dataclasses.replace(config, backend=backend.spec)
     say: Say = (lambda *a: None) if args.quiet else print
-    teacher = open_teacher(args, config, record, backend)
+    teacher, teacher_files = open_teacher(args, config, record, backend)
 
     mnist = load_mnist(args.data_dir, val_size=config.val_size, val_seed=config.seed,
                        verify=not args.no_verify)
@@ -309,7 +309,7 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint:
         started = time.perf_counter()
         try:
             trained = _fit(args, config, mnist, backend, out, checkpoint, loaded,
-                           [reporter, stopper], recipe, teacher)
+                           [reporter, stopper], recipe, (teacher, teacher_files))
         finally:
             reporter.close()
         elapsed = time.perf_counter() - started
@@ -326,7 +326,8 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint:
 
 def _fit(args: argparse.Namespace, config: TrainConfig, mnist: MNIST, backend: Backend,
          out: Path, checkpoint: Path, resume: Checkpoint | None, callbacks: list,
-         recipe: str | None, teacher: Committee | None) -> Trained:
+         recipe: str | None,
+         teacher: tuple[Committee | None, list[dict] | None]) -> Trained:
     """`anynet.fit.train_model` on MNIST, with a failed checkpoint write as one line."""
     from anynet.data.mnist import K
     from anynet.errors import UserError
@@ -334,15 +335,16 @@ def _fit(args: argparse.Namespace, config: TrainConfig, mnist: MNIST, backend: B
     from anynet.fit import describe_data, train_model
 
     extra = {"threads": args.threads, "recipe": recipe}
-    if teacher is not None:  # each file with its SHA-256, which --resume checks
-        extra["teacher"] = args.teacher_files
+    committee, files = teacher
+    if committee is not None:  # each file with its SHA-256, which --resume checks
+        extra["teacher"] = files
     try:
         return train_model(
             config, mnist.train_images, mnist.train_labels, mnist.val_images, mnist.val_labels,
             test=(mnist.test_images, mnist.test_labels), data=describe_data(mnist),
             resume=resume, record=extra, n_classes=K, backend=backend,
             checkpoint_path=checkpoint, callbacks=callbacks, data_sha256=mnist.sha256,
-            record_extra={"out": os.path.abspath(out), **extra}, teacher=teacher)
+            record_extra={"out": os.path.abspath(out), **extra}, teacher=committee)
     except BrokenPipeError:
         raise
     except OSError as e:  # training's only writes are checkpoints
