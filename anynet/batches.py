@@ -4,12 +4,17 @@ chunk a step gathers and distorts at once, and the checks that keep every device
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 from array_api_compat import array_namespace
 
+from anynet.backend.contract import Array
 from anynet.network import pixels_to_inputs
+
+# what a step distorts a chunk of inputs with (`anynet.augment.Distorter`): X, (epoch, chunk)
+Distorter = Callable[[Array, tuple[int, ...]], Array]
 
 CHUNK_ROWS = 1024  # rows gathered and converted at once: big enough to amortise, fits in cache
 

@@ -158,8 +158,8 @@ LEVER_LIMITS = {
     "label_smoothing": (0.5, "the share of each target spread evenly over the classes"),
     "distill": (1.0, "the teacher's share of each target"),
 }
-LEVER_FIELDS = (*LEVER_LIMITS, "average", "temperature")  # every lever's field, each off by
-# default (a temperature without a teacher changes nothing)
+# every lever's field, each off by default (a temperature without a teacher changes nothing)
+LEVER_FIELDS = (*LEVER_LIMITS, "average", "temperature")
 # An EMA with decay d averages over about 1 / (1 - d) steps: at most a million (hundreds of
 # MNIST epochs), far beyond use, and 1 - d stays far from rounding to 0.
 MAX_EMA_DECAY = 0.999999

@@ -6,13 +6,19 @@ reference step (anynet.steps.ArrayAPIStep) on every backend."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from anynet.backend.contract import Array, FusedOps
-from anynet.batches import check_batch, check_labels, check_permutation, chunk_rows, epoch_order
+from anynet.batches import (
+    Distorter,
+    check_batch,
+    check_labels,
+    check_permutation,
+    chunk_rows,
+    epoch_order,
+)
 from anynet.levers import Levers
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
@@ -37,7 +43,7 @@ class FusedStep:
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images: Array, labels: Array,
                  batch_size: int, velocity: dict | None = None,
-                 distorter: Callable[[Array, tuple[int, ...]], Array] | None = None, *,
+                 distorter: Distorter | None = None, *,
                  levers: Levers | None = None, average: dict | None = None) -> None:
         ops = net.backend.fused_ops()
         if ops is None:

@@ -52,7 +52,6 @@ loss into a buffer of the epoch's losses: a loss holds until the same batch of t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -61,6 +60,7 @@ from anynet.backend.contract import Array
 from anynet.batches import (  # noqa: F401  (names the steps' users import from here)
     CHUNK_ROWS,
     ChunkedBatches,
+    Distorter,
     check_batch,
     check_labels,
     check_permutation,
@@ -74,8 +74,6 @@ from anynet.network import TwoLayerNet, loss_and_grads, pixels_to_inputs
 from anynet.optim import SGD
 
 NO_LEVERS = Levers()
-# what a step distorts a chunk of inputs with (`anynet.augment.Distorter`): X, (epoch, chunk)
-Distorter = Callable[[Array, tuple[int, ...]], Array]
 
 
 class TrainStep(Protocol):

@@ -260,7 +260,13 @@ def add_lever_options(parser: argparse.ArgumentParser) -> None:
     """Training's levers (anynet.levers): --dropout, --input-dropout, --label-smoothing and
     --average, each defaulting to None (so a command can tell what was given: over a recipe,
     or against a checkpoint), checked by the rules TrainConfig checks its fields with."""
-    from anynet.config import AVERAGE_FORMS, DEFAULT_DISTILL, LEVER_LIMITS, check_temperature
+    from anynet.config import (
+        AVERAGE_FORMS,
+        DEFAULT_DISTILL,
+        LEVER_LIMITS,
+        MAX_TEMPERATURE,
+        check_temperature,
+    )
 
     g = parser.add_argument_group("training levers (anynet.levers; each off by default; "
                                   "evaluation and the model file use the plain network)")
@@ -287,8 +293,9 @@ def add_lever_options(parser: argparse.ArgumentParser) -> None:
                    help=f"the teacher's share of every target; at most "
                    f"{LEVER_LIMITS['distill'][0]:g} (default with --teacher: "
                    f"{DEFAULT_DISTILL:g})")
-    g.add_argument("--temperature", type=_checked_number(check_temperature, "a number in "
-                   "(0, 100]", "a number in (0, 100]"), metavar="T",
+    hottest = f"a number in (0, {MAX_TEMPERATURE:g}]"
+    g.add_argument("--temperature", type=_checked_number(check_temperature, hottest, hottest),
+                   metavar="T",
                    help="the teacher's softmax is taken of its logits / T: above 1, softer "
                    "targets (default: 1)")
 
