@@ -68,6 +68,8 @@ Array = Any
 SIDE = 28  # S: MNIST images are 28 x 28
 KINDS = ("none", "affine", "elastic", "affine+elastic")
 RNG_STREAM = 2  # the Generator of a chunk is default_rng([seed, RNG_STREAM, *key])
+# Rows distorted at a time by an eager library on the CPU (see Distorter.__call__).
+CPU_PIECE_ROWS = 128
 
 
 # --- the options ------------------------------------------------------------------------------
@@ -329,8 +331,16 @@ def bilinear_sample(images: Array, rows: Array, cols: Array, take: Any = None) -
     # flat index of the top-left neighbour (y, x): (y + 1, x + 1) in image k's padded copy, so
     # k ph pw + (y + 1) pw + (x + 1); its right, lower and lower-right neighbours are 1, pw and
     # pw + 1 further on, read by taking from the flat array shifted by as much
-    starts = xp.arange(n, dtype=xp.int64, device=device) * (ph * pw) + (pw + 1)
-    first = xp.astype(y * pw + x, xp.int64) + xp.reshape(starts, (-1,) + (1,) * (rows.ndim - 1))
+    per_image = (-1,) + (1,) * (rows.ndim - 1)
+    if n * ph * pw <= 2 / xp.finfo(rows.dtype).eps:
+        # in the coordinates' floats, which hold every integer this far exactly (float32:
+        # 2^24, so up to 17,000 images at once), then converted once: adding the image's start
+        # in int64 over the whole (n, S, S) takes 5x as long on NumPy
+        starts = xp.arange(n, dtype=rows.dtype, device=device) * (ph * pw) + (pw + 1)
+        first = xp.astype(y * pw + x + xp.reshape(starts, per_image), xp.int64)
+    else:
+        starts = xp.arange(n, dtype=xp.int64, device=device) * (ph * pw) + (pw + 1)
+        first = xp.astype(y * pw + x, xp.int64) + xp.reshape(starts, per_image)
     first = xp.reshape(first, (-1,))
     flat = xp.reshape(padded, (-1,))
 
@@ -355,9 +365,10 @@ class Distorter:
 
     `Distorter(distortion, backend, seed, dtype)` puts the constant pieces on the backend once
     (the pixel coordinates, the Gaussian matrix); each call draws a chunk's random numbers on
-    the host (`draw`), moves each draw to the backend with one `asarray`, and distorts the whole
-    chunk with the pure functions above (compiled by `Backend.compile`: jax.jit on JAX; the
-    gathers use the backend's own `take` where its fused step has one).
+    the host (`draw`), moves them to the backend with `asarray`, and distorts the chunk with
+    the pure functions above: all at once, or on an eager library on the CPU CPU_PIECE_ROWS
+    images at a time (compiled by `Backend.compile`: jax.jit on JAX; the gathers use the
+    backend's own `take` where its fused step has one).
     """
 
     def __init__(self, distortion: Distortion, backend: Any, seed: int,
@@ -381,6 +392,13 @@ class Distorter:
         ops = self.backend.fused_ops()  # its `take` gathers rows as fast as the library can
         self._take: Callable[[Array, Array], Array] | None = getattr(ops, "take", None)
         self._distort: Callable[..., Array] = self.backend.compile(self._compute)
+        # An eager library on the CPU makes some 25 passes over (rows, S, S) temporaries, each
+        # a fresh array: 1,024 rows at once make 3-6 MB ones, which leave the cache and which
+        # the allocator maps and unmaps each time (page faults); 128 rows make 0.4-0.8 MB ones
+        # that stay in L2 and in reused heap (NumPy, affine, 1,024 rows: 32 ms at once, 10 ms
+        # in pieces of 128). A compiler (jax.jit) fuses the passes, and a GPU wants big work.
+        self._piece_rows: int | None = (CPU_PIECE_ROWS if self.backend.on_cpu
+                                        and not self.backend.compiles else None)
         self._last: Array | None = None  # the last chunk's result (see __call__)
 
     def __repr__(self) -> str:
@@ -415,16 +433,32 @@ class Distorter:
                              f"got {X.dtype}")
         if self.distortion.kind == "none" or X.shape[0] == 0:
             return X
-        M, U = self.draw(X.shape[0], key)
-        to = self.backend.asarray
-        out = self._distort(X, None if M is None else to(M, self.dtype),
-                            None if U is None else to(U, self.dtype))
+        n = X.shape[0]
+        M, U = self.draw(n, key)
+        rows = self._piece_rows
+        if rows is None or n <= rows:
+            out = self._distort_piece(X, M, U)
+        else:   # the same numbers, image by image, as one call would give
+            pieces = []
+            for start in range(0, n, rows):
+                stop = min(start + rows, n)
+                piece_U = None if U is None else np.concatenate([U[start:stop],
+                                                                 U[n + start:n + stop]])
+                pieces.append(self._distort_piece(
+                    X[start:stop, ...], None if M is None else M[start:stop], piece_U))
+            out = self.backend.xp.concat(pieces, axis=0)
         # Holding on to the last result keeps its memory in use until the next chunk's is
         # made: where the caller drops it at once (training copies it into its own buffer),
         # glibc hands the freed heap back to the OS and every temporary of the next chunk
         # faults its pages in again (NumPy, elastic: 6,400 page faults a chunk, 3x the time).
         self._last = out
         return out
+
+    def _distort_piece(self, X: Array, M: np.ndarray | None, U: np.ndarray | None) -> Array:
+        """X (n, D) on the backend and its host draws (M (n, 2, 3), U (2n, S, S)) -> (n, D)."""
+        to = self.backend.asarray
+        return self._distort(X, None if M is None else to(M, self.dtype),
+                             None if U is None else to(U, self.dtype))
 
     def _compute(self, X: Array, M: Array | None, U: Array | None) -> Array:
         """The backend's work for a chunk: X (n, D), M (n, 2, 3) or None, U (2n, S, S) or None."""

@@ -343,3 +343,45 @@ def test_float32_and_float64_draw_the_same_distortions(backend):
     double = backend.to_numpy(Distorter(d, backend, 2, "float64")(
         backend.asarray(X, "float64"), (0,)))
     np.testing.assert_allclose(single, double, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["affine", "elastic", "affine+elastic"])
+def test_a_chunk_distorted_in_pieces_equals_one_call(backend, kind):
+    """On an eager CPU library a chunk is distorted CPU_PIECE_ROWS images at a time, each piece
+    taking its own images' draws: the result is the one call's, image by image."""
+    X = backend.asarray(digits(21, seed=6))
+    whole = Distorter(Distortion(kind), backend, seed=5)
+    whole._piece_rows = None
+    pieces = Distorter(Distortion(kind), backend, seed=5)
+    pieces._piece_rows = 8                       # 8 + 8 + 5: a short last piece too
+    # bit for bit where pieces are used; a compiler (never given pieces) compiles each shape
+    # its own way, so there they agree to float32 rounding only
+    atol = 2e-6 if backend.compiles else 0
+    np.testing.assert_allclose(backend.to_numpy(pieces(X, (3, 0))),
+                               backend.to_numpy(whole(X, (3, 0))), rtol=0, atol=atol)
+
+
+def test_pieces_only_where_an_eager_library_computes_on_the_cpu(backend):
+    pieces = Distorter(Distortion("affine"), backend, seed=0)._piece_rows
+    expected = A.CPU_PIECE_ROWS if backend.on_cpu and not backend.compiles else None
+    assert pieces == expected
+    if backend.name == "numpy":
+        assert backend.on_cpu and pieces == A.CPU_PIECE_ROWS
+    if backend.name == "jax":
+        assert pieces is None                    # jax.jit fuses the passes
+    if backend.name in ("torch", "cupy"):
+        assert backend.on_cpu == (backend.device_name == "cpu")
+
+
+@pytest.mark.parametrize("n", [5, 2 ** 20 + 1])
+def test_bilinear_indices_exact_on_both_roads(backend, n):
+    """The gather's flat indices are computed in float32 while the float holds them exactly
+    (n (h+3)(w+3) <= 2^24), in int64 beyond: 2^20 + 1 one-pixel images (16 padded pixels
+    each) take the int64 road. A pixel read at (r, c) in [-1, 1]^2 of a 1 x 1 image is
+    pixel (1 - |r|) (1 - |c|): its neighbours are the zero border."""
+    rng = np.random.default_rng(n)
+    pixel = rng.random((n, 1, 1), dtype=np.float32)
+    r, c = (rng.uniform(-1, 1, (n, 1, 1)).astype(np.float32) for _ in range(2))
+    out = A.bilinear_sample(backend.asarray(pixel), backend.asarray(r), backend.asarray(c))
+    expected = pixel * (1 - np.abs(r)) * (1 - np.abs(c))
+    np.testing.assert_allclose(backend.to_numpy(out), expected, rtol=0, atol=1e-6)

@@ -134,6 +134,15 @@ class Backend:
         self._lib.sync(array)
 
     @property
+    def on_cpu(self) -> bool:
+        """Whether this backend computes on the host's CPU: NumPy and array-api-strict always,
+        PyTorch and JAX on their 'cpu' device; a library of unknown kind counts as not."""
+        devices = self._lib.KIND_DEVICES
+        if "cpu" not in devices:
+            return False
+        return "gpu" not in devices or self.device_name.split(":")[0] == "cpu"
+
+    @property
     def compiles(self) -> bool:
         """Whether `compile` does anything here (JAX: jax.jit)."""
         return self._lib.COMPILES
