@@ -264,7 +264,8 @@ class FusedStep:
           Nesterov:   g + wd p = v' - mu v, so p' = q - lr (1 + mu) v', q = p + lr mu v; and
                       v' = mu v + wd p + g = beta (v + k q) + g, beta = mu (1 - lr wd), k = wd/beta:
                       p += lr mu v;  v += k p;  v = beta v + g;  p += -lr (1 + mu) v.
-        Three passes (two without weight decay), each one axpy. The scalars come from `_rates`.
+        Three passes (two without weight decay), each one axpy, the first two one call
+        (`look_ahead_`: one pass on NumPy with one BLAS thread). The scalars: `_rates`.
         Where the seam has `momentum_` (CuPy: one kernel), SGD.step's own formula runs over all
         the parameters in one launch instead."""
         o, wd = self.ops, self.wd
@@ -275,10 +276,12 @@ class FusedStep:
                   rates.neg_lr, self.nesterov)
             return
         P, V, T = self.params_flat, self.velocity_flat, self.tmp
-        if self.nesterov:
+        if self.nesterov and wd:
+            o.look_ahead_(P, V, rates.lr_mu, rates.k, T)   # q = p + lr mu v; v + k q
+        elif self.nesterov:
             o.axpy_(P, rates.lr_mu, V, T)              # q = p + lr mu v
-        if wd:
-            o.axpy_(V, rates.k, P, T)                  # v + k p (heavy ball), v + k q (Nesterov)
+        elif wd:
+            o.axpy_(V, rates.k, P, T)                  # v + k p
         o.gemm_acc_(self.vW1, X.T, dZ1, rates.beta, self.dW1)   # v' = beta v + X^T dZ1
         o.mul_(self.velocity_rest, rates.beta)         # ... and for b1, [W2; b2]: v' = beta v + g
         o.add_(self.velocity_rest, self.grads_rest)

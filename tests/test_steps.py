@@ -634,18 +634,21 @@ def test_a_fused_momentum_primitive_computes_what_the_loop_does(monkeypatch, nes
 @pytest.mark.parametrize("momentum, nesterov, wd", [(0.0, False, 1e-3), (0.9, False, 1e-3),
                                                     (0.9, True, 1e-4), (0.5, True, 0.0)])
 @pytest.mark.parametrize("batch", [64, 333])
+@pytest.mark.parametrize("blas_threads", [1, 2])
 def test_numpy_blas_road_equals_reference(monkeypatch, dtype, rtol, momentum, nesterov, wd,
-                                          batch):
-    """NumPy's fused step calls its OpenBLAS (axpy, GEMM that accumulates) for large arrays:
-    made to take that road for every array here, it still equals the reference."""
+                                          batch, blas_threads):
+    """NumPy's fused step calls its OpenBLAS (axpy, GEMM that accumulates, and on one BLAS
+    thread rotm for Nesterov's look-ahead with weight decay) for large arrays: made to take
+    that road for every array here, it still equals the reference."""
     from anynet.backend import _numpy, get_namespace
 
     blas = _numpy.OpenBLAS.load()
     if blas is None:
         pytest.skip("NumPy's BLAS is not the OpenBLAS of its wheels: the ufuncs serve")
     monkeypatch.setattr(_numpy, "BLAS_MIN_SIZE", 0)
+    monkeypatch.setattr(blas, "threads", lambda: blas_threads)
     calls = []
-    for name in ("try_axpy", "try_gemm"):
+    for name in ("try_axpy", "try_gemm", "try_rotm"):
         real = getattr(_numpy.OpenBLAS, name)
 
         def counted(self, *args, _real=real, _name=name):
@@ -659,8 +662,36 @@ def test_numpy_blas_road_equals_reference(monkeypatch, dtype, rtol, momentum, ne
     fast_losses, fast = run_steps(FusedStep, dtype, batch, wd, backend, **kw)
     ref_losses, ref = run_steps(ArrayAPIStep, dtype, batch, wd, backend, **kw)
     assert ("try_gemm", True) in calls and (not momentum or ("try_axpy", True) in calls)
-    assert all(done for _, done in calls)
+    rotm = [done for name, done in calls if name == "try_rotm"]
+    assert rotm == ([blas_threads == 1] * len(rotm)) and bool(rotm) == (nesterov and wd > 0)
+    assert all(done for name, done in calls if name != "try_rotm")
     np.testing.assert_allclose(fast_losses, ref_losses, rtol=rtol)
     for k in ref:
         np.testing.assert_allclose(fast[k], ref[k], rtol=rtol, atol=rtol * np.abs(ref[k]).max(),
                                    err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_openblas_rotm_applies_the_two_by_two_matrix(monkeypatch, dtype):
+    """try_rotm: (x, y) <- (h11 x + h12 y, h21 x + h22 y) in place, on one BLAS thread and
+    large contiguous arrays only; otherwise it returns False and changes nothing."""
+    from anynet.backend import _numpy
+
+    blas = _numpy.OpenBLAS.load()
+    if blas is None or not blas.rotm:
+        pytest.skip("NumPy's BLAS is not the OpenBLAS of its wheels: the ufuncs serve")
+    rng = np.random.default_rng(0)
+    x0, y0 = (rng.standard_normal(2 * _numpy.BLAS_MIN_SIZE + 6).astype(dtype) for _ in range(2))
+    x, y = x0.copy(), y0.copy()
+    monkeypatch.setattr(blas, "threads", lambda: 1)
+    assert blas.try_rotm(x, y, 1.0, 0.25, 1e-3, 1.0 + 0.25e-3)
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(x, x0 + 0.25 * y0, rtol=tol, atol=tol)
+    np.testing.assert_allclose(y, 1e-3 * x0 + (1.0 + 0.25e-3) * y0, rtol=tol, atol=tol)
+    x, y = x0.copy(), y0.copy()
+    assert not blas.try_rotm(x[:100], y[:100], 1.0, 0.25, 1e-3, 1.0)   # small: the ufuncs
+    assert not blas.try_rotm(x[::2], y[::2], 1.0, 0.25, 1e-3, 1.0)     # strided
+    monkeypatch.setattr(blas, "threads", lambda: 2)
+    assert not blas.try_rotm(x, y, 1.0, 0.25, 1e-3, 1.0)               # two axpys are faster
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)

@@ -220,6 +220,10 @@ class TorchOps:
         else:
             y.add_(x, alpha=a)
 
+    def look_ahead_(self, p, v, a, k, tmp):             # p += a v; v += k p
+        self.axpy_(p, a, v, tmp)
+        self.axpy_(v, k, p, tmp)
+
     @staticmethod
     def ema_(a, p, decay, tmp):                         # a = decay * a + (1 - decay) * p
         a.lerp_(p, 1.0 - decay)                         # one pass: a + (1 - decay) (p - a)

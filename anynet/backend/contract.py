@@ -233,6 +233,11 @@ class FusedOps(Protocol):
         """y += a * x (a a scalar or a 0-d device array); `tmp` is room like x."""
         ...
 
+    def look_ahead_(self, p: Array, v: Array, a: Any, k: Any, tmp: Array) -> None:
+        """p += a * v, then v += k * p (the new p): Nesterov's look-ahead, then weight decay
+        folded into the velocity, two axpys in one call (one pass where the library can)."""
+        ...
+
     def zero_tiny_(self, a: Array, tiny: float, tmp: Array) -> None:
         """a[|a| < tiny] = 0: subnormal velocities, slow on x86, flushed; `tmp` is flat room
         of at least a.size elements."""
