@@ -159,10 +159,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out or BENCH_DIR / "results" /
                f"accuracy-{socket.gethostname()}-{dt.date.today().isoformat()}.json")
-    runs = []
+    runs: list[dict] = []
+    done: dict[tuple[str, int], dict] = {}
 
     def run(name: str, seed: int, teachers: list[dict] | None = None) -> dict:
-        r = run_one(name, seed, args, teachers)
+        # a run is trained once: `--recipes h800-affine best` has best's teachers already
+        if (name, seed) in done:
+            return done[name, seed]
+        r = done[name, seed] = run_one(name, seed, args, teachers)
         runs.append(r)
         summary = (f"test error {r['test_error_pct']:.2f}% in {r['train_s']:.0f} s of "
                    f"training" if r["status"] == "ok" else f"failed: {r['reason']}")

@@ -392,3 +392,27 @@ def test_a_distilling_recipe_trains_its_teachers_once_then_each_seed(tmp_path, m
             "h800-affine seeds 0, 1, 2)") in text
     assert [r["recipe"] for r in json.loads(out.read_text())["runs"]] == [
         "h800-affine"] * 3 + ["best"] * 2
+
+
+@pytest.mark.parametrize("order", [["h800-affine", "best"], ["best", "h800-affine"]])
+def test_a_recipe_that_is_also_a_teacher_is_trained_once_per_seed(tmp_path, monkeypatch,
+                                                                   capsys, order):
+    import accuracy
+
+    calls = []
+
+    def fake_run_one(name, seed, args, teachers=None):
+        calls.append((name, seed))
+        return {"recipe": name, "seed": seed, "status": "ok", "wall_s": 1.0, "epochs": 100,
+                "train_s": 400.0, "backend": "numpy", "threads": 1,
+                "test_error_pct": 0.7 if name == "h800-affine" else 0.6}
+
+    monkeypatch.setattr(accuracy, "run_one", fake_run_one)
+    out = tmp_path / "acc.json"
+    assert accuracy.main(["--recipes", *order, "--seeds", "0-2", "--out", str(out)]) == 0
+    assert sorted(calls) == [("best", s) for s in (0, 1, 2)] + [("h800-affine", s)
+                                                                  for s in (0, 1, 2)]
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((r["recipe"], r["seed"]) for r in runs) == sorted(calls)
+    assert "h800-affine          1.1    <= 1 0.70 ± 0.00 (0.70-0.70)     3" in \
+        capsys.readouterr().out
