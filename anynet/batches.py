@@ -97,6 +97,12 @@ class ChunkedBatches:
         self.t: Any = None
         self.Mh: Any = None
         self.T: Any = None  # the teacher's targets (R, K), or None
+        self.teacher_targets: Any = None
+        if levers is not None and levers.teacher is not None:
+            from anynet.distill import ChunkTargets
+
+            self.teacher_targets = ChunkTargets(levers.teacher, levers.label_smoothing,
+                                                images if distorter is None else None)
 
     def begin_epoch(self, perm, epoch: int) -> None:
         self.perm, self.epoch, self.chunk = perm, epoch, -1
@@ -121,8 +127,7 @@ class ChunkedBatches:
         if self.distorter is not None:
             X = self.distorter(X, (self.epoch, chunk))
         # the teacher sees the image the student sees, before its input dropout
-        teacher = self.levers is not None and self.levers.teacher is not None
-        self.T = self.levers.targets(X, t) if teacher else None
+        self.T = None if self.teacher_targets is None else self.teacher_targets(X, t, idx)
         self.Mh = None
         if self.levers is not None and self.levers.masks:
             n, D = X.shape

@@ -17,8 +17,10 @@ tau > 1 this variant softens only the teacher's side (docs/tuning.md, "Distillat
 
 Q is computed on the backend for every chunk of inputs the student trains on, after that
 chunk's distortions (`anynet.augment`) and before its input dropout: the teacher sees the image
-the student sees, undropped. It depends on nothing but the teacher and the inputs, so a resumed
-run computes what the uninterrupted one computed. `anynet train --teacher MODEL [MODEL ...]`
+the student sees, undropped. Without distortions an image's Q never changes, so it is computed
+once for every training image, a table (N, K) that each chunk reads its rows from
+(`ChunkTargets`). It depends on nothing but the teacher and the inputs, so a resumed run
+computes what the uninterrupted one computed. `anynet train --teacher MODEL [MODEL ...]`
 records each file with its SHA-256 (`load_teacher`), and `--resume` reads them again, refusing
 a file that changed.
 """
@@ -33,9 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from anynet import functional as F
+from anynet.batches import CHUNK_ROWS
 from anynet.committee import MAX_MEMBERS, Committee, load_committee
 from anynet.config import check_temperature, short_repr
 from anynet.errors import UserError
+from anynet.network import pixels_to_inputs
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,10 +78,41 @@ class Teacher:
 
     def targets(self, X: Any, labels: Any, smoothing: float = 0.0) -> Any:
         """T (N, K) = (1 - weight) smoothed_targets(labels) + weight Q(X), in X's dtype."""
-        K = self.committee.sizes[2]
-        Q = self.probabilities(X, X.dtype)
-        Y = F.smoothed_targets(labels, K, smoothing, X.dtype)
+        return self.mix(self.probabilities(X, X.dtype), labels, smoothing)
+
+    def mix(self, Q: Any, labels: Any, smoothing: float = 0.0) -> Any:
+        """T (N, K) = (1 - weight) smoothed_targets(labels) + weight Q, in Q's dtype."""
+        Y = F.smoothed_targets(labels, self.committee.sizes[2], smoothing, Q.dtype)
         return (1 - self.weight) * Y + self.weight * Q
+
+    def table(self, images: Any, dtype: Any) -> Any:
+        """Q (N, K) of `dtype` for every row of `images` (N, D), uint8 pixels on the
+        committee's backend, converted as training converts them, CHUNK_ROWS at a time."""
+        xp, n, rows = self.committee.xp, images.shape[0], CHUNK_ROWS
+        return xp.concat([self.probabilities(pixels_to_inputs(images[i:min(i + rows, n), ...],
+                                                              dtype), dtype)
+                          for i in range(0, n, rows)], axis=0)
+
+
+class ChunkTargets:
+    """A training step's targets from its teacher, chunk by chunk: for undistorted chunks
+    (`images`, the training images, given) read from a table of Q made at the first chunk,
+    one forward pass of the teacher over the data for the whole run; for distorted ones
+    (`images` None) computed from each chunk's inputs as they are."""
+
+    def __init__(self, teacher: Teacher, smoothing: float, images: Any = None) -> None:
+        self.teacher, self.smoothing, self.images = teacher, smoothing, images
+        self._table: Any = None
+
+    def __call__(self, X: Any, labels: Any, rows: Any) -> Any:
+        """T (n, K) in X's dtype for the chunk's inputs X (n, D), `labels` (n,) and `rows`
+        (n,), their indices into the training images."""
+        if self.images is None:
+            return self.teacher.targets(X, labels, self.smoothing)
+        if self._table is None:
+            self._table = self.teacher.table(self.images, X.dtype)
+        Q = self.teacher.committee.xp.take(self._table, rows, axis=0)
+        return self.teacher.mix(Q, labels, self.smoothing)
 
 
 def _sha256(path: str | Path) -> str:

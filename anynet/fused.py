@@ -19,6 +19,7 @@ from anynet.batches import (
     chunk_rows,
     epoch_order,
 )
+from anynet.distill import ChunkTargets
 from anynet.levers import Levers
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD
@@ -60,6 +61,11 @@ class FusedStep:
         self.B, self.H, self.K, self.dtype = batch_size, H, K, dtype
         self.batches_per_chunk = chunk_rows(batch_size) // batch_size
         self.distorter, self.epoch, self.levers = distorter, 0, levers or Levers()
+        self.teacher_targets: ChunkTargets | None = None
+        if self.levers.teacher is not None:
+            self.teacher_targets = ChunkTargets(self.levers.teacher,
+                                                self.levers.label_smoothing,
+                                                images if distorter is None else None)
 
         p = {k: net.backend.to_numpy(v) for k, v in net.params.items()}
         # [W1 | b1 | W2a], W2a = [W2; b2] (H+1, K): one buffer, the parameters views into it
@@ -151,8 +157,8 @@ class FusedStep:
         labels = ops.take(self.labels, idx)
         # the rows' targets (n, K): one-hot or smoothed, or the teacher's, which sees the
         # image the student sees, before its input dropout
-        targets = (ops.take(self.eye, labels) if self.levers.teacher is None
-                   else self.levers.targets(self.X[:n], labels))
+        targets = (ops.take(self.eye, labels) if self.teacher_targets is None
+                   else self.teacher_targets(self.X[:n], labels, idx))
         if self.levers.masks:  # the chunk's masks, drawn on the host as ChunkedBatches draws
             Mx, Mh = self.levers.draw_masks((self.epoch, chunk), n, self.X.shape[1], self.H,
                                             self.dtype)

@@ -16,7 +16,7 @@ changes training only; the network evaluated and saved is the plain 784-H-10 one
   (`anynet.functional.smoothed_targets`); the steps compute it themselves.
 - **Distillation** (`--teacher MODEL [MODEL ...]`, `--distill ALPHA`, `--temperature T`):
   targets (1 - alpha) smoothed one-hot + alpha times a committee's softened probabilities,
-  made for each chunk on the backend (`anynet.distill`; `Levers.targets`).
+  made for each chunk on the backend (`anynet.distill`; `ChunkTargets`).
 - **Weight averaging** (`--average ema:DECAY` or `swa:START`): the weights that the per-epoch
   validation and the test report, and that the model file holds, are an average of the
   trained ones, which go on training unchanged. EMA: after every step
@@ -80,12 +80,6 @@ class Levers:
         """Whether a step makes something per chunk of inputs: dropout masks, or a teacher's
         targets."""
         return self.masks or self.teacher is not None
-
-    def targets(self, X: Any, labels: Any) -> Any:
-        """The teacher's targets (N, K) for inputs X (N, D) with `labels` (N,), label smoothing
-        included (`anynet.distill.Teacher.targets`); only with a teacher."""
-        assert self.teacher is not None, "targets come from a teacher"
-        return self.teacher.targets(X, labels, self.label_smoothing)
 
     def draw_masks(self, key: tuple[int, int], n: int, D: int, H: int,
                    dtype: Any) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -105,15 +105,49 @@ def test_fused_float32_with_a_teacher(backend):
 
 def test_a_teacher_of_weight_1_equal_to_the_labels_is_plain_training(backend):
     """Soft targets that are the one-hot labels themselves train exactly as no teacher."""
-    class Oracle:  # a teacher whose probabilities are the labels' one-hot rows
-        def targets(self, X, labels, smoothing=0.0):
+    class Oracle:  # a teacher whose targets are the labels' (smoothed) one-hot rows
+        committee = Committee([TwoLayerNet(n_hidden=2, backend=backend)])
+
+        def table(self, images, dtype):        # Q, unused by `mix`
+            return backend.xp.zeros((images.shape[0], 10), dtype=dtype)
+
+        def mix(self, Q, labels, smoothing=0.0):
             from anynet import functional as F
-            return F.smoothed_targets(labels, 10, smoothing, X.dtype)
+            return F.smoothed_targets(labels, 10, smoothing, Q.dtype)
 
     levers = Levers(label_smoothing=0.1, teacher=Oracle())  # type: ignore[arg-type]
     taught = run_steps(ArrayAPIStep, backend, levers, batch=333, epochs=1)
     plain = run_steps(ArrayAPIStep, backend, Levers(label_smoothing=0.1), batch=333, epochs=1)
     assert_same_run(taught, plain, 1e-13)
+
+
+def test_undistorted_chunks_read_the_teachers_table_made_once(backend, monkeypatch):
+    """Without distortions the teacher's probabilities are computed once for every training
+    image (a table, CHUNK_ROWS at a time) and each chunk reads its rows: the targets equal the
+    ones computed from the chunk itself, and the teacher runs once, not once per epoch."""
+    from anynet.batches import CHUNK_ROWS
+    from anynet.distill import ChunkTargets
+    from anynet.network import pixels_to_inputs
+
+    teacher, _ = teacher_of(backend)
+    rng = np.random.default_rng(3)
+    n = CHUNK_ROWS + 300                                 # two table chunks, one short
+    images = backend.asarray(rng.integers(0, 256, (n, 784), dtype=np.uint8))
+    labels = backend.asarray(rng.integers(0, 10, n), "int64")
+    calls = []
+    real = Teacher.probabilities
+    monkeypatch.setattr(Teacher, "probabilities",
+                        lambda self, X, dtype: calls.append(X.shape[0]) or real(self, X, dtype))
+    from_table = ChunkTargets(teacher, 0.1, images)
+    from_chunk = ChunkTargets(teacher, 0.1)
+    xp, f64 = backend.xp, backend.dtype("float64")
+    for epoch in range(2):
+        rows = backend.asarray(rng.permutation(n)[:500], "int64")
+        X = pixels_to_inputs(xp.take(images, rows, axis=0), f64)
+        t = xp.take(labels, rows, axis=0)
+        np.testing.assert_allclose(backend.to_numpy(from_table(X, t, rows)),
+                                   backend.to_numpy(from_chunk(X, t, rows)), rtol=0, atol=1e-12)
+    assert calls == [CHUNK_ROWS, 300, 500, 500]          # the table once; the chunks each time
 
 
 def test_trainer_checks_its_teacher(backend):
@@ -167,14 +201,17 @@ def student_args(data, out, *extra):
             "--threads", "1", "--out", str(out), *extra]
 
 
+@pytest.mark.parametrize("augment", [["--augment", "affine"], []],
+                         ids=["distorted: per chunk", "undistorted: the table"])
 def test_a_taught_run_records_its_teacher_and_resumes_to_the_same_model(tmp_path, taught,
-                                                                         capsys, monkeypatch):
+                                                                         capsys, monkeypatch,
+                                                                         augment):
     import hashlib
 
     from tests.test_train_cli import params_of, signal_during_step
 
     data, teachers = taught
-    teach = ["--teacher", *map(str, teachers), "--temperature", "2", "--augment", "affine"]
+    teach = ["--teacher", *map(str, teachers), "--temperature", "2", *augment]
     whole = tmp_path / "whole.npz"
     assert main(student_args(data, whole, *teach)) == 0
     assert ("  levers: distilled from a teacher (weight 0.5, temperature 2)\n"
