@@ -141,7 +141,7 @@ def test_undistorted_chunks_read_the_teachers_table_made_once(backend, monkeypat
     from_table = ChunkTargets(teacher, 0.1, images)
     from_chunk = ChunkTargets(teacher, 0.1)
     xp, f64 = backend.xp, backend.dtype("float64")
-    for epoch in range(2):
+    for _epoch in range(2):
         rows = backend.asarray(rng.permutation(n)[:500], "int64")
         X = pixels_to_inputs(xp.take(images, rows, axis=0), f64)
         t = xp.take(labels, rows, axis=0)
