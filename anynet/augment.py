@@ -395,7 +395,7 @@ class Distorter:
         # An eager library on the CPU makes some 25 passes over (rows, S, S) temporaries, each
         # a fresh array: 1,024 rows at once make 3-6 MB ones, which leave the cache and which
         # the allocator maps and unmaps each time (page faults); 128 rows make 0.4-0.8 MB ones
-        # that stay in L2 and in reused heap (NumPy, affine, 1,024 rows: 32 ms at once, 10 ms
+        # that stay in L2 and in reused heap (NumPy, affine, 1,024 rows: 16 ms at once, 11 ms
         # in pieces of 128). A compiler (jax.jit) fuses the passes, and a GPU wants big work.
         self._piece_rows: int | None = (CPU_PIECE_ROWS if self.backend.on_cpu
                                         and not self.backend.compiles else None)

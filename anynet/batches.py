@@ -97,12 +97,9 @@ class ChunkedBatches:
         self.t: Any = None
         self.Mh: Any = None
         self.T: Any = None  # the teacher's targets (R, K), or None
-        self.teacher_targets: Any = None
-        if levers is not None and levers.teacher is not None:
-            from anynet.distill import ChunkTargets
+        from anynet.distill import ChunkTargets  # (anynet.distill reads CHUNK_ROWS here)
 
-            self.teacher_targets = ChunkTargets(levers.teacher, levers.label_smoothing,
-                                                images if distorter is None else None)
+        self.teacher_targets = ChunkTargets.of(levers, images, distorter is not None)
 
     def begin_epoch(self, perm, epoch: int) -> None:
         self.perm, self.epoch, self.chunk = perm, epoch, -1

@@ -104,6 +104,14 @@ class ChunkTargets:
         self.teacher, self.smoothing, self.images = teacher, smoothing, images
         self._table: Any = None
 
+    @classmethod
+    def of(cls, levers: Any, images: Any, distorted: bool) -> ChunkTargets | None:
+        """A step's ChunkTargets from its `anynet.levers.Levers` (None: no teacher), its
+        training images, and whether its chunks are distorted."""
+        if levers is None or levers.teacher is None:
+            return None
+        return cls(levers.teacher, levers.label_smoothing, None if distorted else images)
+
     def __call__(self, X: Any, labels: Any, rows: Any) -> Any:
         """T (n, K) in X's dtype for the chunk's inputs X (n, D), `labels` (n,) and `rows`
         (n,), their indices into the training images."""

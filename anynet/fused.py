@@ -61,11 +61,7 @@ class FusedStep:
         self.B, self.H, self.K, self.dtype = batch_size, H, K, dtype
         self.batches_per_chunk = chunk_rows(batch_size) // batch_size
         self.distorter, self.epoch, self.levers = distorter, 0, levers or Levers()
-        self.teacher_targets: ChunkTargets | None = None
-        if self.levers.teacher is not None:
-            self.teacher_targets = ChunkTargets(self.levers.teacher,
-                                                self.levers.label_smoothing,
-                                                images if distorter is None else None)
+        self.teacher_targets = ChunkTargets.of(self.levers, images, distorter is not None)
 
         p = {k: net.backend.to_numpy(v) for k, v in net.params.items()}
         # [W1 | b1 | W2a], W2a = [W2; b2] (H+1, K): one buffer, the parameters views into it
