@@ -109,7 +109,7 @@ def test_a_teacher_of_weight_1_equal_to_the_labels_is_plain_training(backend):
         committee = Committee([TwoLayerNet(n_hidden=2, backend=backend)])
 
         def table(self, images, dtype):        # Q, unused by `mix`
-            return backend.xp.zeros((images.shape[0], 10), dtype=dtype)
+            return backend.xp.zeros((images.shape[0], 10), dtype=dtype, device=backend.device)
 
         def mix(self, Q, labels, smoothing=0.0):
             from anynet import functional as F
