@@ -35,11 +35,12 @@ class FusedStep:
     the weights (`levers.ema`) its m, `average` (zeros or a checkpoint's).
 
     The levers (`anynet.levers.Levers`): label smoothing is in the targets Y, which are rows of
-    a smoothed identity, or with a teacher its targets for the chunk (`anynet.distill`),
-    computed on the backend as the chunk is loaded; dropout's masks are drawn on the host for a
-    chunk and uploaded into buffers of their own (the inputs' mask is applied to the chunk as
-    it is loaded, the hidden units' in each step, forward and backward: one multiply each); the
-    EMA is one pass over every parameter at the end of the step (`FusedOps.ema_`).
+    a smoothed identity, or with a teacher its targets for the chunk (`anynet.distill`:
+    computed on the backend as the chunk is loaded, or without distortions read from a table
+    made once); dropout's masks are drawn on the host for a chunk and uploaded into buffers of
+    their own (the inputs' mask is applied to the chunk as it is loaded, the hidden units' in
+    each step, forward and backward: one multiply each); the EMA is one pass over every
+    parameter at the end of the step (`FusedOps.ema_`).
     """
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images: Array, labels: Array,

@@ -159,15 +159,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out or BENCH_DIR / "results" /
                f"accuracy-{socket.gethostname()}-{dt.date.today().isoformat()}.json")
-    runs: list[dict] = []
-    done: dict[tuple[str, int], dict] = {}
+    done: dict[tuple[str, int], dict] = {}  # every run, in the order trained
 
     def run(name: str, seed: int, teachers: list[dict] | None = None) -> dict:
         # a run is trained once: `--recipes h800-affine best` has best's teachers already
         if (name, seed) in done:
             return done[name, seed]
         r = done[name, seed] = run_one(name, seed, args, teachers)
-        runs.append(r)
         summary = (f"test error {r['test_error_pct']:.2f}% in {r['train_s']:.0f} s of "
                    f"training" if r["status"] == "ok" else f"failed: {r['reason']}")
         print(f"{name} seed {seed}: {summary}", file=sys.stderr, flush=True)
@@ -183,6 +181,7 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             run(name, seed, teachers)
         shown.append(name)
+    runs = list(done.values())
     text = table(runs, list(dict.fromkeys(shown)))
     print(text)
     atomic_write_text(out, json.dumps({
