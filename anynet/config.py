@@ -53,6 +53,9 @@ class TrainConfig:
     shift: float = 2.0          # pixels either way
     alpha: float = 34.0         # elastic strength, pixels (Simard 2003)
     sigma: float = 4.0          # elastic smoothness, pixels (Simard 2003)
+    # preprocessing of every image before the network sees it (anynet.preprocess), in training
+    # and wherever the model is used: none, deslant, width:W or deslant+width:W
+    preprocess: str = "none"
     # training levers (anynet.levers, docs/tuning.md): all off by default, so the defaults
     # train the assignment's network exactly as before they existed
     dropout: float = 0.0        # probability that a hidden unit is dropped in a training step
@@ -69,6 +72,7 @@ class TrainConfig:
         """Check every field (ValueError naming the first bad one); NumPy scalars become the
         Python values they hold and ints given for floats become floats."""
         from anynet.optim import SCHEDULES
+        from anynet.preprocess import Preprocessing
 
         values = {f.name: _python_scalar(getattr(self, f.name)) for f in fields(self)}
         for name in ("hidden", "epochs", "batch_size"):
@@ -86,6 +90,7 @@ class TrainConfig:
         for name in LEVER_LIMITS:
             values[name] = check_lever(name, values[name])
         values["temperature"] = check_temperature(values["temperature"])
+        values["preprocess"] = str(Preprocessing.parse(values["preprocess"]))
         values["average"] = canonical_average(values["average"], values["epochs"])
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -99,6 +104,12 @@ class TrainConfig:
         return Distortion(kind=self.augment, rotate=self.rotate, scale=self.scale,
                           shear=self.shear, shift=self.shift, alpha=self.alpha,
                           sigma=self.sigma)
+
+    def preprocessing(self):
+        """The `anynet.preprocess.Preprocessing` that `preprocess` names."""
+        from anynet.preprocess import Preprocessing
+
+        return Preprocessing.parse(self.preprocess)
 
     def averaging(self) -> Averaging:
         """The weight averaging `average` names: ("none", None), ("ema", decay) or
@@ -121,9 +132,9 @@ class TrainConfig:
         weight_decay >= 0; floats finite; seed, val_size >= 0; schedule, dtype one of their
         choices; backend a name; the distortion fields as `anynet.augment.Distortion` checks
         them; dropout, input_dropout, label_smoothing, distill within LEVER_LIMITS; temperature
-        in (0, 100]; average as `parse_average` reads it, an SWA starting at an epoch the run
-        reaches. Raises
-        ValueError naming the first bad field.
+        in (0, 100]; preprocess one of `anynet.preprocess.FORMS`; average as `parse_average`
+        reads it, an SWA starting at an epoch the run reaches. Raises ValueError naming the
+        first bad field.
         """
         if not isinstance(values, dict):
             raise ValueError(f"the config must be a mapping of field names to values, got "

@@ -145,6 +145,19 @@ def check_recorded(recorded: Any) -> list[dict]:
     return recorded
 
 
+def preprocessing_mismatch(committee: Committee, wanted: Any) -> str | None:
+    """Why `committee` cannot teach a student whose images are preprocessed as `wanted` (an
+    `anynet.preprocess.Preprocessing`): the first member trained on other preprocessing; None
+    where all match. The teacher reads the student's images as the student sees them."""
+    for name, net in zip(committee.names, committee.members, strict=True):
+        if net.preprocessing != wanted:
+            return (f"teacher {name} was trained with preprocess {net.preprocessing}, this run "
+                    f"uses {wanted}: a teacher must see the images as its student does (give "
+                    f"the student --preprocess {net.preprocessing}, or teachers trained with "
+                    f"{wanted})")
+    return None
+
+
 def load_teacher(paths: Sequence[str | Path] | None, backend: Any,
                  recorded: Any = None) -> tuple[Committee, list[dict]]:
     """The teacher of a run, read as a committee on `backend` (`anynet.committee.load_committee`:

@@ -17,7 +17,8 @@ before it is written.
 
 Safetensors: `anynet.modelio.save_model_safetensors` (written and read without the package).
 
-Not for: training graphs or other opsets than ndonnx's default (21), or runtimes' tuning.
+Not for: networks that preprocess their images (`anynet.preprocess`; refused), training
+graphs or other opsets than ndonnx's default (21), or runtimes' tuning.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from anynet import functional as F
-from anynet.errors import MissingExtraError
+from anynet.errors import MissingExtraError, UserError
 from anynet.fileio import atomic_write_bytes
 from anynet.network import TwoLayerNet, forward, pixels_to_inputs
 
@@ -53,6 +54,10 @@ def onnx_model(net: TwoLayerNet, record: dict | None = None, *, input: str = "ui
     """
     if input not in INPUTS:
         raise ValueError(f"input must be one of {', '.join(INPUTS)}, not {input!r}")
+    if not net.preprocessing.is_none:
+        raise UserError(f"the network preprocesses its images ({net.preprocessing}), which an "
+                        "ONNX graph of it would not: export it as safetensors (its record "
+                        "names the preprocessing), or use it through anynet")
     ndx, onnx = _ndonnx()
     D = net.sizes[0]
     dtype = getattr(ndx, net.dtype)

@@ -16,6 +16,7 @@ import numpy as np
 
 from anynet import functional as F
 from anynet.backend import Backend, get_backend, to_numpy
+from anynet.preprocess import Preprocessing
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 PIXEL_SCALE = 255  # uint8 pixels 0..255 become inputs in [0, 1]
@@ -129,6 +130,13 @@ def _dtype_name(array: Any) -> str:
     return str(array.dtype).rsplit(".", 1)[-1]
 
 
+def _preprocessing(value: Any) -> Preprocessing:
+    """`value` as an `anynet.preprocess.Preprocessing`: None is none, text is parsed."""
+    if value is None:
+        return Preprocessing()
+    return value if isinstance(value, Preprocessing) else Preprocessing.parse(value)
+
+
 def pixels_to_inputs(pixels: Any, dtype: Any) -> Any:
     """uint8 pixels 0..255 -> floats in [0, 1] of `dtype`: pixels / 255. Any shape."""
     from array_api_compat import array_namespace
@@ -141,7 +149,9 @@ class TwoLayerNet:
 
     `params` maps "W1" (D, H), "b1" (H,), "W2" (H, K), "b2" (K,) to arrays of the backend. Inputs
     X may be host NumPy arrays or arrays of the backend, either uint8 pixels (scaled by 1/255
-    here) or floats already in [0, 1]; labels are integer class indices.
+    here) or floats already in [0, 1]; labels are integer class indices. `preprocessing` (an
+    `anynet.preprocess.Preprocessing`, or its text: "deslant", ...) is applied to every X
+    first, as the network was trained; by default none.
     """
 
     def __init__(
@@ -153,16 +163,19 @@ class TwoLayerNet:
         backend: str | Backend = "numpy",
         dtype: str = "float32",
         seed: int = 0,
+        preprocessing: Any = None,
     ):
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', not {dtype!r}")
+        self.preprocessing = _preprocessing(preprocessing)
         self.backend = get_backend(backend)
         self.dtype = dtype
         host = init_params(n_in, n_hidden, n_out, seed, dtype)
         self.params = {k: self.backend.asarray(v) for k, v in host.items()}
 
     @classmethod
-    def from_params(cls, params: dict, *, backend: str | Backend = "numpy") -> TwoLayerNet:
+    def from_params(cls, params: dict, *, backend: str | Backend = "numpy",
+                    preprocessing: Any = None) -> TwoLayerNet:
         """A network holding the given parameters (host NumPy or any backend's arrays).
 
         The shapes must form one hidden layer (see `check_param_shapes`); the dtype, float32 or
@@ -171,6 +184,7 @@ class TwoLayerNet:
         backend = get_backend(backend)
         check_param_shapes({k: tuple(params[k].shape) for k in PARAM_NAMES if k in params})
         net = cls.__new__(cls)
+        net.preprocessing = _preprocessing(preprocessing)
         net.backend = backend
         net.params = {k: net._own(params[k]) for k in PARAM_NAMES}
         dtypes = {_dtype_name(v) for v in net.params.values()}
@@ -205,15 +219,22 @@ class TwoLayerNet:
         D, H = self.params["W1"].shape
         return D, H, self.params["W2"].shape[1]
 
+    def with_preprocessing(self, preprocessing: Any) -> TwoLayerNet:
+        """This network (the same parameter arrays) with another preprocessing of its inputs."""
+        return TwoLayerNet.from_params(self.params, backend=self.backend,
+                                       preprocessing=preprocessing)
+
     def inputs(self, X: Any) -> Any:
         """X as a float array of this net's backend and dtype, (N, D) or (D,) -> (N, D).
 
-        uint8 pixels are divided by 255; float inputs are taken as they are.
+        The net's preprocessing first (if any); then uint8 pixels are divided by 255, and float
+        inputs are taken as they are.
         """
         xp = self.xp
         X = self._own(X)
         if X.ndim == 1:
             X = xp.reshape(X, (1, -1))
+        X = self.preprocessing(X)
         if xp.isdtype(X.dtype, "integral"):
             return pixels_to_inputs(X, self.backend.dtype(self.dtype))
         dtype = self.backend.dtype(self.dtype)
@@ -273,6 +294,7 @@ class TwoLayerNet:
         NumPy copies, so joblib and multiprocessing can carry a network; never the library's
         module or device objects. anynet itself never loads pickles from files."""
         return {"backend": self.backend.spec, "dtype": self.dtype,
+                "preprocessing": str(self.preprocessing),
                 "params": {k: np.array(v, copy=True) for k, v in self.host_params().items()}}
 
     def __setstate__(self, state: dict) -> None:
@@ -280,4 +302,5 @@ class TwoLayerNet:
         and move the parameters onto it."""
         self.backend = get_backend(state["backend"])
         self.dtype = state["dtype"]
+        self.preprocessing = _preprocessing(state.get("preprocessing"))
         self.params = {k: self.backend.asarray(state["params"][k]) for k in PARAM_NAMES}

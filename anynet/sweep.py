@@ -47,12 +47,14 @@ MAX_RUNS = 100_000  # a grid larger than this is a typo ("--seeds 0-99999999"), 
 # Options that a sweep varies, with the parser of one value. `seed` is spelled --seeds.
 SWEEPABLE = ("hidden", "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
              "schedule", "seed", "val_size", "dtype", "augment", "rotate", "scale", "shear",
-             "shift", "alpha", "sigma", "dropout", "input_dropout", "label_smoothing", "average")
+             "shift", "alpha", "sigma", "dropout", "input_dropout", "label_smoothing", "average",
+             "preprocess")
 DISTORTION_FIELDS = ("augment", "rotate", "scale", "shear", "shift", "alpha", "sigma")
 _INTS = {"hidden", "epochs", "batch_size", "seed", "val_size"}
 _FLOATS = {"lr", "momentum", "weight_decay", "rotate", "scale", "shear", "shift", "alpha",
            "sigma", "dropout", "input_dropout", "label_smoothing"}
 _OFF = TrainConfig()  # the levers' values that leave them off
+_OFF_BY_DEFAULT = (*LEVER_FIELDS, "preprocess")
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,13 @@ def run_id(run: Run) -> str:
     training-set size and the thread count. Stable across processes, machines and versions of
     Python (sorted keys, floats as JSON writes them). The distortion ranges count only where
     the run distorts (augment other than "none"), and training's levers only where they are
-    on: without them they change nothing, and sweeps made before anynet had them keep their
-    ids."""
+    on, as preprocess only where it preprocesses: without them they change nothing, and
+    sweeps made before anynet had them keep their ids."""
     data = run.to_dict()
     if data["config"].get("augment", "none") == "none":
         data["config"] = {k: v for k, v in data["config"].items() if k not in DISTORTION_FIELDS}
     data["config"] = {k: v for k, v in data["config"].items()
-                      if not (k in LEVER_FIELDS and v == getattr(_OFF, k))}
+                      if not (k in _OFF_BY_DEFAULT and v == getattr(_OFF, k))}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -101,8 +103,8 @@ def parse_values(field: str, text: str) -> list:
     """The values of one swept option, in the order given, duplicates dropped.
 
     Integers: a comma list of numbers and inclusive ranges ("0-4,10" is 0, 1, 2, 3, 4, 10).
-    Floats: a comma list ("0.1,0.3,1e-4"). Words (schedule, dtype, augment, average): a comma
-    list.
+    Floats: a comma list ("0.1,0.3,1e-4"). Words (schedule, dtype, augment, average,
+    preprocess): a comma list.
     nesterov:
     "false,true". Raises ValueError saying what is wrong; the range of each value is
     `TrainConfig.from_dict`'s to judge.

@@ -49,7 +49,9 @@ def run_record(run: Run, outcome: dict, out: Path) -> dict:
     if outcome["status"] != "ok":
         return record
     model = Path(RUNS_FOLDER) / f"{run.id}.npz"
-    write_model(out / model, TwoLayerNet.from_params(outcome["params"], backend="numpy"),
+    net = TwoLayerNet.from_params(outcome["params"], backend="numpy",
+                                  preprocessing=run.config.preprocess)
+    write_model(out / model, net,
                 outcome["record"], threads=outcome["threads"],
                 sweep={"run_id": run.id, "train_size": run.train_size,
                        "worker": outcome["worker"]})

@@ -52,6 +52,7 @@ from anynet.errors import DivergenceError, ModelFileError
 from anynet.modelio import save_checkpoint
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD, make_schedule
+from anynet.preprocess import SIDE
 from anynet.steps import TrainStep, make_train_step
 
 if TYPE_CHECKING:
@@ -184,9 +185,14 @@ class Trainer:
         self.n_batches = math.ceil(self.n_train / config.batch_size)
         self.schedule = make_schedule(config.schedule, config.lr, config.epochs * self.n_batches)
         b = self.backend
-        self.train_images = b.asarray(train_images)            # uint8 on the device
+        # on the device, preprocessed once: the networks trained here see them as they are,
+        # and only the network the run returns carries the preprocessing (result_net)
+        self.preprocessing = config.preprocessing()
+        self._check_preprocessing()
+        self.train_images = self.preprocessing(b.asarray(train_images))  # uint8 pixels
         self.train_labels = b.asarray(train_labels, "int64")
-        self.val_images = b.asarray(val_images) if val_images is not None else None
+        self.val_images = (self.preprocessing(b.asarray(val_images)) if val_images is not None
+                           else None)
         self.val_labels = b.asarray(val_labels, "int64") if val_labels is not None else None
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.callbacks = list(callbacks)
@@ -194,13 +200,18 @@ class Trainer:
         self.record_extra = dict(record_extra or {})
         self._stop_reason = ""
 
+    def _check_preprocessing(self) -> None:
+        if not self.preprocessing.is_none and self.n_in != SIDE * SIDE:
+            raise ValueError(f"preprocess {self.preprocessing} reads {SIDE}x{SIDE} images "
+                             f"({SIDE * SIDE} inputs); this data has {self.n_in}")
+
     def _teacher(self, teacher: Any) -> Teacher | None:
         """The `anynet.distill.Teacher` of `teacher` (a Committee, a TwoLayerNet or a list of
         them, on this trainer's backend) with the config's weight and temperature; None without
         one. A teacher and `config.distill` > 0 go together; it must take this data's D inputs
         to its K classes."""
         from anynet.committee import Committee
-        from anynet.distill import Teacher
+        from anynet.distill import Teacher, preprocessing_mismatch
 
         if teacher is None:
             if self.config.distill:
@@ -220,6 +231,13 @@ class Trainer:
         if teacher.backend.spec != self.backend.spec:
             raise ValueError(f"the teacher computes on {teacher.backend.spec}, the training on "
                              f"{self.backend.spec}: load it on the training's backend")
+        # The teacher reads the student's images, preprocessed once already: its members must
+        # have been trained on images preprocessed alike, and do not preprocess them again.
+        problem = preprocessing_mismatch(teacher, self.config.preprocessing())
+        if problem:
+            raise ValueError(problem)
+        teacher = Committee([net.with_preprocessing(None) for net in teacher.members],
+                            teacher.names)
         return Teacher(teacher, self.config.distill, self.config.temperature)
 
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -336,14 +354,14 @@ class Trainer:
                     window = []
                 if self._stop_reason and state.batch < self.n_batches:
                     self.write_checkpoint(state)
-                    return FitResult("stopped", self.reported_net(net, state), state,
+                    return FitResult("stopped", self.result_net(net, state), state,
                                      self._stop_reason)
                 # (a stop asked for during the last batch lets the epoch end, and stops there)
             self._end_epoch(net, state, rng, time.perf_counter() - started)
             if self._stop_reason and state.epoch < self.config.epochs:  # else: finished
-                return FitResult("stopped", self.reported_net(net, state), state,
+                return FitResult("stopped", self.result_net(net, state), state,
                                  self._stop_reason)
-        return FitResult("finished", self.reported_net(net, state), state)
+        return FitResult("finished", self.result_net(net, state), state)
 
     def _end_epoch(self, net: TwoLayerNet, state: TrainState, rng: np.random.Generator,
                    seconds: float) -> None:
@@ -370,6 +388,11 @@ class Trainer:
         averaged = levers.reported_params(self.config, state.average, done, state.step)
         return net if averaged is None else TwoLayerNet.from_params(averaged,
                                                                     backend=net.backend)
+
+    def result_net(self, net: TwoLayerNet, state: TrainState) -> TwoLayerNet:
+        """The network a run returns: the reported one (`reported_net`), carrying the config's
+        preprocessing, so that it reads raw images as the trained one read preprocessed ones."""
+        return self.reported_net(net, state).with_preprocessing(self.preprocessing)
 
     def _epoch_metrics(self, net: TwoLayerNet, state: TrainState, seconds: float) -> dict:
         sample = min(self.n_train, TRAIN_ACCURACY_SAMPLE)

@@ -256,6 +256,25 @@ def distortion_from_args(args: argparse.Namespace):
                       shift=args.shift, alpha=args.alpha, sigma=args.sigma)
 
 
+def add_preprocess_option(parser: argparse.ArgumentParser) -> None:
+    """--preprocess KIND (default None, so a command can tell what was given), checked and made
+    canonical by `anynet.preprocess.Preprocessing.parse`."""
+    from anynet.preprocess import Preprocessing
+
+    def preprocessing(text: str) -> str:
+        try:
+            return str(Preprocessing.parse(text))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    g = parser.add_argument_group("preprocessing of every image (anynet.preprocess; the model "
+                                  "file records it, and the model applies it wherever used)")
+    g.add_argument("--preprocess", type=preprocessing, metavar="KIND",
+                   help="deslant: undo each digit's slant (from its moments); width:W: stretch "
+                   "or squeeze each digit's bounding box to W pixels, 8-24 (ones excepted); "
+                   "deslant+width:W: both (default: none)")
+
+
 def add_lever_options(parser: argparse.ArgumentParser) -> None:
     """Training's levers (anynet.levers): --dropout, --input-dropout, --label-smoothing and
     --average, each defaulting to None (so a command can tell what was given: over a recipe,
@@ -329,7 +348,7 @@ def open_teacher(args: argparse.Namespace, config: Any, record: dict | None,
     if not config.distill:
         return None, None
     from anynet.data.mnist import D, K
-    from anynet.distill import load_teacher
+    from anynet.distill import load_teacher, preprocessing_mismatch
     from anynet.errors import UserError
 
     teacher, files = load_teacher(args.teacher, backend, (record or {}).get("teacher"))
@@ -337,6 +356,9 @@ def open_teacher(args: argparse.Namespace, config: Any, record: dict | None,
         raise UserError(f"the teacher takes {teacher.sizes[0]} inputs to {teacher.sizes[2]} "
                         f"classes; MNIST has {D} inputs and {K} classes: name models trained "
                         "on MNIST")
+    problem = preprocessing_mismatch(teacher, config.preprocessing())
+    if problem:
+        raise UserError(problem)
     return teacher, files
 
 

@@ -128,12 +128,19 @@ def _seed(record: dict) -> int | None:
     return seed if type(seed) is int else None
 
 
+def _preprocessed(record: dict) -> str:
+    """", images preprocessed: deslant" where the record names a preprocessing (load_model
+    checked it), else nothing."""
+    text = record.get("preprocessing", "none")
+    return f", images preprocessed: {text}" if text != "none" else ""
+
+
 def format_report(model_path, record: dict, r) -> str:
     """The human report of an `anynet.evaluation.Evaluation` `r` of the model at model_path."""
     return "\n".join([
         f"{model_path}: {_architecture(record)} network, "
         f"{record.get('dtype')}, trained with anynet {record.get('anynet_version')} on "
-        f"{record.get('backend', '?')}",
+        f"{record.get('backend', '?')}" + _preprocessed(record),
         *_report_lines(r),
     ])
 

@@ -98,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"committee of {len(committee)} models (the mean of their class probabilities): "
               + ", ".join(committee.names))
     width = min(40, max(len(r["file"]) for r in results))
-    for result, image in zip(results, pixels, strict=True):
+    from anynet.preprocess import as_seen_by
+
+    for result, image in zip(results, as_seen_by(committee, pixels), strict=True):
         if args.show:
             print(_ascii_picture(image.reshape(FIELD, FIELD)))
         print(_human_line(result, width))

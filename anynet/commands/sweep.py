@@ -82,6 +82,8 @@ _VALUES_HELP = {
     "input_dropout": "input pixels' dropout probabilities, e.g. 0,0.2",
     "label_smoothing": "label smoothings, e.g. 0,0.1",
     "average": "weight averagings: none, ema:DECAY, swa:START, e.g. none,ema:0.999",
+    "preprocess": "preprocessings of the digits: none, deslant, width:W, deslant+width:W, "
+                  "e.g. none,deslant,deslant+width:16",
 }
 
 

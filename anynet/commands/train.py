@@ -37,6 +37,7 @@ from anynet.commands._common import (
     add_lever_options,
     add_no_verify_option,
     add_plot_option,
+    add_preprocess_option,
     at_most,
     check_output,
     check_plot_option,
@@ -65,12 +66,9 @@ DEFAULT_OUT = Path("model.npz")
 # Upper bounds that no run that learns comes near; above them a value is a typo. A rate above
 # about 10 already diverges on pixels in [0, 1] (exit 3, with advice); 1e6 leaves room for such
 # experiments while lr x gradient stays far from float32's 3.4e38. Weight decays that help are
-# 1e-5 to 1e-2; at 1 the decay alone, lr x weight decay, removes a third of every weight per
-# step at the default rate.
+# 1e-5 to 1e-2; at 1 the decay alone removes a third of every weight per step at the default lr.
 MAX_LR = 1e6
 MAX_WEIGHT_DECAY = 1.0
-
-
 
 
 def _file_name(text: str) -> Path:
@@ -116,6 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "it): " + "; ".join(f"{name}: {DESCRIPTIONS[name]}" for name in RECIPES)
                    .replace("%", "%%"))  # argparse formats help with %
     add_distortion_options(parser, kind=None, kind_option="--augment")
+    add_preprocess_option(parser)
     add_lever_options(parser)
     add_backend_option(parser, default=None)
     g = parser.add_argument_group("data and files")
@@ -435,6 +434,8 @@ def _describe(config: TrainConfig, backend: Backend, mnist: MNIST, out: Path, ch
     lines = []
     if c.augment != "none":
         lines.append(f"  distortions: {c.distortion().describe()}")
+    if c.preprocess != "none":
+        lines.append(f"  preprocessing: {c.preprocess} (every image; the model applies it too)")
     if describe(c):
         lines.append(f"  levers: {describe(c)}")
     return "\n".join([

@@ -55,6 +55,7 @@ from anynet.modelio.safetensors_file import (
     save_model_safetensors,
 )
 from anynet.network import PARAM_NAMES, TwoLayerNet
+from anynet.preprocess import SIDE, Preprocessing
 
 __all__ = [
     "AVERAGE_PREFIX", "CHECKPOINT_FORMAT", "FORMAT_VERSION", "MAX_METADATA_CHARS",
@@ -88,4 +89,13 @@ def load_model(path: str | Path, *, backend: Any = "numpy") -> tuple[TwoLayerNet
         shown = "-".join(short_repr(n, 12) for n in declared)
         raise ModelFileError(f"{path}: the record says {shown} but the arrays are {D}-{H}-{K}; "
                              "the file is inconsistent")
-    return TwoLayerNet.from_params(params, backend=backend), record
+    try:
+        preprocessing = Preprocessing.parse(record.get("preprocessing", "none"))
+    except ValueError as e:
+        raise ModelFileError(f"{path}: its record's {e}; the file is damaged or from a newer "
+                             "anynet") from None
+    if not preprocessing.is_none and D != SIDE * SIDE:
+        raise ModelFileError(f"{path}: the record preprocesses {SIDE}x{SIDE} images "
+                                 f"({preprocessing}) but the network takes {D} inputs; the "
+                                 "file is inconsistent")
+    return TwoLayerNet.from_params(params, backend=backend, preprocessing=preprocessing), record

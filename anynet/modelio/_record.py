@@ -71,6 +71,8 @@ def model_record(net: TwoLayerNet, **extra: Any) -> dict:
         "architecture": {"inputs": D, "hidden": H, "classes": K, "hidden_activation": "relu",
                          "output": "softmax", "loss": "mean cross-entropy"},
         "dtype": net.dtype,
+        # only where there is one, so that a file without it reads as before
+        **({"preprocessing": str(net.preprocessing)} if not net.preprocessing.is_none else {}),
         **extra,
     }
 

@@ -116,6 +116,7 @@ class Predictor:
         from anynet.committee import rank_pictures
         from anynet.evaluation import NonFiniteOutputs
         from anynet.images import FIELD
+        from anynet.preprocess import as_seen_by
 
         if not self._decode.acquire(timeout=DECODE_WAIT):
             raise Busy(f"the server is busy reading other pictures (waited {DECODE_WAIT:g} s); "
@@ -133,7 +134,8 @@ class Predictor:
         answer = {
             "prediction": classes[0]["class"],
             "top": classes,
-            "input": (pixels.reshape(FIELD, FIELD) / 255.0).round(4).tolist(),
+            "input": (as_seen_by(self.net, pixels[None, :]).reshape(FIELD, FIELD)
+                      / 255.0).round(4).tolist(),
         }
         if len(self.net) > 1:  # what each member read alone
             answer["members"] = [{"model": Path(name).name, "prediction": ranked[0][0]["class"],
