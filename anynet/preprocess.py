@@ -164,7 +164,11 @@ def deslant(images: Array) -> Array:
     leaning = mu02 > 0
     slant = xp.where(leaning, mu11 / xp.where(leaning, mu02, xp.ones_like(mu02)),
                      xp.zeros_like(mu02))
-    slant = xp.clip(slant, -MAX_SLANT, MAX_SLANT)
+    # an image holding nan or inf has no slant to speak of: its points must stay finite (a
+    # nan point would be a wild index in the gathers); its own pixels carry the nan on
+    usable = xp.isfinite(slant) & xp.isfinite(rbar)
+    slant = xp.clip(xp.where(usable, slant, xp.zeros_like(slant)), -MAX_SLANT, MAX_SLANT)
+    rbar = xp.where(usable, rbar, xp.zeros_like(rbar))
     one, zero = xp.ones_like(slant), xp.zeros_like(slant)
     M = _maps(xp, (one, zero, zero), (slant, one, -slant * rbar))
     rows, cols = affine_coordinates(M, pixels)

@@ -346,3 +346,18 @@ def test_predict_shows_the_picture_the_network_read(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "m.npz"), str(tmp_path / "bar.npy"), "--show"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "@" in line]
     assert rows and max(line.count("@") for line in rows) >= 2 * 18  # two characters a pixel
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 3e38])
+def test_non_finite_or_huge_floats_stay_in_their_own_image(bad, backend):
+    """A hostile float image never makes a wild index: its own outputs may be nan, the
+    others' are what they are alone."""
+    images, _ = digits(3)
+    floats = images.astype(np.float32) / 255
+    floats[1, 300] = bad
+    for kind in (DESLANT, WIDTH16, BOTH):
+        with np.errstate(all="ignore"):  # NumPy warns of the nan it makes, as a forward pass would
+            out = to_numpy(kind(backend.asarray(floats)))
+        np.testing.assert_allclose(out[[0, 2]], to_numpy(kind(backend.asarray(floats[[0, 2]]))),
+                                   atol=1e-6)
+        assert out.shape == floats.shape
