@@ -51,8 +51,7 @@ def run_record(run: Run, outcome: dict, out: Path) -> dict:
     model = Path(RUNS_FOLDER) / f"{run.id}.npz"
     net = TwoLayerNet.from_params(outcome["params"], backend="numpy",
                                   preprocessing=run.config.preprocess)
-    write_model(out / model, net,
-                outcome["record"], threads=outcome["threads"],
+    write_model(out / model, net, outcome["record"], threads=outcome["threads"],
                 sweep={"run_id": run.id, "train_size": run.train_size,
                        "worker": outcome["worker"]})
     record["model"] = model.as_posix()

@@ -158,7 +158,8 @@ class Trainer:
     NumPy arrays; they are moved to the backend once. The network is D-H-K: D from the images,
     K = `n_classes` (None: the largest training label + 1). `config` is a `TrainConfig`, which
     checked itself when it was made. `checkpoint_path`: where checkpoints go (None: none are
-    written).
+    written). The config's preprocessing (`anynet.preprocess`) is applied to the images once,
+    here; the network the run returns carries it, to apply to whatever it is given.
     """
 
     def __init__(self, config: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,

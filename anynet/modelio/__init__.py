@@ -96,6 +96,6 @@ def load_model(path: str | Path, *, backend: Any = "numpy") -> tuple[TwoLayerNet
                              "anynet") from None
     if not preprocessing.is_none and D != SIDE * SIDE:
         raise ModelFileError(f"{path}: the record preprocesses {SIDE}x{SIDE} images "
-                                 f"({preprocessing}) but the network takes {D} inputs; the "
-                                 "file is inconsistent")
+                             f"({preprocessing}) but the network takes {D} inputs; the file "
+                             "is inconsistent")
     return TwoLayerNet.from_params(params, backend=backend, preprocessing=preprocessing), record
