@@ -497,18 +497,18 @@ def test_a_header_full_of_structure_is_refused_before_it_is_parsed(tmp_path, sha
 
 def test_wide_models_are_evaluated_in_smaller_chunks_with_the_same_result(monkeypatch):
     # a 784-100000-10 model took 12.2 GB and 79 s in `anynet evaluate` (chunks of 10,000 rows of
-    # 100,000 hidden units); now each (chunk, H) array holds at most MAX_BATCH_UNITS elements
-    import anynet.config
+    # 100,000 hidden units); now each (chunk, H) array holds at most EVAL_UNITS elements
     from anynet import evaluation
 
     assert evaluation.chunk_size(30) == evaluation.EVAL_CHUNK
-    assert evaluation.chunk_size(100_000) * 100_000 <= anynet.config.MAX_BATCH_UNITS
+    assert evaluation.chunk_size(800) == 1310  # 4 MB arrays: they stay in the allocator's heap
+    assert evaluation.chunk_size(100_000) * 100_000 <= evaluation.EVAL_UNITS == 2**20
     assert evaluation.chunk_size(10**9) == 1
     images, labels = synthetic_mnist(50, seed=5)
     images = images.reshape(50, 784)
     net = TwoLayerNet(n_hidden=40, seed=2)
     whole = evaluation.evaluate(net, images, labels, confusion=True, n_wrong=5)
-    monkeypatch.setattr(anynet.config, "MAX_BATCH_UNITS", 7 * 40)  # chunks of 7 rows
+    monkeypatch.setattr(evaluation, "EVAL_UNITS", 7 * 40)  # chunks of 7 rows
     assert evaluation.chunk_size(40) == 7
     chunked = evaluation.evaluate(net, images, labels, confusion=True, n_wrong=5)
     assert chunked.accuracy == whole.accuracy
