@@ -4,7 +4,7 @@ A recipe is a mapping of `TrainConfig` fields to values; options given explicitl
 command line override it, and the resolved configuration is printed and stored in the model
 file as for any run (with the recipe's name beside it). Every recipe keeps the network
 784-H-10 with ReLU and softmax: what changes is how it is trained (width, momentum, schedule,
-weight decay, distortions of the training images, epochs, a teacher).
+weight decay, distortions and preprocessing of the training images, epochs, a teacher).
 
 The published reference for H = 800 is Simard, Steinkraus & Platt (ICDAR 2003), as listed in
 LeCun's MNIST table: 1.6% test error without distortions, 1.1% with affine ones, 0.7% with
@@ -37,15 +37,18 @@ RECIPES = MappingProxyType({
     # 99% needs distortions; milder ones than h800-affine's converge in 10 epochs at H = 400.
     "speed-99": {**_H800, "hidden": 400, "epochs": 10, "augment": "affine", "rotate": 10.0,
                  "scale": 0.1, "shear": 0.2, "shift": 1.5},
-    # The best single network found: h800-affine distilled from a committee of three
-    # h800-affine networks (TEACHERS), their probabilities softened at temperature 3.
-    "best": {**_H800, "epochs": 100, "augment": "affine", "distill": 0.5, "temperature": 3.0},
+    # h800-affine on deslanted digits (anynet.preprocess): each digit's slant undone first.
+    "h800-affine-deslant": {**_H800, "epochs": 100, "augment": "affine", "preprocess": "deslant"},
+    # The best single network found: h800-affine-deslant distilled from a committee of three
+    # h800-affine-deslant networks (TEACHERS), their probabilities softened at temperature 3.
+    "best": {**_H800, "epochs": 100, "augment": "affine", "preprocess": "deslant",
+             "distill": 0.5, "temperature": 3.0},
 })
 
 # The recipes that distil (anynet.distill) learn from a committee trained first: recipe -> (the
-# teachers' recipe, their seeds). On the command line, train the teachers, then name their
-# files with --teacher; bench/accuracy.py does both.
-TEACHERS = MappingProxyType({"best": ("h800-affine", (0, 1, 2))})
+# teachers' recipe, their seeds: those of the runs docs/tuning.md reports). On the command line,
+# train the teachers, then name their files with --teacher; bench/accuracy.py does both.
+TEACHERS = MappingProxyType({"best": ("h800-affine-deslant", (24, 34, 35))})
 
 DESCRIPTIONS = MappingProxyType({
     "default": "784-30-10, plain SGD, 30 epochs: the assignment's network (~97.5% test accuracy)",
@@ -55,8 +58,10 @@ DESCRIPTIONS = MappingProxyType({
     "best-plain": "784-800-10 with label smoothing 0.1, 40 epochs, no distortions",
     "speed-98": "784-256-10, Nesterov momentum, 3 epochs: 98% test accuracy in the least time",
     "speed-99": "784-400-10 on mild affine distortions, 10 epochs: 99% in the least time",
-    "best": "784-800-10 on affine distortions, distilled from three h800-affine networks "
-            "(seeds 0-2, given with --teacher) at temperature 3",
+    "h800-affine-deslant": "784-800-10 on affine distortions of deslanted digits",
+    "best": "784-800-10 on affine distortions of deslanted digits, distilled from three "
+            "h800-affine-deslant networks (seeds 24, 34, 35, given with --teacher) at "
+            "temperature 3",
 })
 
 

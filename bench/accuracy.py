@@ -127,7 +127,8 @@ def _shown(path: Path) -> str:
 
 
 def table(runs: list[dict], recipes: list[str]) -> str:
-    lines = [f"{'recipe':<14}{'published':>10}{'target':>8}{'anynet (test error %)':>24}"
+    w = max([14, *(len(name) + 1 for name in recipes)])  # the recipe column
+    lines = [f"{'recipe':<{w}}{'published':>10}{'target':>8}{'anynet (test error %)':>24}"
              f"{'seeds':>6}{'epochs':>7}{'train s':>9}  backend"]
     for name in recipes:
         ok = [r for r in runs if r["recipe"] == name and r["status"] == "ok"]
@@ -135,7 +136,7 @@ def table(runs: list[dict], recipes: list[str]) -> str:
         pub_text = f"{pub:.1f}" if pub is not None else "-"
         target = f"<= {TARGET_ERROR[name]:g}" if name in TARGET_ERROR else "-"
         if not ok:
-            lines.append(f"{name:<14}{pub_text:>10}{target:>8}{'failed':>24}")
+            lines.append(f"{name:<{w}}{pub_text:>10}{target:>8}{'failed':>24}")
             continue
         errors = [r["test_error_pct"] for r in ok]
         text = f"{statistics.mean(errors):.2f}"
@@ -143,11 +144,11 @@ def table(runs: list[dict], recipes: list[str]) -> str:
             text += (f" ± {statistics.stdev(errors):.2f} ({min(errors):.2f}-"
                      f"{max(errors):.2f})")
         train_s = statistics.mean(r["train_s"] for r in ok)
-        lines.append(f"{name:<14}{pub_text:>10}{target:>8}{text:>24}{len(ok):>6}"
+        lines.append(f"{name:<{w}}{pub_text:>10}{target:>8}{text:>24}{len(ok):>6}"
                      f"{ok[0]['epochs']:>7}{train_s:>9.0f}  {ok[0]['backend']}, "
                      f"{ok[0]['threads']} threads")
         if "teachers_train_s" in ok[0]:
-            lines.append(f"{'':<14}(and {ok[0]['teachers_train_s']:.0f} s training its "
+            lines.append(f"{'':<{w}}(and {ok[0]['teachers_train_s']:.0f} s training its "
                          f"teachers, {TEACHERS[name][0]} seeds "
                          f"{', '.join(map(str, TEACHERS[name][1]))})")
     return "\n".join(lines)

@@ -368,13 +368,17 @@ def test_a_distilling_recipe_trains_its_teachers_once_then_each_seed(tmp_path, m
                                                                       capsys):
     import accuracy
 
+    from anynet.recipes import TEACHERS
+
+    teacher, seeds = TEACHERS["best"]
+    assert teacher == "h800-affine-deslant" and seeds == (24, 34, 35)
     calls = []
 
     def fake_run_one(name, seed, args, teachers=None):
         calls.append((name, seed, [(t["recipe"], t["seed"]) for t in teachers or []]))
         run = {"recipe": name, "seed": seed, "status": "ok", "wall_s": 1.0, "epochs": 100,
-               "train_s": 400.0 if name == "h800-affine" else 600.0, "backend": "numpy",
-               "threads": 1, "test_error_pct": 0.6 if name == "h800-affine" else 0.5}
+               "train_s": 400.0 if name == teacher else 600.0, "backend": "numpy",
+               "threads": 1, "test_error_pct": 0.6 if name == teacher else 0.5}
         if teachers:
             run["teachers_train_s"] = sum(t["train_s"] for t in teachers)
         return run
@@ -382,19 +386,20 @@ def test_a_distilling_recipe_trains_its_teachers_once_then_each_seed(tmp_path, m
     monkeypatch.setattr(accuracy, "run_one", fake_run_one)
     out = tmp_path / "acc.json"
     assert accuracy.main(["--recipes", "best", "--seeds", "3-4", "--out", str(out)]) == 0
-    teachers = [("h800-affine", s) for s in (0, 1, 2)]
+    teachers = [(teacher, s) for s in seeds]
     assert calls == [*[(n, s, []) for n, s in teachers], ("best", 3, teachers),
                      ("best", 4, teachers)]
     text = capsys.readouterr().out
-    assert ("h800-affine          1.1    <= 1 0.60 ± 0.00 (0.60-0.60)     3    100      400  "
-            "numpy, 1 threads\nbest                   -  <= 0.6 0.50 ± 0.00 (0.50-0.50)     2    "
-            "100      600  numpy, 1 threads\n              (and 1200 s training its teachers, "
-            "h800-affine seeds 0, 1, 2)") in text
-    assert [r["recipe"] for r in json.loads(out.read_text())["runs"]] == [
-        "h800-affine"] * 3 + ["best"] * 2
+    assert ("h800-affine-deslant          -       - 0.60 ± 0.00 (0.60-0.60)     3    100      "
+            "400  numpy, 1 threads\nbest                         -  <= 0.6 0.50 ± 0.00 "
+            "(0.50-0.50)     2    100      600  numpy, 1 threads\n                    (and 1200 "
+            "s training its teachers, h800-affine-deslant seeds 24, 34, 35)") in text
+    assert [r["recipe"] for r in json.loads(out.read_text())["runs"]] == [teacher] * 3 + [
+        "best"] * 2
 
 
-@pytest.mark.parametrize("order", [["h800-affine", "best"], ["best", "h800-affine"]])
+@pytest.mark.parametrize("order", [["h800-affine-deslant", "best"],
+                                   ["best", "h800-affine-deslant"]])
 def test_a_recipe_that_is_also_a_teacher_is_trained_once_per_seed(tmp_path, monkeypatch,
                                                                    capsys, order):
     import accuracy
@@ -405,14 +410,15 @@ def test_a_recipe_that_is_also_a_teacher_is_trained_once_per_seed(tmp_path, monk
         calls.append((name, seed))
         return {"recipe": name, "seed": seed, "status": "ok", "wall_s": 1.0, "epochs": 100,
                 "train_s": 400.0, "backend": "numpy", "threads": 1,
-                "test_error_pct": 0.7 if name == "h800-affine" else 0.6}
+                "test_error_pct": 0.7 if name == "h800-affine-deslant" else 0.6}
 
     monkeypatch.setattr(accuracy, "run_one", fake_run_one)
     out = tmp_path / "acc.json"
-    assert accuracy.main(["--recipes", *order, "--seeds", "0-2", "--out", str(out)]) == 0
-    assert sorted(calls) == [("best", s) for s in (0, 1, 2)] + [("h800-affine", s)
-                                                                  for s in (0, 1, 2)]
+    seeds = (24, 34, 35)  # best's teachers' (anynet.recipes.TEACHERS)
+    assert accuracy.main(["--recipes", *order, "--seeds", "24,34,35", "--out", str(out)]) == 0
+    assert sorted(calls) == [("best", s) for s in seeds] + [("h800-affine-deslant", s)
+                                                             for s in seeds]
     runs = json.loads(out.read_text())["runs"]
     assert sorted((r["recipe"], r["seed"]) for r in runs) == sorted(calls)
-    assert "h800-affine          1.1    <= 1 0.70 ± 0.00 (0.70-0.70)     3" in \
+    assert "h800-affine-deslant          -       - 0.70 ± 0.00 (0.70-0.70)     3" in \
         capsys.readouterr().out

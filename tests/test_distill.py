@@ -273,10 +273,10 @@ def test_resuming_with_a_changed_teacher_is_refused(tmp_path, taught, capsys, mo
     (["--teacher", "{t}", "--temperature", "0"], "--temperature: expected a number in "
                                                  "(0, 100], got '0'"),
     (["--teacher", "{t}", "{t}"], "is named twice; a committee counts each model once"),
-    (["--recipe", "best"], "recipe best distils a committee of h800-affine networks: train them "
-                           "first (anynet train --recipe h800-affine --seed S --out "
-                           "teacherS.npz, for S in 0, 1, 2), then add --teacher with their "
-                           "files"),
+    (["--recipe", "best"], "recipe best distils a committee of h800-affine-deslant networks: "
+                           "train them first (anynet train --recipe h800-affine-deslant --seed "
+                           "S --out teacherS.npz, for S in 24, 34, 35), then add --teacher with "
+                           "their files"),
     (["--teacher", "{missing}"], "missing.npz"),
 ])
 def test_bad_teacher_options_exit_2_in_one_line(tmp_path, taught, capsys, argv, message):
