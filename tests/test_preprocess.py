@@ -361,3 +361,32 @@ def test_non_finite_or_huge_floats_stay_in_their_own_image(bad, backend):
         np.testing.assert_allclose(out[[0, 2]], to_numpy(kind(backend.asarray(floats[[0, 2]]))),
                                    atol=1e-6)
         assert out.shape == floats.shape
+
+
+def test_the_server_names_the_preprocessing_and_shows_the_picture_read():
+    """`anynet serve`'s model description names it, and its answer's "input" is the picture
+    after the model's preprocessing (the page draws it)."""
+    pytest.importorskip("PIL", reason="anynet serve reads pictures with Pillow (anynet[image])")
+    import io
+
+    from PIL import Image
+
+    from anynet.serve.predictor import Predictor
+
+    net = TwoLayerNet(n_hidden=4, seed=1, preprocessing="width:20")
+    predictor = Predictor(net, {}, "m.npz")
+    try:
+        assert predictor.describe()["preprocessing"] == "width:20"
+        picture = np.zeros((28, 28), np.uint8)
+        picture[4:24, 9:19] = 255  # 10 columns by 20 rows: 20 columns once normalized
+        buffer = io.BytesIO()
+        Image.fromarray(picture).save(buffer, format="PNG")
+        seen = np.array(predictor.predict(buffer.getvalue(), "image/png")["input"])
+        assert (seen.max(axis=0) > 0.5).sum() >= 18
+        plain = Predictor(TwoLayerNet(n_hidden=4, seed=1), {}, "p.npz")
+        assert plain.describe()["preprocessing"] == "none"
+        seen = np.array(plain.predict(buffer.getvalue(), "image/png")["input"])
+        assert (seen.max(axis=0) > 0.5).sum() <= 11
+        plain.close()
+    finally:
+        predictor.close()

@@ -193,6 +193,7 @@ def _describe(net: Any, record: dict, path: Path) -> dict:
         "inputs": D, "hidden": H, "classes": K,
         "dtype": net.dtype,
         "backend": net.backend.spec,
+        "preprocessing": str(net.preprocessing),  # "none", "deslant", ... (anynet.preprocess)
         "test_accuracy": _number(metrics.get("test_accuracy")),
         "epochs": metrics.get("epochs") if type(metrics.get("epochs")) is int else None,
         "train_seconds": _number(metrics.get("train_seconds")),

@@ -303,6 +303,9 @@ function describeOne(el, m) {
     parts.push(["test accuracy ", element("b", "", (100 * m.test_accuracy).toFixed(2) + "%")]);
   }
   if (typeof m.epochs === "number") parts.push([`${m.epochs} epochs`]);
+  if (typeof m.preprocessing === "string" && m.preprocessing !== "none") {
+    parts.push(["digits ", element("b", "", m.preprocessing)]);
+  }
   if (typeof m.trained_at === "string") {
     parts.push([`trained ${m.trained_at.replace("T", " ").replace("Z", " UTC")}`]);
   }
@@ -322,6 +325,9 @@ function describeCommittee(el, m) {
     li.append(element("b", "", String(member.architecture)));
     if (typeof member.test_accuracy === "number") {
       li.append(` · test accuracy ${(100 * member.test_accuracy).toFixed(2)}%`);
+    }
+    if (typeof member.preprocessing === "string" && member.preprocessing !== "none") {
+      li.append(` · digits ${member.preprocessing}`);
     }
     list.appendChild(li);
   }
