@@ -1,12 +1,14 @@
 """Preprocessing of the digits before a network sees them: deslanting and width normalization.
 
-What it is for: members of a committee that err differently. Meier, Ciresan, Gambardella &
-Schmidhuber (2011, "Better digit recognition with a committee of simple neural nets", ICDAR)
-trained each member on differently preprocessed digits (deslanted or not, the width of every
-digit's bounding box normalized to 10-20 pixels or not) and averaged them. A network trained on
-preprocessed digits carries its preprocessing: the model file records it, `TwoLayerNet`
-applies it to every image it is given (evaluate, predict, serve, a committee: each member its
-own), and training applies it once to the training images before any distortion.
+What it is for: better networks, and members of a committee that err differently. Meier,
+Ciresan, Gambardella & Schmidhuber (2011, "Better digit recognition with a committee of simple
+neural nets", ICDAR) trained each member on differently preprocessed digits (deslanted or not,
+the width of every digit's bounding box normalized to 10-20 pixels or not) and averaged them.
+Here deslanting alone takes 784-800-10 on affine distortions from 0.66% test error to 0.59%
+(the means of three seeds, docs/tuning.md). A network trained on preprocessed digits carries
+its preprocessing: the model file records it, `TwoLayerNet` applies it to every image it is
+given (evaluate, predict, serve, a committee: each member its own), and training applies it
+once to the training images before any distortion.
 
 For an image I (S, S), S = 28, with ink mass m = sum I, centroid (rbar, cbar) and moments
 
@@ -40,14 +42,14 @@ from anynet.warp import affine_coordinates, bilinear_sample
 Array = Any
 SIDE = 28
 CENTRE = (SIDE - 1) / 2
-MAX_SLANT = 1.0    # a digit leaning more than 45 degrees is not one to straighten
+MAX_SLANT = 1.0    # a slant beyond 45 degrees is straightened by 45 only: no digit leans so far
 NARROW = 0.4       # a box narrower than 0.4 of its height is a one: left as it is
 WIDTHS = (8, 24)   # the widths W that width:W accepts (Meier et al. used 10-20)
 # Images preprocessed at once. The ~30 passes over (rows, S, S) temporaries stay in L2 at 128
 # rows (0.4 MB each); at 1,024 they leave it and the allocator maps and unmaps them (NumPy:
 # 60,000 images, deslant and width, 2x as long). Bounds the memory of a call of any size.
 PIECE_ROWS = 128
-FORMS = "none, deslant, width:W or deslant+width:W (W an integer from 8 to 24)"
+FORMS = f"none, deslant, width:W or deslant+width:W (W an integer from {WIDTHS[0]} to {WIDTHS[1]})"
 
 
 @dataclass(frozen=True)
