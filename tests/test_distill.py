@@ -275,7 +275,7 @@ def test_resuming_with_a_changed_teacher_is_refused(tmp_path, taught, capsys, mo
     (["--teacher", "{t}", "{t}"], "is named twice; a committee counts each model once"),
     (["--recipe", "best"], "recipe best distils a committee of h800-affine-deslant networks: "
                            "train them first (anynet train --recipe h800-affine-deslant --seed "
-                           "S --out teacherS.npz, for S in 24, 34, 35), then add --teacher with "
+                           "S --out teacherS.npz, for S in 43, 45, 46), then add --teacher with "
                            "their files"),
     (["--teacher", "{missing}"], "missing.npz"),
 ])
