@@ -22,12 +22,11 @@ import numpy as np
 from anynet import functional as F
 
 EVAL_CHUNK = 10_000  # examples per forward pass at most
-# ... and at most this many elements in each (chunk, H) array: 4 MB in float32. Larger ones
-# leave the cache and are mapped and unmapped by the allocator on every call, faulting their
-# pages in again: evaluating 10,000 examples on 784-800-10 (NumPy, one thread, the training
-# run's metrics every epoch) took 0.6-0.9 s and 3,000-5,700 page faults in one chunk, 0.2 s
-# and about 1,200 in chunks of 1,024. A 784-100000-10 model took 12.2 GB and 79 s in chunks
-# of 10,000 rows.
+# Elements in each (chunk, H) array at most: 4 MB in float32. Larger arrays are mapped and
+# unmapped by the allocator on every call and fault their pages in again: evaluating 10,000
+# examples on 784-800-10 (NumPy, one thread: a training run's metrics, every epoch) took
+# 0.6-0.9 s and 3,000-5,700 page faults in one chunk, 0.2 s and about 1,200 in chunks of 1,024.
+# (A 784-100000-10 model took 12.2 GB and 79 s in chunks of 10,000 rows.)
 EVAL_UNITS = 2**20
 
 
