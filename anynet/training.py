@@ -178,6 +178,10 @@ class Trainer:
         if self.n_train == 0:
             raise ValueError("no training examples")
         self.n_in = int(train_images.shape[1])
+        self.preprocessing = config.preprocessing()  # of the images, here, once (below)
+        if not self.preprocessing.is_none and self.n_in != SIDE * SIDE:
+            raise ValueError(f"preprocess {self.preprocessing} reads {SIDE}x{SIDE} images "
+                             f"({SIDE * SIDE} inputs); this data has {self.n_in}")
         self._classes_given = n_classes is not None
         self.n_classes = int(n_classes if n_classes is not None else np.max(train_labels) + 1)
         self.levers = levers.Levers.from_config(config, self._teacher(teacher))
@@ -188,8 +192,6 @@ class Trainer:
         b = self.backend
         # on the device, preprocessed once: the networks trained here see them as they are,
         # and only the network the run returns carries the preprocessing (result_net)
-        self.preprocessing = config.preprocessing()
-        self._check_preprocessing()
         self.train_images = self.preprocessing(b.asarray(train_images))  # uint8 pixels
         self.train_labels = b.asarray(train_labels, "int64")
         self.val_images = (self.preprocessing(b.asarray(val_images)) if val_images is not None
@@ -200,11 +202,6 @@ class Trainer:
         self.data_sha256 = data_sha256 or {}
         self.record_extra = dict(record_extra or {})
         self._stop_reason = ""
-
-    def _check_preprocessing(self) -> None:
-        if not self.preprocessing.is_none and self.n_in != SIDE * SIDE:
-            raise ValueError(f"preprocess {self.preprocessing} reads {SIDE}x{SIDE} images "
-                             f"({SIDE * SIDE} inputs); this data has {self.n_in}")
 
     def _teacher(self, teacher: Any) -> Teacher | None:
         """The `anynet.distill.Teacher` of `teacher` (a Committee, a TwoLayerNet or a list of
@@ -234,7 +231,7 @@ class Trainer:
                              f"{self.backend.spec}: load it on the training's backend")
         # The teacher reads the student's images, preprocessed once already: its members must
         # have been trained on images preprocessed alike, and do not preprocess them again.
-        problem = preprocessing_mismatch(teacher, self.config.preprocessing())
+        problem = preprocessing_mismatch(teacher, self.preprocessing)
         if problem:
             raise ValueError(problem)
         teacher = Committee([net.with_preprocessing(None) for net in teacher.members],
