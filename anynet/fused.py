@@ -97,6 +97,7 @@ class FusedStep:
                              for j in range(self.batches_per_chunk)]
         self.perm: Array | None = None  # the epoch's order on the device, from begin_epoch
         self.chunk = self.rows_in_chunk = -1
+        self.ahead: Any = None  # a DistortionWorker making the next chunk (distort_ahead)
 
     def _velocity_buffers(self, velocity: dict | None, p: dict) -> dict:
         """The velocities in the parameters' layout (one buffer, starting from `velocity` or
@@ -138,19 +139,42 @@ class FusedStep:
         """The hidden units' dropout mask of the chunk's rows start .. start + b - 1, or None."""
         return None if self.Mh is None else self.Mh[start:start + b]
 
+    def distort_ahead(self, worker: Any) -> None:
+        """Let `worker` (an `anynet.distort_worker.DistortionWorker` over this step's images,
+        distortion and seed) gather and distort each next chunk while this one trains. The
+        chunks are the same, bit for bit; a chunk the worker has not made (it failed, or the
+        epoch starts mid-way) is made here as before."""
+        self.ahead = worker
+
     def begin_epoch(self, perm: np.ndarray, rates: np.ndarray | None = None,
                     epoch: int = 0) -> None:
         perm = check_permutation(perm, self.n)
         self.perm, self.chunk, self.epoch = self.ops.host(perm, np.int64), -1, epoch
+        self._ask_ahead(0)
+
+    def _chunk_order(self, chunk: int) -> Array:
+        """The rows of chunk `chunk`: batches chunk*bpc .. (chunk+1)*bpc - 1 of the epoch."""
+        rows = self.batches_per_chunk * self.B
+        return epoch_order(self.perm)[chunk * rows:(chunk + 1) * rows]
+
+    def _ask_ahead(self, chunk: int) -> None:
+        """Have the worker, where there is one, make chunk `chunk` of this epoch (if any)."""
+        if self.ahead is not None and chunk * self.batches_per_chunk * self.B < self.n:
+            self.ahead.request(self.epoch, chunk, self._chunk_order(chunk))
 
     def _load_chunk(self, chunk: int) -> None:
-        """Gather and convert the rows of batches chunk*bpc .. (chunk+1)*bpc - 1."""
-        ops, B, bpc, K = self.ops, self.B, self.batches_per_chunk, self.K
-        idx = epoch_order(self.perm)[chunk * bpc * B:(chunk + 1) * bpc * B]
+        """Gather, convert and distort the rows of batches chunk*bpc .. (chunk+1)*bpc - 1."""
+        ops, B, K = self.ops, self.B, self.K
+        idx = self._chunk_order(chunk)
         n = idx.shape[0]
-        ops.load_rows(self.images, idx, self.X[:n], 1 / 255, self.pixels[:n])
-        if self.distorter is not None:
-            ops.copy_(self.X[:n], self.distorter(self.X[:n], (self.epoch, chunk)))
+        made = self.ahead.result(self.epoch, chunk) if self.ahead is not None else None
+        if made is not None:
+            ops.copy_(self.X[:n], made)   # what the lines below make, made by the worker
+        else:
+            ops.load_rows(self.images, idx, self.X[:n], 1 / 255, self.pixels[:n])
+            if self.distorter is not None:
+                ops.copy_(self.X[:n], self.distorter(self.X[:n], (self.epoch, chunk)))
+        self._ask_ahead(chunk + 1)   # made there while this chunk trains
         labels = ops.take(self.labels, idx)
         # the rows' targets (n, K): one-hot or smoothed, or the teacher's, which sees the
         # image the student sees, before its input dropout

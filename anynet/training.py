@@ -36,6 +36,7 @@ chance level.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -160,6 +161,9 @@ class Trainer:
     checked itself when it was made. `checkpoint_path`: where checkpoints go (None: none are
     written). The config's preprocessing (`anynet.preprocess`) is applied to the images once,
     here; the network the run returns carries it, to apply to whatever it is given.
+    `distort_worker`: distort the next chunk of images in a second process while this one
+    trains (`anynet.distort_worker`; NumPy's fused step and uint8 images only, elsewhere
+    ignored). It changes the time, never the result.
     """
 
     def __init__(self, config: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,
@@ -167,10 +171,11 @@ class Trainer:
                  backend: str | Backend | None = None, checkpoint_path: str | Path | None = None,
                  callbacks: list[Callback] | tuple = (), data_sha256: dict | None = None,
                  record_extra: dict | None = None, fast: bool = True,
-                 n_classes: int | None = None, teacher: Any = None):
+                 n_classes: int | None = None, teacher: Any = None,
+                 distort_worker: bool = False):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        self.config, self.fast = config, fast
+        self.config, self.fast, self.distort_worker = config, fast, distort_worker
         self.backend = get_backend(backend if backend is not None else config.backend)
         self.optimizer = SGD(lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                              weight_decay=config.weight_decay)
@@ -321,9 +326,36 @@ class Trainer:
 
         if state.rng_state is None:
             state.rng_state = dict(rng.bit_generator.state)
-        # a diverging run overflows: that is judged from the losses, not warned about by NumPy
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return self._epochs(net, step, rng, state)
+        worker = self._distortion_worker(step, distortion)
+        try:
+            # a diverging run overflows: judged from the losses, not warned about by NumPy
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return self._epochs(net, step, rng, state)
+        finally:
+            if worker is not None:
+                worker.close()
+
+    def _distortion_worker(self, step: TrainStep, distortion: Any) -> Any:
+        """A DistortionWorker attached to `step`, where the run asked for one and it can
+        serve (NumPy's fused step, uint8 images, distortions drawn); else None."""
+        from anynet.fused import FusedStep
+
+        images = self.train_images
+        if not (self.distort_worker and distortion.kind != "none"
+                and type(step) is FusedStep and self.backend.name == "numpy"
+                and isinstance(images, np.ndarray) and images.dtype == np.uint8):
+            return None
+        from anynet.distort_worker import DistortionWorker
+
+        try:
+            worker = DistortionWorker(images, distortion, self.config.seed, self.config.dtype,
+                                      step.batches_per_chunk * step.B)
+        except OSError as e:  # no shared memory, no process: the step distorts, as always
+            print(f"anynet: no distortion worker ({e}); distorting in this process",
+                  file=sys.stderr)
+            return None
+        step.distort_ahead(worker)
+        return worker
 
     def _epochs(self, net: TwoLayerNet, step: TrainStep, rng: np.random.Generator,
                 state: TrainState) -> FitResult:

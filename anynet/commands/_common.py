@@ -31,8 +31,9 @@ def backend_spec(text: str) -> str:
     return text.strip()
 
 
-def add_backend_option(parser: argparse.ArgumentParser, default: str | None = "numpy") -> None:
-    """--backend NAME[:DEVICE] and --threads N, for every command that computes."""
+def add_backend_option(parser: argparse.ArgumentParser, default: str | None = "numpy") -> Any:
+    """--backend NAME[:DEVICE] and --threads N, for every command that computes; returns their
+    argument group ("computation")."""
     from anynet.backend import SPEC_HELP
 
     g = parser.add_argument_group("computation")
@@ -47,6 +48,7 @@ def add_backend_option(parser: argparse.ArgumentParser, default: str | None = "n
         "core that no other process keeps busy, sampled at start; pin it for bit-identical "
         "reruns)",
     )
+    return g
 
 
 def open_backend(args: argparse.Namespace, spec: str | None = None, *, announce: bool = True):
@@ -70,6 +72,37 @@ def open_backend(args: argparse.Namespace, spec: str | None = None, *, announce:
     if announce and backend.note:
         print(f"anynet: {backend.note}", file=sys.stderr)
     return backend
+
+
+def add_distort_worker_option(parser: Any) -> None:
+    """--distort-worker auto|on|off: distortions made ahead in a second process."""
+    parser.add_argument(
+        "--distort-worker", choices=["auto", "on", "off"], default="auto",
+        help="distort the next images in a second process while these train (NumPy only; the "
+        "same images, bit for bit). auto: where a core is free for it, and then training takes "
+        "one thread fewer (default: auto)")
+
+
+def plan_training_threads(args: argparse.Namespace, config: Any, record: dict | None) -> bool:
+    """`args.threads` for `anynet train`, and whether it distorts in a worker: a resumed run
+    keeps the count its checkpoint `record` holds (it computes as it did: the same sums), unless
+    --threads says otherwise; then `anynet.distort_worker.plan`, which, where the run takes a
+    worker and no count is set, trains with one thread fewer than the cores free."""
+    from anynet.backend import parse_spec
+    from anynet.distort_worker import plan
+
+    recorded = (record or {}).get("threads")
+    if (args.threads is None and isinstance(recorded, int) and not isinstance(recorded, bool)
+            and 1 <= recorded <= MAX_THREADS):
+        args.threads = recorded
+    name, kind = parse_spec(config.backend)[0], config.augment
+    if args.distort_worker == "off" or name != "numpy" or kind == "none":
+        return False  # (no need to watch the machine for 0.1 s)
+    from anynet.backend.threads import default_threads
+
+    worker, args.threads = plan(args.distort_worker, name, kind, args.threads,
+                                default_threads())
+    return worker
 
 
 def add_data_dir_option(parser: Options) -> None:

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 
 from anynet.commands._common import (
     MAX_HIDDEN,
-    MAX_THREADS,
     add_backend_option,
     add_data_dir_option,
+    add_distort_worker_option,
     add_distortion_options,
     add_lever_options,
     add_no_verify_option,
@@ -46,6 +46,7 @@ from anynet.commands._common import (
     nonnegative_int,
     open_backend,
     open_teacher,
+    plan_training_threads,
     positive_float,
     positive_int,
 )
@@ -116,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_distortion_options(parser, kind=None, kind_option="--augment")
     add_preprocess_option(parser)
     add_lever_options(parser)
-    add_backend_option(parser, default=None)
+    add_distort_worker_option(add_backend_option(parser, default=None))
     g = parser.add_argument_group("data and files")
     add_data_dir_option(g)
     add_no_verify_option(g)
@@ -270,10 +271,6 @@ def run(args: argparse.Namespace) -> int:
         return _train(args, config, out, checkpoint, record, loaded)
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint: Path,
            record: dict | None, loaded: Checkpoint | None) -> int:
     import time
@@ -282,10 +279,8 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint:
     from anynet.errors import DataError, UserError
     from anynet.training import ConsoleReporter, StopOnSignals
 
-    if (args.threads is None and record is not None and _is_count(record.get("threads"))
-            and record["threads"] <= MAX_THREADS):
-        args.threads = record["threads"]  # a resumed run computes as it did: same sums
     check_teacher_options(args, config, record)
+    worker = plan_training_threads(args, config, record)
     backend = open_backend(args, config.backend, announce=False)
     config = dataclasses.replace(config, backend=backend.spec)
     say: Say = (lambda *a: None) if args.quiet else print
@@ -300,7 +295,7 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint:
         raise DataError(f"{mnist.source} has no test examples to measure the model on; use a "
                         "data folder whose t10k files hold at least one")
 
-    say(_describe(config, backend, mnist, out, checkpoint, args.threads))
+    say(_describe(config, backend, mnist, out, checkpoint, args.threads, worker))
     reporter = ConsoleReporter(config.epochs, quiet=args.quiet, resumed_from=args.resume)
     recipe = args.recipe or (record or {}).get("recipe")
     # Installed until the end: a signal while the outputs are written lets them complete.
@@ -308,7 +303,7 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint:
         started = time.perf_counter()
         try:
             trained = _fit(args, config, mnist, backend, out, checkpoint, loaded,
-                           [reporter, stopper], recipe, (teacher, teacher_files))
+                           [reporter, stopper], recipe, (teacher, teacher_files), worker)
         finally:
             reporter.close()
         elapsed = time.perf_counter() - started
@@ -325,8 +320,8 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, checkpoint:
 
 def _fit(args: argparse.Namespace, config: TrainConfig, mnist: MNIST, backend: Backend,
          out: Path, checkpoint: Path, resume: Checkpoint | None, callbacks: list,
-         recipe: str | None,
-         teacher: tuple[Committee | None, list[dict] | None]) -> Trained:
+         recipe: str | None, teacher: tuple[Committee | None, list[dict] | None],
+         distort_worker: bool) -> Trained:
     """`anynet.fit.train_model` on MNIST, with a failed checkpoint write as one line."""
     from anynet.data.mnist import K
     from anynet.errors import UserError
@@ -343,7 +338,8 @@ def _fit(args: argparse.Namespace, config: TrainConfig, mnist: MNIST, backend: B
             test=(mnist.test_images, mnist.test_labels), data=describe_data(mnist),
             resume=resume, record=extra, n_classes=K, backend=backend,
             checkpoint_path=checkpoint, callbacks=callbacks, data_sha256=mnist.sha256,
-            record_extra={"out": os.path.abspath(out), **extra}, teacher=committee)
+            record_extra={"out": os.path.abspath(out), **extra}, teacher=committee,
+            distort_worker=distort_worker)
     except BrokenPipeError:
         raise
     except OSError as e:  # training's only writes are checkpoints
@@ -422,7 +418,7 @@ def _save_curves(args: argparse.Namespace, record: dict, out: Path, checkpoint: 
 
 
 def _describe(config: TrainConfig, backend: Backend, mnist: MNIST, out: Path, checkpoint: Path,
-              threads: int) -> str:
+              threads: int, worker: bool) -> str:
     c = config
     opt = "plain SGD" if c.momentum == 0 else (
         f"SGD, {'Nesterov ' if c.nesterov else ''}momentum {c.momentum:g}")
@@ -433,7 +429,8 @@ def _describe(config: TrainConfig, backend: Backend, mnist: MNIST, out: Path, ch
 
     lines = []
     if c.augment != "none":
-        lines.append(f"  distortions: {c.distortion().describe()}")
+        lines.append(f"  distortions: {c.distortion().describe()}"
+                     + (", made ahead in a second process" if worker else ""))
     if c.preprocess != "none":
         lines.append(f"  preprocessing: {c.preprocess} (every image; the model applies it too)")
     if describe(c):
