@@ -14,7 +14,10 @@ the peers get anynet's distortions for free, as torchvision's would cost them mo
 epoch the test accuracy on the 10,000 test images is measured, untimed; the time to an accuracy
 is the training time summed over the epochs up to the first one that reaches it.
 
-  anynet        `anynet.fit.train_model`, what `anynet train --recipe NAME` runs, on --backend
+  anynet        `anynet.fit.train_model`, what `anynet train --recipe NAME` runs, on --backend;
+                where the recipe distorts, with its distortion worker (`--distort-worker auto`,
+                anynet.distort_worker) on one of the --threads cores and BLAS on the others,
+                as `anynet train` does on a quiet machine (`--distort-worker off`: without)
   torch_module  nn.Sequential, CrossEntropyLoss, torch.optim.SGD, autograd (bench/impl_torch_module)
   numpy_naive   the loop a student writes in NumPy (bench/impl_numpy_naive), with a velocity
 
@@ -61,6 +64,9 @@ def parse_args(argv):
                    help="seeds of each run, e.g. 0-2 (default: 0)")
     p.add_argument("--backend", default="numpy", help="anynet's --backend (default: numpy)")
     p.add_argument("--threads", type=int, default=2, help="threads of every library (default: 2)")
+    p.add_argument("--distort-worker", choices=["auto", "on", "off"], default="auto",
+                   help="anynet's distortion worker, as `anynet train --distort-worker` with "
+                   "--threads cores free (default: auto)")
     p.add_argument("--epochs", type=int, default=None,
                    help="train this many epochs instead of the recipe's (schedule included)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
@@ -81,7 +87,8 @@ def _anynet_epochs(cfg, config, data) -> list[dict]:
     from anynet.fit import train_model
 
     trained = train_model(config, data.train_images, data.train_labels, data.test_images,
-                          data.test_labels, backend=get_backend(cfg["backend"]))
+                          data.test_labels, backend=get_backend(cfg["backend"]),
+                          distort_worker=cfg["worker"])
     return [{"seconds": m["seconds"], "accuracy": m["val_accuracy"]}
             for m in trained.state.history]
 
@@ -123,17 +130,25 @@ def _distorter(cfg, config, impl):
 
 
 def run_worker(cfg: dict) -> dict:
+    from anynet.backend import parse_spec
     from anynet.backend.threads import set_threads
     from anynet.config import TrainConfig
     from anynet.data import load_mnist
+    from anynet.distort_worker import plan
     from anynet.recipes import recipe
 
     backend = cfg["backend"] if cfg["impl"] == "anynet" else (
         "torch" if cfg["impl"] == "torch_module" else "numpy")
-    threads = set_threads(backend, cfg["threads"])
     epochs = {"epochs": cfg["epochs"]} if cfg.get("epochs") else {}
     config = TrainConfig(**{**recipe(cfg["recipe"]), **epochs, "seed": cfg["seed"],
                             "val_size": 0, "backend": backend})
+    cfg["worker"], blas = False, cfg["threads"]
+    if cfg["impl"] == "anynet":  # the cores --threads gives, shared out as anynet train would
+        cfg["worker"], planned = plan(cfg.get("distort_worker", "auto"),
+                                      parse_spec(backend)[0], config.augment, None,
+                                      cfg["threads"])
+        blas = planned or cfg["threads"]
+    threads = set_threads(backend, blas)
     data = load_mnist(cfg["data_dir"], verify=not cfg.get("no_verify"), progress=False)
     history = (_anynet_epochs if cfg["impl"] == "anynet" else _peer_epochs)(cfg, config, data)
     return {**cfg, "threads": threads, "config": config.to_dict(), "epochs": history}
@@ -209,9 +224,12 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 r = run_one({"recipe": name, "impl": impl, "seed": seed, "backend": args.backend,
                              "threads": args.threads, "data_dir": args.data_dir,
+                             "distort_worker": args.distort_worker,
                              "epochs": args.epochs, "no_verify": args.no_verify})
                 runs.append(r)
-                print(f"{name} {impl} seed {seed}: " + (
+                worker = " (BLAS on 1 thread fewer, a distortion worker)" \
+                    if r.get("worker") else ""
+                print(f"{name} {impl}{worker} seed {seed}: " + (
                     ", ".join(f"{e['accuracy']:.2%} {e['seconds']:.2f} s" for e in r["epochs"])
                     if r["status"] == "ok" else f"failed: {r['reason']}"),
                     file=sys.stderr, flush=True)

@@ -361,6 +361,24 @@ def test_time_to_accuracy_runs_each_implementation_in_its_own_process(tmp_path, 
     assert "default   anynet" in proc.stdout and "x PyTorch" in proc.stdout
 
 
+@pytest.mark.parametrize("setting, worker, threads", [("auto", True, 1), ("off", False, 2)])
+def test_time_to_accuracy_gives_anynet_its_distortion_worker_as_anynet_train_would(
+        tmp_path, mnist_dir, setting, worker, threads):
+    """Two cores given: a distorting recipe trains on one BLAS thread beside the worker (as
+    `anynet train` on a quiet 2-core machine), or without it on both."""
+    out = tmp_path / "tta.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "time_to_accuracy.py"), "--recipes", "speed-99",
+         "--impls", "anynet", "--epochs", "1", "--threads", "2", "--distort-worker", setting,
+         "--data-dir", str(mnist_dir), "--no-verify", "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = json.loads(out.read_text())["runs"]
+    assert (run["worker"], run["threads"]) == (worker, threads)
+    assert run["config"]["augment"] == "affine" and len(run["epochs"]) == 1
+    assert ("a distortion worker" in proc.stderr) == worker
+
+
 # --- LeCun's table (bench/accuracy.py) ---------------------------------------------------------
 
 
