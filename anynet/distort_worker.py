@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from anynet.augment import Distortion
+from anynet.backend import is_host_numpy
 
 # How long the step waits for one chunk before it gives up on the worker (a chunk takes
 # 10-20 ms; a machine loaded enough to take a minute has other troubles).
@@ -52,8 +53,8 @@ def plan(setting: str, backend: str, kind: str, threads: int | None,
          free: int) -> tuple[bool, int | None]:
     """Whether a run distorts in a worker, and the BLAS threads it trains with then.
 
-    setting: "on", "off" or "auto" (on where it pays); backend: the library's name (only
-    "numpy" has the worker); kind: the distortion kind ("none": nothing to make); threads: the
+    setting: "on", "off" or "auto" (on where it pays); backend: the library's name (only NumPy
+    has the worker, `is_host_numpy`); kind: the distortion kind ("none": nothing); threads: the
     count asked for (None: the default); free: the cores no other process keeps busy. Returns
     (worker, threads): with a worker and no count asked for, one thread fewer than `free`
     (at least 1), so that training and the worker never wait for each other's cores; "auto"
@@ -61,13 +62,36 @@ def plan(setting: str, backend: str, kind: str, threads: int | None,
     if setting not in SETTINGS:
         raise ValueError(f"--distort-worker must be one of {', '.join(SETTINGS)}, not "
                          f"{setting!r}")
-    if setting == "off" or backend != "numpy" or kind == "none":
+    if setting == "off" or not is_host_numpy(backend) or kind == "none":
         return False, threads
     if threads is None:
         if setting == "on" or free >= 2:
             return True, max(1, free - 1)
         return False, threads
     return setting == "on" or free > threads, threads
+
+
+def start_for(step: Any, images: Any, distortion: Distortion, seed: int,
+              dtype: str) -> DistortionWorker | None:
+    """A DistortionWorker making the chunks of `step` (which trains on `images` with
+    `distortion`, `seed`, `dtype`), attached to it, where one can serve: NumPy's fused step on
+    uint8 images, distortions drawn. Else None, or where it cannot start (no shared memory, no
+    process) one line on stderr and None: the step distorts, as it always could."""
+    from anynet.fused import FusedStep
+
+    if not (distortion.kind != "none" and type(step) is FusedStep
+            and is_host_numpy(step.net.backend.name) and isinstance(images, np.ndarray)
+            and images.dtype == np.uint8):
+        return None
+    try:
+        worker = DistortionWorker(images, distortion, seed, dtype,
+                                  step.batches_per_chunk * step.B)
+    except OSError as e:
+        print(f"anynet: no distortion worker ({e}); distorting in this process",
+              file=sys.stderr)
+        return None
+    step.distort_ahead(worker)
+    return worker
 
 
 class DistortionWorker:

@@ -36,7 +36,6 @@ chance level.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -326,7 +325,10 @@ class Trainer:
 
         if state.rng_state is None:
             state.rng_state = dict(rng.bit_generator.state)
-        worker = self._distortion_worker(step, distortion)
+        from anynet.distort_worker import start_for
+
+        worker = (start_for(step, self.train_images, distortion, cfg.seed, cfg.dtype)
+                  if self.distort_worker else None)
         try:
             # a diverging run overflows: judged from the losses, not warned about by NumPy
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -334,28 +336,6 @@ class Trainer:
         finally:
             if worker is not None:
                 worker.close()
-
-    def _distortion_worker(self, step: TrainStep, distortion: Any) -> Any:
-        """A DistortionWorker attached to `step`, where the run asked for one and it can
-        serve (NumPy's fused step, uint8 images, distortions drawn); else None."""
-        from anynet.fused import FusedStep
-
-        images = self.train_images
-        if not (self.distort_worker and distortion.kind != "none"
-                and type(step) is FusedStep and self.backend.name == "numpy"
-                and isinstance(images, np.ndarray) and images.dtype == np.uint8):
-            return None
-        from anynet.distort_worker import DistortionWorker
-
-        try:
-            worker = DistortionWorker(images, distortion, self.config.seed, self.config.dtype,
-                                      step.batches_per_chunk * step.B)
-        except OSError as e:  # no shared memory, no process: the step distorts, as always
-            print(f"anynet: no distortion worker ({e}); distorting in this process",
-                  file=sys.stderr)
-            return None
-        step.distort_ahead(worker)
-        return worker
 
     def _epochs(self, net: TwoLayerNet, step: TrainStep, rng: np.random.Generator,
                 state: TrainState) -> FitResult:

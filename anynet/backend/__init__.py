@@ -65,6 +65,12 @@ def library(name: str) -> ModuleType:
     return importlib.import_module(f"anynet.backend.{_MODULES.get(name, '_generic')}")
 
 
+def is_host_numpy(name: str) -> bool:
+    """Whether the library `name` is NumPy itself, on the host: what a helper process computing
+    with NumPy (anynet.distort_worker) reproduces bit for bit."""
+    return name == "numpy"
+
+
 def is_named(name: str) -> bool:
     """Whether `name` is one of the named backends (with a module of its own in the seam)."""
     return name in _MODULES
