@@ -42,6 +42,21 @@ def test_set_threads_limits_numpy_blas(n):
                                         if p["user_api"] == "blas")] == n
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_without_threadpoolctl_numpy_s_own_openblas_is_set(monkeypatch, n):
+    """A bare install (numpy and array-api-compat only) has no threadpoolctl: --threads still
+    reaches the OpenBLAS NumPy's wheels bundle."""
+    from anynet.backend._numpy import OpenBLAS
+
+    blas = OpenBLAS.load()
+    if blas is None or blas.set_threads is None:
+        pytest.skip("this NumPy does not bundle scipy-openblas")
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails
+    assert threads.set_threads("numpy", n) == n
+    assert blas.threads() == n
+    assert blas_threads() == {n}  # (threadpoolctl itself, imported before, sees it too)
+
+
 def test_set_threads_takes_a_spec_string_too():
     assert threads.set_threads("numpy", 1) == 1
     assert blas_threads() == {1}

@@ -110,6 +110,10 @@ class OpenBLAS:
         self.threads = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None)
         if self.threads is not None:
             self.threads.argtypes, self.threads.restype = [], c_int
+        # where threadpoolctl is not installed, `anynet.backend.threads` sets the count here
+        self.set_threads = getattr(lib, f"scipy_openblas_set_num_threads{suffix}", None)
+        if self.set_threads is not None:
+            self.set_threads.argtypes, self.set_threads.restype = [c_int], None
 
     @classmethod
     def load(cls) -> OpenBLAS | None:

@@ -21,7 +21,8 @@ core. bench/README.md, section "Threads", has the measurements (`python bench/th
 What is limited, per library:
 
 - NumPy: its BLAS (OpenBLAS or MKL) through threadpoolctl, when it is installed (the `all`
-  extra brings it). Without threadpoolctl NumPy's BLAS keeps its own count (set
+  extra brings it). Without threadpoolctl, the OpenBLAS that NumPy's wheels bundle is set
+  directly (`anynet.backend._numpy.OpenBLAS`); any other BLAS keeps its own count (set
   `OPENBLAS_NUM_THREADS` / `MKL_NUM_THREADS` before starting Python instead).
 - PyTorch: `torch.set_num_threads` (its intra-op OpenMP pool and its MKL), and through
   threadpoolctl every other OpenMP or BLAS pool loaded in the process. The default never
@@ -148,10 +149,16 @@ _JAX_POOL: int | None = None   # the size set_threads gave XLA's CPU pool, once 
 
 
 def _limit_native_pools(n: int) -> None:
-    """Every BLAS and OpenMP pool loaded in the process (threadpoolctl), when it is installed."""
+    """Every BLAS and OpenMP pool loaded in the process (threadpoolctl), when it is installed;
+    else NumPy's own OpenBLAS, where its wheels bundle one."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
+        from anynet.backend._numpy import OpenBLAS
+
+        blas = OpenBLAS.load()
+        if blas is not None and blas.set_threads is not None:
+            blas.set_threads(n)
         return
     threadpool_limits(limits=n)  # not used as a context manager: the limit stays
 
