@@ -25,6 +25,7 @@ or "error: ..." and ends.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -138,9 +139,21 @@ class DistortionWorker:
         self._send(json.dumps(header))
 
     def _segment(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A new shared segment for an array of `shape` and `dtype`, its room reserved."""
         size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
         seg = shared_memory.SharedMemory(create=True, size=size)
         self._segments.append(seg)
+        # A segment is a file in a tmpfs (/dev/shm on Linux), its pages given on first write:
+        # in a full one that write is a SIGBUS, the end of training without a word. Reserving
+        # them now makes it an OSError here, and the run goes on without a worker.
+        fd = getattr(seg, "_fd", -1)
+        if hasattr(os, "posix_fallocate") and fd >= 0:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # (a tmpfs that cannot)
+                    raise OSError(e.errno, f"no room for {size:,} bytes of shared memory: "
+                                  f"{e.strerror}") from None
         return np.ndarray(shape, dtype=dtype, buffer=seg.buf)
 
     @property
@@ -263,17 +276,19 @@ def _shut_down(segments: list, procs: list, stderr: Any) -> None:
 
 # --- the worker process ------------------------------------------------------------------------
 
-def _attach(name: str, shape: tuple[int, ...], dtype: Any,
-            keep: list) -> np.ndarray:
-    # track=False: the parent owns the segment and unlinks it (Python >= 3.13); before that,
-    # the resource tracker would unlink it when this process ends, so unregister it
+def _attach(name: str, shape: tuple[int, ...], dtype: Any, keep: list) -> np.ndarray:
+    """The parent's segment `name` as an array, mapped here. The parent owns it: it unlinks it
+    when done, and if it is killed, its resource tracker does. So this process must not: before
+    Python 3.13 attaching registers the segment with this process's own tracker, which would
+    unlink it when this process ends; it is unregistered again."""
     try:
         seg = shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
-    except TypeError:
+    except TypeError:  # Python < 3.13
         seg = shared_memory.SharedMemory(name=name)
-        from multiprocessing import resource_tracker
+        if os.name != "nt":
+            from multiprocessing import resource_tracker
 
-        resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
+            resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
     keep.append(seg)
     return np.ndarray(shape, dtype=dtype, buffer=seg.buf)
 

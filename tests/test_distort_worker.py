@@ -249,3 +249,34 @@ def test_no_shared_memory_means_no_worker_and_the_same_run(workers, monkeypatch,
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == ("anynet: no distortion worker ([Errno 28] No space left on device); "
                     "distorting in this process")
+
+
+def test_a_full_shared_memory_folder_is_an_error_not_a_crash(workers, monkeypatch, capsys):
+    """Writing into a segment that a full tmpfs cannot back is a SIGBUS, the end of the
+    process without a word: the room is reserved first, and no room means no worker."""
+    import os
+
+    if not hasattr(os, "posix_fallocate"):
+        pytest.skip("no posix_fallocate on this system: nothing to reserve segments with")
+    images, labels = learnable(n=1500)
+    alone = Trainer(CONFIG, images, labels).fit()
+    made = []
+    real = dw.shared_memory.SharedMemory
+
+    def remembered(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dw.shared_memory, "SharedMemory", remembered)
+    monkeypatch.setattr(dw.os, "posix_fallocate", full)
+    ahead = Trainer(CONFIG, images, labels, distort_worker=True).fit()
+    assert_same(params(alone), params(ahead))
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == ("anynet: no distortion worker ([Errno 28] no room for 1,176,000 bytes of "
+                    "shared memory: No space left on device); distorting in this process")
+    for seg in made:  # the segment made before the refusal is gone again
+        with pytest.raises(FileNotFoundError):
+            real(name=seg.name)
