@@ -165,8 +165,8 @@ class DistortionWorker:
             assert self._proc.stdin is not None
             self._proc.stdin.write(line + "\n")
             self._proc.stdin.flush()
-        except (OSError, ValueError) as e:
-            self._fail(f"it could not be written to ({e})")
+        except (OSError, ValueError):  # its input is closed: it ended, or is ending
+            self._fail(self._exit_text())
 
     def request(self, epoch: int, chunk: int, idx: np.ndarray) -> None:
         """Ask for chunk `chunk` of epoch `epoch`: the rows `idx` (int64, at most `rows`)."""
