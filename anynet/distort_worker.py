@@ -202,6 +202,7 @@ class DistortionWorker:
         ready = [stdout] if os.name == "nt" else select.select([stdout], [], [],
                                                                REPLY_TIMEOUT_S)[0]
         if not ready:
+            self._proc.kill()  # stuck (stopped, swapped out): it is not waited for again
             self._fail(f"no answer in {REPLY_TIMEOUT_S:g} s")
             return
         line = stdout.readline().strip()

@@ -280,3 +280,21 @@ def test_a_full_shared_memory_folder_is_an_error_not_a_crash(workers, monkeypatc
     for seg in made:  # the segment made before the refusal is gone again
         with pytest.raises(FileNotFoundError):
             real(name=seg.name)
+
+
+def test_a_worker_that_stops_answering_is_left_behind_in_bounded_time(workers, monkeypatch,
+                                                                      capsys):
+    images, labels = learnable()
+    alone = Trainer(CONFIG, images, labels).fit()
+    monkeypatch.setattr(dw, "REPLY_TIMEOUT_S", 0.5)
+
+    class Freeze(Callback):
+        def on_batch_end(self, epoch, batch, loss):
+            if (epoch, batch) == (0, 10):
+                workers[0]._proc.send_signal(signal.SIGSTOP)
+
+    ahead = Trainer(CONFIG, images, labels, callbacks=[Freeze()], distort_worker=True).fit()
+    assert_same(params(alone), params(ahead))
+    assert workers[0]._proc.poll() == -signal.SIGKILL  # killed, not left stopped
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("anynet: the distortion worker stopped (no answer in 0.5 s)")
