@@ -53,8 +53,7 @@ def test_without_threadpoolctl_numpy_s_own_openblas_is_set(monkeypatch, n):
         pytest.skip("this NumPy does not bundle scipy-openblas")
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails
     assert threads.set_threads("numpy", n) == n
-    assert blas.threads() == n
-    assert blas_threads() == {n}  # (threadpoolctl itself, imported before, sees it too)
+    assert blas.threads() == n  # (other BLAS pools in the process are threadpoolctl's to set)
 
 
 def test_set_threads_takes_a_spec_string_too():
