@@ -131,7 +131,10 @@ class DistortionWorker:
                       "distortion": distortion.to_dict()}
             self._procs.append(subprocess.Popen(
                 [sys.executable, "-m", "anynet.distort_worker"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=self._stderr, env=_worker_env(), text=True))
+                stdout=subprocess.PIPE, stderr=self._stderr, env=_worker_env(), text=True,
+                # its own session: a Ctrl-C at the terminal reaches the training, which stops
+                # and checkpoints (and ends the worker), not the worker in the middle of a chunk
+                start_new_session=os.name != "nt"))
         except BaseException:
             self.close()
             raise
@@ -337,4 +340,8 @@ def serve(stdin, stdout) -> int:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # its life is its parent's: it ends when its input closes (the parent done, or killed)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(serve(sys.stdin, sys.stdout))

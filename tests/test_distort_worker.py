@@ -298,3 +298,20 @@ def test_a_worker_that_stops_answering_is_left_behind_in_bounded_time(workers, m
     assert workers[0]._proc.poll() == -signal.SIGKILL  # killed, not left stopped
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("anynet: the distortion worker stopped (no answer in 0.5 s)")
+
+
+def test_a_ctrl_c_is_the_training_s_to_handle_not_the_worker_s(workers, capsys):
+    """A Ctrl-C at a terminal goes to the whole foreground process group: training stops and
+    checkpoints on it (anynet.callbacks.StopOnSignals) and then ends the worker. The worker
+    runs in a session of its own and ignores SIGINT, so it does not die mid-chunk."""
+    images, labels = learnable()
+
+    class Interrupt(Callback):
+        def on_batch_end(self, epoch, batch, loss):
+            if (epoch, batch) == (0, 10):
+                workers[0]._proc.send_signal(signal.SIGINT)
+
+    Trainer(CONFIG, images, labels, callbacks=[Interrupt()], distort_worker=True).fit()
+    assert workers[0].alive and workers[0].handed == 6
+    assert capsys.readouterr().err == ""
+    assert workers[0]._proc.poll() == 0
