@@ -16,11 +16,13 @@ the time. Only for NumPy (on other libraries the step's own Distorter would roun
 differently) and for uint8 training images.
 
 How they talk, without pickle: the parent puts the training images, the chunk's row indices
-and the result in `multiprocessing.shared_memory` segments; the worker, `python -m
-anynet.distort_worker`, reads one JSON line (the segments' names, sizes, the distortion, seed,
-dtype), then one line per chunk, "epoch chunk n", for which the indices are already in their
-segment; it answers "done epoch chunk" when the result segment holds the n distorted rows,
-or "error: ..." and ends.
+and the result in `multiprocessing.shared_memory` segments; the worker (this module's `main`,
+started by the same interpreter with this anynet first on its path) reads one JSON line (the
+segments' names, sizes, the distortion, seed, dtype, and which anynet the parent runs), then
+one line per chunk, "epoch chunk n", for which the indices are already in their segment; it
+answers "done epoch chunk" when the result segment holds the n distorted rows, or
+"error: ..." and ends. It runs in a session of its own and ignores SIGINT: a Ctrl-C is the
+training's to handle, which stops, checkpoints and closes the worker's input, which ends it.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import select
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import weakref
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -84,11 +87,14 @@ def start_for(step: Any, images: Any, distortion: Distortion, seed: int,
             and is_host_numpy(step.net.backend.name) and isinstance(images, np.ndarray)
             and images.dtype == np.uint8):
         return None
+    if not sys.executable or getattr(sys, "frozen", False):
+        return None  # no interpreter to start (embedded), or one that is the whole app
     try:
         worker = DistortionWorker(images, distortion, seed, dtype,
                                   step.batches_per_chunk * step.B)
-    except OSError as e:
-        print(f"anynet: no distortion worker ({e}); distorting in this process",
+    except Exception as e:  # whatever stops it starting: the step distorts, as it always could
+        why = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        print(f"anynet: no distortion worker ({why}); distorting in this process",
               file=sys.stderr)
         return None
     step.distort_ahead(worker)
@@ -128,17 +134,22 @@ class DistortionWorker:
             header = {"images": self._segments[0].name, "idx": self._segments[1].name,
                       "out": self._segments[2].name, "n": n, "D": D, "rows": rows,
                       "dtype": self.dtype.name, "seed": int(seed),
-                      "distortion": distortion.to_dict()}
+                      "distortion": distortion.to_dict(), "anynet": _HERE}
             self._procs.append(subprocess.Popen(
-                [sys.executable, "-m", "anynet.distort_worker"], stdin=subprocess.PIPE,
+                [sys.executable, "-c", _BOOT, _ROOT], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=self._stderr, env=_worker_env(), text=True,
                 # its own session: a Ctrl-C at the terminal reaches the training, which stops
                 # and checkpoints (and ends the worker), not the worker in the middle of a chunk
                 start_new_session=os.name != "nt"))
+            self._proc = self._procs[0]
+            # its answers, read by a thread: a wait with a time limit on every system (select
+            # takes no pipes on Windows, and no descriptor above 1023 anywhere)
+            self._answers: queue.Queue[str | None] = queue.Queue()
+            threading.Thread(target=_read_lines, args=(self._proc.stdout, self._answers),
+                             daemon=True, name="anynet-distort-worker-reader").start()
         except BaseException:
             self.close()
             raise
-        self._proc = self._procs[0]
         self._send(json.dumps(header))
 
     def _segment(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -199,18 +210,16 @@ class DistortionWorker:
         assert self.pending is not None
         epoch, chunk, _ = self.pending
         self.pending = None
-        stdout = self._proc.stdout
-        assert stdout is not None
-        # (Windows' select takes sockets only: there the wait has no time limit)
-        ready = [stdout] if os.name == "nt" else select.select([stdout], [], [],
-                                                               REPLY_TIMEOUT_S)[0]
-        if not ready:
+        try:
+            line = self._answers.get(timeout=REPLY_TIMEOUT_S)
+        except queue.Empty:
             self._proc.kill()  # stuck (stopped, swapped out): it is not waited for again
             self._fail(f"no answer in {REPLY_TIMEOUT_S:g} s")
             return
-        line = stdout.readline().strip()
-        if line != f"done {epoch} {chunk}":
-            self._fail(line or self._exit_text())
+        if line is None:   # its output ended: so did it
+            self._fail(self._exit_text())
+        elif line.strip() != f"done {epoch} {chunk}":
+            self._fail(line.strip())
 
     def _exit_text(self) -> str:
         try:
@@ -237,20 +246,48 @@ class DistortionWorker:
         self._finalizer()
 
 
+# The folder this anynet was imported from, and how the worker starts: with this folder (and
+# not the current one, where another anynet may lie) ahead on its path, so that it imports the
+# same anynet as the parent; `serve` checks that it did.
+_HERE = str(Path(__file__).resolve())
+_ROOT = str(Path(_HERE).parent.parent)
+_BOOT = ("import sys; root = sys.argv[1]; sys.path[:] = [p for p in sys.path if p]; "
+         "root in sys.path or sys.path.insert(0, root); "
+         "from anynet.distort_worker import main; main()")
+
+
 def _worker_env() -> dict[str, str]:
-    """The worker's environment: this one, one BLAS/OpenMP thread (the parent trains on the
-    other cores), and anynet importable from where this process imported it."""
+    """The worker's environment: this one, with one BLAS/OpenMP thread (the parent trains on
+    the other cores)."""
     env = dict(os.environ)
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = "1"
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
 
 
+def _read_lines(stream: Any, answers: queue.Queue) -> None:
+    """The worker's answers, line by line, into `answers`; None when its output ends."""
+    try:
+        for line in stream:
+            answers.put(line)
+    except (OSError, ValueError):  # closed under it (close)
+        pass
+    answers.put(None)
+
+
 def _shut_down(segments: list, procs: list, stderr: Any) -> None:
-    """End the worker (closing its input ends it; kill it if it does not go), unlink the
-    segments and drop the worker's error file. A finalizer: it must not raise."""
+    """Unlink the segments (first: a second Ctrl-C during the rest leaves none behind), end
+    the worker (closing its input ends it at once; killed if it does not go) and drop its
+    error file. A finalizer: it must not raise."""
+    for seg in segments:
+        try:
+            seg.unlink()  # the name goes now; the memory once nothing maps it any more
+        except OSError:
+            pass
+        try:
+            seg.close()
+        except (OSError, BufferError):  # arrays still viewing it: they keep it mapped
+            pass
     for proc in procs:
         for stream in (proc.stdin, proc.stdout):
             try:
@@ -263,15 +300,6 @@ def _shut_down(segments: list, procs: list, stderr: Any) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    for seg in segments:
-        try:
-            seg.unlink()  # the name goes now; the memory once nothing maps it any more
-        except OSError:
-            pass
-        try:
-            seg.close()
-        except (OSError, BufferError):  # arrays still viewing it: they keep it mapped
-            pass
     try:
         stderr.close()
     except OSError:
@@ -282,17 +310,21 @@ def _shut_down(segments: list, procs: list, stderr: Any) -> None:
 
 def _attach(name: str, shape: tuple[int, ...], dtype: Any, keep: list) -> np.ndarray:
     """The parent's segment `name` as an array, mapped here. The parent owns it: it unlinks it
-    when done, and if it is killed, its resource tracker does. So this process must not: before
-    Python 3.13 attaching registers the segment with this process's own tracker, which would
-    unlink it when this process ends; it is unregistered again."""
+    when done, and if it is killed, its resource tracker does. So this process must not become
+    an owner: before Python 3.13 attaching registers the segment with a tracker of this
+    process's own (bpo-39959), which would unlink it when this process ends; that registration
+    is left out."""
     try:
         seg = shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
     except TypeError:  # Python < 3.13
-        seg = shared_memory.SharedMemory(name=name)
-        if os.name != "nt":
-            from multiprocessing import resource_tracker
+        from multiprocessing import resource_tracker
 
-            resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
+        register = resource_tracker.register
+        resource_tracker.register = lambda *args: None
+        try:
+            seg = shared_memory.SharedMemory(name=name)
+        finally:
+            resource_tracker.register = register
     keep.append(seg)
     return np.ndarray(shape, dtype=dtype, buffer=seg.buf)
 
@@ -305,6 +337,9 @@ def serve(stdin, stdout) -> int:
     keep: list = []
     try:
         h = json.loads(stdin.readline())
+        if h.get("anynet") != _HERE:
+            raise ImportError(f"this is the anynet of {_HERE}, not the parent's "
+                              f"({h.get('anynet')})")
         n, D, rows, dtype = int(h["n"]), int(h["D"]), int(h["rows"]), np.dtype(h["dtype"])
         images = _attach(h["images"], (n, D), np.uint8, keep)
         idx = _attach(h["idx"], (rows,), np.int64, keep)
@@ -339,9 +374,12 @@ def serve(stdin, stdout) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The worker process (started by `DistortionWorker` through `_BOOT`)."""
     import signal
 
     # its life is its parent's: it ends when its input closes (the parent done, or killed)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(serve(sys.stdin, sys.stdout))
+    code = serve(sys.stdin, sys.stdout)
+    sys.stdout.flush()
+    os._exit(code)  # at once: the parent may be waiting, and there is nothing to tidy

@@ -103,7 +103,8 @@ def train_model(config: TrainConfig, train_images: np.ndarray, train_labels: np.
     `anynet.modelio.load_checkpoint` returns it (params, velocity, record, with the averaged
     weights as `.average` where the run averages them). record: entries the
     model record adds (threads, recipe). trainer_options: `Trainer`'s keywords (backend,
-    checkpoint_path, callbacks, data_sha256, record_extra, fast, n_classes).
+    checkpoint_path, callbacks, data_sha256, record_extra, fast, n_classes, teacher,
+    distort_worker).
     Raises DivergenceError when the loss or the weights blow up.
     """
     trainer = Trainer(config, train_images, train_labels, val_images, val_labels,

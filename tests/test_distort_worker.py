@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
+import sys
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -51,6 +53,9 @@ def workers(monkeypatch):
 
     monkeypatch.setattr(dw, "DistortionWorker", Counting)
     return made
+
+
+POSIX_SIGNALS = pytest.mark.skipif(sys.platform == "win32", reason="sends POSIX signals")
 
 
 def params(result):
@@ -156,6 +161,7 @@ class KillWorker(Callback):
             self.workers[0]._proc.send_signal(signal.SIGKILL)
 
 
+@POSIX_SIGNALS
 def test_a_worker_that_dies_changes_nothing_but_the_time(workers, capsys):
     images, labels = learnable()
     alone = Trainer(CONFIG, images, labels).fit()
@@ -201,7 +207,8 @@ def test_close_ends_the_process_and_frees_the_memory():
             shared_memory.SharedMemory(name=name)
 
 
-@pytest.mark.parametrize("header", ["not json\n", json.dumps({"n": 1}) + "\n", ""])
+@pytest.mark.parametrize("header", ["not json\n", json.dumps({"n": 1}) + "\n", "",
+                                    json.dumps({"anynet": "/elsewhere/anynet/x.py"}) + "\n"])
 def test_the_worker_answers_a_bad_start_with_one_error_line(header):
     out = io.StringIO()
     assert dw.serve(io.StringIO(header), out) == 2
@@ -282,6 +289,7 @@ def test_a_full_shared_memory_folder_is_an_error_not_a_crash(workers, monkeypatc
             real(name=seg.name)
 
 
+@POSIX_SIGNALS
 def test_a_worker_that_stops_answering_is_left_behind_in_bounded_time(workers, monkeypatch,
                                                                       capsys):
     images, labels = learnable()
@@ -300,6 +308,7 @@ def test_a_worker_that_stops_answering_is_left_behind_in_bounded_time(workers, m
     assert line.startswith("anynet: the distortion worker stopped (no answer in 0.5 s)")
 
 
+@POSIX_SIGNALS
 def test_a_ctrl_c_is_the_training_s_to_handle_not_the_worker_s(workers, capsys):
     """A Ctrl-C at a terminal goes to the whole foreground process group: training stops and
     checkpoints on it (anynet.callbacks.StopOnSignals) and then ends the worker. The worker
@@ -315,3 +324,40 @@ def test_a_ctrl_c_is_the_training_s_to_handle_not_the_worker_s(workers, capsys):
     assert workers[0].alive and workers[0].handed == 6
     assert capsys.readouterr().err == ""
     assert workers[0]._proc.poll() == 0
+
+
+def test_the_worker_imports_the_parent_s_anynet_whatever_the_folder(tmp_path, monkeypatch):
+    """`python -c` would put the current folder first on the worker's path: another anynet
+    there must not be the one it runs."""
+    (tmp_path / "anynet").mkdir()
+    (tmp_path / "anynet" / "__init__.py").write_text("raise ImportError('the wrong anynet')\n")
+    monkeypatch.chdir(tmp_path)
+    worker = dw.DistortionWorker(np.zeros((4, 784), np.uint8), Distortion("affine"), seed=0,
+                                 dtype="float32", rows=32)
+    try:
+        worker.request(0, 0, np.arange(4))
+        assert worker.result(0, 0) is not None and worker.alive, worker.failure
+    finally:
+        worker.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file limits")
+def test_a_parent_with_many_files_open_still_waits_with_a_time_limit(workers):
+    """select() takes no descriptor above 1023: the answers are read by a thread instead."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(soft, hard) < 1200 and hard != resource.RLIM_INFINITY:
+        pytest.skip(f"this process may open only {hard} files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = []
+    try:
+        while len(held) < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        images, labels = learnable()
+        Trainer(CONFIG, images, labels, distort_worker=True).fit()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert workers[0].alive and workers[0].handed == 6

@@ -100,8 +100,9 @@ def plan_training_threads(args: argparse.Namespace, config: Any, record: dict | 
         return False  # (no need to watch the machine for 0.1 s)
     from anynet.backend.threads import default_threads
 
-    worker, args.threads = plan(args.distort_worker, name, kind, args.threads,
-                                default_threads())
+    free = default_threads()
+    worker, threads = plan(args.distort_worker, name, kind, args.threads, free)
+    args.threads = threads if threads is not None else free  # (not watched a second time)
     return worker
 
 
