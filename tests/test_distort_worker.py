@@ -18,6 +18,7 @@ from data_helpers import make_mnist_dir
 
 from anynet import distort_worker as dw
 from anynet.augment import Distortion
+from anynet.backend import probe as dw_probe
 from anynet.cli import main
 from anynet.config import TrainConfig
 from anynet.modelio import load_checkpoint, load_model
@@ -229,6 +230,11 @@ def test_train_distort_worker_option(tmp_path, capsys):
     assert_same(on.params, off.params)
     assert main([*base, "--distort-worker", "maybe"]) == 2
     assert "--distort-worker: invalid choice: 'maybe'" in capsys.readouterr().err
+    if not dw_probe("cupy"):
+        return  # (here auto would choose CuPy, which has no worker)
+    assert main([*base, "--backend", "auto", "--out", str(tmp_path / "auto.npz"),
+                 "--distort-worker", "on"]) == 0
+    assert "made ahead in a second process" in capsys.readouterr().out
 
 
 def test_a_worker_that_cannot_start_changes_nothing_but_the_time(workers, monkeypatch, capsys):
