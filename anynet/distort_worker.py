@@ -53,6 +53,15 @@ REPLY_TIMEOUT_S = 60.0
 SETTINGS = ("auto", "on", "off")
 
 
+def may_serve(setting: str, backend: str, kind: str) -> bool:
+    """Whether a worker is possible at all: `setting` not "off", the library (by name) NumPy,
+    and distortions drawn (`kind` not "none"). ValueError for a setting not in SETTINGS."""
+    if setting not in SETTINGS:
+        raise ValueError(f"--distort-worker must be one of {', '.join(SETTINGS)}, not "
+                         f"{setting!r}")
+    return setting != "off" and is_host_numpy(backend) and kind != "none"
+
+
 def plan(setting: str, backend: str, kind: str, threads: int | None,
          free: int) -> tuple[bool, int | None]:
     """Whether a run distorts in a worker, and the BLAS threads it trains with then.
@@ -63,10 +72,7 @@ def plan(setting: str, backend: str, kind: str, threads: int | None,
     (worker, threads): with a worker and no count asked for, one thread fewer than `free`
     (at least 1), so that training and the worker never wait for each other's cores; "auto"
     takes the worker only where a core is left for it (free > threads)."""
-    if setting not in SETTINGS:
-        raise ValueError(f"--distort-worker must be one of {', '.join(SETTINGS)}, not "
-                         f"{setting!r}")
-    if setting == "off" or not is_host_numpy(backend) or kind == "none":
+    if not may_serve(setting, backend, kind):
         return False, threads
     if threads is None:
         if setting == "on" or free >= 2:

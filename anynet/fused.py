@@ -159,8 +159,10 @@ class FusedStep:
 
     def _ask_ahead(self, chunk: int) -> None:
         """Have the worker, where there is one, make chunk `chunk` of this epoch (if any)."""
-        if self.ahead is not None and chunk * self.batches_per_chunk * self.B < self.n:
-            self.ahead.request(self.epoch, chunk, self._chunk_order(chunk))
+        if self.ahead is not None:
+            idx = self._chunk_order(chunk)
+            if idx.shape[0]:   # (none past the epoch's last chunk)
+                self.ahead.request(self.epoch, chunk, idx)
 
     def _load_chunk(self, chunk: int) -> None:
         """Gather, convert and distort the rows of batches chunk*bpc .. (chunk+1)*bpc - 1."""

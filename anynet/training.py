@@ -325,10 +325,11 @@ class Trainer:
 
         if state.rng_state is None:
             state.rng_state = dict(rng.bit_generator.state)
-        from anynet.distort_worker import start_for
+        worker = None
+        if self.distort_worker:
+            from anynet.distort_worker import start_for
 
-        worker = (start_for(step, self.train_images, distortion, cfg.seed, cfg.dtype)
-                  if self.distort_worker else None)
+            worker = start_for(step, self.train_images, distortion, cfg.seed, cfg.dtype)
         try:
             # a diverging run overflows: judged from the losses, not warned about by NumPy
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):

@@ -88,8 +88,8 @@ def plan_training_threads(args: argparse.Namespace, config: Any, record: dict | 
     keeps the count its checkpoint `record` holds (it computes as it did: the same sums), unless
     --threads says otherwise; then `anynet.distort_worker.plan`, which, where the run takes a
     worker and no count is set, trains with one thread fewer than the cores free."""
-    from anynet.backend import is_host_numpy, parse_spec, probe
-    from anynet.distort_worker import plan
+    from anynet.backend import parse_spec, probe
+    from anynet.distort_worker import may_serve, plan
 
     recorded = (record or {}).get("threads")
     if (args.threads is None and isinstance(recorded, int) and not isinstance(recorded, bool)
@@ -98,7 +98,7 @@ def plan_training_threads(args: argparse.Namespace, config: Any, record: dict | 
     name, kind = parse_spec(config.backend)[0], config.augment
     if name == "auto" and kind != "none":  # as get_backend will choose it
         name = "numpy" if probe("cupy") else "cupy"
-    if args.distort_worker == "off" or not is_host_numpy(name) or kind == "none":
+    if not may_serve(args.distort_worker, name, kind):
         return False  # (no need to watch the machine for 0.1 s)
     from anynet.backend.threads import default_threads
 
