@@ -183,7 +183,14 @@ class CompiledStep(ArrayAPIStep):
     """The reference step, compiled by the backend (`Backend.compile`: jax.jit on JAX): the
     gather, `loss_and_grads`, `SGD.step` and the EMA of a batch become one computation, instead
     of ~30 separately dispatched operations. Same functions, same math; parameters stay
-    immutable."""
+    immutable.
+
+    Each call donates the state it replaces (parameters, velocities, the EMA's m) to the
+    computation (`Backend.compile`'s `donate`), so that XLA writes the new state over the old
+    instead of into new arrays: one pass less over W1 and its velocity a step (H = 800 with
+    Nesterov momentum and weight decay: an epoch 1.44 s against 1.75 s on this project's 2-core
+    CPU). The step starts from copies of the arrays it was given, so the caller's stay valid;
+    `params`, `velocity` and `average` are valid until the next call."""
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images: Array, labels: Array,
                  batch_size: int, velocity: dict, distorter: Distorter | None = None, *,
@@ -192,6 +199,10 @@ class CompiledStep(ArrayAPIStep):
                          levers=levers, average=average)
         dtype = net.backend.dtype(net.dtype)
         xp, lv = net.xp, self.levers
+        # copies, to be donated: the arrays the caller passed in are never given up
+        self.net.params, self.velocity, self.average = (
+            {k: xp.asarray(v, copy=True) for k, v in part.items()}
+            for part in (net.params, self.velocity, self.average))
 
         def step_on(state, X, t, Mh, T, lr):
             params, velocity, average = state
@@ -212,9 +223,10 @@ class CompiledStep(ArrayAPIStep):
             idx = xp.take(perm, start + xp.arange(batch_size, dtype=perm.dtype), axis=0)
             return step(state, images, labels, idx, lr)
 
-        self._step = net.backend.compile(step)          # the short last batch
-        self._step_from = net.backend.compile(step_from)
-        self._step_on = net.backend.compile(step_on)    # inputs made outside, chunk by chunk
+        compile_ = net.backend.compile
+        self._step = compile_(step, donate=(0,))          # the short last batch
+        self._step_from = compile_(step_from, donate=(0,))
+        self._step_on = compile_(step_on, donate=(0,))    # inputs made outside, chunk by chunk
 
     def __call__(self, batch: int, lr: float) -> Array:
         check_batch(batch, -(-self.images.shape[0] // self.batch_size))

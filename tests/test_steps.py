@@ -109,6 +109,39 @@ def test_which_step_runs(backend):
             FusedStep(net, SGD(lr=0.1), *args[:3])
 
 
+def test_compiled_step_donates_only_its_own_state(backend):
+    """The compiled step gives each replaced state up to the next call (JAX writes the new
+    parameters over the old), never the arrays it was given: those stay readable, unchanged,
+    and the step still computes what the reference computes."""
+    if not backend.compiles:
+        pytest.skip(f"{backend.name} compiles nothing: no compiled step")
+    rng = np.random.default_rng(0)
+    images = backend.asarray(rng.integers(0, 256, (64, 784), dtype=np.uint8))
+    labels = backend.asarray(rng.integers(0, 10, 64), "int64")
+    net = TwoLayerNet(n_hidden=6, seed=1, backend=backend)
+    opt = SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    given_params, given_velocity = net.params, opt.init(net.params)
+    before = {k: backend.to_numpy(v) for k, v in given_params.items()}
+    step = CompiledStep(net, opt, images, labels, 16, given_velocity)
+    step.begin_epoch(np.arange(64))
+    step(0, 0.1)
+    first = step.params
+    step(1, 0.1)
+    for k, v in given_params.items():   # the caller's arrays: still there, as they were
+        np.testing.assert_array_equal(backend.to_numpy(v), before[k])
+        np.testing.assert_array_equal(backend.to_numpy(given_velocity[k]), 0)
+    if hasattr(first["W1"], "is_deleted"):   # JAX: the first step's W1 was donated to the second
+        assert first["W1"].is_deleted()
+    reference = ArrayAPIStep(TwoLayerNet(n_hidden=6, seed=1, backend=backend), opt, images,
+                             labels, 16, opt.init(net.params))
+    reference.begin_epoch(np.arange(64))
+    reference(0, 0.1)
+    reference(1, 0.1)
+    for k, v in reference.params.items():
+        np.testing.assert_allclose(backend.to_numpy(step.params[k]), backend.to_numpy(v),
+                                   rtol=1e-5, atol=1e-6, err_msg=k)
+
+
 def test_fused_momentum_takes_over_a_checkpoints_velocity():
     net = TwoLayerNet(n_hidden=4, seed=0)
     velocity = {k: np.full(v.shape, 0.5, v.dtype) for k, v in net.host_params().items()}

@@ -153,9 +153,11 @@ class Backend:
         """Whether `compile` does anything here (JAX: jax.jit)."""
         return self._lib.COMPILES
 
-    def compile(self, fn: Callable) -> Callable:
-        """`fn` compiled for this backend (jax.jit on JAX); `fn` itself elsewhere."""
-        return self._lib.compile(fn)
+    def compile(self, fn: Callable, donate: tuple[int, ...] = ()) -> Callable:
+        """`fn` compiled for this backend (jax.jit on JAX); `fn` itself elsewhere. The
+        arguments numbered in `donate` are given up to each call (JAX may write its results
+        into their memory): the caller must not read them afterwards."""
+        return self._lib.compile(fn, donate)
 
     def fused_ops(self) -> FusedOps | None:
         """The in-place primitives of the fused training step, or None where there are none

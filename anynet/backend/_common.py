@@ -37,8 +37,8 @@ def device_check(name: str, pattern: str, hint: str) -> Callable[[str | None], s
     return check_device
 
 
-def compile(fn: Callable) -> Callable:
-    """No compilation: `fn` itself."""
+def compile(fn: Callable, donate: tuple[int, ...] = ()) -> Callable:
+    """No compilation: `fn` itself (nothing to donate to)."""
     return fn
 
 

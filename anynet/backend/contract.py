@@ -58,8 +58,10 @@ class Library(Protocol):
         """Wait until the device has finished the work queued so far (for timing)."""
         ...
 
-    def compile(self, fn: Callable) -> Callable:
-        """`fn` compiled for the library (jax.jit on JAX); `fn` itself elsewhere."""
+    def compile(self, fn: Callable, donate: tuple[int, ...] = ()) -> Callable:
+        """`fn` compiled for the library (jax.jit on JAX); `fn` itself elsewhere. The
+        positional arguments numbered in `donate` are given up to the call: their buffers may
+        hold its results, and the caller never reads them again."""
         ...
 
     def fused_ops(self, backend: Any) -> FusedOps | None:
