@@ -679,6 +679,7 @@ def test_numpy_blas_road_equals_reference(monkeypatch, dtype, rtol, momentum, ne
     if blas is None:
         pytest.skip("NumPy's BLAS is not the OpenBLAS of its wheels: the ufuncs serve")
     monkeypatch.setattr(_numpy, "BLAS_MIN_SIZE", 0)
+    monkeypatch.setattr(_numpy, "AXPY_MIN_SIZE", 0)
     monkeypatch.setattr(blas, "threads", lambda: blas_threads)
     calls = []
     for name in ("try_axpy", "try_gemm", "try_rotm"):
@@ -702,6 +703,43 @@ def test_numpy_blas_road_equals_reference(monkeypatch, dtype, rtol, momentum, ne
     for k in ref:
         np.testing.assert_allclose(fast[k], ref[k], rtol=rtol, atol=rtol * np.abs(ref[k]).max(),
                                    err_msg=k)
+
+
+def test_numpy_axpy_takes_blas_from_a_smaller_size_than_the_rest(monkeypatch):
+    """axpy goes to BLAS from AXPY_MIN_SIZE elements, below BLAS_MIN_SIZE: the momentum
+    update of a 784-30-10 network (23,860 parameters) makes its axpys there, while an array
+    under AXPY_MIN_SIZE, and GEMM at that size, stay with the ufuncs."""
+    from anynet.backend import _numpy
+
+    blas = _numpy.OpenBLAS.load()
+    if blas is None:
+        pytest.skip("NumPy's BLAS is not the OpenBLAS of its wheels: the ufuncs serve")
+    assert _numpy.AXPY_MIN_SIZE < 784 * 30 + 30 + 31 * 10 < _numpy.BLAS_MIN_SIZE
+    y0 = np.arange(_numpy.AXPY_MIN_SIZE, dtype=np.float32)
+    y = y0.copy()
+    assert blas.try_axpy(y, 0.5, np.ones_like(y))
+    np.testing.assert_array_equal(y, y0 + 0.5)
+    assert not blas.try_axpy(y[:-1], 0.5, y[1:])                 # one short: the ufuncs
+    calls = []
+    real = _numpy.OpenBLAS.try_axpy
+
+    def counted(self, y, a, x):
+        done = real(self, y, a, x)
+        calls.append((y.size, done))
+        return done
+
+    monkeypatch.setattr(_numpy.OpenBLAS, "try_axpy", counted)
+    from anynet.backend import get_namespace
+
+    backend = get_namespace("numpy")
+    rng = np.random.default_rng(0)
+    net = TwoLayerNet(n_hidden=30, seed=0, backend=backend)
+    opt = SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    step = FusedStep(net, opt, rng.integers(0, 256, (64, 784), dtype=np.uint8),
+                     rng.integers(0, 10, 64), 32, opt.init(net.params))
+    step.begin_epoch(np.arange(64))
+    step(0, 0.1)
+    assert calls and all(done for size, done in calls if size == 784 * 30 + 30 + 31 * 10)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
