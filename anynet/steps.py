@@ -187,10 +187,10 @@ class CompiledStep(ArrayAPIStep):
 
     Each call donates the state it replaces (parameters, velocities, the EMA's m) to the
     computation (`Backend.compile`'s `donate`), so that XLA writes the new state over the old
-    instead of into new arrays: one pass less over W1 and its velocity a step (H = 800 with
-    Nesterov momentum and weight decay: an epoch 1.44 s against 1.75 s on this project's 2-core
-    CPU). The step starts from copies of the arrays it was given, so the caller's stay valid;
-    `params`, `velocity` and `average` are valid until the next call."""
+    instead of into newly allocated arrays each step (H = 800 with Nesterov momentum and weight
+    decay: an epoch 1.44 s against 1.75 s on this project's 2-core CPU). The step starts from
+    copies of the arrays it was given, so the caller's stay valid; `params`, `velocity` and
+    `average` are valid until the next call."""
 
     def __init__(self, net: TwoLayerNet, optimizer: SGD, images: Array, labels: Array,
                  batch_size: int, velocity: dict, distorter: Distorter | None = None, *,

@@ -720,6 +720,9 @@ def test_numpy_axpy_takes_blas_from_a_smaller_size_than_the_rest(monkeypatch):
     assert blas.try_axpy(y, 0.5, np.ones_like(y))
     np.testing.assert_array_equal(y, y0 + 0.5)
     assert not blas.try_axpy(y[:-1], 0.5, y[1:])                 # one short: the ufuncs
+    C = np.zeros((784, 30), np.float32)                          # GEMM at that size: the ufuncs
+    assert not blas.try_gemm(C, np.ones((784, 8), np.float32), np.ones((8, 30), np.float32),
+                             1.0, 1.0)
     calls = []
     real = _numpy.OpenBLAS.try_axpy
 
@@ -739,7 +742,8 @@ def test_numpy_axpy_takes_blas_from_a_smaller_size_than_the_rest(monkeypatch):
                      rng.integers(0, 10, 64), 32, opt.init(net.params))
     step.begin_epoch(np.arange(64))
     step(0, 0.1)
-    assert calls and all(done for size, done in calls if size == 784 * 30 + 30 + 31 * 10)
+    n_params = 784 * 30 + 30 + 31 * 10
+    assert [done for size, done in calls if size == n_params] == [True] * 3   # the update's axpys
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -89,8 +89,8 @@ class OpenBLAS:
 
     Each call takes arrays the BLAS can read as they are (float32 or float64, contiguous or,
     for GEMM operands, transposed-contiguous; at least BLAS_MIN_SIZE elements, AXPY_MIN_SIZE for
-    axpy; scalars as
-    numbers) and returns True, or returns False and does nothing: the caller's ufuncs run."""
+    axpy; scalars as numbers) and returns True, or returns False and does nothing: the
+    caller's ufuncs run."""
 
     _loaded: OpenBLAS | None = None
     _searched = False
