@@ -35,6 +35,7 @@ chance level.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -53,7 +54,7 @@ from anynet.modelio import save_checkpoint
 from anynet.network import TwoLayerNet
 from anynet.optim import SGD, make_schedule
 from anynet.preprocess import SIDE
-from anynet.steps import TrainStep, make_train_step
+from anynet.steps import HeldInterrupts, TrainStep, make_train_step
 
 if TYPE_CHECKING:
     from anynet.distill import Teacher
@@ -330,17 +331,21 @@ class Trainer:
             from anynet.distort_worker import start_for
 
             worker = start_for(step, self.train_images, distortion, cfg.seed, cfg.dtype)
+        held = HeldInterrupts.for_step(step)
         try:
             # a diverging run overflows: judged from the losses, not warned about by NumPy
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                return self._epochs(net, step, rng, state)
+                return self._epochs(net, step, rng, state, held)
         finally:
+            if held is not None:
+                held.restore()
             if worker is not None:
                 worker.close()
 
     def _epochs(self, net: TwoLayerNet, step: TrainStep, rng: np.random.Generator,
-                state: TrainState) -> FitResult:
+                state: TrainState, held: HeldInterrupts | None = None) -> FitResult:
         cfg = self.config
+        keep = held if held is not None else contextlib.nullcontext()
         while state.epoch < cfg.epochs:
             assert state.rng_state is not None, "fit sets it before the first epoch"
             rng.bit_generator.state = state.rng_state
@@ -353,12 +358,13 @@ class Trainer:
             started = time.perf_counter()
             window = []  # this window's batch losses, 0-d arrays still on the device
             while state.batch < self.n_batches:
-                window.append(step(state.batch, self.schedule(state.step)))
-                state.params, state.velocity = step.params, step.velocity
-                if self.levers.ema:
-                    state.average = step.average
-                state.batch += 1
-                state.step += 1
+                with keep:  # a donating step's new state stored before any Ctrl-C acts
+                    window.append(step(state.batch, self.schedule(state.step)))
+                    state.params, state.velocity = step.params, step.velocity
+                    if self.levers.ema:
+                        state.average = step.average
+                    state.batch += 1
+                    state.step += 1
                 if len(window) == SYNC_EVERY or state.batch == self.n_batches \
                         or self._stop_reason:
                     self._read_window(state, window)

@@ -142,6 +142,89 @@ def test_compiled_step_donates_only_its_own_state(backend):
                                    rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+def test_a_ctrl_c_while_a_step_donates_leaves_the_state_whole(backend, monkeypatch):
+    """A Ctrl-C that comes after a donating step has given up the old state, and before the
+    loop has stored the new one, is held back until it has: the KeyboardInterrupt then leaves
+    a caller's TrainState readable, its position matching its parameters; and Python's own
+    SIGINT handler is back after fit."""
+    import os
+    import signal
+
+    from anynet import training
+
+    if not backend.compiles:
+        pytest.skip(f"{backend.name} compiles nothing: no step donates its state")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a plain script
+    try:
+        real_make = training.make_train_step
+
+        def make_interrupted(*args, **kwargs):
+            step = real_make(*args, **kwargs)
+            real_call = step._step_from
+
+            def call_then_ctrl_c(*a):
+                out = real_call(*a)             # the old state is given up here
+                if len(calls) == 2:
+                    os.kill(os.getpid(), signal.SIGINT)
+                calls.append(1)
+                return out
+
+            step._step_from = call_then_ctrl_c
+            return step
+
+        calls: list = []
+        monkeypatch.setattr(training, "make_train_step", make_interrupted)
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (100, 784), dtype=np.uint8)
+        labels = rng.integers(0, 10, 100).astype(np.uint8)
+        cfg = TrainConfig(hidden=8, epochs=2, batch_size=20, lr=0.1, momentum=0.9, val_size=0)
+        trainer = Trainer(cfg, images, labels, backend=backend)
+        state = trainer.initial_state()
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit(resume=state)
+        assert (state.batch, state.step) == (3, 3)          # three steps stored, and counted
+        for part in (state.params, state.velocity):
+            for k, v in part.items():
+                assert np.isfinite(backend.to_numpy(v)).all(), k   # readable: not donated
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_held_interrupts_only_where_a_step_donates_and_python_handles_ctrl_c():
+    import signal
+    import threading
+    from types import SimpleNamespace
+
+    from anynet.steps import HeldInterrupts
+
+    donating, other = SimpleNamespace(donates=True), SimpleNamespace()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert HeldInterrupts.for_step(other) is None             # NumPy's, PyTorch's steps
+        held = HeldInterrupts.for_step(donating)
+        assert held is not None and signal.getsignal(signal.SIGINT) == held._on_sigint
+        with pytest.raises(KeyboardInterrupt):                    # outside the block: at once
+            held._on_sigint(signal.SIGINT, None)
+        with pytest.raises(KeyboardInterrupt):
+            with held:
+                held._on_sigint(signal.SIGINT, None)              # held ...
+                reached = True                                    # ... the block goes on
+        assert reached and not held.pending
+        held.restore()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, lambda *a: None)             # a handler of the caller's own
+        assert HeldInterrupts.for_step(donating) is None
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        found: list = []
+        thread = threading.Thread(target=lambda: found.append(HeldInterrupts.for_step(donating)))
+        thread.start()
+        thread.join()
+        assert found == [None]                                    # signals reach the main thread
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_fused_momentum_takes_over_a_checkpoints_velocity():
     net = TwoLayerNet(n_hidden=4, seed=0)
     velocity = {k: np.full(v.shape, 0.5, v.dtype) for k, v in net.host_params().items()}
