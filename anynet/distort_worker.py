@@ -8,9 +8,10 @@ thread cannot do it alongside: both halves are short NumPy calls that take turns
 training then runs its BLAS on one thread fewer (`plan`), so that the two never wait for each
 other's cores: `speed-99`'s epoch 0.83-0.93 s against 1.25-1.48 s.
 
-The worker computes exactly what the step would: the chunk's rows gathered and scaled by
-NumPy's `UfuncOps.load_rows`, then the same `anynet.augment.Distorter` with the same seed and
-key (epoch, chunk). So a run trains on the same images, bit for bit, with or without it; if
+The worker computes exactly what the step would, with the step's own code
+(`anynet.fused.chunk_inputs`: the chunk's rows gathered and scaled by NumPy's
+`UfuncOps.load_rows`, then distorted by an `anynet.augment.Distorter` with the same seed and
+key (epoch, chunk)). So a run trains on the same images, bit for bit, with or without it; if
 the worker stops, the step distorts in its own process from then on and nothing changes but
 the time. Only for NumPy (on other libraries the step's own Distorter would round
 differently) and for uint8 training images.
@@ -339,6 +340,7 @@ def serve(stdin, stdout) -> int:
     """The worker's loop (see the module docstring); returns the exit code."""
     from anynet.augment import Distorter
     from anynet.backend import get_backend
+    from anynet.fused import chunk_inputs
 
     keep: list = []
     try:
@@ -368,8 +370,7 @@ def serve(stdin, stdout) -> int:
             rows_idx = idx[:m]
             if m and (rows_idx.min() < 0 or rows_idx.max() >= n):
                 raise ValueError("a row index outside the training images")
-            ops.load_rows(images, rows_idx, X[:m], 1 / 255, pixels[:m])
-            out[:m] = distorter(X[:m], (epoch, chunk))
+            out[:m] = chunk_inputs(ops, images, rows_idx, X, pixels, distorter, (epoch, chunk))
         except Exception as e:
             print(f"error: {type(e).__name__}: {e}", file=stdout, flush=True)
             return 2

@@ -169,13 +169,13 @@ class FusedStep:
         ops, B, K = self.ops, self.B, self.K
         idx = self._chunk_order(chunk)
         n = idx.shape[0]
+        # the worker's, where it made this chunk: what chunk_inputs makes here, bit for bit
         made = self.ahead.result(self.epoch, chunk) if self.ahead is not None else None
-        if made is not None:
-            ops.copy_(self.X[:n], made)   # what the lines below make, made by the worker
-        else:
-            ops.load_rows(self.images, idx, self.X[:n], 1 / 255, self.pixels[:n])
-            if self.distorter is not None:
-                ops.copy_(self.X[:n], self.distorter(self.X[:n], (self.epoch, chunk)))
+        if made is None:
+            made = chunk_inputs(ops, self.images, idx, self.X, self.pixels, self.distorter,
+                                (self.epoch, chunk))
+        if self.distorter is not None:  # (else made is X itself)
+            ops.copy_(self.X[:n], made)
         self._ask_ahead(chunk + 1)   # made there while this chunk trains
         labels = ops.take(self.labels, idx)
         # the rows' targets (n, K): one-hot or smoothed, or the teacher's, which sees the
@@ -328,6 +328,18 @@ class FusedStep:
     def average(self) -> dict:
         """The EMA's m by parameter name ({} without an EMA)."""
         return self._average if self._average is not None else {}
+
+
+def chunk_inputs(ops: FusedOps, images: Array, idx: Array, X: Array, pixels: Array,
+                 distorter: Distorter | None, key: tuple[int, int]) -> Array:
+    """A chunk's inputs (n, D), n = len(idx): the uint8 rows `idx` of `images` gathered and
+    scaled to [0, 1] into X[:n] (`pixels`: room for the gathered rows), then distorted by
+    `distorter` (an `anynet.augment.Distorter`, or None) with `key` (epoch, chunk). Returns
+    X[:n], or the distorted rows, a new array. The fused step and its distortion worker
+    (anynet.distort_worker) both make their chunks here: the same images, bit for bit."""
+    n = idx.shape[0]
+    ops.load_rows(images, idx, X[:n], 1 / 255, pixels[:n])
+    return X[:n] if distorter is None else distorter(X[:n], key)
 
 
 class Rates(NamedTuple):
